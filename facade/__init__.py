@@ -1,0 +1,32 @@
+"""facade: the client-facing service. Logs each message through logging_svc and queues it for messages_svc."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from servicekit.consul_client import make_consul
+from servicekit.gunicorn_hooks import on_shutdown
+from servicekit.hz import Hazelcast
+from servicekit.settings import Settings
+from servicekit.web import configure_app
+
+from .backends import Backends
+from .routes import bp
+
+SERVICE_NAME = "facade-service"
+DEFAULT_PORT = 8080
+
+
+def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) -> Flask:
+    settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+    app = Flask(__name__)
+    configure_app(app, settings.max_body_bytes)
+    if hz is None:
+        hz = Hazelcast(settings).start()
+        on_shutdown(app, hz.close)
+    backends = Backends(settings, make_consul(settings))
+    on_shutdown(app, backends.close)
+    app.extensions["hazelcast"] = hz
+    app.extensions["backends"] = backends
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import json
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request
+
+from servicekit.web import health_response, read_json_object, require_string
+
+bp = Blueprint("facade", __name__)
+
+
+@bp.post("/facade")
+def post_message():
+    """201 means the message is in the log (a Hazelcast map with a backup copy) and on the queue."""
+    msg = require_string(read_json_object(request), "msg")
+    message_id = str(uuid.uuid4())
+    current_app.extensions["backends"].log_message(message_id, msg)
+    # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
+    current_app.extensions["hazelcast"].queue().offer(json.dumps({"id": message_id, "msg": msg}))
+    return jsonify(id=message_id, msg=msg), 201
+
+
+@bp.get("/facade")
+def get_messages():
+    backends = current_app.extensions["backends"]
+    return jsonify(logging=backends.logged_messages(), messages=backends.consumed_messages())
+
+
+@bp.get("/health")
+def health():
+    return health_response(hazelcast=current_app.extensions["hazelcast"].connected)

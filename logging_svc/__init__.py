@@ -1,0 +1,29 @@
+"""logging_svc: keeps uuid -> message in a Hazelcast distributed map."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from servicekit.gunicorn_hooks import on_shutdown
+from servicekit.hz import Hazelcast
+from servicekit.settings import Settings
+from servicekit.web import configure_app
+
+from .routes import bp
+from .store import HazelcastMessageLog, MessageLog
+
+SERVICE_NAME = "logging-service"
+DEFAULT_PORT = 8081
+
+
+def create_app(settings: Settings | None = None, message_log: MessageLog | None = None) -> Flask:
+    settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+    app = Flask(__name__)
+    configure_app(app, settings.max_body_bytes)
+    if message_log is None:
+        hz = Hazelcast(settings).start()
+        on_shutdown(app, hz.close)
+        message_log = HazelcastMessageLog(hz)
+    app.extensions["message_log"] = message_log
+    app.register_blueprint(bp)
+    return app

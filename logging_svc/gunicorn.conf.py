@@ -1,0 +1,19 @@
+"""gunicorn settings for logging_svc. Run: gunicorn -c logging_svc/gunicorn.conf.py (PORT picks the port)."""
+
+from servicekit import gunicorn_hooks, logs
+from servicekit.settings import Settings
+
+from logging_svc import DEFAULT_PORT, SERVICE_NAME
+
+settings = Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+logs.configure(settings.instance_id)
+
+wsgi_app = "logging_svc:create_app()"
+bind = settings.bind
+workers = 2
+worker_class = "gthread"
+threads = 4
+graceful_timeout = 10
+
+when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
+worker_exit = gunicorn_hooks.worker_exit

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request
+
+from servicekit.web import BadInput, health_response, read_json_object, require_string
+
+bp = Blueprint("logging", __name__)
+
+
+def _log():
+    return current_app.extensions["message_log"]
+
+
+@bp.post("/logging")
+def add_message():
+    data = read_json_object(request)
+    message_id = require_string(data, "id")
+    msg = require_string(data, "msg")
+    try:
+        uuid.UUID(message_id)
+    except ValueError:
+        raise BadInput("field 'id' must be a UUID") from None
+    created = _log().add(message_id, msg)
+    return jsonify(id=message_id, msg=msg, created=created), 201 if created else 200
+
+
+@bp.get("/logging")
+def list_messages():
+    return jsonify(messages=_log().messages())
+
+
+@bp.get("/health")
+def health():
+    return health_response(hazelcast=_log().ready)

@@ -1,0 +1,34 @@
+"""messages_svc: a competing consumer of the Hazelcast queue that keeps what it took in memory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from servicekit.gunicorn_hooks import on_shutdown
+from servicekit.hz import Hazelcast
+from servicekit.settings import Settings
+from servicekit.web import configure_app
+
+from .consumer import Consumer, MessageStore
+from .routes import bp
+
+SERVICE_NAME = "messages-service"
+DEFAULT_PORT = 8084
+
+
+def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
+    """`consume=False` builds the app without Hazelcast, for unit tests of the routes."""
+    settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+    app = Flask(__name__)
+    configure_app(app, settings.max_body_bytes)
+    store = MessageStore()
+    app.extensions["message_store"] = store
+    if consume:
+        hz = Hazelcast(settings).start()
+        consumer = Consumer(hz, store).start()
+        # Stop consuming before the client goes away, so no item is taken and then dropped.
+        on_shutdown(app, hz.close)
+        on_shutdown(app, consumer.stop)
+        app.extensions["consumer"] = consumer
+    app.register_blueprint(bp)
+    return app

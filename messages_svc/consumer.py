@@ -1,0 +1,84 @@
+"""The background consumer: polls the Hazelcast queue and keeps each message in memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from hazelcast.errors import HazelcastError
+
+from servicekit.hz import Hazelcast, HazelcastUnavailable
+
+log = logging.getLogger(__name__)
+
+# A poll returns after this long even when the queue is empty, so the thread notices a stop request.
+POLL_TIMEOUT = 1.0
+
+
+class MessageStore:
+    """What this instance consumed, in the order it took it. Lives in the worker's memory only."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._messages: list[str] = []
+
+    def append(self, msg: str) -> None:
+        with self._lock:
+            self._messages.append(msg)
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self._messages)
+
+
+def decode(item: str) -> str | None:
+    """Queue items are {"id", "msg"} JSON documents written by the facade."""
+    try:
+        data = json.loads(item)
+        msg = data["msg"]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return msg if isinstance(msg, str) else None
+
+
+class Consumer:
+    def __init__(self, hz: Hazelcast, store: MessageStore):
+        self._hz = hz
+        self._store = store
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queue-consumer", daemon=True)
+
+    @property
+    def ready(self) -> bool:
+        return self._hz.connected and self._thread.is_alive()
+
+    def start(self) -> "Consumer":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = POLL_TIMEOUT + 1) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            if not self._hz.connected:
+                self._stop.wait(0.2)
+                continue
+            try:
+                item = self._hz.queue().poll(POLL_TIMEOUT)
+            except (HazelcastError, HazelcastUnavailable) as exc:
+                log.warning("polling the queue failed: %s", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            if item is None:
+                continue
+            msg = decode(item)
+            if msg is None:
+                log.error("dropping a queue item that is not a facade message: %.200r", item)
+                continue
+            self._store.append(msg)

@@ -1,0 +1,21 @@
+"""gunicorn settings for messages_svc. Run: gunicorn -c messages_svc/gunicorn.conf.py (PORT picks the port)."""
+
+from servicekit import gunicorn_hooks, logs
+from servicekit.settings import Settings
+
+from messages_svc import DEFAULT_PORT, SERVICE_NAME
+
+settings = Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+logs.configure(settings.instance_id)
+
+wsgi_app = "messages_svc:create_app()"
+bind = settings.bind
+# Exactly one worker: the consumed messages live in this process's memory, and a second worker
+# would hold a different half of them. Threads serve concurrent GETs.
+workers = 1
+worker_class = "gthread"
+threads = 4
+graceful_timeout = 10
+
+when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
+worker_exit = gunicorn_hooks.worker_exit

@@ -1,0 +1,2 @@
+"""Shared plumbing for the three services: settings, Consul registration and discovery,
+the Hazelcast client and logging setup."""

@@ -1,0 +1,111 @@
+"""The worker's Hazelcast client: members and names from Consul, connected in the background."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+import hazelcast
+from hazelcast.errors import HazelcastError
+from hazelcast.lifecycle import LifecycleState
+
+from . import kvconfig
+from .consul_client import make_consul
+from .discovery import DiscoveryError
+from .registry import CONSUL_ERRORS
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The client's own default is 120 s per operation; a request should fail long before that.
+INVOCATION_TIMEOUT = 5.0
+
+
+class HazelcastUnavailable(RuntimeError):
+    """The worker is not connected to the Hazelcast cluster (yet, or any more)."""
+
+
+class Hazelcast:
+    """Owns one client per worker process. Threads do not survive a fork, so create it after the fork.
+
+    Connecting runs on a named daemon thread: gunicorn boots even while Consul or the cluster is down,
+    and /health answers 503 until the client is connected.
+    """
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._client: hazelcast.HazelcastClient | None = None
+        self.config: kvconfig.SharedConfig | None = None
+        self._thread = threading.Thread(target=self._connect, name="hazelcast-connect", daemon=True)
+
+    def start(self) -> "Hazelcast":
+        self._thread.start()
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def _load_config(self) -> kvconfig.SharedConfig | None:
+        consul = make_consul(self._settings)
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                return kvconfig.load(consul)
+            except (DiscoveryError, kvconfig.ConfigError, *CONSUL_ERRORS) as exc:
+                log.warning("cannot read the Hazelcast settings from Consul yet: %s", exc)
+                self._stop.wait(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 10.0)
+        return None
+
+    def _on_state(self, state: str) -> None:
+        if state == LifecycleState.CONNECTED:
+            self._connected.set()
+            log.info("connected to Hazelcast cluster %r", self.config and self.config.cluster_name)
+        elif state in (LifecycleState.DISCONNECTED, LifecycleState.SHUTTING_DOWN, LifecycleState.SHUTDOWN):
+            if self._connected.is_set():
+                log.warning("Hazelcast client is %s", state.lower())
+            self._connected.clear()
+
+    def _connect(self) -> None:
+        config = self._load_config()
+        if config is None:
+            return
+        self.config = config
+        log.info("connecting to Hazelcast cluster %r at %s", config.cluster_name, ", ".join(config.members))
+        # async_start returns at once and keeps trying in the background; reconnect_mode ON (the
+        # default) brings the client back after the cluster was gone.
+        self._client = hazelcast.HazelcastClient(
+            cluster_name=config.cluster_name,
+            cluster_members=list(config.members),
+            async_start=True,
+            invocation_timeout=INVOCATION_TIMEOUT,
+            lifecycle_listeners=[self._on_state],
+        )
+
+    def _ready_client(self) -> hazelcast.HazelcastClient:
+        if self._client is None or not self._connected.is_set():
+            raise HazelcastUnavailable("not connected to the Hazelcast cluster")
+        return self._client
+
+    def map(self):
+        assert self.config is not None
+        return self._ready_client().get_map(self.config.map_name).blocking()
+
+    def queue(self):
+        assert self.config is not None
+        return self._ready_client().get_queue(self.config.queue_name).blocking()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._client is not None:
+            try:
+                self._client.shutdown()
+            except HazelcastError as exc:
+                log.warning("Hazelcast client shutdown failed: %s", exc)

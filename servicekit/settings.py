@@ -1,0 +1,110 @@
+"""Typed settings, read from the environment once at startup."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Mapping
+
+VERSION = "0.1.0"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ConsulAddress:
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, raw: str) -> "ConsulAddress":
+        """Parse CONSUL_HTTP_ADDR the way the consul CLI does: host:port or scheme://host:port."""
+        parsed = urllib.parse.urlsplit(raw if "//" in raw else f"//{raw}")
+        try:
+            port = parsed.port or 8500
+        except ValueError:
+            port = None
+        if not parsed.hostname or port is None or parsed.scheme not in ("", "http", "https"):
+            raise SettingsError(f"CONSUL_HTTP_ADDR must look like host:port or http://host:port, got {raw!r}")
+        return cls(parsed.scheme or "http", parsed.hostname, port)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    service_name: str
+    port: int
+    host: str = "127.0.0.1"
+    consul: ConsulAddress = field(default_factory=lambda: ConsulAddress("http", "127.0.0.1", 8500))
+    consul_token: str | None = field(default=None, repr=False)
+    # Every Consul call is bounded: an agent that stops answering must not hang a request or a boot.
+    consul_timeout: float = 2.0
+    # Connect and read timeouts for calls between services.
+    connect_timeout: float = 0.5
+    read_timeout: float = 3.0
+    max_body_bytes: int = 64 * 1024
+    # How often Consul runs the /health check, and when it forgets an instance that died silently.
+    check_interval: str = "1s"
+    check_timeout: str = "1s"
+    deregister_after: str = "1m"
+    version: str = VERSION
+
+    @classmethod
+    def from_env(
+        cls, service_name: str, default_port: int, env: Mapping[str, str] | None = None
+    ) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            service_name=service_name,
+            port=_int(env, "PORT", default_port, minimum=1),
+            host=env.get("SERVICE_HOST") or "127.0.0.1",
+            consul=ConsulAddress.parse(env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"),
+            consul_token=env.get("CONSUL_HTTP_TOKEN") or None,
+            consul_timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
+            connect_timeout=_float(env, "HTTP_CONNECT_TIMEOUT", 0.5),
+            read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, minimum=1),
+        )
+
+    @property
+    def bind(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def instance_id(self) -> str:
+        """Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
+        return f"{self.service_name}-{socket.gethostname()}-{self.port}"
