@@ -37,7 +37,7 @@ class Backends:
             raise Unavailable(f"no healthy {service} instance")
         return instances
 
-    def _call(self, service: str, send: Callable[[Instance], requests.Response]) -> Any:
+    def _call(self, service: str, send: Callable[[Instance], requests.Response]) -> tuple[Instance, Any]:
         """Send to one random passing instance; on a connection error, timeout or 5xx try the next.
 
         Only used for calls that are safe to repeat: GETs, and POST /logging, which is idempotent by id.
@@ -55,19 +55,24 @@ class Backends:
                 log.warning("%s answered %s, trying another instance", instance.id, response.status_code)
                 continue
             response.raise_for_status()
-            return response.json()
+            return instance, response.json()
         raise Unavailable(f"every {service} instance failed ({'; '.join(failures)})")
 
-    def log_message(self, message_id: str, msg: str) -> None:
-        self._call(
+    def log_message(self, message_id: str, msg: str) -> str:
+        """Store the message through one logging instance; returns that instance's id."""
+        instance, _ = self._call(
             LOGGING_SERVICE,
             lambda i: self._http.post(f"{i.url}/logging", json={"id": message_id, "msg": msg}, timeout=self._timeout),
         )
+        return instance.id
 
     def logged_messages(self) -> list[str]:
-        body = self._call(LOGGING_SERVICE, lambda i: self._http.get(f"{i.url}/logging", timeout=self._timeout))
+        _, body = self._call(LOGGING_SERVICE, lambda i: self._http.get(f"{i.url}/logging", timeout=self._timeout))
         return body["messages"]
 
-    def consumed_messages(self) -> list[str]:
-        body = self._call(MESSAGES_SERVICE, lambda i: self._http.get(f"{i.url}/messages", timeout=self._timeout))
-        return body["messages"]
+    def consumed_messages(self) -> tuple[str, list[str]]:
+        """The messages one messages instance holds, and that instance's id."""
+        instance, body = self._call(
+            MESSAGES_SERVICE, lambda i: self._http.get(f"{i.url}/messages", timeout=self._timeout)
+        )
+        return instance.id, body["messages"]

@@ -15,16 +15,19 @@ def post_message():
     """201 means the message is in the log (a Hazelcast map with a backup copy) and on the queue."""
     msg = require_string(read_json_object(request), "msg")
     message_id = str(uuid.uuid4())
-    current_app.extensions["backends"].log_message(message_id, msg)
+    logged_by = current_app.extensions["backends"].log_message(message_id, msg)
     # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
     current_app.extensions["hazelcast"].queue().offer(json.dumps({"id": message_id, "msg": msg}))
-    return jsonify(id=message_id, msg=msg), 201
+    return jsonify(id=message_id, msg=msg, logged_by=logged_by), 201
 
 
 @bp.get("/facade")
 def get_messages():
     backends = current_app.extensions["backends"]
-    return jsonify(logging=backends.logged_messages(), messages=backends.consumed_messages())
+    logged = backends.logged_messages()
+    messages_from, consumed = backends.consumed_messages()
+    # messages_from names the instance that answered: each holds only the messages it consumed.
+    return jsonify(logging=logged, messages=consumed, messages_from=messages_from)
 
 
 @bp.get("/health")

@@ -1,0 +1,283 @@
+"""Real infrastructure on free loopback ports: a Consul dev agent, Hazelcast members, gunicorn instances.
+
+Used by tests/conftest.py and by ./scripts/bench. Every process writes its own log file, so a failure
+shows why; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import consul
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from servicekit import kvconfig  # noqa: E402
+from servicekit.ops import DEFAULT_JAR, hazelcast_member_command  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+SERVICES = {
+    # service name -> (package with gunicorn.conf.py)
+    "facade-service": "facade",
+    "logging-service": "logging_svc",
+    "messages-service": "messages_svc",
+}
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.1, what: str = "") -> T:
+    """Call `check` until it returns without raising AssertionError (or a connection error), then return
+    its result; after `timeout`, raise the last failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, requests.RequestException, consul.ConsulException) as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not true after {timeout:.0f} s{': ' + what if what else ''}: {exc!r}") from exc
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def consul_binary() -> str:
+    found = shutil.which("consul") or str(ROOT / ".tools" / "consul" / "usr" / "bin" / "consul")
+    if not os.access(found, os.X_OK):
+        raise RuntimeError("no consul binary: run ./scripts/install")
+    return found
+
+
+@dataclass
+class Proc:
+    """A child process with its own log file and process group."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> "Proc":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill9(self) -> None:
+        """Kill the whole process group at once: the instance dies without a word to anyone."""
+        if self.alive():
+            os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        self.send_signal(sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class ConsulAgent:
+    def __init__(self, log_dir: Path, name: str = "consul"):
+        self.http_port = free_port()
+        ports = {flag: free_port() for flag in ("dns", "serf-lan", "serf-wan", "server", "grpc")}
+        self.proc = Proc(
+            name,
+            [
+                consul_binary(), "agent", "-dev",
+                f"-config-file={ROOT / 'consul' / 'agent.hcl'}",
+                f"-node=test-{uuid.uuid4().hex[:8]}",
+                f"-http-port={self.http_port}",
+                *(f"-{flag}-port={port}" for flag, port in ports.items()),
+            ],
+            log_dir / f"{name}.log",
+        )
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def client(self, timeout: float = 5.0) -> consul.Consul:
+        return consul.Consul(host="127.0.0.1", port=self.http_port, connections_timeout=timeout)
+
+    def start(self, timeout: float = 30.0) -> "ConsulAgent":
+        self.proc.start()
+        client = self.client(timeout=1.0)
+
+        def leader_elected():
+            assert self.proc.alive(), f"consul exited:\n{self.proc.tail()}"
+            assert client.status.leader(), "no leader yet"
+
+        eventually(leader_elected, timeout, what="Consul dev agent elected itself leader")
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop(signal.SIGINT)
+
+
+class HazelcastCluster:
+    """`size` members on free ports, configured from Consul KV the way ./scripts/up does it."""
+
+    def __init__(self, agent: ConsulAgent, log_dir: Path, size: int = 3):
+        self.agent = agent
+        self.log_dir = log_dir
+        self.ports = [free_port() for _ in range(size)]
+        self.cluster_name = f"test-{uuid.uuid4().hex[:8]}"
+        self.members: dict[int, Proc] = {}
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def seed_kv(
+        self, agent: ConsulAgent | None = None, queue_name: str = "messages-queue", map_name: str = "messages-log"
+    ) -> None:
+        """Write this cluster's settings into Consul KV (by default the cluster's own agent)."""
+        values = kvconfig.seed_values()
+        values.update(
+            {
+                kvconfig.KEY_CLUSTER_NAME: self.cluster_name,
+                kvconfig.KEY_MEMBERS: ",".join(self.addresses),
+                kvconfig.KEY_QUEUE: queue_name,
+                kvconfig.KEY_MAP: map_name,
+            }
+        )
+        kvconfig.seed((agent or self.agent).client(), values)
+
+    def start_member(self, port: int) -> Proc:
+        command = hazelcast_member_command(port, self.cluster_name, ",".join(self.addresses), DEFAULT_JAR)
+        proc = Proc(f"hazelcast-{port}", command, self.log_dir / f"hazelcast-{port}.log").start()
+        self.members[port] = proc
+        return proc
+
+    def register(self, port: int) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "servicekit.ops", "register-hazelcast", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "CONSUL_HTTP_ADDR": self.agent.addr},
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    def start(self, timeout: float = 90.0) -> "HazelcastCluster":
+        if not DEFAULT_JAR.is_file():
+            raise RuntimeError(f"no Hazelcast jar at {DEFAULT_JAR}: run ./scripts/install")
+        self.seed_kv()
+        for port in self.ports:
+            self.start_member(port)
+            self.register(port)
+        client = self.agent.client()
+        eventually(
+            lambda: self._assert_passing(client),
+            timeout,
+            interval=0.5,
+            what=f"{len(self.ports)} Hazelcast members passing",
+        )
+        return self
+
+    def _assert_passing(self, client: consul.Consul) -> None:
+        for proc in self.members.values():
+            assert proc.alive(), f"{proc.name} exited:\n{proc.tail()}"
+        _, entries = client.health.service(kvconfig.HAZELCAST_SERVICE, passing=True)
+        assert len(entries) == len(self.ports), f"{len(entries)} members passing"
+
+    def stop(self) -> None:
+        for proc in self.members.values():
+            proc.stop()
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def instance_id(self) -> str:
+        return f"{self.name}-{socket.gethostname()}-{self.port}"
+
+
+def start_service(
+    name: str, agent: ConsulAgent, log_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+) -> Service:
+    """Start one instance under gunicorn with its service's gunicorn.conf.py, as ./scripts/up does."""
+    port = port or free_port()
+    package = SERVICES[name]
+    proc = Proc(
+        f"{package}-{port}",
+        [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / package / "gunicorn.conf.py")],
+        log_dir / f"{package}-{port}.log",
+        env={"PORT": str(port), "CONSUL_HTTP_ADDR": agent.addr, **(env or {})},
+    ).start()
+    return Service(name, port, proc)
+
+
+def check_status(client: consul.Consul, instance_id: str) -> str | None:
+    """The aggregate status of one instance's checks, or None when Consul does not know it."""
+    _, entries = client.health.state("any")
+    statuses = {e["Status"] for e in entries if e.get("ServiceID") == instance_id}
+    if not statuses:
+        return None
+    return next((s for s in ("critical", "warning") if s in statuses), "passing")
+
+
+def wait_passing(agent: ConsulAgent, service: Service, timeout: float = 60.0) -> Service:
+    client = agent.client()
+
+    def passing():
+        assert service.proc.alive(), f"{service.proc.name} exited:\n{service.proc.tail()}"
+        assert check_status(client, service.instance_id) == "passing", f"{service.instance_id} not passing yet"
+
+    eventually(passing, timeout, interval=0.2, what=f"{service.instance_id} passing in Consul")
+    return service

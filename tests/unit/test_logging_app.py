@@ -1,0 +1,73 @@
+"""logging_svc's HTTP contract, with an in-memory log in place of the Hazelcast map."""
+
+import uuid
+
+import pytest
+
+from logging_svc import create_app
+from servicekit.settings import Settings
+
+
+class MemoryLog:
+    def __init__(self, ready=True):
+        self.ready = ready
+        self.entries: dict[str, str] = {}
+
+    def add(self, message_id, msg):
+        if message_id in self.entries:
+            return False
+        self.entries[message_id] = msg
+        return True
+
+    def messages(self):
+        return list(self.entries.values())
+
+
+@pytest.fixture
+def log():
+    return MemoryLog()
+
+
+@pytest.fixture
+def client(log):
+    settings = Settings.from_env("logging-service", 8081, env={"MAX_BODY_BYTES": "1024"})
+    return create_app(settings, message_log=log).test_client()
+
+
+def test_post_stores_once_by_id(client, log):
+    body = {"id": str(uuid.uuid4()), "msg": "hi"}
+    assert client.post("/logging", json=body).status_code == 201
+    replay = client.post("/logging", json=body)
+    assert replay.status_code == 200 and replay.json["created"] is False
+    assert client.get("/logging").json == {"messages": ["hi"]}
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"{", 400),
+        (b"\xff", 400),
+        (b"[]", 400),
+        (b'{"id": "x", "msg": "hi"}', 400),
+        (b'{"id": "%s", "msg": 5}' % str(uuid.uuid4()).encode(), 400),
+        (b'{"id": "%s", "msg": ""}' % str(uuid.uuid4()).encode(), 400),
+        (b'{"id": "%s", "msg": "%s"}' % (str(uuid.uuid4()).encode(), b"x" * 2000), 413),
+    ],
+)
+def test_bad_input_stores_nothing(client, log, data, status):
+    response = client.post("/logging", data=data, content_type="application/json")
+    assert response.status_code == status
+    assert "error" in response.json
+    assert log.entries == {}
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(client, log):
+    response = client.post("/logging", data=b"[" * 100_000, content_type="application/json")
+    assert response.status_code in (400, 413)
+
+
+def test_health_follows_the_store(log, client):
+    assert client.get("/health").status_code == 200
+    log.ready = False
+    response = client.get("/health")
+    assert response.status_code == 503 and response.json["checks"] == {"hazelcast": False}

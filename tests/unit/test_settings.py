@@ -1,0 +1,44 @@
+import pytest
+
+from servicekit.settings import ConsulAddress, Settings, SettingsError
+
+
+def test_defaults_follow_consul_conventions():
+    settings = Settings.from_env("logging-service", 8081, env={})
+    assert settings.bind == "127.0.0.1:8081"
+    assert settings.consul.url == "http://127.0.0.1:8500"
+    assert settings.consul_token is None
+    assert settings.max_body_bytes == 64 * 1024
+    assert settings.instance_id.startswith("logging-service-") and settings.instance_id.endswith("-8081")
+
+
+def test_environment_overrides():
+    settings = Settings.from_env(
+        "facade-service",
+        8080,
+        env={"PORT": "9000", "CONSUL_HTTP_ADDR": "https://consul.local:8501", "CONSUL_HTTP_TOKEN": "secret"},
+    )
+    assert settings.port == 9000
+    assert settings.consul == ConsulAddress("https", "consul.local", 8501)
+    assert settings.consul_token == "secret"
+    assert "secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "0"}, "PORT"),
+        ({"CONSUL_HTTP_ADDR": "ftp://x:1"}, "CONSUL_HTTP_ADDR"),
+        ({"CONSUL_HTTP_ADDR": "host:notaport"}, "CONSUL_HTTP_ADDR"),
+        ({"MAX_BODY_BYTES": "-1"}, "MAX_BODY_BYTES"),
+        ({"HTTP_READ_TIMEOUT": "soon"}, "HTTP_READ_TIMEOUT"),
+    ],
+)
+def test_a_bad_value_names_its_variable(env, variable):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env("facade-service", 8080, env=env)
+
+
+def test_consul_address_without_port_uses_8500():
+    assert ConsulAddress.parse("127.0.0.2") == ConsulAddress("http", "127.0.0.2", 8500)
