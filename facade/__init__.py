@@ -5,12 +5,13 @@ from __future__ import annotations
 from flask import Flask
 
 from servicekit.consul_client import make_consul
+from servicekit.discovery import Discovery
 from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
 from servicekit.web import configure_app
 
-from .backends import Backends
+from .backends import LOGGING_SERVICE, MESSAGES_SERVICE, Backends
 from .routes import bp
 
 SERVICE_NAME = "facade-service"
@@ -24,7 +25,9 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
     if hz is None:
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)
-    backends = Backends(settings, make_consul(settings))
+    # Started here, in the worker: threads do not survive gunicorn's fork.
+    discovery = Discovery(make_consul(settings), [LOGGING_SERVICE, MESSAGES_SERVICE]).start()
+    backends = Backends(settings, discovery)
     on_shutdown(app, backends.close)
     app.extensions["hazelcast"] = hz
     app.extensions["backends"] = backends

@@ -1,78 +1,128 @@
-"""Calls from the facade to logging_svc and messages_svc, at instances Consul reports as passing."""
+"""Calls from the facade to logging_svc and messages_svc, at passing instances from the watched cache."""
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import Any, Callable
 
-import consul
 import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
-from servicekit.discovery import DiscoveryError, Instance, passing_instances, shuffled
+from servicekit.discovery import Discovery, Instance
 from servicekit.settings import Settings
-from servicekit.web import Unavailable
+from servicekit.web import BadGateway, Unavailable
 
 log = logging.getLogger(__name__)
 
 LOGGING_SERVICE = "logging-service"
 MESSAGES_SERVICE = "messages-service"
+MAX_ATTEMPTS = 6
+# Right after a worker starts, how long a request may wait for Consul's first answer.
+FIRST_ANSWER_TIMEOUT = 1.0
+
+Send = Callable[[Instance, tuple[float, float]], requests.Response]
+
+
+class InstanceFailed(Exception):
+    """One instance did not answer usefully; another may."""
 
 
 class Backends:
-    def __init__(self, settings: Settings, consul_client: consul.Consul):
-        self._consul = consul_client
-        self._timeout = (settings.connect_timeout, settings.read_timeout)
+    def __init__(self, settings: Settings, discovery: Discovery):
+        self._discovery = discovery
+        self._connect_timeout = settings.connect_timeout
+        self._read_timeout = settings.read_timeout
+        self._deadline = settings.request_deadline
         # One pooled session per worker: keep-alive connections to every instance.
         self._http = requests.Session()
 
     def close(self) -> None:
+        self._discovery.close()
         self._http.close()
 
-    def _instances(self, service: str) -> list[Instance]:
-        try:
-            instances = passing_instances(self._consul, service)
-        except DiscoveryError as exc:
-            raise Unavailable(f"cannot discover {service}: {exc}") from exc
-        if not instances:
-            raise Unavailable(f"no healthy {service} instance")
-        return instances
+    def status(self) -> dict:
+        return self._discovery.status()
 
-    def _call(self, service: str, send: Callable[[Instance], requests.Response]) -> tuple[Instance, Any]:
-        """Send to one random passing instance; on a connection error, timeout or 5xx try the next.
+    def _call(self, service: str, send: Send) -> tuple[Instance, Any]:
+        """Send to a random passing instance; after a connection error, timeout or 5xx, try another one.
 
-        Only used for calls that are safe to repeat: GETs, and POST /logging, which is idempotent by id.
+        Only for calls that are safe to repeat: GETs, and POST /logging, which is idempotent by id. The
+        instance list comes from memory (no Consul call); the whole call, retries included, is bounded
+        by the request deadline.
         """
-        failures = []
-        for instance in shuffled(self._instances(service)):
-            try:
-                response = send(instance)
-            except requests.RequestException as exc:
-                failures.append(f"{instance.id}: {type(exc).__name__}")
-                log.warning("%s failed, trying another instance: %s", instance.id, exc)
-                continue
+        failed: dict[str, str] = {}
+        give_up_at = time.monotonic() + self._deadline
+
+        def pick() -> Instance:
+            instances = self._discovery.instances(service, timeout=FIRST_ANSWER_TIMEOUT)
+            if not instances:
+                raise Unavailable(f"no healthy {service} instance")
+            untried = [i for i in instances if i.id not in failed]
+            return random.choice(untried or instances)
+
+        def pause(state: RetryCallState) -> float:
+            # The next untried instance at once; once every instance failed (a rolling restart the cache
+            # has not seen yet), a short jittered pause before going round again.
+            if len(failed) < len(self._discovery.instances(service)):
+                return 0.0
+            return random.uniform(0.05, 0.2)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(InstanceFailed),
+            stop=stop_after_attempt(MAX_ATTEMPTS) | stop_after_delay(self._deadline),
+            wait=pause,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    instance = pick()
+                    remaining = max(give_up_at - time.monotonic(), 0.05)
+                    timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
+                    return instance, self._once(instance, send, timeout, failed)
+        except InstanceFailed:
+            detail = "; ".join(f"{k}: {v}" for k, v in failed.items())
+            raise Unavailable(f"every {service} instance failed ({detail})") from None
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    def _once(self, instance: Instance, send: Send, timeout: tuple[float, float], failed: dict[str, str]) -> Any:
+        try:
+            response = send(instance, timeout)
             if response.status_code >= 500:
-                failures.append(f"{instance.id}: HTTP {response.status_code}")
-                log.warning("%s answered %s, trying another instance", instance.id, response.status_code)
-                continue
-            response.raise_for_status()
-            return instance, response.json()
-        raise Unavailable(f"every {service} instance failed ({'; '.join(failures)})")
+                raise InstanceFailed(f"HTTP {response.status_code}")
+            body = response.json()
+        except (requests.RequestException, ValueError, InstanceFailed) as exc:
+            reason = str(exc) if isinstance(exc, InstanceFailed) else type(exc).__name__
+            failed[instance.id] = reason
+            log.warning("%s failed (%s); trying another instance", instance.id, reason)
+            raise InstanceFailed(reason) from exc
+        if response.status_code >= 400:
+            # The facade validated the request, so a 4xx here is a contract mismatch, not bad input.
+            log.error("%s rejected a request: %s %s", instance.id, response.status_code, body)
+            raise BadGateway(f"{instance.id} rejected the request")
+        return body
 
     def log_message(self, message_id: str, msg: str) -> str:
         """Store the message through one logging instance; returns that instance's id."""
         instance, _ = self._call(
             LOGGING_SERVICE,
-            lambda i: self._http.post(f"{i.url}/logging", json={"id": message_id, "msg": msg}, timeout=self._timeout),
+            lambda i, timeout: self._http.post(
+                f"{i.url}/logging", json={"id": message_id, "msg": msg}, timeout=timeout
+            ),
         )
         return instance.id
 
     def logged_messages(self) -> list[str]:
-        _, body = self._call(LOGGING_SERVICE, lambda i: self._http.get(f"{i.url}/logging", timeout=self._timeout))
+        _, body = self._call(
+            LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", timeout=timeout)
+        )
         return body["messages"]
 
     def consumed_messages(self) -> tuple[str, list[str]]:
         """The messages one messages instance holds, and that instance's id."""
         instance, body = self._call(
-            MESSAGES_SERVICE, lambda i: self._http.get(f"{i.url}/messages", timeout=self._timeout)
+            MESSAGES_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/messages", timeout=timeout)
         )
         return instance.id, body["messages"]

@@ -32,4 +32,9 @@ def get_messages():
 
 @bp.get("/health")
 def health():
-    return health_response(hazelcast=current_app.extensions["hazelcast"].connected)
+    # Consul being unreachable does not fail the check: requests are served from the last known
+    # instances. The details say so.
+    return health_response(
+        details={"discovery": current_app.extensions["backends"].status()},
+        hazelcast=current_app.extensions["hazelcast"].connected,
+    )

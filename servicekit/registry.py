@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
+import threading
 import time
 
 import consul
@@ -60,3 +63,56 @@ def deregister(settings: Settings, client: consul.Consul | None = None) -> None:
     except CONSUL_ERRORS as exc:
         # Consul drops it by itself after DeregisterCriticalServiceAfter.
         log.warning("deregistering from Consul failed: %s", exc)
+
+
+class RegistrationKeeper:
+    """Keeps this instance registered: a dev agent that restarted has forgotten every service.
+
+    Runs on a named daemon thread in the gunicorn master. The master forks workers, and a fork taken
+    while this thread is inside a Consul call would copy a half-used connection and its locks into the
+    worker; `os.register_at_fork` makes every fork wait until the current check is done (each check is
+    bounded by the Consul timeout), so workers always start from a clean state. Workers never use it.
+    """
+
+    def __init__(self, settings: Settings, interval: float = 2.0):
+        self._settings = settings
+        self._interval = interval
+        self._client = make_consul(settings)
+        self._stop = threading.Event()
+        self._busy = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="registration-keeper", daemon=True)
+        os.register_at_fork(
+            before=self._busy.acquire,
+            after_in_parent=self._busy.release,
+            # The child has no keeper thread; its copy of the lock is simply released.
+            after_in_child=self._busy.release,
+        )
+
+    def start(self) -> "RegistrationKeeper":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._busy:
+            pass
+
+    def _registered(self) -> bool:
+        return self._settings.instance_id in self._client.agent.services()
+
+    def _run(self) -> None:
+        backoff = self._interval
+        while not self._stop.wait(backoff * random.uniform(0.8, 1.2)):
+            with self._busy:
+                if self._stop.is_set():
+                    return
+                try:
+                    if not self._registered():
+                        log.warning("%s is not registered with Consul (agent restarted?); registering",
+                                    self._settings.instance_id)
+                        register(self._settings, attempts=1, client=self._client)
+                    backoff = self._interval
+                except CONSUL_ERRORS as exc:
+                    backoff = min(backoff * 2, 4.0)
+                    log.warning("Consul at %s does not answer (%s); retrying in about %.0f s",
+                                self._settings.consul.url, type(exc).__name__, backoff)

@@ -28,7 +28,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -36,8 +36,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SettingsError(f"{name} must be {'at least 0' if allow_zero else 'positive'}, got {value}")
     return value
 
 
@@ -76,6 +76,10 @@ class Settings:
     # Connect and read timeouts for calls between services.
     connect_timeout: float = 0.5
     read_timeout: float = 3.0
+    # The facade's budget for one call to logging or messages, retries on other instances included.
+    request_deadline: float = 5.0
+    # On SIGTERM, how long an instance keeps serving after leaving Consul, so callers drop it first.
+    drain_seconds: float = 1.0
     max_body_bytes: int = 64 * 1024
     # How often Consul runs the /health check, and when it forgets an instance that died silently.
     check_interval: str = "1s"
@@ -97,6 +101,8 @@ class Settings:
             consul_timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
             connect_timeout=_float(env, "HTTP_CONNECT_TIMEOUT", 0.5),
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
+            request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
+            drain_seconds=_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, minimum=1),
         )
 

@@ -23,6 +23,10 @@ class Unavailable(RuntimeError):
     """A dependency is down; the message is safe to show the client."""
 
 
+class BadGateway(RuntimeError):
+    """Another service answered, but not as agreed; the message is safe to show the client."""
+
+
 def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object. Any Content-Type is accepted, so `curl -d '{"msg": "hi"}'` works."""
     # MAX_CONTENT_LENGTH makes get_data raise 413 for a body over the limit.
@@ -69,6 +73,10 @@ def install_error_handlers(app: Flask) -> None:
         log.warning("answering 503: %s", exc)
         return _error(503, str(exc))
 
+    @app.errorhandler(BadGateway)
+    def bad_gateway(exc: BadGateway):
+        return _error(502, str(exc))
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         return _error(exc.code or 500, exc.description or exc.name)
@@ -85,8 +93,10 @@ def configure_app(app: Flask, max_body_bytes: int) -> None:
     install_error_handlers(app)
 
 
-def health_response(**checks: bool):
+def health_response(details: dict | None = None, **checks: bool):
     """200 when every dependency is connected, 503 otherwise; Consul's HTTP check reads the status."""
     ok = all(checks.values())
     body = {"status": "passing" if ok else "critical", "checks": {k: bool(v) for k, v in checks.items()}}
+    if details:
+        body["details"] = details
     return jsonify(body), 200 if ok else 503
