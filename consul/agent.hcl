@@ -11,3 +11,10 @@ log_level   = "INFO"
 ports {
   http = 8500
 }
+
+# Cumulative counters at /v1/agent/metrics?format=prometheus, e.g. how many discovery queries
+# (consul_http_GET_v1_health_service__count) the services make.
+telemetry {
+  prometheus_retention_time = "1h"
+  disable_hostname          = true
+}

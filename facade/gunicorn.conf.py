@@ -14,6 +14,9 @@ workers = 2
 worker_class = "gthread"
 threads = 4
 graceful_timeout = 10
+# gunicorn's control socket lives at one path per user; several instances would fight over it.
+control_socket_disable = True
 
 when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
+post_worker_init = gunicorn_hooks.post_worker_init
 worker_exit = gunicorn_hooks.worker_exit

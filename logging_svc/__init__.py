@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None, message_log: MessageLog | None 
     if message_log is None:
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)
+        app.extensions["hazelcast"] = hz
         message_log = HazelcastMessageLog(hz)
     app.extensions["message_log"] = message_log
     app.register_blueprint(bp)

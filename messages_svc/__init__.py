@@ -30,5 +30,6 @@ def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
         on_shutdown(app, hz.close)
         on_shutdown(app, consumer.stop)
         app.extensions["consumer"] = consumer
+        app.extensions["hazelcast"] = hz
     app.register_blueprint(bp)
     return app

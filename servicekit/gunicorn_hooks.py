@@ -55,6 +55,22 @@ def registration_hooks(settings: Settings):
     return when_ready, on_exit
 
 
+# How long a new worker waits for its Hazelcast connection before it takes requests. Bounded, so a
+# missing cluster never holds up the boot; the worker then answers 503 until the client connects.
+WORKER_READY_TIMEOUT = 10.0
+
+
+def post_worker_init(worker) -> None:
+    """Hold a new worker back from the shared socket until it can serve.
+
+    /health reaches one worker at random; without this, Consul could see one ready worker pass the
+    check while its sibling is still connecting and would answer the next request with a 503.
+    """
+    hz = getattr(worker.wsgi, "extensions", {}).get("hazelcast")
+    if hz is not None and not hz.wait_connected(WORKER_READY_TIMEOUT):
+        log.warning("not connected to Hazelcast after %.0f s; serving 503s until it is", WORKER_READY_TIMEOUT)
+
+
 def worker_exit(server, worker) -> None:
     """Close what the app opened in this worker (Hazelcast client, consumer thread, watches)."""
     app = getattr(worker, "wsgi", None)

@@ -80,12 +80,16 @@ class Hazelcast:
         self.config = config
         log.info("connecting to Hazelcast cluster %r at %s", config.cluster_name, ", ".join(config.members))
         # async_start returns at once and keeps trying in the background; reconnect_mode ON (the
-        # default) brings the client back after the cluster was gone.
+        # default) brings the client back after the cluster was gone. Backup acks go through the
+        # member, as in non-smart clients: acked to the client directly, the first write of a new
+        # client waited the whole backup timeout (5 s) for an ack whose listener was not registered
+        # yet. The member still answers only after the synchronous backup is written.
         self._client = hazelcast.HazelcastClient(
             cluster_name=config.cluster_name,
             cluster_members=list(config.members),
             async_start=True,
             invocation_timeout=INVOCATION_TIMEOUT,
+            backup_ack_to_client_enabled=False,
             lifecycle_listeners=[self._on_state],
         )
 

@@ -6,13 +6,12 @@ Each run writes its process logs under tests/.logs/<run>/; a failing test names 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import hazelcast
 import pytest
 
-from infra import ROOT, ConsulAgent, HazelcastCluster, Service, eventually, start_service, wait_passing
+from infra import ROOT, ConsulAgent, HazelcastCluster, build_stack, isolated_agent, start_service
 
 
 @pytest.fixture(scope="session")
@@ -36,45 +35,40 @@ def hazelcast_cluster(consul_agent, log_dir):
     cluster.stop()
 
 
-@dataclass
-class Stack:
-    agent: ConsulAgent
-    cluster: HazelcastCluster
-    logging: list[Service] = field(default_factory=list)
-    messages: list[Service] = field(default_factory=list)
-    facade: Service | None = None
-
-    @property
-    def instances(self) -> list[Service]:
-        return [*self.logging, *self.messages, self.facade]
-
-    @property
-    def url(self) -> str:
-        return f"{self.facade.url}/facade"
-
-
 @pytest.fixture(scope="session")
-def stack(consul_agent, hazelcast_cluster, log_dir) -> Stack:
+def stack(consul_agent, hazelcast_cluster, log_dir):
     """3 logging, 2 messages and 1 facade instance, all passing in Consul. Tests must leave it whole."""
-    stack = Stack(consul_agent, hazelcast_cluster)
-    stack.logging = [start_service("logging-service", consul_agent, log_dir) for _ in range(3)]
-    stack.messages = [start_service("messages-service", consul_agent, log_dir) for _ in range(2)]
-    stack.facade = start_service("facade-service", consul_agent, log_dir)
-    try:
-        for service in stack.instances:
-            wait_passing(consul_agent, service)
-        yield stack
-    finally:
-        for service in stack.instances:
-            service.proc.stop()
+    stack = build_stack(consul_agent, hazelcast_cluster, log_dir)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def own_stack(hazelcast_cluster, log_dir, request):
+    """A stack a test may break: its own Consul agent, its own map and queue on the shared cluster."""
+    stacks = []
+
+    def make(**sizes):
+        agent = isolated_agent(hazelcast_cluster, log_dir, name=f"consul-{request.node.name[:40]}")
+        try:
+            stacks.append(build_stack(agent, hazelcast_cluster, log_dir, **sizes))
+        except BaseException:
+            agent.stop()
+            raise
+        return stacks[-1]
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+        stack.agent.stop()
 
 
 @pytest.fixture
 def start_instance(consul_agent, hazelcast_cluster, log_dir):
     """Start extra instances for one test; whatever is still running afterwards is stopped."""
-    started: list[Service] = []
+    started = []
 
-    def start(name: str, **kwargs) -> Service:
+    def start(name: str, **kwargs):
         service = start_service(name, kwargs.pop("agent", consul_agent), log_dir, **kwargs)
         started.append(service)
         return service
@@ -94,6 +88,3 @@ def hz_client(hazelcast_cluster):
     )
     yield client
     client.shutdown()
-
-
-__all__ = ["eventually"]

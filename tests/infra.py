@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -160,6 +161,12 @@ class ConsulAgent:
     def stop(self) -> None:
         self.proc.stop(signal.SIGINT)
 
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop and start again on the same ports: a dev agent comes back empty, as after a crash."""
+        self.proc.stop(signal.SIGINT)
+        self.proc = Proc(self.proc.name, self.proc.args, self.proc.log_path)
+        self.start(timeout)
+
 
 class HazelcastCluster:
     """`size` members on free ports, configured from Consul KV the way ./scripts/up does it."""
@@ -281,3 +288,187 @@ def wait_passing(agent: ConsulAgent, service: Service, timeout: float = 60.0) ->
 
     eventually(passing, timeout, interval=0.2, what=f"{service.instance_id} passing in Consul")
     return service
+
+
+@dataclass
+class Stack:
+    """A set of instances registered with one Consul agent, on the shared Hazelcast cluster."""
+
+    agent: ConsulAgent
+    cluster: HazelcastCluster
+    log_dir: Path
+    logging: list[Service] = field(default_factory=list)
+    messages: list[Service] = field(default_factory=list)
+    facades: list[Service] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def facade(self) -> Service:
+        return self.facades[0]
+
+    @property
+    def instances(self) -> list[Service]:
+        return [*self.logging, *self.messages, *self.facades]
+
+    @property
+    def url(self) -> str:
+        return f"{self.facade.url}/facade"
+
+    def start(self, name: str, port: int | None = None) -> Service:
+        return start_service(name, self.agent, self.log_dir, port=port, env=self.env)
+
+    def replace(self, service: Service) -> Service:
+        """A new instance of the same service on the same port (so the same instance id)."""
+        new = self.start(service.name, port=service.port)
+        for group in (self.logging, self.messages, self.facades):
+            if service in group:
+                group[group.index(service)] = new
+        return new
+
+    def wait_all_passing(self, timeout: float = 60.0) -> None:
+        for service in self.instances:
+            wait_passing(self.agent, service, timeout)
+
+    def stop(self) -> None:
+        # Signal every instance first, then wait: each one drains for DRAIN_SECONDS on its own.
+        for service in self.instances:
+            service.proc.send_signal(signal.SIGTERM)
+        for service in self.instances:
+            service.proc.stop()
+
+
+def build_stack(
+    agent: ConsulAgent,
+    cluster: HazelcastCluster,
+    log_dir: Path,
+    logging: int = 3,
+    messages: int = 2,
+    facades: int = 1,
+    env: dict[str, str] | None = None,
+) -> Stack:
+    """Start the instances all at once, then wait until every one passes its check."""
+    stack = Stack(agent, cluster, log_dir, env=env or {})
+    stack.logging = [stack.start("logging-service") for _ in range(logging)]
+    stack.messages = [stack.start("messages-service") for _ in range(messages)]
+    stack.facades = [stack.start("facade-service") for _ in range(facades)]
+    try:
+        stack.wait_all_passing()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def isolated_agent(cluster: HazelcastCluster, log_dir: Path, name: str) -> ConsulAgent:
+    """A Consul agent of its own, pointing at the shared cluster with a private map and queue, so what
+    happens there (killed instances, a restarted agent) cannot disturb any other test's data."""
+    agent = ConsulAgent(log_dir, name=name).start()
+    suffix = uuid.uuid4().hex[:8]
+    cluster.seed_kv(agent, queue_name=f"queue-{suffix}", map_name=f"log-{suffix}")
+    return agent
+
+
+def prometheus_counter(agent: ConsulAgent, prefix: str) -> float:
+    """The sum of the agent's cumulative `<prefix>*_count` samples (see telemetry in consul/agent.hcl)."""
+    text = requests.get(f"http://{agent.addr}/v1/agent/metrics?format=prometheus", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(prefix) and name.split("{")[0].endswith("_count"):
+            total += float(value)
+    return total
+
+
+@dataclass
+class Outcome:
+    seq: int
+    status: int | None
+    body: dict | None
+    error: str | None
+    at: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and self.status < 400
+
+
+class Load:
+    """Bounded concurrent load on loopback: `clients` threads call `send(session, seq)` in a loop until
+    the block ends, `max_requests` were sent, or `max_seconds` passed, whichever comes first.
+
+        with Load(lambda s, n: s.post(url, json={"msg": f"m{n}"}, timeout=10)) as load:
+            ...break something...
+        assert load.failures() == []
+    """
+
+    def __init__(
+        self,
+        send: Callable[[requests.Session, int], requests.Response],
+        clients: int = 4,
+        max_requests: int = 5000,
+        max_seconds: float = 60.0,
+        pause: float = 0.005,
+        keep_alive: bool = True,
+    ):
+        self._send = send
+        self._clients = clients
+        self._max_requests = max_requests
+        self._pause = pause
+        self._keep_alive = keep_alive
+        self._deadline = time.monotonic() + max_seconds
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.outcomes: list[Outcome] = []
+        self._threads = [threading.Thread(target=self._run, name=f"load-{i}", daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _next(self) -> int | None:
+        with self._lock:
+            if self._seq >= self._max_requests or time.monotonic() > self._deadline:
+                return None
+            self._seq += 1
+            return self._seq
+
+    def _run(self) -> None:
+        session = requests.Session()
+        if not self._keep_alive:
+            session.headers["Connection"] = "close"
+        while not self._stop.is_set():
+            seq = self._next()
+            if seq is None:
+                return
+            try:
+                response = self._send(session, seq)
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = None
+                outcome = Outcome(seq, response.status_code, body, None, time.monotonic())
+            except requests.RequestException as exc:
+                outcome = Outcome(seq, None, None, f"{type(exc).__name__}: {exc}", time.monotonic())
+            with self._lock:
+                self.outcomes.append(outcome)
+            self._stop.wait(self._pause)
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        """Block until at least `count` requests completed, so a fault lands in the middle of the load."""
+        eventually(lambda: self._assert_done(count), timeout)
+
+    def _assert_done(self, count: int) -> None:
+        assert len(self.outcomes) >= count, f"{len(self.outcomes)} of {count} requests done"
+
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def succeeded(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.ok]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import signal
 import uuid
 
 import pytest
 import requests
 
-from infra import ConsulAgent, check_status, eventually, wait_passing
+from infra import check_status, eventually, isolated_agent, wait_passing
+from servicekit import kvconfig
 
 TIMEOUT = 10
 
@@ -168,10 +170,19 @@ def test_a_killed_instance_turns_critical_in_consul(stack, start_instance):
     eventually(critical, timeout=10)
 
 
-def test_a_stopped_instance_leaves_consul(stack, start_instance):
+def test_sigterm_leaves_consul_first_then_drains_then_stops(stack, start_instance):
     extra = wait_passing(stack.agent, start_instance("messages-service"))
-    extra.proc.stop()
-    assert check_status(stack.agent.client(), extra.instance_id) is None
+    client = stack.agent.client()
+    extra.proc.send_signal(signal.SIGTERM)
+
+    def deregistered():
+        assert check_status(client, extra.instance_id) is None
+
+    eventually(deregistered, timeout=5, interval=0.02)
+    # Out of Consul, but still serving while callers drop it (DRAIN_SECONDS, 1 s by default).
+    assert requests.get(f"{extra.url}/health", timeout=TIMEOUT).status_code == 200
+    extra.proc.popen.wait(20)
+    assert extra.proc.popen.returncode == 0
 
 
 def test_post_without_a_healthy_logging_instance_is_503_and_queues_nothing(
@@ -179,10 +190,9 @@ def test_post_without_a_healthy_logging_instance_is_503_and_queues_nothing(
 ):
     # A Consul of its own, where no logging-service is registered, on the same Hazelcast cluster
     # but with a queue nobody consumes, so the test can see that nothing reached it.
-    agent = ConsulAgent(log_dir, name="consul-empty").start()
+    agent = isolated_agent(hazelcast_cluster, log_dir, name="consul-empty")
     try:
-        queue_name = f"isolated-{uuid.uuid4().hex[:8]}"
-        hazelcast_cluster.seed_kv(agent, queue_name=queue_name)
+        queue_name = agent.client().kv.get(kvconfig.KEY_QUEUE)[1]["Value"].decode()
         facade = wait_passing(agent, start_instance("facade-service", agent=agent))
         response = requests.post(f"{facade.url}/facade", json={"msg": "nowhere"}, timeout=TIMEOUT)
         assert response.status_code == 503

@@ -1,0 +1,135 @@
+"""Instances come and go under load; the facade keeps answering. Real processes, bounded load, loopback.
+
+Each test has a stack of its own (own Consul agent, own map and queue on the shared Hazelcast cluster),
+because it kills or restarts parts of it.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+import uuid
+
+import requests
+
+from infra import Load, Stack, check_status, eventually, wait_passing
+from servicekit.consul_client import make_consul
+from servicekit.discovery import ServiceWatch
+from servicekit.settings import Settings
+
+TIMEOUT = 10
+CHECK_INTERVAL = 1.0  # servicekit.settings.Settings.check_interval
+
+
+def post_load(stack: Stack, **kwargs) -> Load:
+    tag = uuid.uuid4().hex[:6]
+    return Load(lambda s, n: s.post(stack.url, json={"msg": f"{tag}-{n}"}, timeout=TIMEOUT), **kwargs)
+
+
+def logged(stack: Stack) -> list[str]:
+    live = next(s for s in stack.logging if s.proc.alive())
+    return requests.get(f"{live.url}/logging", timeout=TIMEOUT).json()["messages"]
+
+
+def describe(failures) -> str:
+    return "; ".join(f"#{o.seq}: {o.status} {o.error or o.body}" for o in failures[:5])
+
+
+def test_posts_survive_a_killed_logging_instance(own_stack):
+    stack = own_stack(logging=3, messages=1)
+    with post_load(stack, clients=4, max_requests=600, max_seconds=40) as load:
+        load.wait_for(100)
+        stack.logging[0].proc.kill9()
+        load.wait_for(400)
+    assert load.failures() == [], describe(load.failures())
+    acknowledged = {o.body["msg"] for o in load.succeeded()}
+    assert len(acknowledged) == len(load.outcomes) >= 400
+    assert acknowledged <= set(logged(stack)), "an acknowledged message is missing from the log"
+
+
+def test_gets_survive_a_killed_messages_instance(own_stack):
+    stack = own_stack(logging=1, messages=2)
+    with Load(lambda s, n: s.get(stack.url, timeout=TIMEOUT), clients=4, max_requests=400, max_seconds=40) as load:
+        load.wait_for(50)
+        stack.messages[0].proc.kill9()
+        load.wait_for(300)
+    assert load.failures() == [], describe(load.failures())
+    answered_by = {o.body["messages_from"] for o in load.outcomes[-50:]}
+    assert answered_by == {stack.messages[1].instance_id}
+
+
+def test_a_new_logging_instance_receives_traffic_within_a_check_interval(own_stack):
+    stack = own_stack(logging=1, messages=1)
+    client = stack.agent.client()
+    with post_load(stack, clients=2, max_requests=3000, max_seconds=40) as load:
+        load.wait_for(20)
+        new = stack.start("logging-service")
+        stack.logging.append(new)
+
+        def passing_since():
+            assert check_status(client, new.instance_id) == "passing"
+            return time.monotonic()
+
+        passing_at = eventually(passing_since, timeout=30, interval=0.02)
+
+        def first_request():
+            hits = [o.at for o in list(load.outcomes) if o.ok and o.body.get("logged_by") == new.instance_id]
+            assert hits, "no request reached the new instance yet"
+            return min(hits)
+
+        first_at = eventually(first_request, timeout=10, interval=0.02)
+    assert first_at - passing_at <= CHECK_INTERVAL + 1.0
+    assert load.failures() == [], describe(load.failures())
+
+
+def test_rolling_restart_of_every_service_loses_no_request(own_stack):
+    stack = own_stack(logging=3, messages=2, facades=2)
+    # The load finds the facades through Consul too, as a client of such a system would, on a fresh
+    # connection per request, so a facade that left Consul gets no new request.
+    watch = ServiceWatch(make_consul(Settings.from_env("load", 1, env={"CONSUL_HTTP_ADDR": stack.agent.addr})),
+                         "facade-service", wait="5s").start()
+
+    def facade_url() -> str:
+        return f"{random.choice(watch.instances(timeout=5)).url}/facade"
+
+    def post(session, n):
+        return session.post(facade_url(), json={"msg": f"roll-{n}"}, timeout=TIMEOUT)
+
+    def get(session, n):
+        return session.get(facade_url(), timeout=TIMEOUT)
+
+    posts = Load(post, clients=3, max_requests=20000, max_seconds=150, pause=0.01, keep_alive=False)
+    gets = Load(get, clients=1, max_requests=3000, max_seconds=150, pause=0.05, keep_alive=False)
+    try:
+        with posts as load, gets:
+            load.wait_for(30)
+            for group in (stack.logging, stack.messages, stack.facades):
+                for old in list(group):
+                    old.proc.stop(signal.SIGTERM)
+                    wait_passing(stack.agent, stack.replace(old))
+            load.wait_for(len(load.outcomes) + 30)
+    finally:
+        watch.stop()
+    failures = posts.failures() + gets.failures()
+    assert failures == [], describe(failures)
+    assert len(posts.outcomes) > 100 and len(gets.outcomes) > 10
+    acknowledged = {o.body["msg"] for o in load.succeeded()}
+    assert acknowledged <= set(logged(stack))
+
+
+def test_instances_register_again_after_the_consul_agent_restarts(own_stack):
+    stack = own_stack(logging=2, messages=1)
+    pids = {s.instance_id: s.proc.pid for s in stack.instances}
+    with post_load(stack, clients=2, max_requests=5000, max_seconds=60) as load:
+        load.wait_for(20)
+        stack.agent.restart()
+        back_at = time.monotonic()
+        # What ./scripts/up does after an agent restart: seed KV again (the services do the rest).
+        stack.cluster.seed_kv(stack.agent)
+        stack.wait_all_passing(timeout=10)
+        recovered_in = time.monotonic() - back_at
+        load.wait_for(len(load.outcomes) + 20)
+    assert recovered_in <= 10
+    assert {s.instance_id: s.proc.pid for s in stack.instances} == pids, "no instance restarted"
+    assert load.failures() == [], describe(load.failures())
