@@ -161,11 +161,14 @@ class ConsulAgent:
     def stop(self) -> None:
         self.proc.stop(signal.SIGINT)
 
-    def restart(self, timeout: float = 30.0) -> None:
-        """Stop and start again on the same ports: a dev agent comes back empty, as after a crash."""
-        self.proc.stop(signal.SIGINT)
+    def relaunch(self, timeout: float = 30.0) -> None:
+        """Start a stopped agent again on the same ports: a dev agent comes back empty."""
         self.proc = Proc(self.proc.name, self.proc.args, self.proc.log_path)
         self.start(timeout)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        self.stop()
+        self.relaunch(timeout)
 
 
 class HazelcastCluster:

@@ -133,3 +133,42 @@ def test_instances_register_again_after_the_consul_agent_restarts(own_stack):
     assert recovered_in <= 10
     assert {s.instance_id: s.proc.pid for s in stack.instances} == pids, "no instance restarted"
     assert load.failures() == [], describe(load.failures())
+
+
+def test_facade_serves_from_last_known_instances_while_consul_is_down(own_stack):
+    stack = own_stack(logging=2, messages=1)
+    try:
+        with post_load(stack, clients=2, max_requests=2000, max_seconds=60) as load:
+            load.wait_for(20)
+            stack.agent.stop()
+            down_from = len(load.outcomes)
+            load.wait_for(down_from + 100)
+
+            def says_consul_is_unreachable():
+                details = requests.get(f"{stack.facade.url}/health", timeout=TIMEOUT).json()["details"]
+                assert details["discovery"]["logging-service"]["consul"].startswith("unreachable")
+                assert len(details["discovery"]["logging-service"]["instances"]) == 2
+
+            eventually(says_consul_is_unreachable, timeout=10)
+            served_while_down = len(load.outcomes) - down_from
+    finally:
+        if not stack.agent.proc.alive():
+            stack.agent.relaunch()
+    assert served_while_down >= 100
+    assert load.failures() == [], describe(load.failures())
+
+
+def test_an_instance_started_while_consul_is_down_registers_once_it_is_back(own_stack):
+    stack = own_stack(logging=1, messages=1)
+    stack.agent.stop()
+    late = stack.start("logging-service")
+    stack.logging.append(late)
+    time.sleep(2)  # a moment of real downtime for the instance to live through
+    assert late.proc.alive(), "a missing Consul must not crash the instance"
+    # Without KV the worker cannot learn the Hazelcast settings, so it says it is not ready.
+    assert requests.get(f"{late.url}/health", timeout=TIMEOUT).status_code == 503
+    stack.agent.relaunch()
+    stack.cluster.seed_kv(stack.agent)
+    wait_passing(stack.agent, late, timeout=20)
+    log = late.proc.log_path.read_text()
+    assert "Consul" in log and "does not answer" in log, "the log says why it is not registered"
