@@ -11,9 +11,12 @@ logs.configure(settings.instance_id)
 wsgi_app = "logging_svc:create_app()"
 bind = settings.bind
 workers = 2
-worker_class = "gthread"
+# gthread, with requests read by the event loop: slow or half-open clients hold no thread (see the module).
+worker_class = "servicekit.workers.BufferingThreadWorker"
 threads = 4
 graceful_timeout = 10
+# Seconds an idle kept-alive connection stays open (gunicorn's default, made explicit).
+keepalive = 2
 
 when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
 worker_exit = gunicorn_hooks.worker_exit
