@@ -21,6 +21,12 @@ def listening_addresses(pid: int) -> set[str]:
     }
 
 
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    # Java listens on IPv6 sockets: 127.0.0.1 shows as ::ffff:127.0.0.1.
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
 def test_every_service_member_and_agent_listens_on_loopback_only(stack):
     pids = {s.instance_id: s.proc.pid for s in stack.instances}
     pids.update({proc.name: proc.pid for proc in stack.cluster.members.values()})
@@ -28,7 +34,7 @@ def test_every_service_member_and_agent_listens_on_loopback_only(stack):
     for name, pid in pids.items():
         addresses = listening_addresses(pid)
         assert addresses, f"{name} listens nowhere"
-        assert all(ipaddress.ip_address(a).is_loopback for a in addresses), (name, addresses)
+        assert all(is_loopback(a) for a in addresses), (name, addresses)
 
 
 def test_error_responses_name_no_host_address_or_stack_trace(stack):
