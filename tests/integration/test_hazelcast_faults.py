@@ -48,6 +48,16 @@ class FaultStack:
         return self.client.get_queue("messages-queue").blocking()
 
 
+def assert_rebalanced(client: hazelcast.HazelcastClient, size: int) -> None:
+    members = {m.uuid for m in client.cluster_service.get_members()}
+    assert len(members) == size, f"{len(members)} members"
+    # Hazelcast assigns partitions on the first partition operation; until then nobody owns any.
+    client.get_map("rebalance-probe").blocking().get("probe")
+    partitions = client.partition_service
+    owners = {partitions.get_partition_owner(p) for p in range(partitions.get_partition_count())}
+    assert owners == members, "partitions not spread over every member yet"
+
+
 @pytest.fixture(scope="module")
 def faults(log_dir):
     """3 members, 1 facade, 2 logging and 2 messages instances, all of this module's own."""
@@ -58,6 +68,12 @@ def faults(log_dir):
     client = None
     try:
         cluster.start()
+        client = hazelcast.HazelcastClient(
+            cluster_name=cluster.cluster_name, cluster_members=cluster.addresses, cluster_connect_timeout=30
+        )
+        # cluster.start() waits for each member's port only. One backup covers one failure in a formed
+        # cluster; a member killed during the migrations that follow its join is a second fault.
+        eventually(lambda: assert_rebalanced(client, 3), 90, interval=0.5, what="partitions spread over 3 members")
         services = [
             start_service("facade-service", agent, module_logs),
             *(start_service("logging-service", agent, module_logs) for _ in range(2)),
@@ -65,9 +81,6 @@ def faults(log_dir):
         ]
         for service in services:
             wait_passing(agent, service)
-        client = hazelcast.HazelcastClient(
-            cluster_name=cluster.cluster_name, cluster_members=cluster.addresses, cluster_connect_timeout=30
-        )
         yield FaultStack(agent, cluster, services[0], services[1:3], services[3:5], client)
     finally:
         if client is not None:
