@@ -84,7 +84,7 @@ class Backends:
                     return instance, self._once(instance, send, timeout, failed)
         except InstanceFailed:
             detail = "; ".join(f"{k}: {v}" for k, v in failed.items())
-            raise Unavailable(f"every {service} instance failed ({detail})") from None
+            raise Unavailable(f"every {service} instance failed", detail) from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     def _once(self, instance: Instance, send: Send, timeout: tuple[float, float], failed: dict[str, str]) -> Any:

@@ -19,7 +19,7 @@ DEFAULT_PORT = 8081
 def create_app(settings: Settings | None = None, message_log: MessageLog | None = None) -> Flask:
     settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
     app = Flask(__name__)
-    configure_app(app, settings.max_body_bytes)
+    configure_app(app, settings)
     if message_log is None:
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)

@@ -4,7 +4,7 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 
-from servicekit.web import BadInput, health_response, read_json_object, require_string
+from servicekit.web import BadInput, health_response, read_json_object, require_message, require_string
 
 bp = Blueprint("logging", __name__)
 
@@ -17,11 +17,14 @@ def _log():
 def add_message():
     data = read_json_object(request)
     message_id = require_string(data, "id")
-    msg = require_string(data, "msg")
+    msg = require_message(data)
     try:
-        uuid.UUID(message_id)
+        canonical = str(uuid.UUID(message_id))
     except ValueError:
         raise BadInput("field 'id' must be a UUID") from None
+    # The id is the map key: one spelling per message, or a retried POST could store it twice.
+    if canonical != message_id:
+        raise BadInput("field 'id' must be a UUID in its canonical lower-case form")
     created = _log().add(message_id, msg)
     return jsonify(id=message_id, msg=msg, created=created), 201 if created else 200
 

@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
     """`consume=False` builds the app without Hazelcast, for unit tests of the routes."""
     settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
     app = Flask(__name__)
-    configure_app(app, settings.max_body_bytes)
+    configure_app(app, settings)
     store = MessageStore()
     app.extensions["message_store"] = store
     if consume:

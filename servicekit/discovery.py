@@ -96,6 +96,7 @@ class ServiceWatch:
         return {
             "instances": [i.id for i in self._instances],
             "consul": "unreachable: " + self._consul_error if self._consul_error else "ok",
+
             "updated_s_ago": None if self._updated_at is None else round(time.monotonic() - self._updated_at, 1),
         }
 
@@ -120,9 +121,15 @@ class ServiceWatch:
                 )
             except CONSUL_ERRORS as exc:
                 if self._consul_error is None:
-                    log.warning("Consul is unreachable; serving %s from the last known instances: %s",
-                                self.service, exc)
-                self._consul_error = type(exc).__name__
+                    if isinstance(exc, consul.ACLPermissionDenied):
+                        log.error("Consul refused to list %s (check CONSUL_HTTP_TOKEN's policy); serving "
+                                  "from the last known instances", self.service)
+                    else:
+                        log.warning("Consul is unreachable; serving %s from the last known instances: %s",
+                                    self.service, exc)
+                self._consul_error = (
+                    "permission denied" if isinstance(exc, consul.ACLPermissionDenied) else type(exc).__name__
+                )
                 # Jitter keeps many workers from hammering an agent that just came back.
                 self._stop.wait(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 3.0)

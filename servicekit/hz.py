@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 
 # The client's own default is 120 s per operation; a request should fail long before that.
 INVOCATION_TIMEOUT = 5.0
+# The client retries the cluster with a backoff that grows to 30 s by default; on loopback a retry is
+# cheap, and a service should be back within seconds of the cluster.
+RETRY_MAX_BACKOFF = 2.0
+# While not connected, say so at this interval: a silent retry loop looks like a hang in the log.
+WAITING_LOG_INTERVAL = 10.0
 
 
 class HazelcastUnavailable(RuntimeError):
@@ -90,8 +95,19 @@ class Hazelcast:
             async_start=True,
             invocation_timeout=INVOCATION_TIMEOUT,
             backup_ack_to_client_enabled=False,
+            retry_max_backoff=RETRY_MAX_BACKOFF,
             lifecycle_listeners=[self._on_state],
         )
+        self._report_while_waiting(config)
+
+    def _report_while_waiting(self, config: kvconfig.SharedConfig) -> None:
+        waited = 0.0
+        while not self._stop.is_set() and not self._connected.wait(WAITING_LOG_INTERVAL):
+            waited += WAITING_LOG_INTERVAL
+            log.warning(
+                "not connected to Hazelcast cluster %r at %s after %.0f s; /health answers 503, still trying",
+                config.cluster_name, ", ".join(config.members), waited,
+            )
 
     def _ready_client(self) -> hazelcast.HazelcastClient:
         if self._client is None or not self._connected.is_set():

@@ -47,6 +47,10 @@ def register(settings: Settings, attempts: int = 5, client: consul.Consul | None
             client.agent.service.register(**service_definition(settings))
             log.info("registered %s at %s with Consul %s", settings.instance_id, settings.bind, settings.consul.url)
             return True
+        except consul.ACLPermissionDenied as exc:
+            log.error("could not register %s: Consul refused the token (%s); CONSUL_HTTP_TOKEN must be set "
+                      "and allow service:write on %r", settings.instance_id, str(exc).strip(), settings.service_name)
+            return False
         except CONSUL_ERRORS as exc:
             log.warning("registering with Consul failed (attempt %d/%d): %s", attempt, attempts, exc)
             if attempt < attempts:
@@ -112,6 +116,11 @@ class RegistrationKeeper:
                                     self._settings.instance_id)
                         register(self._settings, attempts=1, client=self._client)
                     backoff = self._interval
+                except consul.ACLPermissionDenied:
+                    # Retrying fast will not fix a token; say so now and then, without a crash loop.
+                    backoff = min(backoff * 2, 30.0)
+                    log.error("Consul refuses this instance's token (CONSUL_HTTP_TOKEN); retrying in about "
+                              "%.0f s", backoff)
                 except CONSUL_ERRORS as exc:
                     backoff = min(backoff * 2, 4.0)
                     log.warning("Consul at %s does not answer (%s); retrying in about %.0f s",

@@ -41,6 +41,15 @@ def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool =
     return value
 
 
+# The JSON the facade sends to logging_svc around a message: {"id": "<uuid>", "msg": "..."}.
+_ENVELOPE_BYTES = 256
+
+
+def forwarded_body_bytes(max_message_chars: int) -> int:
+    """The largest body a message of `max_message_chars` code points can make, JSON-escaped (12 bytes each)."""
+    return 12 * max_message_chars + _ENVELOPE_BYTES
+
+
 @dataclass(frozen=True)
 class ConsulAddress:
     scheme: str
@@ -81,11 +90,23 @@ class Settings:
     # On SIGTERM, how long an instance keeps serving after leaving Consul, so callers drop it first.
     drain_seconds: float = 1.0
     max_body_bytes: int = 64 * 1024
+    # Longest message (in code points) the facade accepts. The facade forwards it to logging_svc as
+    # JSON, where a code point can take 12 bytes (an escaped surrogate pair), so every accepted
+    # message must still fit that service's MAX_BODY_BYTES: __post_init__ checks it.
+    max_message_chars: int = 4096
     # How often Consul runs the /health check, and when it forgets an instance that died silently.
     check_interval: str = "1s"
     check_timeout: str = "1s"
     deregister_after: str = "1m"
     version: str = VERSION
+
+    def __post_init__(self) -> None:
+        needed = forwarded_body_bytes(self.max_message_chars)
+        if needed > self.max_body_bytes:
+            raise SettingsError(
+                f"MAX_MESSAGE_CHARS={self.max_message_chars} needs MAX_BODY_BYTES of at least {needed} "
+                f"(got {self.max_body_bytes}): a message that long may not fit the body sent to logging_svc"
+            )
 
     @classmethod
     def from_env(
@@ -104,6 +125,7 @@ class Settings:
             request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
             drain_seconds=_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, minimum=1),
+            max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
         )
 
     @property

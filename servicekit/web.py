@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
-from flask import Flask, Request, jsonify
+from flask import Flask, Request, current_app, jsonify
 from hazelcast.errors import HazelcastError
 from werkzeug.exceptions import HTTPException
 
 from .hz import HazelcastUnavailable
+from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Our documents are flat ({"msg": "..."}); 32 levels leaves room for any client's envelope while a
+# body of 64 KiB of brackets is turned away before json.loads recurses into it.
+MAX_JSON_DEPTH = 32
+# What changes the nesting depth: a bracket, a quote (strings do not count), an escape (so an escaped
+# quote does not end a string). A plain alternation: linear, whatever the input.
+_JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 
 class BadInput(ValueError):
@@ -20,7 +29,36 @@ class BadInput(ValueError):
 
 
 class Unavailable(RuntimeError):
-    """A dependency is down; the message is safe to show the client."""
+    """A dependency is down. `public` goes to the client ("every logging-service instance failed");
+    `detail` (instance ids, addresses, library errors) goes to the log only."""
+
+    def __init__(self, public: str, detail: str = ""):
+        super().__init__(f"{public}: {detail}" if detail else public)
+        self.public = public
+
+
+def nesting_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when arrays and objects nest deeper than `limit`. Brackets inside strings do not count."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = False
+    for token in _JSON_STRUCTURE.findall(text):
+        if token == '"':
+            in_string = not in_string
+        elif in_string or len(token) == 2:
+            continue
+        elif token in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 class BadGateway(RuntimeError):
@@ -35,8 +73,11 @@ def read_json_object(request: Request) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadInput("body is not valid UTF-8") from None
+    if nesting_exceeds(text):
+        raise BadInput(f"body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        data = json.loads(text)
+        # NaN and Infinity are Python's extensions, not JSON.
+        data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise BadInput("body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -44,7 +85,7 @@ def read_json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-def require_string(data: dict[str, Any], key: str) -> str:
+def require_string(data: dict[str, Any], key: str, max_chars: int | None = None) -> str:
     value = data.get(key)
     if value is None:
         raise BadInput(f"missing field {key!r}")
@@ -52,7 +93,19 @@ def require_string(data: dict[str, Any], key: str) -> str:
         raise BadInput(f"field {key!r} must be a string")
     if not value:
         raise BadInput(f"field {key!r} must not be empty")
+    if max_chars is not None and len(value) > max_chars:
+        raise BadInput(f"field {key!r} must be at most {max_chars} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's \ud800 escapes can smuggle in a lone surrogate, which no UTF-8 reader downstream takes.
+        raise BadInput(f"field {key!r} must be valid Unicode text") from None
     return value
+
+
+def require_message(data: dict[str, Any], key: str = "msg") -> str:
+    """A message field, within the app's MAX_MESSAGE_CHARS."""
+    return require_string(data, key, max_chars=current_app.config["MAX_MESSAGE_CHARS"])
 
 
 def _error(status: int, message: str):
@@ -67,11 +120,16 @@ def install_error_handlers(app: Flask) -> None:
         return _error(400, str(exc))
 
     @app.errorhandler(Unavailable)
+    def unavailable(exc: Unavailable):
+        log.warning("answering 503: %s", exc)
+        return _error(503, exc.public)
+
     @app.errorhandler(HazelcastUnavailable)
     @app.errorhandler(HazelcastError)
-    def unavailable(exc: Exception):
-        log.warning("answering 503: %s", exc)
-        return _error(503, str(exc))
+    def hazelcast_unavailable(exc: Exception):
+        # The library's messages name members and internals; the client only needs to know it may retry.
+        log.warning("answering 503: %s: %s", type(exc).__name__, exc)
+        return _error(503, "the Hazelcast cluster is unavailable")
 
     @app.errorhandler(BadGateway)
     def bad_gateway(exc: BadGateway):
@@ -87,8 +145,9 @@ def install_error_handlers(app: Flask) -> None:
         return _error(500, "internal error")
 
 
-def configure_app(app: Flask, max_body_bytes: int) -> None:
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+def configure_app(app: Flask, settings: Settings) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_MESSAGE_CHARS"] = settings.max_message_chars
     app.json.sort_keys = False
     install_error_handlers(app)
 

@@ -30,7 +30,7 @@ def log():
 
 @pytest.fixture
 def client(log):
-    settings = Settings.from_env("logging-service", 8081, env={"MAX_BODY_BYTES": "1024"})
+    settings = Settings.from_env("logging-service", 8081, env={"MAX_BODY_BYTES": "1024", "MAX_MESSAGE_CHARS": "64"})
     return create_app(settings, message_log=log).test_client()
 
 
