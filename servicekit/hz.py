@@ -66,7 +66,7 @@ class Hazelcast:
             except (DiscoveryError, kvconfig.ConfigError, *CONSUL_ERRORS) as exc:
                 log.warning("cannot read the Hazelcast settings from Consul yet: %s", exc)
                 self._stop.wait(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 3.0)
         return None
 
     def _on_state(self, state: str) -> None:

@@ -6,6 +6,7 @@ shows why; every wait has a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -50,6 +51,11 @@ def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 
             if time.monotonic() > deadline:
                 raise AssertionError(f"not true after {timeout:.0f} s{': ' + what if what else ''}: {exc!r}") from exc
         time.sleep(interval)
+
+
+def record(log_dir: Path, name: str, figures: dict) -> None:
+    """Keep a test's measured figures beside its process logs, as tests/.logs/<run>/<name>.json."""
+    (log_dir / f"{name}.json").write_text(json.dumps(figures, indent=1))
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import uuid
 
 import requests
 
-from infra import Load, Stack, check_status, eventually, wait_passing
+from infra import Load, Stack, check_status, eventually, record, wait_passing
 from servicekit.consul_client import make_consul
 from servicekit.discovery import ServiceWatch
 from servicekit.settings import Settings
@@ -130,6 +130,10 @@ def test_instances_register_again_after_the_consul_agent_restarts(own_stack):
         stack.wait_all_passing(timeout=10)
         recovered_in = time.monotonic() - back_at
         load.wait_for(len(load.outcomes) + 20)
+    record(stack.log_dir, "consul-agent-restart", {
+        "all_passing_after_agent_back_s": round(recovered_in, 2),
+        "requests": len(load.outcomes), "failed": len(load.failures()),
+    })
     assert recovered_in <= 10
     assert {s.instance_id: s.proc.pid for s in stack.instances} == pids, "no instance restarted"
     assert load.failures() == [], describe(load.failures())
@@ -154,6 +158,9 @@ def test_facade_serves_from_last_known_instances_while_consul_is_down(own_stack)
     finally:
         if not stack.agent.proc.alive():
             stack.agent.relaunch()
+    record(stack.log_dir, "consul-down-mid-run", {
+        "served_while_down": served_while_down, "requests": len(load.outcomes), "failed": len(load.failures()),
+    })
     assert served_while_down >= 100
     assert load.failures() == [], describe(load.failures())
 
@@ -168,7 +175,9 @@ def test_an_instance_started_while_consul_is_down_registers_once_it_is_back(own_
     # Without KV the worker cannot learn the Hazelcast settings, so it says it is not ready.
     assert requests.get(f"{late.url}/health", timeout=TIMEOUT).status_code == 503
     stack.agent.relaunch()
+    back_at = time.monotonic()
     stack.cluster.seed_kv(stack.agent)
     wait_passing(stack.agent, late, timeout=20)
+    record(stack.log_dir, "consul-down-at-startup", {"passing_after_agent_back_s": round(time.monotonic() - back_at, 2)})
     log = late.proc.log_path.read_text()
     assert "Consul" in log and "does not answer" in log, "the log says why it is not registered"

@@ -20,7 +20,7 @@ import hazelcast
 import pytest
 import requests
 
-from infra import ConsulAgent, HazelcastCluster, Service, eventually, start_service, wait_passing
+from infra import ConsulAgent, HazelcastCluster, Service, eventually, record, start_service, wait_passing
 
 from servicekit.hz import WAITING_LOG_INTERVAL
 
@@ -139,10 +139,6 @@ class Load:
 
 def held_by(service: Service) -> list[str]:
     return requests.get(f"{service.url}/messages", timeout=TIMEOUT).json()["messages"]
-
-
-def record(log_dir: Path, name: str, figures: dict) -> None:
-    (log_dir / f"{name}.json").write_text(json.dumps(figures, indent=1))
 
 
 def queue_owner_port(stack: FaultStack) -> int:
