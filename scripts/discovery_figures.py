@@ -28,9 +28,9 @@ from infra import (  # noqa: E402
     HazelcastCluster,
     Load,
     build_stack,
-    check_status,
     eventually,
     isolated_agent,
+    passing_to_first_request,
     prometheus_counter,
 )
 
@@ -59,28 +59,12 @@ def death_to_removal(stack) -> float:
     return elapsed
 
 
-def passing_to_first_request(stack) -> float:
-    client = stack.agent.client()
+def first_request_delay(stack) -> float:
     tag = uuid.uuid4().hex[:6]
     with Load(lambda s, n: s.post(stack.url, json={"msg": f"{tag}-{n}"}, timeout=10),
               clients=2, max_requests=5000, max_seconds=60) as load:
         load.wait_for(20)
-        new = stack.start("logging-service")
-        stack.logging.append(new)
-
-        def passing():
-            assert check_status(client, new.instance_id) == "passing"
-            return time.monotonic()
-
-        passing_at = eventually(passing, timeout=30, interval=0.01)
-
-        def first_request():
-            hits = [o.at for o in list(load.outcomes) if o.ok and o.body["logged_by"] == new.instance_id]
-            assert hits
-            return min(hits)
-
-        first_at = eventually(first_request, timeout=10, interval=0.01)
-    return first_at - passing_at
+        return passing_to_first_request(stack, load)
 
 
 def consul_requests_per_1k(stack) -> float:
@@ -111,7 +95,7 @@ def main() -> int:
             print(f"  death -> out of rotation, round {i + 1}: {removal[-1] * 1000:.0f} ms", flush=True)
         first = []
         for i in range(args.rounds):
-            first.append(passing_to_first_request(stack))
+            first.append(first_request_delay(stack))
             print(f"  passing -> first request, round {i + 1}: {first[-1] * 1000:.0f} ms", flush=True)
         per_1k = consul_requests_per_1k(stack)
     finally:

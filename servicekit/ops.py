@@ -101,6 +101,11 @@ def register_hazelcast(args: argparse.Namespace) -> int:
     return 0
 
 
+def aggregate_status(statuses: set[str]) -> str:
+    """Consul's rule: the worst of an instance's checks is its health."""
+    return next((s for s in ("critical", "warning") if s in statuses), "passing")
+
+
 def service_health(client: consul.Consul) -> dict[str, list[tuple[str, str, str]]]:
     """service -> [(instance id, address:port, aggregate status)] from the agent's catalog."""
     _, services = client.catalog.services()
@@ -112,7 +117,7 @@ def service_health(client: consul.Consul) -> dict[str, list[tuple[str, str, str]
         rows = []
         for entry in entries:
             statuses = {c["Status"] for c in entry["Checks"]}
-            status = next((s for s in ("critical", "warning") if s in statuses), "passing")
+            status = aggregate_status(statuses)
             svc = entry["Service"]
             rows.append((svc["ID"], f"{svc['Address'] or entry['Node']['Address']}:{svc['Port']}", status))
         table[name] = sorted(rows)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from servicekit import kvconfig  # noqa: E402
-from servicekit.ops import DEFAULT_JAR, hazelcast_member_command  # noqa: E402
+from servicekit.ops import DEFAULT_JAR, aggregate_status, hazelcast_member_command  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 SERVICES = {
@@ -285,7 +285,7 @@ def check_status(client: consul.Consul, instance_id: str) -> str | None:
     statuses = {e["Status"] for e in entries if e.get("ServiceID") == instance_id}
     if not statuses:
         return None
-    return next((s for s in ("critical", "warning") if s in statuses), "passing")
+    return aggregate_status(statuses)
 
 
 def wait_passing(agent: ConsulAgent, service: Service, timeout: float = 60.0) -> Service:
@@ -481,3 +481,24 @@ class Load:
 
     def succeeded(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.ok]
+
+
+def passing_to_first_request(stack: Stack, load: Load) -> float:
+    """Start a logging instance under `load`; seconds from Consul reporting it passing to the first
+    acknowledged POST it served."""
+    client = stack.agent.client()
+    new = stack.start("logging-service")
+    stack.logging.append(new)
+
+    def passing_since():
+        assert check_status(client, new.instance_id) == "passing"
+        return time.monotonic()
+
+    passing_at = eventually(passing_since, timeout=30, interval=0.01)
+
+    def first_request():
+        hits = [o.at for o in list(load.outcomes) if o.ok and o.body.get("logged_by") == new.instance_id]
+        assert hits, "no request reached the new instance yet"
+        return min(hits)
+
+    return eventually(first_request, timeout=10, interval=0.01) - passing_at

@@ -13,7 +13,7 @@ import uuid
 
 import requests
 
-from infra import Load, Stack, check_status, eventually, record, wait_passing
+from infra import Load, Stack, eventually, passing_to_first_request, record, wait_passing
 from servicekit.consul_client import make_consul
 from servicekit.discovery import ServiceWatch
 from servicekit.settings import Settings
@@ -61,25 +61,10 @@ def test_gets_survive_a_killed_messages_instance(own_stack):
 
 def test_a_new_logging_instance_receives_traffic_within_a_check_interval(own_stack):
     stack = own_stack(logging=1, messages=1)
-    client = stack.agent.client()
     with post_load(stack, clients=2, max_requests=3000, max_seconds=40) as load:
         load.wait_for(20)
-        new = stack.start("logging-service")
-        stack.logging.append(new)
-
-        def passing_since():
-            assert check_status(client, new.instance_id) == "passing"
-            return time.monotonic()
-
-        passing_at = eventually(passing_since, timeout=30, interval=0.02)
-
-        def first_request():
-            hits = [o.at for o in list(load.outcomes) if o.ok and o.body.get("logged_by") == new.instance_id]
-            assert hits, "no request reached the new instance yet"
-            return min(hits)
-
-        first_at = eventually(first_request, timeout=10, interval=0.02)
-    assert first_at - passing_at <= CHECK_INTERVAL + 1.0
+        delay = passing_to_first_request(stack, load)
+    assert delay <= CHECK_INTERVAL + 1.0
     assert load.failures() == [], describe(load.failures())
 
 
