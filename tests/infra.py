@@ -79,6 +79,7 @@ class Proc:
     args: list[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
     popen: subprocess.Popen | None = None
 
     def start(self) -> "Proc":
@@ -86,7 +87,7 @@ class Proc:
         log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             self.args,
-            cwd=ROOT,
+            cwd=self.cwd,
             env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -265,16 +266,25 @@ class Service:
 
 
 def start_service(
-    name: str, agent: ConsulAgent, log_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+    name: str,
+    agent: ConsulAgent,
+    log_dir: Path,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    root: Path = ROOT,
 ) -> Service:
-    """Start one instance under gunicorn with its service's gunicorn.conf.py, as ./scripts/up does."""
+    """Start one instance under gunicorn with its service's gunicorn.conf.py, as ./scripts/up does.
+
+    `root` is the source tree to run: ./scripts/bench --baseline runs an older checkout beside this one.
+    """
     port = port or free_port()
     package = SERVICES[name]
     proc = Proc(
         f"{package}-{port}",
-        [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / package / "gunicorn.conf.py")],
+        [str(VENV_BIN / "gunicorn"), "-c", str(root / package / "gunicorn.conf.py")],
         log_dir / f"{package}-{port}.log",
-        env={"PORT": str(port), "CONSUL_HTTP_ADDR": agent.addr, **(env or {})},
+        env={"PORT": str(port), "CONSUL_HTTP_ADDR": agent.addr, "PYTHONPATH": str(root), **(env or {})},
+        cwd=root,
     ).start()
     return Service(name, port, proc)
 
@@ -310,6 +320,7 @@ class Stack:
     messages: list[Service] = field(default_factory=list)
     facades: list[Service] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    root: Path = ROOT
 
     @property
     def facade(self) -> Service:
@@ -324,7 +335,7 @@ class Stack:
         return f"{self.facade.url}/facade"
 
     def start(self, name: str, port: int | None = None) -> Service:
-        return start_service(name, self.agent, self.log_dir, port=port, env=self.env)
+        return start_service(name, self.agent, self.log_dir, port=port, env=self.env, root=self.root)
 
     def replace(self, service: Service) -> Service:
         """A new instance of the same service on the same port (so the same instance id)."""
@@ -354,9 +365,10 @@ def build_stack(
     messages: int = 2,
     facades: int = 1,
     env: dict[str, str] | None = None,
+    root: Path = ROOT,
 ) -> Stack:
     """Start the instances all at once, then wait until every one passes its check."""
-    stack = Stack(agent, cluster, log_dir, env=env or {})
+    stack = Stack(agent, cluster, log_dir, env=env or {}, root=root)
     stack.logging = [stack.start("logging-service") for _ in range(logging)]
     stack.messages = [stack.start("messages-service") for _ in range(messages)]
     stack.facades = [stack.start("facade-service") for _ in range(facades)]

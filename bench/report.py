@@ -1,0 +1,141 @@
+"""What ./scripts/bench writes: the machine it ran on, a Markdown table and a plot."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+BEGIN = "<!-- bench:results:begin (written by ./scripts/bench --docs) -->"
+END = "<!-- bench:results:end -->"
+
+
+def machine(command: str, plan: dict, seconds: float) -> dict:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
+        model = found.group(1) if found else ""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "command": command.strip(),
+        "load_generator": "wrk (Debian package), bounded by time; paced Python sender for POST-to-visible",
+        "plan": plan,
+        "seconds": round(seconds),
+    }
+
+
+def _fmt(value, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def markdown(r: dict) -> str:
+    meta = r["meta"]
+    base = r.get("baseline")
+    head = "| figure | this checkout |" + (f" baseline ({meta.get('baseline_label', 'baseline')}) |" if base else "")
+    rows = [
+        f"Run {meta['date']} on {meta['cores']} cores ({meta['cpu'] or 'unknown CPU'}), Python {meta['python']}:",
+        f"`{meta['command']}` ({meta['seconds']} s).",
+        "",
+        head,
+        "|---|---|" + ("---|" if base else ""),
+    ]
+
+    def row(name: str, key: str, unit: str = "", digits: int = 0) -> None:
+        line = f"| {name} | {_fmt(r.get(key), unit, digits)} |"
+        if base:
+            line += f" {_fmt(base.get(key), unit, digits)} |"
+        rows.append(line)
+
+    main_level = meta["plan"]["main_level"]
+    row(f"POST /facade, requests/s at {main_level} connections (`post_rps`)", "post_rps")
+    row("POST /facade p50", "post_p50_ms", " ms", 1)
+    row("POST /facade p99", "post_p99_ms", " ms", 1)
+    row("POST /facade / reference chain, same round (`post_vs_ref`)", "post_vs_ref", "", 2)
+    row("GET /facade p50 at 10,000 stored messages (`get_p50_ms_10k`)", "get_p50_ms_10k", " ms", 1)
+    row("GET /facade growth, p50 per 1,000 stored messages", "get_ms_per_1k_messages", " ms", 2)
+    row("GET /facade constant (p50 fit at 0 messages)", "get_constant_ms", " ms", 1)
+    row("POST-to-visible p50 at 200 messages/s", "visible_p50_ms", " ms", 1)
+    row("POST-to-visible p99 at 200 messages/s (`visible_p99_ms`)", "visible_p99_ms", " ms", 1)
+    row("Drain rate, 2 consumers (`drain_msgs_per_s`)", "drain_msgs_per_s", " msg/s")
+    row("Consul HTTP requests per 1,000 facade requests (`consul_requests_per_1k`)", "consul_requests_per_1k", "", 2)
+    if "ref_chain_rps" in r:
+        rows += [
+            "",
+            "| reference, same run | requests/s |",
+            "|---|---|",
+            f"| bare Flask endpoint (`ref_bare_rps`) | {_fmt(r.get('ref_bare_rps'))} |",
+            f"| two-hop chain (`ref_chain_rps`) | {_fmt(r.get('ref_chain_rps'))} |",
+        ]
+    if "get_by_size" in r:
+        rows += ["", "| stored messages | GET p50 | GET p99 |" + (" baseline p50 | baseline p99 |" if base else ""),
+                 "|---|---|---|" + ("---|---|" if base else "")]
+        for size, g in r["get_by_size"].items():
+            line = f"| {int(size):,} | {g['p50_ms']:.1f} ms | {g['p99_ms']:.1f} ms |"
+            if base and "get_by_size" in base:
+                b = base["get_by_size"][size]
+                line += f" {b['p50_ms']:.1f} ms | {b['p99_ms']:.1f} ms |"
+            rows.append(line)
+    if "post_by_level" in r:
+        rows += ["", "| connections | POST /facade | p50 | p99 | chain | chain p99 |" + (" baseline | baseline p99 |" if base else ""),
+                 "|---|---|---|---|---|---|" + ("---|---|" if base else "")]
+        for level, p in r["post_by_level"].items():
+            c = r["chain_by_level"][level]
+            line = (f"| {level} | {p['rps']:,.0f}/s | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms | "
+                    f"{c['rps']:,.0f}/s | {c['p99_ms']:.1f} ms |")
+            if base and "post_by_level" in base:
+                b = base["post_by_level"][level]
+                line += f" {b['rps']:,.0f}/s | {b['p99_ms']:.1f} ms |"
+            rows.append(line)
+    return "\n".join(rows)
+
+
+def plot(r: dict, path: Path) -> None:
+    fig, (get_ax, post_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = [("this checkout", r)] + ([("baseline", r["baseline"])] if r.get("baseline") else [])
+    for label, data in series:
+        if "get_by_size" in data:
+            sizes = [int(n) for n in data["get_by_size"]]
+            get_ax.plot(sizes, [g["p50_ms"] for g in data["get_by_size"].values()], "o-", label=f"{label} p50")
+            get_ax.plot(sizes, [g["p99_ms"] for g in data["get_by_size"].values()], "o--", label=f"{label} p99")
+        if "post_by_level" in data:
+            levels = data["post_by_level"].values()
+            post_ax.plot([p["rps"] for p in levels], [p["p50_ms"] for p in levels], "o-", label=f"{label} p50")
+            post_ax.plot([p["rps"] for p in levels], [p["p99_ms"] for p in levels], "o--", label=f"{label} p99")
+    if "chain_by_level" in r:
+        levels = r["chain_by_level"].values()
+        post_ax.plot([p["rps"] for p in levels], [p["p50_ms"] for p in levels], "s:", label="reference chain p50")
+    get_ax.set(title="GET /facade latency by stored messages", xlabel="stored messages", ylabel="ms")
+    post_ax.set(title="POST /facade latency by load (1, 4, 16... connections)", xlabel="requests/s", ylabel="ms")
+    for ax in (get_ax, post_ax):
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{r['meta']['date']}, {r['meta']['cores']} cores: {r['meta']['command']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_docs(table: str, doc: Path, plot_from: Path, plot_to: Path) -> None:
+    """Replace the results block of docs/BENCHMARKS.md; the prose around it is written by hand."""
+    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise RuntimeError(f"{doc} has no results block ({BEGIN} ... {END})")
+    before, rest = text.split(BEGIN, 1)
+    _, after = rest.split(END, 1)
+    doc.write_text(f"{before}{BEGIN}\n{table}\n\n![GET and POST latency](bench.png)\n{END}{after}")
+    shutil.copyfile(plot_from, plot_to)
