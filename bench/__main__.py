@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hazelcast
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,27 +153,90 @@ def run_counted(system: System, url: str, connections: int, seconds: float, **kw
     return result
 
 
-def phase_post(plan: Plan, systems: list[System], chain_url: str, bare_url: str) -> dict:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and their children (gunicorn workers, the JVM's threads)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+class CpuAccount:
+    """CPU milliseconds per request, by component, summed over the runs it measured. Runs are
+    sequential, so the shared Hazelcast members and the load generator work for one target at a time."""
+
+    def __init__(self):
+        self.cpu: dict[str, dict[str, float]] = {}
+        self.requests: dict[str, int] = {}
+
+    def measure(self, target: str, groups: dict[str, list[int]], run) -> wrk.Result:
+        before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = run()
+        # wrk is the only child reaped meanwhile: the services are reaped when the bench stops them.
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent = self.cpu.setdefault(target, {})
+        for name, pids in groups.items():
+            spent[name] = spent.get(name, 0.0) + cpu_seconds(pids) - before[name]
+        spent["wrk (load generator)"] = spent.get("wrk (load generator)", 0.0) + (
+            after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
+        self.requests[target] = self.requests.get(target, 0) + result.requests
+        return result
+
+    def per_request_ms(self) -> dict[str, dict[str, float]]:
+        return {target: {name: seconds * 1000 / self.requests[target] for name, seconds in spent.items()}
+                for target, spent in self.cpu.items()}
+
+
+def system_groups(system: System, cluster: HazelcastCluster) -> dict[str, list[int]]:
+    stack = system.stack
+    return {
+        "facade": [s.proc.pid for s in stack.facades],
+        "logging_svc": [s.proc.pid for s in stack.logging],
+        "messages_svc": [s.proc.pid for s in stack.messages],
+        "hazelcast members": [p.pid for p in cluster.members.values()],
+        "consul agent": [system.agent.proc.pid],
+    }
+
+
+def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, refs: dict[str, Proc],
+               chain_url: str, bare_url: str) -> dict:
     """Interleaved: each round runs the chain, then every system, at each concurrency."""
     runs: dict[str, dict[int, list[wrk.Result]]] = {"chain": {}, "bare": {}}
     for system in systems:
         runs[system.label] = {}
     ratios: dict[str, list[float]] = {s.label: [] for s in systems}
+    account = CpuAccount()
+    chain_groups = {"reference chain (front)": [refs["chain"].pid], "reference bare (second hop)": [refs["bare"].pid]}
     for r in range(plan.rounds):
         bare = wrk.run(f"{bare_url}/echo", plan.main_level, plan.seconds, method="POST", body=POST_BODY)
         runs["bare"].setdefault(plan.main_level, []).append(bare)
         for level in plan.levels:
-            chain = wrk.run(f"{chain_url}/chain", level, plan.seconds, method="POST", body=POST_BODY)
+            def chain_run(level=level):
+                return wrk.run(f"{chain_url}/chain", level, plan.seconds, method="POST", body=POST_BODY)
+
+            chain = account.measure("chain", chain_groups, chain_run) if level == plan.main_level else chain_run()
             runs["chain"].setdefault(level, []).append(chain)
             line = f"round {r + 1}, {level:>2} connections: chain {chain.rps:6.0f}/s"
             for system in random.sample(systems, len(systems)):
-                result = run_counted(system, system.stack.url, level, plan.seconds, method="POST", body=POST_BODY)
-                runs[system.label].setdefault(level, []).append(result)
+                def facade_run(system=system, level=level):
+                    return run_counted(system, system.stack.url, level, plan.seconds, method="POST", body=POST_BODY)
+
                 if level == plan.main_level:
+                    result = account.measure(system.label, system_groups(system, cluster), facade_run)
                     ratios[system.label].append(result.rps / chain.rps)
+                else:
+                    result = facade_run()
+                runs[system.label].setdefault(level, []).append(result)
                 line += f", {system.label} {result.rps:6.0f}/s (p99 {result.p99_ms:.0f} ms, {result.errors} errors)"
             log.info("  POST %s", line)
-    return {"runs": runs, "ratios": ratios}
+    return {"runs": runs, "ratios": ratios, "cpu_ms_per_request": account.per_request_ms()}
 
 
 def fill_logging(system: System, count: int) -> None:
@@ -324,6 +389,7 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
         current["ref_bare_rps"] = med("bare", plan.main_level, "rps")
         current["chain_by_level"] = {lvl: {"rps": med("chain", lvl, "rps"), "p50_ms": med("chain", lvl, "p50_ms"),
                                            "p99_ms": med("chain", lvl, "p99_ms")} for lvl in plan.levels}
+        current["cpu_ms_per_request"] = post["cpu_ms_per_request"]
     if len(systems) > 1:
         current["baseline"] = out[systems[1].label]
     return current
@@ -371,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             system = start_system(label, cluster, log_dir, root)
             cleanup += [system.agent.stop, system.stack.stop, system.hz.shutdown]
             systems.append(system)
-        log.info("stack up in %.0f s", time.monotonic() - started)
+        log.info("stack up in %.0f s; warming up (JIT, pools, connections)", time.monotonic() - started)
+        for url in [f"{chain_url}/chain", *(s.stack.url for s in systems)]:
+            wrk.run(url, 4, 2, method="POST", body=POST_BODY)
 
         post: dict = {}
         if "get" in phases:
@@ -380,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if "post" in phases:
             log.info("POST /facade against the references (%s connections, %.0f s each, %d rounds)",
                      "/".join(map(str, plan.levels)), plan.seconds, plan.rounds)
-            post = phase_post(plan, systems, chain_url, bare_url)
+            post = phase_post(plan, systems, cluster, {"bare": bare, "chain": chain}, chain_url, bare_url)
         if "visible" in phases:
             log.info("POST-to-visible at %.0f messages/s for %.0f s", plan.visible_rate, plan.visible_seconds)
             for system in systems:

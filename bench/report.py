@@ -100,6 +100,24 @@ def markdown(r: dict) -> str:
                 b = base["post_by_level"][level]
                 line += f" {b['rps']:,.0f}/s | {b['p99_ms']:.1f} ms |"
             rows.append(line)
+    if "cpu_ms_per_request" in r:
+        rows += ["", cpu_table(r["cpu_ms_per_request"], meta)]
+    return "\n".join(rows)
+
+
+def cpu_table(cpu: dict[str, dict[str, float]], meta: dict) -> str:
+    """CPU per POST by component, and the throughput that CPU allows when every core is busy."""
+    targets = list(cpu)
+    names = list(dict.fromkeys(name for spent in cpu.values() for name in spent))
+    rows = [f"CPU per POST at {meta['plan']['main_level']} connections, ms, measured around the same runs:", "",
+            "| component | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    for name in names:
+        rows.append(f"| {name} | " + " | ".join(_fmt(cpu[t].get(name), "", 2) for t in targets) + " |")
+    totals = {t: sum(cpu[t].values()) for t in targets}
+    rows.append("| **total** | " + " | ".join(f"**{totals[t]:.2f}**" for t in targets) + " |")
+    cores = meta["cores"] or 1
+    rows.append(f"| ceiling on {cores} busy cores, requests/s | "
+                + " | ".join(f"{cores * 1000 / totals[t]:,.0f}" if totals[t] else "-" for t in targets) + " |")
     return "\n".join(rows)
 
 
