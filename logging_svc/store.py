@@ -21,6 +21,29 @@ class MessageLog(Protocol):
         """Every message, oldest first."""
 
 
+# An entry is one string: the acceptance time in nanoseconds, zero-padded to a fixed width, then the
+# message. Sorting the strings sorts by time, and reading 10,000 of them back is a third faster than
+# HazelcastJsonValue plus json.loads (docs/BENCHMARKS.md).
+STAMP_DIGITS = 20
+
+
+def encode(msg: str, stamp_ns: int) -> str:
+    return f"{stamp_ns:0{STAMP_DIGITS}d}{msg}"
+
+
+def decode(entry: str | HazelcastJsonValue) -> str:
+    """Entries sort by their stamp; `ordered` drops it. Entries written as {"msg", "ts"} JSON before
+    this encoding are read too."""
+    if isinstance(entry, HazelcastJsonValue):
+        old = entry.loads()
+        return encode(old["msg"], old["ts"])
+    return entry
+
+
+def ordered(entries) -> list[str]:
+    return [entry[STAMP_DIGITS:] for entry in sorted(map(decode, entries))]
+
+
 class HazelcastMessageLog:
     def __init__(self, hz: Hazelcast):
         self._hz = hz
@@ -32,10 +55,8 @@ class HazelcastMessageLog:
     def add(self, message_id: str, msg: str) -> bool:
         # The wall clock of the machine orders entries across instances; put_if_absent keeps the first
         # stamp, so a retried POST neither duplicates the message nor moves it.
-        entry = HazelcastJsonValue({"msg": msg, "ts": time.time_ns()})
-        return self._hz.map().put_if_absent(message_id, entry) is None
+        return self._hz.map().put_if_absent(message_id, encode(msg, time.time_ns())) is None
 
     def messages(self) -> list[str]:
-        entries = [value.loads() for value in self._hz.map().values()]
-        entries.sort(key=lambda e: e["ts"])
-        return [e["msg"] for e in entries]
+        # One call for the whole map; the values come back in partition order.
+        return ordered(self._hz.map().values())
