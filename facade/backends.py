@@ -37,6 +37,8 @@ class Backends:
         self._deadline = settings.request_deadline
         # One pooled session per worker: keep-alive connections to every instance.
         self._http = requests.Session()
+        # No proxy, netrc or CA-bundle lookups in the environment on every call.
+        self._http.trust_env = False
 
     def close(self) -> None:
         self._discovery.close()
