@@ -51,11 +51,12 @@ from infra import (  # noqa: E402
 )
 from servicekit import kvconfig  # noqa: E402
 
-from bench import report, wrk  # noqa: E402
+from bench import profile, report, wrk  # noqa: E402
 
 log = logging.getLogger("bench")
 
-PHASES = ("post", "get", "visible", "drain")
+PHASES = ("post", "get", "visible", "drain", "profile")
+PROFILE_SECONDS = 5
 POST_BODY = json.dumps({"msg": "a benchmark message of a typical length, forty-odd chars"})
 # What a facade worker can ask Consul: health queries (discovery), catalog and KV reads. Counted at the
 # agent. The masters' registration keepers (agent/services, every few seconds per instance, whatever
@@ -347,6 +348,23 @@ def phase_drain(plan: Plan, system: System) -> None:
     log.info("  drain %s: %d messages in %.2f s: %.0f msg/s", system.label, len(items), elapsed, len(items) / elapsed)
 
 
+def phase_profile(plan: Plan, system: System) -> dict:
+    """py-spy on the facade's and logging_svc's workers, under POST load and then under GET load."""
+    groups = {
+        "facade": profile.workers(system.stack.facade.proc.pid),
+        "logging_svc": [pid for s in system.stack.logging for pid in profile.workers(s.proc.pid)],
+    }
+    seconds = PROFILE_SECONDS + 3
+    found = {
+        "POST": profile.record(groups, PROFILE_SECONDS, lambda: wrk.run(
+            system.stack.url, plan.main_level, seconds, method="POST", body=POST_BODY)),
+        "GET": profile.record(groups, PROFILE_SECONDS, lambda: wrk.run(system.stack.url, 1, seconds)),
+    }
+    found["stored"] = len(requests.get(system.stack.url, timeout=30).json()["logging"])
+    log.info("  profiled POST and GET (%d stored)", found["stored"])
+    return found
+
+
 def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
     runs = post.get("runs", {})
 
@@ -451,13 +469,20 @@ def main(argv: list[str] | None = None) -> int:
             post = phase_post(plan, systems, cluster, {"bare": bare, "chain": chain}, chain_url, bare_url)
         if "visible" in phases:
             log.info("POST-to-visible at %.0f messages/s for %.0f s", plan.visible_rate, plan.visible_seconds)
-            for system in systems:
+            for system in random.sample(systems, len(systems)):
                 phase_visible(plan, system)
         if "drain" in phases:
             log.info("drain rate with 2 consumers, %d messages", plan.drain_messages)
-            for system in systems:
+            for system in random.sample(systems, len(systems)):
                 phase_drain(plan, system)
+        found = None
+        if "profile" in phases:
+            log.info("profiling %s's workers with py-spy --gil, %d s of POST, %d s of GET",
+                     systems[0].label, PROFILE_SECONDS, PROFILE_SECONDS)
+            found = phase_profile(plan, systems[0])
         results = summarize(plan, systems, post)
+        if found:
+            results["profile"] = found
     finally:
         for stop in reversed(cleanup):
             try:

@@ -102,6 +102,25 @@ def markdown(r: dict) -> str:
             rows.append(line)
     if "cpu_ms_per_request" in r:
         rows += ["", cpu_table(r["cpu_ms_per_request"], meta)]
+    if "profile" in r:
+        rows += ["", profile_table(r["profile"], meta)]
+    return "\n".join(rows)
+
+
+def profile_table(found: dict, meta: dict) -> str:
+    """py-spy --gil shares, one column per service and load."""
+    columns = [(load, service) for load in ("POST", "GET") for service in ("facade", "logging_svc")]
+    names = list(found["POST"]["facade"])
+    rows = [f"Where the workers' Python CPU goes (py-spy --gil; POST at {meta['plan']['main_level']} connections, "
+            f"GET at 1 connection with {found['stored']:,} stored), % of samples:", "",
+            "| part | " + " | ".join(f"{service}, {load}" for load, service in columns) + " |",
+            "|---|" + "---|" * len(columns)]
+    for name in names:
+        cells = [found[load][service][name] for load, service in columns]
+        if name == "samples":
+            rows.append("| samples | " + " | ".join(f"{c:,.0f}" for c in cells) + " |")
+        else:
+            rows.append(f"| {name.strip()} | " + " | ".join(f"{c:.0f}%" for c in cells) + " |")
     return "\n".join(rows)
 
 
