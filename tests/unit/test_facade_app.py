@@ -1,8 +1,11 @@
 """The facade rejects bad input before it calls any other service."""
 
+import threading
+
 import pytest
 
 from facade import create_app
+from facade.backends import Backends
 from servicekit.settings import Settings
 
 
@@ -42,3 +45,35 @@ def test_health_is_503_until_hazelcast_connects(client):
 def test_errors_are_json(client):
     assert client.get("/missing").json["error"]
     assert client.put("/facade").status_code == 405
+
+
+def test_get_with_unreachable_consul_is_a_503_with_a_clear_error(client):
+    response = client.get("/facade")
+    assert response.status_code == 503
+    assert "logging-service" in response.json["error"]
+
+
+class NoDiscovery:
+    def close(self):
+        pass
+
+
+def test_get_reads_logging_and_messages_at_the_same_time():
+    backends = Backends(Settings.from_env("facade-service", 8080, env={}), NoDiscovery())
+    # Each read waits for the other: read one after the other, they would break the barrier.
+    both_running = threading.Barrier(2, timeout=5)
+
+    def logged():
+        both_running.wait()
+        return ["logged"]
+
+    def consumed():
+        both_running.wait()
+        return "messages-service-1", ["consumed"]
+
+    backends.logged_messages = logged
+    backends.consumed_messages = consumed
+    try:
+        assert backends.read_all() == (["logged"], "messages-service-1", ["consumed"])
+    finally:
+        backends.close()
