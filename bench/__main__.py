@@ -1,6 +1,6 @@
 """./scripts/bench: the system measured against references in the same run, on a stack of its own.
 
-    ./scripts/bench [--quick] [--rounds N] [--baseline REV] [--only post,get,visible,drain] [--docs]
+    ./scripts/bench [--quick] [--rounds N] [--baseline REV] [--only post,get,visible,drain,profile] [--docs]
 
 Starts a Consul agent, three Hazelcast members and the services on free loopback ports (tests/infra.py,
 the same code the integration tests use), plus two references under the facade's gunicorn settings
@@ -100,7 +100,13 @@ class System:
         return self.hz.get_queue(self.queue_name).blocking()
 
 
-def start_reference(log_dir: Path, name: str, downstream: str | None = None) -> tuple[Proc, str]:
+@dataclass(frozen=True)
+class Reference:
+    proc: Proc
+    url: str
+
+
+def start_reference(log_dir: Path, name: str, downstream: str | None = None) -> Reference:
     port = free_port()
     env = {"PORT": str(port), **({"REF_DOWNSTREAM": downstream} if downstream else {})}
     proc = Proc(name, [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "bench" / "gunicorn.conf.py")],
@@ -114,7 +120,7 @@ def start_reference(log_dir: Path, name: str, downstream: str | None = None) -> 
                              timeout=2).status_code == 201
 
     eventually(answers, timeout=30, interval=0.2, what=f"{name} answering")
-    return proc, url
+    return Reference(proc, url)
 
 
 def start_system(label: str, cluster: HazelcastCluster, log_dir: Path, root: Path) -> System:
@@ -149,9 +155,9 @@ def percentile(values: list[float], p: float) -> float:
 
 def run_counted(system: System, url: str, connections: int, seconds: float, **kw) -> wrk.Result:
     """A wrk run at one facade, with the Consul requests its agent served meanwhile."""
-    before = sum(prometheus_counter(system.agent, prefix) for prefix in REQUEST_PATH_QUERIES)
+    before = prometheus_counter(system.agent, REQUEST_PATH_QUERIES)
     result = wrk.run(url, connections, seconds, **kw)
-    system.consul_requests += sum(prometheus_counter(system.agent, prefix) for prefix in REQUEST_PATH_QUERIES) - before
+    system.consul_requests += prometheus_counter(system.agent, REQUEST_PATH_QUERIES) - before
     system.facade_requests += result.requests
     return result
 
@@ -208,38 +214,46 @@ def system_groups(system: System, cluster: HazelcastCluster) -> dict[str, list[i
     }
 
 
-def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, refs: dict[str, Proc],
-               chain_url: str, bare_url: str) -> dict:
+def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bare: Reference,
+               chain: Reference) -> dict:
     """Interleaved: each round runs the chain, then every system, at each concurrency."""
     runs: dict[str, dict[int, list[wrk.Result]]] = {"chain": {}, "bare": {}}
     for system in systems:
         runs[system.label] = {}
     ratios: dict[str, list[float]] = {s.label: [] for s in systems}
     account = CpuAccount()
-    chain_groups = {"reference chain (front)": [refs["chain"].pid], "reference bare (second hop)": [refs["bare"].pid]}
+    chain_groups = {"reference chain (front)": [chain.proc.pid], "reference bare (second hop)": [bare.proc.pid]}
     for r in range(plan.rounds):
-        bare = wrk.run(f"{bare_url}/echo", plan.main_level, plan.seconds, method="POST", body=POST_BODY)
-        runs["bare"].setdefault(plan.main_level, []).append(bare)
+        bare_result = wrk.run(f"{bare.url}/echo", plan.main_level, plan.seconds, method="POST", body=POST_BODY)
+        runs["bare"].setdefault(plan.main_level, []).append(bare_result)
         for level in plan.levels:
             def chain_run(level=level):
-                return wrk.run(f"{chain_url}/chain", level, plan.seconds, method="POST", body=POST_BODY)
+                return wrk.run(f"{chain.url}/chain", level, plan.seconds, method="POST", body=POST_BODY)
 
-            chain = account.measure("chain", chain_groups, chain_run) if level == plan.main_level else chain_run()
-            runs["chain"].setdefault(level, []).append(chain)
-            line = f"round {r + 1}, {level:>2} connections: chain {chain.rps:6.0f}/s"
+            chain_result = account.measure("chain", chain_groups, chain_run) if level == plan.main_level else chain_run()
+            runs["chain"].setdefault(level, []).append(chain_result)
+            line = f"round {r + 1}, {level:>2} connections: chain {chain_result.rps:6.0f}/s"
             for system in random.sample(systems, len(systems)):
                 def facade_run(system=system, level=level):
                     return run_counted(system, system.stack.url, level, plan.seconds, method="POST", body=POST_BODY)
 
                 if level == plan.main_level:
                     result = account.measure(system.label, system_groups(system, cluster), facade_run)
-                    ratios[system.label].append(result.rps / chain.rps)
+                    ratios[system.label].append(result.rps / chain_result.rps)
                 else:
                     result = facade_run()
                 runs[system.label].setdefault(level, []).append(result)
                 line += f", {system.label} {result.rps:6.0f}/s (p99 {result.p99_ms:.0f} ms, {result.errors} errors)"
             log.info("  POST %s", line)
     return {"runs": runs, "ratios": ratios, "cpu_ms_per_request": account.per_request_ms()}
+
+
+def offer_all(system: System, messages: list[str]) -> None:
+    """Put messages on the queue as the facade does ({"id", "msg"} JSON), a thousand per call."""
+    queue = system.queue()
+    items = [json.dumps({"id": str(uuid.uuid4()), "msg": msg}) for msg in messages]
+    for first in range(0, len(items), 1000):
+        queue.add_all(items[first:first + 1000])
 
 
 def fill_logging(system: System, count: int) -> None:
@@ -261,10 +275,8 @@ def fill_logging(system: System, count: int) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(post, range(have, count)))
+    offer_all(system, [f"queued {n}" for n in range(have, count)])
     queue = system.queue()
-    items = [json.dumps({"id": str(uuid.uuid4()), "msg": f"queued {n}"}) for n in range(have, count)]
-    for start in range(0, len(items), 1000):
-        queue.add_all(items[start:start + 1000])
     until(lambda: queue.size() == 0, timeout=60, what="the fill consumed")
     system.results["stored"] = count
 
@@ -355,16 +367,15 @@ def phase_drain(plan: Plan, system: System) -> None:
     """Offer a backlog far faster than two consumers take it, time until the queue is empty."""
     queue = system.queue()
     before = consumed(system)
-    items = [json.dumps({"id": str(uuid.uuid4()), "msg": f"drain {n}"}) for n in range(plan.drain_messages)]
+    count = plan.drain_messages
     start = time.monotonic()
-    for first in range(0, len(items), 1000):
-        queue.add_all(items[first:first + 1000])
+    offer_all(system, [f"drain {n}" for n in range(count)])
     until(lambda: queue.size() == 0, timeout=120, what="the backlog drained")
     elapsed = time.monotonic() - start
-    until(lambda: consumed(system) - before == len(items), timeout=10, interval=0.1,
+    until(lambda: consumed(system) - before == count, timeout=10, interval=0.1,
           what="every drained message held by a messages instance")
-    system.results["drain"] = {"messages": len(items), "seconds": elapsed, "msgs_per_s": len(items) / elapsed}
-    log.info("  drain %s: %d messages in %.2f s: %.0f msg/s", system.label, len(items), elapsed, len(items) / elapsed)
+    system.results["drain"] = {"messages": count, "seconds": elapsed, "msgs_per_s": count / elapsed}
+    log.info("  drain %s: %d messages in %.2f s: %.0f msg/s", system.label, count, elapsed, count / elapsed)
 
 
 def phase_profile(plan: Plan, system: System) -> dict:
@@ -391,6 +402,9 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
         results = runs.get(label, {}).get(level)
         return statistics.median(getattr(r, attr) for r in results) if results else None
 
+    def by_level(label: str) -> dict:
+        return {lvl: {attr: med(label, lvl, attr) for attr in ("rps", "p50_ms", "p99_ms")} for lvl in plan.levels}
+
     out: dict = {}
     for system in systems:
         s: dict = {}
@@ -400,8 +414,7 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
             s["post_p99_ms"] = med(system.label, plan.main_level, "p99_ms")
             s["post_vs_ref"] = statistics.median(post["ratios"][system.label])
             s["post_errors"] = sum(r.errors for rs in runs[system.label].values() for r in rs)
-            s["post_by_level"] = {lvl: {"rps": med(system.label, lvl, "rps"), "p50_ms": med(system.label, lvl, "p50_ms"),
-                                        "p99_ms": med(system.label, lvl, "p99_ms")} for lvl in plan.levels}
+            s["post_by_level"] = by_level(system.label)
         if "get" in system.results:
             get = system.results["get"]
             s["get_by_size"] = {n: {"p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "rps": r.rps, "errors": r.errors}
@@ -424,8 +437,7 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
     if runs:
         current["ref_chain_rps"] = med("chain", plan.main_level, "rps")
         current["ref_bare_rps"] = med("bare", plan.main_level, "rps")
-        current["chain_by_level"] = {lvl: {"rps": med("chain", lvl, "rps"), "p50_ms": med("chain", lvl, "p50_ms"),
-                                           "p99_ms": med("chain", lvl, "p99_ms")} for lvl in plan.levels}
+        current["chain_by_level"] = by_level("chain")
         current["cpu_ms_per_request"] = post["cpu_ms_per_request"]
     if len(systems) > 1:
         current["baseline"] = out[systems[1].label]
@@ -460,10 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.append(agent.stop)
         cluster = HazelcastCluster(agent, log_dir).start()
         cleanup.append(cluster.stop)
-        bare, bare_url = start_reference(log_dir, "ref-bare")
-        cleanup.append(bare.stop)
-        chain, chain_url = start_reference(log_dir, "ref-chain", downstream=f"{bare_url}/echo")
-        cleanup.append(chain.stop)
+        bare = start_reference(log_dir, "ref-bare")
+        cleanup.append(bare.proc.stop)
+        chain = start_reference(log_dir, "ref-chain", downstream=f"{bare.url}/echo")
+        cleanup.append(chain.proc.stop)
         roots = [("current", ROOT)]
         if args.baseline:
             rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
@@ -475,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup += [system.agent.stop, system.stack.stop, system.hz.shutdown]
             systems.append(system)
         log.info("stack up in %.0f s; warming up (JIT, pools, connections)", time.monotonic() - started)
-        for url in [f"{chain_url}/chain", *(s.stack.url for s in systems)]:
+        for url in [f"{chain.url}/chain", *(s.stack.url for s in systems)]:
             wrk.run(url, 4, 2, method="POST", body=POST_BODY)
 
         post: dict = {}
@@ -485,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         if "post" in phases:
             log.info("POST /facade against the references (%s connections, %.0f s each, %d rounds)",
                      "/".join(map(str, plan.levels)), plan.seconds, plan.rounds)
-            post = phase_post(plan, systems, cluster, {"bare": bare, "chain": chain}, chain_url, bare_url)
+            post = phase_post(plan, systems, cluster, bare, chain)
         if "visible" in phases:
             log.info("POST-to-visible at %.0f messages/s for %.0f s", plan.visible_rate, plan.visible_seconds)
             for system in random.sample(systems, len(systems)):

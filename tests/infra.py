@@ -389,8 +389,9 @@ def isolated_agent(cluster: HazelcastCluster, log_dir: Path, name: str) -> Consu
     return agent
 
 
-def prometheus_counter(agent: ConsulAgent, prefix: str) -> float:
-    """The sum of the agent's cumulative `<prefix>*_count` samples (see telemetry in consul/agent.hcl)."""
+def prometheus_counter(agent: ConsulAgent, prefix: str | tuple[str, ...]) -> float:
+    """The sum of the agent's cumulative `<prefix>*_count` samples (see telemetry in consul/agent.hcl);
+    several prefixes are summed from one read."""
     text = requests.get(f"http://{agent.addr}/v1/agent/metrics?format=prometheus", timeout=5).text
     total = 0.0
     for line in text.splitlines():
