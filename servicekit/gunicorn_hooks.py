@@ -181,6 +181,7 @@ def registration_hooks(settings: Settings):
 # How long a new worker waits for its Hazelcast connection before it takes requests. Bounded, so a
 # missing cluster never holds up the boot; the worker then answers 503 until the client connects.
 WORKER_READY_TIMEOUT = 10.0
+WORKER_READY = "worker ready: taking requests"
 
 
 def post_worker_init(worker) -> None:
@@ -195,6 +196,7 @@ def post_worker_init(worker) -> None:
     hz = getattr(worker.wsgi, "extensions", {}).get("hazelcast")
     if hz is not None and not hz.wait_connected(WORKER_READY_TIMEOUT):
         log.warning("not connected to Hazelcast after %.0f s; serving 503s until it is", WORKER_READY_TIMEOUT)
+    log.info(WORKER_READY)
 
 
 def worker_exit(server, worker) -> None:

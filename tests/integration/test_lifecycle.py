@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from infra import Load, Service, eventually, wait_passing
+from servicekit.gunicorn_hooks import WORKER_READY
 
 TIMEOUT = 10
 REFUSED_USR2 = "refusing USR2"
@@ -85,6 +86,8 @@ def test_a_stopping_messages_instance_takes_nothing_after_it_left_consul(own_sta
 @pytest.mark.parametrize("how", ["ctrl-c", "sigquit"])
 def test_a_quick_stop_leaves_consul_before_the_workers_stop(consul_agent, start_instance, how):
     service = wait_passing(consul_agent, start_instance("logging-service"))
+    # A worker still booting has gunicorn's own SIGINT handler and would stop at once.
+    eventually(lambda: _logged(service, WORKER_READY, _count(service, "Booting worker")), timeout=15)
     try:
         if how == "ctrl-c":
             # A terminal's Ctrl-C signals the whole foreground process group: master and workers at once.
