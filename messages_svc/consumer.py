@@ -61,7 +61,8 @@ class Consumer:
 
     @property
     def ready(self) -> bool:
-        return self._hz.connected and self._thread.is_alive()
+        # Stopped because the instance is leaving is not broken: it still serves what it holds while it drains.
+        return self._hz.connected and (self._thread.is_alive() or self._intake.closed)
 
     def start(self) -> "Consumer":
         self._thread.start()

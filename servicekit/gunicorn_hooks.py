@@ -74,10 +74,19 @@ class Intake:
                     self._changed.notify_all()
 
     def close(self, timeout: float = INTAKE_CLOSE_TIMEOUT) -> bool:
-        """Refuse new takes; wait for those in progress. False when some did not end in `timeout`."""
-        with self._changed:
-            self._closed.set()
-            return self._changed.wait_for(lambda: self._takes.value == 0, timeout)
+        """Refuse new takes; wait for those in progress. False when some did not end in `timeout`.
+
+        Set before the lock is taken, the flag is still seen by every take that starts later (they check
+        it under the lock). Bounded, because a worker killed inside a take never gives it back.
+        """
+        deadline = time.monotonic() + timeout
+        self._closed.set()
+        if not self._changed.acquire(timeout=timeout):
+            return False
+        try:
+            return self._changed.wait_for(lambda: self._takes.value == 0, max(0.0, deadline - time.monotonic()))
+        finally:
+            self._changed.release()
 
     @property
     def closed(self) -> bool:
@@ -126,7 +135,8 @@ class _Master:
             return
         self._left = True
         if not self._intake.close():
-            log.warning("a worker still takes from the queue after %.0f s; leaving Consul anyway", INTAKE_CLOSE_TIMEOUT)
+            log.warning("a take from the queue did not end within %.0f s (a worker busy, or killed while taking); "
+                        "leaving Consul anyway", INTAKE_CLOSE_TIMEOUT)
         self._keeper.stop()
         registry.deregister(self._settings)
 
