@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from infra import ROOT, eventually
 
-from servicekit.workers import CLIENT_TIMEOUT
+from servicekit.workers import CLIENT_TIMEOUT, CONTINUE
 
 TIMEOUT = 10
 # Bounded so the run stays well under a minute on 2 cores; the counts are in docs/RELIABILITY.md.
@@ -238,3 +238,44 @@ def test_slow_and_half_open_clients_do_not_hold_up_other_requests(watched, kind)
         trickler.join()
         for client in clients:
             client.sock.close()
+
+
+def read_until_closed(sock: socket.socket, deadline: float = TIMEOUT) -> bytes:
+    sock.settimeout(deadline)
+    received = b""
+    while data := sock.recv(65536):
+        received += data
+    return received
+
+
+def test_pipelined_chunked_and_expect_continue_requests_are_all_served(watched):
+    facade = watched.facade
+    text = f"chunked {uuid.uuid4()}"
+    msg = json.dumps({"msg": text}).encode()
+    with socket.create_connection(("127.0.0.1", facade.port), timeout=TIMEOUT) as client:
+        # Three requests in one write: the loop reads the second and third from what the first left over.
+        client.sendall(
+            b"GET /health HTTP/1.1\r\n" + HOST + b"\r\n"
+            + b"GET /health HTTP/1.1\r\n" + HOST + b"\r\n"
+            + b"POST /facade HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
+            + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (msg[:5], msg[5:])) + b"0\r\n\r\n"
+        )
+        answers = re.findall(rb"HTTP/1\.1 (\d+) ", read_until_closed(client))
+    assert answers == [b"200", b"200", b"201"]
+    assert text in logged(watched)
+
+    text = f"expect {uuid.uuid4()}"
+    msg = json.dumps({"msg": text}).encode()
+    with socket.create_connection(("127.0.0.1", facade.port), timeout=TIMEOUT) as client:
+        client.sendall(
+            b"POST /facade HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(msg)
+        )
+        # The body goes only after "100 Continue", as a client that waits for it would send it.
+        client.settimeout(2)
+        assert client.recv(len(CONTINUE)) == CONTINUE
+        client.sendall(msg)
+        answer = read_until_closed(client)
+    assert re.match(rb"(HTTP/1\.1 100 Continue\r\n\r\n)*HTTP/1\.1 201 ", answer), answer
+    assert text in logged(watched)
