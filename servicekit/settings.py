@@ -41,6 +41,11 @@ def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool =
     return value
 
 
+def max_body_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
+    """MAX_BODY_BYTES on its own: the gunicorn worker enforces it too, and has no Settings of its own."""
+    return _int(os.environ if env is None else env, "MAX_BODY_BYTES", 64 * 1024, minimum=1)
+
+
 # The JSON the facade sends to logging_svc around a message: {"id": "<uuid>", "msg": "..."}.
 _ENVELOPE_BYTES = 256
 
@@ -124,7 +129,7 @@ class Settings:
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
             request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
             drain_seconds=_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, minimum=1),
+            max_body_bytes=max_body_bytes_from_env(env),
             max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
         )
 
