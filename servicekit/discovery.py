@@ -176,18 +176,17 @@ class ServiceWatch:
         self._loaded.set()
 
     def _failed(self, exc: Exception) -> None:
+        denied = isinstance(exc, consul.ACLPermissionDenied)
         if self._consul_error is None:
-            if isinstance(exc, consul.ACLPermissionDenied):
+            if denied:
                 log.error("Consul refused to list %s (check CONSUL_HTTP_TOKEN's policy)", self.service)
             else:
                 log.warning("Consul is unreachable while watching %s: %s", self.service, exc)
-        self._consul_error = (
-            "permission denied" if isinstance(exc, consul.ACLPermissionDenied) else type(exc).__name__
-        )
+        self._consul_error = "permission denied" if denied else type(exc).__name__
         # The agent may come back restarted, with a lower index: a query for the old one would be held
         # for the whole wait.
         self._index = None
-        self._keep_stale(_UNREACHABLE)
+        self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
 
     def _run(self) -> None:
         backoff = 0.5
@@ -211,7 +210,6 @@ class ServiceWatch:
             self._answered(int(index or 0), _instances(entries))
 
 
-_UNREACHABLE = "Consul is unreachable"
 _RESTARTED = "the Consul agent restarted"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 
+import consul
 import pytest
 import requests
 
@@ -58,6 +59,10 @@ class ScriptedConsul:
     def last_sent_index(self):
         return self.sent_indexes[-1]
 
+    def close(self) -> None:
+        """Release a query still waiting for an answer (the watch is stopped first, so it just ends)."""
+        self._answers.put(requests.ConnectionError("test over"))
+
 
 @pytest.fixture
 def consul_stub():
@@ -69,7 +74,7 @@ def watch(consul_stub):
     watch = ServiceWatch(consul_stub, SERVICE).start()
     yield watch
     watch.stop()
-    consul_stub._answers.put(requests.ConnectionError("test over"))
+    consul_stub.close()
 
 
 def ports(watch: ServiceWatch) -> list[int]:
@@ -119,6 +124,14 @@ def test_an_unreachable_consul_keeps_the_last_instances_and_says_since_when(cons
     assert watch.status()["stale_since"] is None and watch.status()["consul"] == "ok"
 
 
+def test_a_refused_token_keeps_the_last_instances_and_says_so(consul_stub, watch):
+    consul_stub.reply(answer(100, 8081))
+    consul_stub.reply(consul.ACLPermissionDenied("Permission denied"))
+    assert ports(watch) == [8081]
+    assert watch.status()["consul"] == "unreachable: permission denied" and watch.status()["stale_since"]
+    assert consul_stub.last_sent_index is None
+
+
 def test_an_empty_answer_after_an_outage_with_an_index_that_moved_on_empties_the_cache(consul_stub, watch):
     consul_stub.reply(answer(100, 8081))
     consul_stub.reply(requests.ConnectionError("agent gone"))
@@ -166,7 +179,7 @@ def test_the_last_instances_are_dropped_once_they_are_older_than_the_stale_limit
         assert ports(watch) == [8082] and watch.status()["stale_since"] is None
     finally:
         watch.stop()
-        consul_stub._answers.put(requests.ConnectionError("test over"))
+        consul_stub.close()
 
 
 def test_an_empty_service_address_means_the_node_address(consul_stub, watch):
