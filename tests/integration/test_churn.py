@@ -163,6 +163,7 @@ def test_facade_serves_from_last_known_instances_while_consul_is_down(own_stack)
                 details = requests.get(f"{stack.facade.url}/health", timeout=TIMEOUT).json()["details"]
                 assert details["discovery"]["logging-service"]["consul"].startswith("unreachable")
                 assert len(details["discovery"]["logging-service"]["instances"]) == 2
+                assert details["discovery"]["logging-service"]["stale_since"]
 
             eventually(says_consul_is_unreachable, timeout=10)
             served_while_down = len(load.outcomes) - down_from
