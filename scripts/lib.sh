@@ -5,6 +5,9 @@ TOOLS=$ROOT/.tools
 CONSUL_VERSION=1.8.7
 HAZELCAST_VERSION=5.5.0
 HAZELCAST_JAR=$TOOLS/hazelcast/hazelcast-$HAZELCAST_VERSION.jar
+# The SHA-256 of hazelcast-5.5.0.jar as Maven Central serves it (it publishes the same value beside the
+# jar): ./scripts/install checks the jar against it on every run. Change it with HAZELCAST_VERSION.
+HAZELCAST_JAR_SHA256=cf560b40b988526e780e4fae12cb6fe01c5158bb9e00839882857f32b544a19e
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export HAZELCAST_JAR
 

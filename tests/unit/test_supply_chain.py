@@ -1,0 +1,124 @@
+"""What ./scripts/install accepts: hashed Python locks, the pinned Hazelcast jar, a consul in a supported version."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import infra
+from infra import ROOT
+
+LOCKS = ROOT / "requirements"
+GROUPS = ("runtime", "test", "bench")
+ENTRY = re.compile(r"(?P<name>[a-z0-9][a-z0-9._-]*)==(?P<version>\S+)(?P<hashes>( --hash=sha256:[0-9a-f]{64})+)")
+
+
+def lock_entries(group: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """name -> (version, hashes) of one lock; fails on any line that is not a hashed pin."""
+    text = (LOCKS / f"{group}.txt").read_text()
+    logical = [line for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    entries = {}
+    for line in logical:
+        line = " ".join(line.split())
+        match = ENTRY.fullmatch(line)
+        assert match, f"requirements/{group}.txt: not a pinned requirement with SHA-256 hashes: {line!r}"
+        hashes = frozenset(match["hashes"].split())
+        entries[canonicalize_name(match["name"])] = (match["version"], hashes)
+    return entries
+
+
+def in_pins(group: str) -> dict[str, str]:
+    pins = {}
+    for line in (LOCKS / f"{group}.in").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            req = Requirement(line)
+            pins[canonicalize_name(req.name)] = str(req.specifier).removeprefix("==")
+    return pins
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_locked_package_is_pinned_with_sha256_hashes(group):
+    entries = lock_entries(group)
+    assert entries, f"requirements/{group}.txt pins nothing"
+    # The fork, never the abandoned original: both install the same `consul` module.
+    assert "python-consul" not in entries
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_each_lock_pins_what_its_in_file_asks_for(group):
+    entries = lock_entries(group)
+    for name, version in in_pins(group).items():
+        assert name in entries, f"{name} is in requirements/{group}.in but not in its lock"
+        assert entries[name][0] == version, f"{name}: {group}.in asks for {version}, the lock has {entries[name][0]}"
+
+
+def test_a_package_in_several_locks_has_one_version_and_the_same_hashes():
+    locks = {group: lock_entries(group) for group in GROUPS}
+    for group in ("test", "bench"):
+        for name, pinned in locks[group].items():
+            for other in GROUPS:
+                if other != group and name in locks[other]:
+                    assert locks[other][name] == pinned, f"{name} differs between {group}.txt and {other}.txt"
+
+
+@pytest.mark.parametrize("groups", [("runtime",), ("runtime", "test")])
+def test_the_locks_hold_every_dependency_of_their_packages(groups):
+    """pip installs the locks with --no-deps: a dependency missing from them would be missing from .venv."""
+    locked = {name for group in groups for name in lock_entries(group)}
+    for name in sorted(locked):
+        for spec in importlib.metadata.distribution(name).requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                assert canonicalize_name(req.name) in locked, f"{name} needs {req.name}, not in {'+'.join(groups)}"
+
+
+def install_root(tmp_path: Path, jar: Path | None) -> Path:
+    """A copy of the scripts and locks with this checkout's .venv and Consul, and `jar` as the Hazelcast jar:
+    ./scripts/install runs there without touching the shared .tools."""
+    root = tmp_path / "checkout"
+    shutil.copytree(ROOT / "scripts", root / "scripts")
+    shutil.copytree(LOCKS, root / "requirements")
+    (root / ".venv").symlink_to(ROOT / ".venv")
+    (root / ".tools").mkdir()
+    if (ROOT / ".tools" / "consul").exists():
+        (root / ".tools" / "consul").symlink_to(ROOT / ".tools" / "consul")
+    if jar is not None:
+        (root / ".tools" / "hazelcast").mkdir()
+        shutil.copy(jar, root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name)
+    return root
+
+
+def run_install(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(root / "scripts" / "install")], capture_output=True, text=True, timeout=120)
+
+
+def test_install_deletes_and_refuses_a_jar_that_is_not_the_pinned_one(tmp_path):
+    # A well-formed jar of the right name, so only its hash can give it away.
+    forged = tmp_path / "forged.jar"
+    with zipfile.ZipFile(forged, "w") as jar:
+        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nMain-Class: com.hazelcast.core.server.HazelcastMemberStarter\n")
+    root = install_root(tmp_path, forged)
+
+    done = run_install(root)
+
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "SHA-256" in done.stderr and "deleted" in done.stderr, done.stderr
+    assert not (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).exists()
+
+
+def test_install_keeps_the_jar_maven_central_serves(tmp_path):
+    root = install_root(tmp_path, infra.DEFAULT_JAR)
+
+    done = run_install(root)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).is_file()
