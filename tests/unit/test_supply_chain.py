@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -122,3 +123,62 @@ def test_install_keeps_the_jar_maven_central_serves(tmp_path):
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).is_file()
+
+
+def fake_consul(tmp_path: Path, first_line: str) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "consul"
+    script.write_text(f'#!/bin/sh\necho "{first_line}"\necho "Protocol 2 spoken by default"\n')
+    script.chmod(0o755)
+    return script
+
+
+def lib_consul_bin() -> str:
+    done = subprocess.run(
+        ["bash", "-c", 'source "$0" && consul_bin', str(ROOT / "scripts" / "lib.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("first_line", ["Consul v0.9.0", "Consul v99.0.0", "Consul v1.7.14", "Consul v1.15.0", "not a consul"])
+def test_a_consul_on_path_in_an_unsupported_version_is_ignored(tmp_path, monkeypatch, caplog, first_line):
+    fake = fake_consul(tmp_path, first_line)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+
+    assert lib_consul_bin() != str(fake)
+    assert infra.consul_binary() != str(fake)
+    assert f"ignoring {fake}" in caplog.text
+
+
+@pytest.mark.parametrize("first_line", ["Consul v1.8.7", "Consul v1.14.8", "Consul v1.14.8-dev"])
+def test_a_consul_on_path_in_a_supported_version_is_used(tmp_path, monkeypatch, first_line):
+    fake = fake_consul(tmp_path, first_line)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+
+    assert lib_consul_bin() == str(fake)
+    assert infra.consul_binary() == str(fake)
+
+
+def test_the_real_consul_first_on_path_is_used(tmp_path, monkeypatch):
+    real = infra.consul_binary()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "consul").symlink_to(real)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    assert infra.consul_binary() == str(bin_dir / "consul")
+
+
+def test_agents_from_consul_1_14_switch_off_the_grpc_tls_port_older_ones_do_not_know():
+    ports = {"http": 1, "dns": 2, "serf-lan": 3, "serf-wan": 4, "server": 5, "grpc": 6}
+    old = infra.agent_port_flags((1, 8, 7), ports)
+    new = infra.agent_port_flags((1, 14, 8), ports)
+
+    assert not any(flag.startswith("-grpc-tls-port") for flag in old)
+    assert "-grpc-tls-port=-1" in new
+    assert "-https-port=-1" in old and "-https-port=-1" in new
+    assert {f"-{name}-port={port}" for name, port in ports.items()} <= set(old) & set(new)
