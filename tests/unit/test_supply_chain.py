@@ -125,6 +125,47 @@ def test_install_keeps_the_jar_maven_central_serves(tmp_path):
     assert (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).is_file()
 
 
+def fake_venv(root: Path) -> Path:
+    """A .venv whose pip only writes down how it was called: enough to see what the install asks of it."""
+    (root / ".venv").unlink()
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = root / "pip-calls"
+    (bin_dir / "python").symlink_to("/bin/true")
+    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bin_dir / "pip").chmod(0o755)
+    return calls
+
+
+def pip_installs(calls: Path) -> list[str]:
+    return [line for line in calls.read_text().splitlines() if line.startswith("install")] if calls.exists() else []
+
+
+def test_install_checks_every_hash_and_installs_again_only_when_a_lock_changed(tmp_path):
+    root = install_root(tmp_path, None)
+    (root / ".tools" / "hazelcast").mkdir()
+    (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).symlink_to(infra.DEFAULT_JAR)
+    calls = fake_venv(root)
+
+    assert run_install(root).returncode == 0
+    [first] = pip_installs(calls)
+    assert {"--require-hashes", "--no-deps", "--only-binary"} <= set(first.split())
+    assert f"-r {root}/requirements/runtime.txt -r {root}/requirements/test.txt" in first
+    assert "bench.txt" not in first
+
+    assert run_install(root).returncode == 0
+    assert len(pip_installs(calls)) == 1, "nothing changed, nothing to install"
+
+    with open(root / "requirements" / "test.txt", "a") as lock:
+        lock.write("# a changed lock\n")
+    assert run_install(root).returncode == 0
+    assert len(pip_installs(calls)) == 2
+
+    done = subprocess.run([str(root / "scripts" / "install"), "--bench"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert pip_installs(calls)[-1].endswith(f"-r {root}/requirements/bench.txt")
+
+
 def fake_consul(tmp_path: Path, first_line: str) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
