@@ -49,6 +49,10 @@ def _drain_then_clear(waker) -> None:
     waker.awake = False
 
 
+# The handler as the client ships it, kept so tests can compare against it after the fix is applied.
+SHIPPED_HANDLE_READ = reactor._PipedWaker.handle_read
+
+
 def fix_lost_reactor_wakeup() -> None:
     reactor._PipedWaker.handle_read = _drain_then_clear
 

@@ -22,8 +22,9 @@ def pending(waker) -> bool:
 
 @pytest.fixture
 def waker(monkeypatch):
-    # A fresh class attribute per test: the fix must be what makes the difference.
-    monkeypatch.setattr(reactor._PipedWaker, "handle_read", reactor._PipedWaker.handle_read)
+    # The shipped handler for each test, even when a service client in this process applied the fix
+    # before: the fix must be what makes the difference.
+    monkeypatch.setattr(reactor._PipedWaker, "handle_read", hz.SHIPPED_HANDLE_READ)
     w = reactor._PipedWaker({})
     yield w
     w.close()
