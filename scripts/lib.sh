@@ -38,10 +38,13 @@ consul_bin() {
 
 ctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }
 ops() { "$VENV/bin/python" -m servicekit.ops "$@"; }
-# supervisord's pid, when the one of this run directory is alive.
+# supervisord's pid, when the one of this run directory is alive: not a zombie (a killed supervisord
+# may stay one) and not another process that got its pid since.
 supervisord_pid() {
-  local pid
-  pid=$(cat "$STACK_RUN_DIR/supervisord.pid" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  local pid stat args
+  pid=$(cat "$STACK_RUN_DIR/supervisord.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
+  read -r stat args < <(ps -o stat=,args= -p "$pid" 2>/dev/null) || return 1
+  [[ $stat != Z* && $args == *supervisord* ]] && echo "$pid"
 }
 
 say() { printf '==> %s\n' "$*"; }

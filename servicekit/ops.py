@@ -319,11 +319,16 @@ def stack_processes(run_dir: Path) -> list:
     supervisord: this finds the programs of a supervisord that was killed, and nothing else."""
     import psutil
 
-    marker = f"unix://{run_dir}/supervisord.sock"
+    socket_path = os.path.realpath(run_dir / "supervisord.sock")
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("SUPERVISOR_SERVER_URL") == marker and proc.status() != psutil.STATUS_ZOMBIE:
+            url = proc.environ().get("SUPERVISOR_SERVER_URL", "")
+            if (
+                url.startswith("unix://")
+                and os.path.realpath(url.removeprefix("unix://")) == socket_path
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(proc)
         except psutil.Error:
             continue

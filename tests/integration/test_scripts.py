@@ -331,3 +331,22 @@ def test_install_fetches_a_half_unpacked_consul_again(tmp_path):
     version = subprocess.run([broken, "version"], capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and version.stdout.startswith("Consul v"), version
     assert sorted(p.name for p in (tmp_path / "tools").iterdir()) == ["consul"]
+
+
+def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tmp_path):
+    """supervisord's own environment keeps the token it started with; a later `up` without one must
+    leave the programs it starts without one."""
+    env_file = tmp_path / "programs.env"
+    writer = {**os.environ, "CONSUL_HTTP_ADDR": "http://127.0.0.1:9500"}
+    writer.pop("CONSUL_HTTP_TOKEN", None)
+    subprocess.run([sys.executable, "-m", "servicekit.ops", "write-env", str(env_file)], cwd=ROOT, env=writer,
+                   check=True, timeout=30)
+    assert env_file.stat().st_mode & 0o077 == 0, "the env file may hold a token: this user only"
+    program = subprocess.run(
+        [sys.executable, "-m", "servicekit.ops", "--env-file", str(env_file), "exec", "env"],
+        cwd=ROOT, env={**os.environ, "CONSUL_HTTP_TOKEN": "old-token", "CONSUL_HTTP_ADDR": "127.0.0.1:8500"},
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    lines = program.stdout.splitlines()
+    assert "CONSUL_HTTP_ADDR=http://127.0.0.1:9500" in lines
+    assert not any(line.startswith("CONSUL_HTTP_TOKEN=") for line in lines)
