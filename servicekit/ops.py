@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import consul
+import psutil
 
 from . import kvconfig
 from .consul_client import make_consul
@@ -257,11 +258,9 @@ def port_is_free(use: PortUse, host: str = "127.0.0.1") -> bool:
 
 
 def _describe(pid: int, width: int = 100) -> str:
-    import psutil
-
     try:
         proc = psutil.Process(pid)
-        command = " ".join(proc.cmdline()) or proc.name()
+        command = " ".join(" ".join(proc.cmdline()).split()) or proc.name()
     except psutil.Error:
         return f"pid {pid}"
     return f"pid {pid} ({command if len(command) <= width else command[: width - 3] + '...'})"
@@ -269,8 +268,6 @@ def _describe(pid: int, width: int = 100) -> str:
 
 def port_holders(use: PortUse) -> list[str]:
     """The processes bound to the port, as `pid N (command)`; empty when this user cannot see them."""
-    import psutil
-
     try:
         sockets = psutil.net_connections(kind="tcp" if use.kind == socket.SOCK_STREAM else "udp")
     except psutil.AccessDenied:
@@ -303,8 +300,6 @@ def _run_dir() -> Path:
 
 def live_supervisord(run_dir: Path) -> int | None:
     """The pid of this run directory's supervisord, when it is alive."""
-    import psutil
-
     try:
         pid = int((run_dir / "supervisord.pid").read_text().strip())
         alive = any("supervisord" in part for part in psutil.Process(pid).cmdline())
@@ -317,8 +312,6 @@ def stack_processes(run_dir: Path) -> list:
     """Every live process a supervisord of this run directory started, workers included. supervisord
     writes its own socket into each program's environment (SUPERVISOR_SERVER_URL), and it outlives
     supervisord: this finds the programs of a supervisord that was killed, and nothing else."""
-    import psutil
-
     socket_path = os.path.realpath(run_dir / "supervisord.sock")
     found = []
     for proc in psutil.process_iter():
@@ -337,8 +330,6 @@ def stack_processes(run_dir: Path) -> list:
 
 def orphan_processes(run_dir: Path) -> list:
     """The stack's processes that no live supervisord of this run directory looks after."""
-    import psutil
-
     keeper = live_supervisord(run_dir)
     orphans = []
     for proc in stack_processes(run_dir):
@@ -356,8 +347,6 @@ STOP_ORDER = (("services", signal.SIGTERM, 20.0), ("hazelcast", signal.SIGTERM, 
 
 
 def _gone(proc) -> bool:
-    import psutil
-
     try:
         return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -366,8 +355,6 @@ def _gone(proc) -> bool:
 
 def stop_processes(procs: list) -> None:
     """Stop each program's first process with its signal, wait, then kill what is left."""
-    import psutil
-
     groups: dict[str, list] = {}
     for proc in procs:
         try:
@@ -421,8 +408,6 @@ def stale_env(args: argparse.Namespace) -> int:
     """Print the services (group:program) that run with another Consul address or token than the env
     file holds. Only services: a Hazelcast member uses the token once, to read KV at start, and
     restarting the members for it would lose the map and the queue; the agent does not use it."""
-    import psutil
-
     wanted = read_env_file(Path(args.path))
     stale = set()
     for proc in stack_processes(_run_dir()):

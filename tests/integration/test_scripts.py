@@ -260,7 +260,9 @@ def _assert(condition: bool) -> None:
 # --- tools directory in a temporary place (STACK_TOOLS_DIR): the repository's .tools/ is never touched.
 
 
-def install_function(function: str, tools: Path, path: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def install_function(
+    function: str, tools: Path, path: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "STACK_TOOLS_DIR": str(tools), "TEST_PATH": path or os.environ["PATH"]}
     return subprocess.run(
         # PATH changes after the source: lib.sh itself needs coreutils.
