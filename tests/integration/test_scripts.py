@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ import psutil
 import pytest
 import requests
 
-from infra import ROOT, eventually, record
+from infra import ROOT, consul_binary, eventually, record
 from servicekit import ops
 
 SCRIPTS = ROOT / "scripts"
@@ -320,7 +319,7 @@ def test_install_fetches_a_truncated_hazelcast_jar_again(tmp_path):
 
 
 def test_install_fetches_a_half_unpacked_consul_again(tmp_path):
-    real = Path(ops.ROOT / ".tools" / "consul" / "usr" / "bin" / "consul").resolve()
+    real = Path(consul_binary())
     broken = tmp_path / "tools" / "consul" / "usr" / "bin" / "consul"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(real.read_bytes()[:1_000_000])
