@@ -217,6 +217,16 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
 
 
 @pytest.mark.timeout(600)
+def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(script_stack):
+    up(script_stack)
+    before = program_pids(script_stack)
+    result = script_stack.run("up", timeout=60, CONSUL_HTTP_ADDR=f"127.0.0.1:{script_stack.consul_port + 1}")
+    assert result.returncode == 1, output(result)
+    assert "runs on other ports" in result.stderr and "./scripts/down first" in result.stderr, output(result)
+    assert program_pids(script_stack) == before
+
+
+@pytest.mark.timeout(600)
 def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
