@@ -58,7 +58,7 @@ def record(groups: dict[str, list[int]], seconds: float, load: Callable[[], obje
     """Run `load` while py-spy samples every pid of every group; the load must outlast `seconds`."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
-        raise RuntimeError("no py-spy: it is in requirements.txt, run ./scripts/install")
+        raise RuntimeError("no py-spy: it is in requirements/bench.txt, run ./scripts/install --bench")
     out = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     loader = threading.Thread(target=load, name="profile-load", daemon=True)
     loader.start()

@@ -13,9 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from infra import replace_block  # noqa: E402
 
-BEGIN = "<!-- bench:results:begin (written by ./scripts/bench --docs) -->"
-END = "<!-- bench:results:end -->"
 
 
 def machine(command: str, plan: dict, seconds: float) -> dict:
@@ -169,10 +168,5 @@ def plot(r: dict, path: Path) -> None:
 
 def write_docs(table: str, doc: Path, plot_from: Path, plot_to: Path) -> None:
     """Replace the results block of docs/BENCHMARKS.md; the prose around it is written by hand."""
-    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise RuntimeError(f"{doc} has no results block ({BEGIN} ... {END})")
-    before, rest = text.split(BEGIN, 1)
-    _, after = rest.split(END, 1)
-    doc.write_text(f"{before}{BEGIN}\n{table}\n\n![GET and POST latency](bench.png)\n{END}{after}")
+    replace_block(doc, "bench:results", f"{table}\n\n![GET and POST latency](bench.png)")
     shutil.copyfile(plot_from, plot_to)

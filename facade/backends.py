@@ -31,13 +31,13 @@ class InstanceFailed(Exception):
 
 
 class Backends:
-    def __init__(self, settings: Settings, discovery: Discovery):
+    def __init__(self, settings: Settings, discovery: Discovery, session: requests.Session | None = None):
         self._discovery = discovery
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._deadline = settings.request_deadline
         # One pooled session per worker: keep-alive connections to every instance.
-        self._http = requests.Session()
+        self._http = session or requests.Session()
         # No proxy, netrc or CA-bundle lookups in the environment on every call.
         self._http.trust_env = False
         # GET /facade reads messages_svc here while the request thread reads logging_svc.
@@ -87,28 +87,31 @@ class Backends:
                     instance = pick()
                     remaining = max(give_up_at - time.monotonic(), 0.05)
                     timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
-                    return instance, self._once(instance, send, timeout, failed)
+                    return instance, self._once(service, instance, send, timeout, failed)
         except InstanceFailed:
             detail = "; ".join(f"{k}: {v}" for k, v in failed.items())
             raise Unavailable(f"every {service} instance failed", detail) from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    def _once(self, instance: Instance, send: Send, timeout: tuple[float, float], failed: dict[str, str]) -> Any:
+    def _once(
+        self, service: str, instance: Instance, send: Send, timeout: tuple[float, float], failed: dict[str, str]
+    ) -> Any:
         try:
             response = send(instance, timeout)
             if response.status_code >= 500:
                 raise InstanceFailed(f"HTTP {response.status_code}")
-            body = response.json()
+            if response.status_code >= 400:
+                # The facade validated the request, so a 4xx here is a contract mismatch, not bad input,
+                # and no other instance would answer differently. The log names the instance; the client
+                # learns only which service refused.
+                log.error("%s rejected a request: %s %s", instance.id, response.status_code, response.text[:200])
+                raise BadGateway(f"{service} rejected the request")
+            return response.json()
         except (requests.RequestException, ValueError, InstanceFailed) as exc:
             reason = str(exc) if isinstance(exc, InstanceFailed) else type(exc).__name__
             failed[instance.id] = reason
             log.warning("%s failed (%s); trying another instance", instance.id, reason)
             raise InstanceFailed(reason) from exc
-        if response.status_code >= 400:
-            # The facade validated the request, so a 4xx here is a contract mismatch, not bad input.
-            log.error("%s rejected a request: %s %s", instance.id, response.status_code, body)
-            raise BadGateway(f"{instance.id} rejected the request")
-        return body
 
     def log_message(self, message_id: str, msg: str) -> str:
         """Store the message through one logging instance; returns that instance's id."""

@@ -33,7 +33,7 @@ def get_messages():
 @bp.get("/health")
 def health():
     # Consul being unreachable does not fail the check: requests are served from the last known
-    # instances. The details say so.
+    # instances for at most servicekit.discovery.STALE_LIMIT. The details say so (`stale_since`).
     return health_response(
         details={"discovery": current_app.extensions["backends"].status()},
         hazelcast=current_app.extensions["hazelcast"].connected,

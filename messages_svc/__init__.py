@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from servicekit.gunicorn_hooks import on_shutdown
+from servicekit.gunicorn_hooks import intake, on_shutdown
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
 from servicekit.web import configure_app
@@ -25,7 +25,8 @@ def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
     app.extensions["message_store"] = store
     if consume:
         hz = Hazelcast(settings).start()
-        consumer = Consumer(hz, store).start()
+        # The intake is the master's (shared across fork): it closes it before the instance leaves Consul.
+        consumer = Consumer(hz, store, intake()).start()
         # Stop consuming before the client goes away, so no item is taken and then dropped.
         on_shutdown(app, hz.close)
         on_shutdown(app, consumer.stop)

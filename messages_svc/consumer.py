@@ -8,11 +8,13 @@ import threading
 
 from hazelcast.errors import HazelcastError
 
+from servicekit.gunicorn_hooks import Intake
 from servicekit.hz import Hazelcast, HazelcastUnavailable
 
 log = logging.getLogger(__name__)
 
 # A poll returns after this long even when the queue is empty, so the thread notices a stop request.
+# The master waits for a poll in progress before it leaves Consul, up to INTAKE_CLOSE_TIMEOUT (3 s).
 POLL_TIMEOUT = 1.0
 
 
@@ -43,15 +45,24 @@ def decode(item: str) -> str | None:
 
 
 class Consumer:
-    def __init__(self, hz: Hazelcast, store: MessageStore):
+    """Takes items from the queue while the intake is open.
+
+    The master closes the intake before the instance leaves Consul: what an instance takes after that
+    is in memory no `GET /facade` reaches any more, and dies with it. `stop` is for this worker alone
+    (worker_exit), when the instance stays.
+    """
+
+    def __init__(self, hz: Hazelcast, store: MessageStore, intake: Intake):
         self._hz = hz
         self._store = store
+        self._intake = intake
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="queue-consumer", daemon=True)
 
     @property
     def ready(self) -> bool:
-        return self._hz.connected and self._thread.is_alive()
+        # Stopped because the instance is leaving is not broken: it still serves what it holds while it drains.
+        return self._hz.connected and (self._thread.is_alive() or self._intake.closed)
 
     def start(self) -> "Consumer":
         self._thread.start()
@@ -67,18 +78,29 @@ class Consumer:
             if not self._hz.connected:
                 self._stop.wait(0.2)
                 continue
-            try:
-                item = self._hz.queue().poll(POLL_TIMEOUT)
-            except (HazelcastError, HazelcastUnavailable) as exc:
-                log.warning("polling the queue failed: %s", exc)
+            with self._intake.taking() as is_open:
+                if not is_open:
+                    log.info("stopped taking messages from the queue: this instance is leaving Consul")
+                    return
+                polled = self._take_one()
+            if polled:
+                backoff = 0.2
+            else:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.2
-            if item is None:
-                continue
-            msg = decode(item)
-            if msg is None:
-                log.error("dropping a queue item that is not a facade message: %.200r", item)
-                continue
+
+    def _take_one(self) -> bool:
+        """Poll once and keep what came; False when the poll failed."""
+        try:
+            item = self._hz.queue().poll(POLL_TIMEOUT)
+        except (HazelcastError, HazelcastUnavailable) as exc:
+            log.warning("polling the queue failed: %s", exc)
+            return False
+        if item is None:
+            return True
+        msg = decode(item)
+        if msg is None:
+            log.error("dropping a queue item that is not a facade message: %.200r", item)
+        else:
             self._store.append(msg)
+        return True

@@ -1,6 +1,8 @@
 """Discovery figures on a stack of its own (free ports, loopback only), printed as a Markdown table.
 
-    ./scripts/discovery-figures [--rounds 5]
+    ./scripts/discovery-figures [--rounds 5] [--docs]
+
+--docs rewrites the figures block of README.md ("Discovery that survives churn") with this run's table.
 
 1. death -> out of rotation: kill -9 a logging instance; time until no facade worker lists it.
 2. first passing check -> first request: start a logging instance under load; time from Consul
@@ -12,6 +14,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import statistics
 import sys
 import tempfile
@@ -32,9 +36,11 @@ from infra import (  # noqa: E402
     isolated_agent,
     passing_to_first_request,
     prometheus_counter,
+    replace_block,
 )
 
 HEALTH_QUERIES = "consul_http_GET_v1_health_service"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def in_rotation(stack, instance_id: str) -> bool:
@@ -81,6 +87,7 @@ def consul_requests_per_1k(stack) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--docs", action="store_true", help="rewrite the figures block of README.md")
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="discovery-figures-"))
     print(f"process logs: {log_dir}", flush=True)
@@ -107,12 +114,21 @@ def main() -> int:
     def fmt(values):
         return f"{statistics.median(values) * 1000:.0f} ms (max {max(values) * 1000:.0f} ms, n={len(values)})"
 
+    command = " ".join(["./scripts/discovery-figures", *(a for a in sys.argv[1:] if a != "--docs")])
+    table = "\n".join([
+        f"Measured with `{command}` (its own stack on free ports; {os.cpu_count()} cores, "
+        f"{datetime.date.today().isoformat()}):",
+        "",
+        "| figure | median |",
+        "|---|---|",
+        f"| kill -9 of an instance -> out of every facade worker's rotation | {fmt(removal)} |",
+        f"| new instance's first passing check -> its first request | {fmt(first)} |",
+        f"| Consul health queries per 1,000 facade requests (all, background watches included) | {per_1k:.1f} |",
+    ])
     print()
-    print("| figure | median |")
-    print("|---|---|")
-    print(f"| kill -9 of an instance -> out of every facade worker's rotation | {fmt(removal)} |")
-    print(f"| new instance's first passing check -> its first request | {fmt(first)} |")
-    print(f"| Consul health queries per 1,000 facade requests (all, background watches included) | {per_1k:.1f} |")
+    print(table)
+    if args.docs:
+        replace_block(README, "discovery:figures", table)
     return 0
 
 

@@ -10,7 +10,8 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
 import consul
 
@@ -54,29 +55,58 @@ def passing_instances(client: consul.Consul, service: str) -> list[Instance]:
     return list(_instances(entries))
 
 
-def shuffled(instances: list[Instance] | tuple[Instance, ...]) -> list[Instance]:
-    """A random order: the first is the random pick, the rest are the fallbacks."""
-    return random.sample(list(instances), len(instances))
+# How long the last known instances stay in use while Consul cannot say which pass. An agent restart is
+# over in seconds (each instance's keeper registers it again within ~2.4 s and its first check passes
+# within the 1 s interval; docs/RELIABILITY.md has every instance passing 3.1 to 4.8 s after the agent
+# is back), and a healthy watch hears from Consul at least once per 30 s blocking wait, so half a minute
+# without a usable answer is an outage, not a hiccup: from then on the facade answers 503 rather than
+# guessing, and /health has shown `stale_since` all along.
+STALE_LIMIT = 30.0
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """What the watch knows, replaced as a whole so a request thread never reads half an update."""
+
+    instances: tuple[Instance, ...] = ()
+    # Set while the instances are the last known ones rather than Consul's current answer.
+    stale_since: float | None = None  # time.monotonic()
+    stale_since_wall: float | None = None  # time.time(), for people
+    # Why they are stale: Consul is unreachable, or an agent restarted and has not seen them register yet.
+    stale_reason: str | None = None
 
 
 class ServiceWatch:
     """The passing instances of one service, kept current by a named daemon thread.
 
     The thread runs Consul blocking queries (index + wait): the agent answers as soon as the set changes,
-    or after `wait`. When Consul is unreachable, or suddenly reports no passing instance at all (a dev
-    agent that restarted and has not seen the instances re-register yet), the last known instances stay
-    in use and the change is logged; the facade retries on another instance if one of them is gone.
+    or after `wait`. An answer with no passing instance empties the cache: requests get a 503 at once
+    instead of trying instances Consul knows are critical. Only when Consul cannot say (it is
+    unreachable, or its index went backwards because the agent restarted and has forgotten every
+    service until they register again) do the last known instances stay in use, for at most
+    `stale_limit` seconds; `status()` says since when.
     """
 
-    def __init__(self, client: consul.Consul, service: str, wait: str = "30s"):
+    def __init__(
+        self,
+        client: consul.Consul,
+        service: str,
+        wait: str = "30s",
+        stale_limit: float = STALE_LIMIT,
+    ):
         self.service = service
         self._client = client
         self._wait = wait
-        self._instances: tuple[Instance, ...] = ()
+        self._stale_limit = stale_limit
+        self._cache = _Cache()
         self._loaded = threading.Event()
         self._stop = threading.Event()
         self._consul_error: str | None = None
         self._updated_at: float | None = None
+        # The index of the last answer, to notice one that goes backwards, and the index the next
+        # query sends (None after an error or a restart: start over with a query that answers at once).
+        self._last_index: int | None = None
+        self._index: int | None = None
         self._thread = threading.Thread(target=self._run, name=f"watch-{service}", daemon=True)
 
     def start(self) -> "ServiceWatch":
@@ -90,46 +120,85 @@ class ServiceWatch:
         """The current instances. Right after start, wait up to `timeout` for Consul's first answer."""
         if timeout and not self._loaded.is_set():
             self._loaded.wait(timeout)
-        return self._instances
+        return self._usable(self._cache)
+
+    def _usable(self, cache: _Cache) -> tuple[Instance, ...]:
+        if cache.stale_since is not None and time.monotonic() - cache.stale_since > self._stale_limit:
+            return ()
+        return cache.instances
 
     def status(self) -> dict:
+        cache = self._cache
         return {
-            "instances": [i.id for i in self._instances],
+            "instances": [i.id for i in self._usable(cache)],
             "consul": "unreachable: " + self._consul_error if self._consul_error else "ok",
-
+            "stale_since": None if cache.stale_since_wall is None else _iso(cache.stale_since_wall),
             "updated_s_ago": None if self._updated_at is None else round(time.monotonic() - self._updated_at, 1),
         }
 
-    def _apply(self, found: tuple[Instance, ...]) -> None:
-        if not found and self._instances:
-            log.warning(
-                "Consul reports no passing %s; keeping the %d last known", self.service, len(self._instances)
-            )
-        elif {i.id for i in found} != {i.id for i in self._instances}:
-            log.info("%s instances: %s", self.service, ", ".join(sorted(i.id for i in found)) or "none")
-            self._instances = found
+    def _keep_stale(self, reason: str) -> None:
+        """Keep serving the last known instances, because Consul cannot say which pass right now."""
+        cache = self._cache
+        if cache.stale_since is None:
+            if cache.instances:
+                log.warning("%s; serving %s from the %d last known instances for at most %.0f s",
+                            reason, self.service, len(cache.instances), self._stale_limit)
+            self._cache = _Cache(cache.instances, time.monotonic(), time.time(), reason)
+        elif cache.instances and not self._usable(cache):
+            log.error("%s for %.0f s; dropping the last known %s instances",
+                      reason, self._stale_limit, self.service)
+            self._cache = replace(cache, instances=(), stale_reason=reason)
+        else:
+            self._cache = replace(cache, stale_reason=reason)
+
+    def _answered(self, index: int, found: tuple[Instance, ...]) -> None:
+        restarted = self._last_index is not None and index < self._last_index
+        self._last_index = index
+        # Consul's rules for blocking queries: start over when the index went backwards, and never send
+        # an index of 0 or less.
+        self._index = None if restarted or index <= 0 else index
+        cache = self._cache
+        if restarted:
+            log.info("Consul's index for %s went backwards (the agent restarted); starting over", self.service)
+        if not found and cache.instances and (restarted or cache.stale_reason == _RESTARTED):
+            # A restarted agent knows nothing until the instances register again; nor does any answer
+            # until one of them has passed its first check.
+            self._keep_stale(_RESTARTED)
+        else:
+            if {i.id for i in found} != {i.id for i in self._usable(cache)}:
+                if found:
+                    log.info("%s instances: %s", self.service, ", ".join(sorted(i.id for i in found)))
+                else:
+                    log.error("Consul reports no passing %s instance; requests that need one get 503",
+                              self.service)
+            self._cache = _Cache(found)
         self._updated_at = time.monotonic()
         self._loaded.set()
 
+    def _failed(self, exc: Exception) -> None:
+        denied = isinstance(exc, consul.ACLPermissionDenied)
+        if self._consul_error is None:
+            if denied:
+                log.error("Consul refused to list %s (check CONSUL_HTTP_TOKEN's policy)", self.service)
+            else:
+                log.warning("Consul is unreachable while watching %s: %s", self.service, exc)
+        self._consul_error = "permission denied" if denied else type(exc).__name__
+        # The agent may come back restarted, with a lower index: a query for the old one would be held
+        # for the whole wait.
+        self._index = None
+        self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
+
     def _run(self) -> None:
-        index = None
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                new_index, entries = self._client.health.service(
-                    self.service, passing=True, index=index, wait=self._wait
+                index, entries = self._client.health.service(
+                    self.service, passing=True, index=self._index, wait=self._wait
                 )
             except CONSUL_ERRORS as exc:
-                if self._consul_error is None:
-                    if isinstance(exc, consul.ACLPermissionDenied):
-                        log.error("Consul refused to list %s (check CONSUL_HTTP_TOKEN's policy); serving "
-                                  "from the last known instances", self.service)
-                    else:
-                        log.warning("Consul is unreachable; serving %s from the last known instances: %s",
-                                    self.service, exc)
-                self._consul_error = (
-                    "permission denied" if isinstance(exc, consul.ACLPermissionDenied) else type(exc).__name__
-                )
+                if self._stop.is_set():
+                    return
+                self._failed(exc)
                 # Jitter keeps many workers from hammering an agent that just came back.
                 self._stop.wait(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 3.0)
@@ -138,20 +207,23 @@ class ServiceWatch:
                 log.info("Consul answers again; watching %s", self.service)
                 self._consul_error = None
             backoff = 0.5
-            # Consul's rule for blocking queries: an index that went backwards (the agent restarted)
-            # means start over; an index of 0 or less is never used as-is.
-            new_index = int(new_index or 0)
-            if index is not None and new_index < index:
-                new_index = 0
-            index = max(new_index, 1) if new_index else None
-            self._apply(_instances(entries))
+            self._answered(int(index or 0), _instances(entries))
+
+
+_RESTARTED = "the Consul agent restarted"
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 class Discovery:
     """One watch per service the caller depends on."""
 
-    def __init__(self, client: consul.Consul, services: list[str], wait: str = "30s"):
-        self._watches = {name: ServiceWatch(client, name, wait) for name in services}
+    def __init__(
+        self, client: consul.Consul, services: list[str], wait: str = "30s", stale_limit: float = STALE_LIMIT
+    ):
+        self._watches = {name: ServiceWatch(client, name, wait, stale_limit) for name in services}
 
     def start(self) -> "Discovery":
         for watch in self._watches.values():

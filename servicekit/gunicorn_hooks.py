@@ -3,15 +3,30 @@
 The master registers the instance once (`when_ready`, after the socket is bound), keeps it registered,
 and deregisters it once; workers never talk to Consul's agent endpoints.
 
-Stopping is graceful in this order: on SIGTERM the master first leaves Consul, waits `drain_seconds`
-while the facades' watches drop the instance (their blocking queries return at once), and only then
-lets gunicorn stop its workers, which finish their in-flight requests. A rolling restart loses nothing.
+Stopping happens in this order, whatever the signal: the workers stop taking work from shared queues
+(the master closes the `Intake` and waits for takes in progress), the master leaves Consul, on SIGTERM
+it keeps serving for `drain_seconds` while the facades' watches drop the instance, and only then
+gunicorn stops the workers. Nothing is taken by an instance that no facade can reach any more, and a
+rolling restart loses no request.
+
+gunicorn's other master signals, as they meet a Consul registration:
+- HUP re-executes gunicorn.conf.py and replaces the workers. Nothing here is built when the config
+  file runs, so a reload builds no second keeper; the registration made in `when_ready` stays.
+- USR2 is refused: gunicorn would start a second master on the same socket, so with the same instance
+  id, and whichever master exits first would deregister the other.
+- INT (Ctrl-C) and QUIT stop the workers at once, after leaving Consul (no drain: they are gunicorn's
+  quick stop). Workers ignore SIGINT, which a terminal sends to the whole process group, and leave
+  their stop to the master.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import signal
 import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from . import registry
 from .settings import Settings
@@ -20,37 +35,155 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_KEY = "servicekit.on_shutdown"
 
+# How long the master waits for takes in progress once it closed the intake. Longer than a consumer's
+# poll timeout (messages_svc.consumer.POLL_TIMEOUT, 1 s), so a take that is waiting on the queue ends.
+INTAKE_CLOSE_TIMEOUT = 3.0
+
+
+class Intake:
+    """The master's word to its workers: "take no more work from shared queues", with their answer.
+
+    Made in the master before the first fork, so every worker shares it (multiprocessing primitives
+    live in shared memory). An Event alone would not do: a consumer that checked it a moment before
+    the master set it may still be inside a poll that takes an item after the instance left Consul. So
+    each take holds the intake open, and `close` waits until no take is in progress.
+    """
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("fork")
+        self._closed = ctx.Event()
+        self._takes = ctx.Value("i", 0, lock=False)
+        self._changed = ctx.Condition()
+
+    @contextmanager
+    def taking(self) -> Iterator[bool]:
+        """Hold the intake open for one take (a poll and what is done with its item). Yields False, and
+        holds nothing, once the intake is closed."""
+        with self._changed:
+            if self._closed.is_set():
+                is_open = False
+            else:
+                is_open = True
+                self._takes.value += 1
+        try:
+            yield is_open
+        finally:
+            if is_open:
+                with self._changed:
+                    self._takes.value -= 1
+                    self._changed.notify_all()
+
+    def close(self, timeout: float = INTAKE_CLOSE_TIMEOUT) -> bool:
+        """Refuse new takes; wait for those in progress. False when some did not end in `timeout`.
+
+        Set before the lock is taken, the flag is still seen by every take that starts later (they check
+        it under the lock). Bounded, because a worker killed inside a take never gives it back.
+        """
+        deadline = time.monotonic() + timeout
+        self._closed.set()
+        if not self._changed.acquire(timeout=timeout):
+            return False
+        try:
+            return self._changed.wait_for(lambda: self._takes.value == 0, max(0.0, deadline - time.monotonic()))
+        finally:
+            self._changed.release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+
+_intake: Intake | None = None
+
+
+def intake() -> Intake:
+    """This process's intake: in a worker, the one its master made before forking it."""
+    global _intake
+    if _intake is None:
+        _intake = Intake()
+    return _intake
+
+
+class _Master:
+    """The registration and the stop sequence of one gunicorn master, made once in `when_ready`."""
+
+    def __init__(self, server, settings: Settings):
+        self._settings = settings
+        self._intake = intake()  # before the first worker forks
+        self._keeper = registry.RegistrationKeeper(settings)
+        self._left = False
+        self._graceful_stop = server.handle_term
+        self._quick_stops = {"INT": server.handle_int, "QUIT": server.handle_quit}
+        self._reload = server.handle_hup
+
+    def start(self, server) -> None:
+        # One try here, so a missing agent never holds up the boot; the keeper retries with backoff.
+        if not registry.register(self._settings, attempts=1):
+            log.error("not registered with Consul at %s yet; retrying in the background", self._settings.consul.url)
+        self._keeper.start()
+        # gunicorn has no hooks around its signals; the arbiter looks up handle_<signal> on itself and calls
+        # it from its main loop (not in a signal handler), so these replace its methods on this instance.
+        server.handle_term = self._handle_term
+        server.handle_int = self._quick_stop("INT")
+        server.handle_quit = self._quick_stop("QUIT")
+        server.handle_hup = self._handle_hup
+        server.handle_usr2 = self._handle_usr2
+
+    def leave(self) -> None:
+        """Stop taking work, then leave Consul. Once; every way out of the master ends here."""
+        if self._left:
+            return
+        self._left = True
+        if not self._intake.close():
+            log.warning("a take from the queue did not end within %.0f s (a worker busy, or killed while taking); "
+                        "leaving Consul anyway", INTAKE_CLOSE_TIMEOUT)
+        self._keeper.stop()
+        registry.deregister(self._settings)
+
+    def _handle_term(self) -> None:
+        log.info("SIGTERM: leaving Consul, draining for %.1f s before the workers stop", self._settings.drain_seconds)
+        self.leave()
+        time.sleep(self._settings.drain_seconds)
+        self._graceful_stop()
+
+    def _quick_stop(self, name: str) -> Callable[[], None]:
+        def handle() -> None:
+            log.info("SIG%s: leaving Consul, then stopping the workers at once", name)
+            self.leave()
+            self._quick_stops[name]()
+
+        return handle
+
+    def _handle_hup(self) -> None:
+        log.info("SIGHUP: reloading the configuration and replacing the workers; %s stays registered "
+                 "(what the old workers held in memory is gone)", self._settings.instance_id)
+        self._reload()
+
+    def _handle_usr2(self) -> None:
+        log.error("refusing USR2: a second master would serve %s under the same Consul id, and the first "
+                  "one to exit would deregister both. To run new code, SIGTERM this instance and start it "
+                  "again, or start a new instance on another port first", self._settings.instance_id)
+
+
+_MASTER_KEY = "servicekit_master"
+
 
 def registration_hooks(settings: Settings):
-    keeper = registry.RegistrationKeeper(settings)
-    state = {"left": False}
+    """`when_ready` and `on_exit` for a service's gunicorn.conf.py.
 
-    def leave() -> None:
-        if not state["left"]:
-            state["left"] = True
-            keeper.stop()
-            registry.deregister(settings)
+    They build nothing when the config file runs: gunicorn runs it again on every HUP, and a keeper or
+    client made there would be a second one.
+    """
 
     def when_ready(server) -> None:
-        # One try here, so a missing agent never holds up the boot; the keeper retries with backoff.
-        if not registry.register(settings, attempts=1):
-            log.error("not registered with Consul at %s yet; retrying in the background", settings.consul.url)
-        keeper.start()
-        stop_workers = server.handle_term
-
-        # gunicorn has no hook between SIGTERM and stopping the workers; the arbiter dispatches signals
-        # to its handle_<name> methods from its main loop, so this runs there, not in a signal handler.
-        def handle_term() -> None:
-            log.info("SIGTERM: leaving Consul, draining for %.1f s before the workers stop",
-                     settings.drain_seconds)
-            leave()
-            time.sleep(settings.drain_seconds)
-            stop_workers()
-
-        server.handle_term = handle_term
+        master = _Master(server, settings)
+        setattr(server, _MASTER_KEY, master)
+        master.start(server)
 
     def on_exit(server) -> None:
-        leave()
+        master = getattr(server, _MASTER_KEY, None)
+        if master is not None:
+            master.leave()
 
     return when_ready, on_exit
 
@@ -58,6 +191,7 @@ def registration_hooks(settings: Settings):
 # How long a new worker waits for its Hazelcast connection before it takes requests. Bounded, so a
 # missing cluster never holds up the boot; the worker then answers 503 until the client connects.
 WORKER_READY_TIMEOUT = 10.0
+WORKER_READY = "worker ready: taking requests"
 
 
 def post_worker_init(worker) -> None:
@@ -66,9 +200,13 @@ def post_worker_init(worker) -> None:
     /health reaches one worker at random; without this, Consul could see one ready worker pass the
     check while its sibling is still connecting and would answer the next request with a 503.
     """
+    # A terminal's Ctrl-C reaches every process of the group; the master stops this worker after it
+    # left Consul (with SIGQUIT), so the worker must not stop first on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     hz = getattr(worker.wsgi, "extensions", {}).get("hazelcast")
     if hz is not None and not hz.wait_connected(WORKER_READY_TIMEOUT):
         log.warning("not connected to Hazelcast after %.0f s; serving 503s until it is", WORKER_READY_TIMEOUT)
+    log.info(WORKER_READY)
 
 
 def worker_exit(server, worker) -> None:

@@ -93,6 +93,8 @@ class RegistrationKeeper:
         )
 
     def start(self) -> "RegistrationKeeper":
+        log.info("registration keeper started: checking every ~%.0f s that Consul still knows %s",
+                 self._interval, self._settings.instance_id)
         self._thread.start()
         return self
 

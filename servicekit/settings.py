@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
@@ -39,6 +41,57 @@ def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool =
     if value < 0 or (value == 0 and not allow_zero):
         raise SettingsError(f"{name} must be {'at least 0' if allow_zero else 'positive'}, got {value}")
     return value
+
+
+def max_body_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
+    """MAX_BODY_BYTES on its own: the gunicorn worker enforces it too, and has no Settings of its own."""
+    return _int(os.environ if env is None else env, "MAX_BODY_BYTES", 64 * 1024, minimum=1)
+
+
+# The names a browser on this machine uses for it. DNS rebinding works through a name the attacker owns,
+# so a request is served only under a name listed here (ALLOWED_HOSTS) or the bind address.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_DNS_NAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*", re.ASCII)
+
+
+def host_name(raw: str) -> str:
+    """A host name or address as the Host check compares it: lower case, one trailing dot dropped, IPv6
+    without brackets and in its short form. ValueError when it is neither a name nor an address."""
+    name = raw.strip().lower()
+    name = name[:-1] if name.endswith(".") else name
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if ":" in name:
+        return str(ipaddress.IPv6Address(name))
+    if not _DNS_NAME.fullmatch(name):
+        raise ValueError(f"{raw!r} is not a host name or address")
+    return name
+
+
+def _host_names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not names:
+        raise SettingsError(f"{name} must list at least one host name, got {raw!r}")
+    for part in names:
+        try:
+            host_name(part)
+        except ValueError:
+            raise SettingsError(
+                f"{name} takes host names or addresses separated by commas, without scheme or port; got {part!r}"
+            ) from None
+    return names
+
+
+def _service_host(env: Mapping[str, str]) -> str:
+    raw = env.get("SERVICE_HOST") or "127.0.0.1"
+    try:
+        host_name(raw)
+    except ValueError:
+        raise SettingsError(f"SERVICE_HOST must be a host name or IP address, got {raw!r}") from None
+    return raw
 
 
 # The JSON the facade sends to logging_svc around a message: {"id": "<uuid>", "msg": "..."}.
@@ -98,6 +151,8 @@ class Settings:
     check_interval: str = "1s"
     check_timeout: str = "1s"
     deregister_after: str = "1m"
+    # Host names a request may be addressed to (any port); the bind address is always accepted too.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
     version: str = VERSION
 
     def __post_init__(self) -> None:
@@ -116,7 +171,7 @@ class Settings:
         return cls(
             service_name=service_name,
             port=_int(env, "PORT", default_port, minimum=1),
-            host=env.get("SERVICE_HOST") or "127.0.0.1",
+            host=_service_host(env),
             consul=ConsulAddress.parse(env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"),
             consul_token=env.get("CONSUL_HTTP_TOKEN") or None,
             consul_timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
@@ -124,9 +179,16 @@ class Settings:
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
             request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
             drain_seconds=_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, minimum=1),
+            max_body_bytes=max_body_bytes_from_env(env),
             max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
+            allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
         )
+
+    @property
+    def accepted_host_names(self) -> frozenset[str]:
+        """ALLOWED_HOSTS plus the bind address: Consul's HTTP check and the facade's calls use the address
+        the instance registered, which is SERVICE_HOST."""
+        return frozenset(map(host_name, (*self.allowed_hosts, self.host)))
 
     @property
     def bind(self) -> str:

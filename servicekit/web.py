@@ -7,12 +7,12 @@ import logging
 import re
 from typing import Any
 
-from flask import Flask, Request, current_app, jsonify
+from flask import Flask, Request, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMediaType
 
 from .hz import HazelcastUnavailable
-from .settings import Settings
+from .settings import Settings, host_name
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,8 @@ MAX_JSON_DEPTH = 32
 # What changes the nesting depth: a bracket, a quote (strings do not count), an escape (so an escaped
 # quote does not end a string). A plain alternation: linear, whatever the input.
 _JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+# A Host header: a name, an IPv4 address or a bracketed IPv6 address, and an optional port.
+_HOST_HEADER = re.compile(r"(?P<name>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?", re.ASCII | re.IGNORECASE)
 
 
 class BadInput(ValueError):
@@ -65,8 +67,23 @@ class BadGateway(RuntimeError):
     """Another service answered, but not as agreed; the message is safe to show the client."""
 
 
+def require_json_content_type(request: Request) -> None:
+    """415 unless the body is declared application/json (UTF-8, the only charset JSON has).
+
+    A web page may POST text/plain, a form type or no type to any origin without asking first;
+    application/json makes the browser ask with a CORS preflight, which no service grants (none sends
+    Access-Control-Allow-* headers). So no page can write to a service, not even on the user's own machine.
+    A page that rebinds its own name to the service is same-origin and needs no preflight: the Host check
+    (install_host_check) turns that one away."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    if request.mimetype_params.get("charset", "utf-8").lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("Content-Type must be application/json with charset utf-8, or no charset")
+
+
 def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object. Any Content-Type is accepted, so `curl -d '{"msg": "hi"}'` works."""
+    """The body as a JSON object; the request must say Content-Type: application/json."""
+    require_json_content_type(request)
     # MAX_CONTENT_LENGTH makes get_data raise 413 for a body over the limit.
     raw = request.get_data(cache=False)
     try:
@@ -145,10 +162,41 @@ def install_error_handlers(app: Flask) -> None:
         return _error(500, "internal error")
 
 
+def host_is_accepted(host: str, accepted: frozenset[str]) -> bool:
+    """Whether a Host header ("name", "name:port", "[v6]:port") names one of the accepted hosts, on any port."""
+    match = _HOST_HEADER.fullmatch(host)
+    if match is None:
+        return False
+    try:
+        return host_name(match["name"]) in accepted
+    except ValueError:
+        return False
+
+
+def install_host_check(app: Flask, accepted: frozenset[str]) -> None:
+    """Serve a request only under an accepted name: DNS rebinding (a page on attacker.example whose name
+    now resolves to 127.0.0.1) reaches the socket, but its requests carry the attacker's name.
+
+    421 Misdirected Request, not 400: the request may be well formed; this server is just not the one
+    for that name (RFC 9110 15.5.20). It also keeps apart, in logs and in monitoring, a client that sent a
+    bad body (400) from one that reached the service through a name nobody configured.
+    Flask's TRUSTED_HOSTS would answer 400, and its matching drops IPv6 names ("[::1]")."""
+
+    @app.before_request
+    def check_host():
+        # request.host is the Host header ("" when malformed; two headers arrive joined by a comma), or
+        # the bound address for an HTTP/1.0 request without one.
+        if not host_is_accepted(request.host, accepted):
+            log.warning("refused a request for Host %r: not in ALLOWED_HOSTS, nor SERVICE_HOST",
+                        request.headers.get("Host", "")[:100])
+            raise MisdirectedRequest("this server does not answer for that host name")
+
+
 def configure_app(app: Flask, settings: Settings) -> None:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_MESSAGE_CHARS"] = settings.max_message_chars
     app.json.sort_keys = False
+    install_host_check(app, settings.accepted_host_names)
     install_error_handlers(app)
 
 

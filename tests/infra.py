@@ -7,8 +7,8 @@ shows why; every wait has a deadline.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +38,7 @@ SERVICES = {
 }
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.1, what: str = "") -> T:
@@ -58,17 +59,65 @@ def record(log_dir: Path, name: str, figures: dict) -> None:
     (log_dir / f"{name}.json").write_text(json.dumps(figures, indent=1))
 
 
+def replace_block(doc: Path, name: str, body: str) -> None:
+    """Rewrite the part of `doc` between `<!-- NAME:begin ... -->` and `<!-- NAME:end -->`: figures in the
+    docs are written by the code that measured them, the prose around them by hand."""
+    text = doc.read_text()
+    begin, end = f"<!-- {name}:begin", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise RuntimeError(f"{doc} has no block {begin} ... {end}")
+    before, rest = text.split(begin, 1)
+    marker, rest = rest.split("-->", 1)
+    _, after = rest.split(end, 1)
+    doc.write_text(f"{before}{begin}{marker}-->\n{body.strip()}\n{end}{after}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def _lib_sh(function: str, *args: str) -> subprocess.CompletedProcess:
+    """Run one function of scripts/lib.sh, so the tests apply the scripts' rules rather than a copy."""
+    return subprocess.run(
+        ["bash", "-c", 'source "$0" && "$@"', str(ROOT / "scripts" / "lib.sh"), function, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def consul_binary() -> str:
-    found = shutil.which("consul") or str(ROOT / ".tools" / "consul" / "usr" / "bin" / "consul")
-    if not os.access(found, os.X_OK):
+    """The consul ./scripts/up would run: one on PATH only in a version the project supports."""
+    done = _lib_sh("consul_bin")
+    for line in done.stderr.splitlines():
+        log.warning("%s", line.removeprefix("==> "))
+    if done.returncode != 0:
         raise RuntimeError("no consul binary: run ./scripts/install")
-    return found
+    return done.stdout.strip()
+
+
+def consul_version(binary: str) -> tuple[int, int, int]:
+    done = _lib_sh("consul_version", binary)
+    if done.returncode != 0:
+        raise RuntimeError(f"{binary} version did not say which Consul it is")
+    major, minor, patch = (int(part) for part in done.stdout.strip().split("."))
+    return major, minor, patch
+
+
+# Consul 1.14 gives a dev agent (a server) a gRPC TLS port, 8503 unless told otherwise; older versions
+# reject the flag.
+GRPC_TLS_SINCE = (1, 14, 0)
+
+
+def agent_port_flags(version: tuple[int, int, int], ports: dict[str, int]) -> list[str]:
+    """Flags that put every listener a dev agent of this version opens on `ports` or switch it off, so
+    two test agents, or a test agent and ./scripts/up's on the default ports, never collide."""
+    flags = {**ports, "https": -1}
+    if version >= GRPC_TLS_SINCE:
+        flags["grpc-tls"] = -1
+    return [f"-{flag}-port={port}" for flag, port in flags.items()]
 
 
 @dataclass
@@ -133,16 +182,17 @@ class Proc:
 
 class ConsulAgent:
     def __init__(self, log_dir: Path, name: str = "consul"):
+        binary = consul_binary()
         self.http_port = free_port()
-        ports = {flag: free_port() for flag in ("dns", "serf-lan", "serf-wan", "server", "grpc")}
+        self.ports = {flag: free_port() for flag in ("dns", "serf-lan", "serf-wan", "server", "grpc")}
+        self.ports["http"] = self.http_port
         self.proc = Proc(
             name,
             [
-                consul_binary(), "agent", "-dev",
+                binary, "agent", "-dev",
                 f"-config-file={ROOT / 'consul' / 'agent.hcl'}",
                 f"-node=test-{uuid.uuid4().hex[:8]}",
-                f"-http-port={self.http_port}",
-                *(f"-{flag}-port={port}" for flag, port in ports.items()),
+                *agent_port_flags(consul_version(binary), self.ports),
             ],
             log_dir / f"{name}.log",
         )

@@ -136,7 +136,9 @@ def test_unknown_route_and_wrong_method_are_json_errors(stack):
 )
 def test_logging_service_rejects_bad_input(stack, body):
     body = body.replace(b"%s", str(uuid.uuid4()).encode())
-    response = requests.post(f"{stack.logging[0].url}/logging", data=body, timeout=TIMEOUT)
+    response = requests.post(
+        f"{stack.logging[0].url}/logging", data=body, headers={"Content-Type": "application/json"}, timeout=TIMEOUT
+    )
     assert response.status_code == 400
     assert "error" in response.json()
 

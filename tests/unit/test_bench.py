@@ -47,11 +47,14 @@ def test_markdown_names_the_machine_the_command_and_the_keys():
 
 def test_write_docs_replaces_only_the_results_block(tmp_path):
     doc = tmp_path / "BENCHMARKS.md"
-    doc.write_text(f"# Benchmarks\nprose before\n{report.BEGIN}\nold table\n{report.END}\nprose after\n")
+    begin = "<!-- bench:results:begin (written by ./scripts/bench --docs) -->"
+    end = "<!-- bench:results:end -->"
+    doc.write_text(f"# Benchmarks\nprose before\n{begin}\nold table\n{end}\nprose after\n")
     png = tmp_path / "plot.png"
     report.plot(sample_results(), png)
     report.write_docs("new table", doc, png, tmp_path / "bench.png")
     text = doc.read_text()
     assert "old table" not in text and "new table" in text
+    assert begin in text and end in text, "the block can be rewritten again"
     assert text.startswith("# Benchmarks\nprose before\n") and text.endswith("prose after\n")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

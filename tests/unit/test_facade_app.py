@@ -27,7 +27,7 @@ def client():
     "data", [b"", b"nope", b'"just a string"', b"{}", b'{"msg": ["x"]}', b'{"msg": ""}', b'{"msg": "\xc3\x28"}']
 )
 def test_bad_input_is_400_before_any_backend_call(client, data):
-    response = client.post("/facade", data=data)
+    response = client.post("/facade", data=data, content_type="application/json")
     assert response.status_code == 400
     assert set(response.json) == {"error"}
 

@@ -1,11 +1,14 @@
 """The Hazelcast client's reactor must never sleep through a wakeup (see servicekit.hz)."""
 
 import os
+import threading
 
 import pytest
 from hazelcast import reactor
 
 from servicekit import hz
+from servicekit.kvconfig import SharedConfig
+from servicekit.settings import Settings
 
 
 def pending(waker) -> bool:
@@ -57,3 +60,28 @@ def test_with_the_fix_a_wakeup_during_the_drain_is_kept(waker, monkeypatch):
     assert not waker.awake
     waker.wake()
     assert waker.awake and pending(waker)
+
+
+
+def test_the_path_every_service_takes_applies_the_fix(waker, monkeypatch):
+    """Hazelcast(settings).start(), as each service's create_app calls it, with Consul KV and the client
+    stubbed; tests/integration/test_hazelcast_client.py checks the same on the real cluster."""
+    built = threading.Event()
+
+    class StubClient:
+        def __init__(self, **kwargs):
+            built.set()
+
+        def shutdown(self):
+            pass
+
+    config = SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+    monkeypatch.setattr(hz.kvconfig, "load", lambda consul: config)
+    monkeypatch.setattr(hz.hazelcast, "HazelcastClient", StubClient)
+    service_hz = hz.Hazelcast(Settings.from_env("logging-service", 8081, env={})).start()
+    try:
+        assert built.wait(5), "the client was never built"
+    finally:
+        service_hz.close()
+    wake_during_drain(waker, monkeypatch)
+    assert not waker.awake

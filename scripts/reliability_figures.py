@@ -1,0 +1,124 @@
+"""The measured block of docs/RELIABILITY.md, written from the figures the fault tests and the soak record.
+
+    ./scripts/reliability-figures            print the block
+    ./scripts/reliability-figures --docs     also rewrite it in docs/RELIABILITY.md
+
+Every fault test keeps what it measured in tests/.logs/<run>/<name>.json (`infra.record`), and
+./scripts/soak in tests/.logs/soak-<time>/soak.json. This gathers every run found there, so each figure
+in the document says how many runs it comes from, their range, and the command that measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "tests" / ".logs"
+DOC = ROOT / "docs" / "RELIABILITY.md"
+
+
+@dataclass(frozen=True)
+class Figure:
+    record: str  # the name given to infra.record (or "soak")
+    key: str  # a key of that record; a list counts its length, a dict sums its values
+    label: str
+    command: str
+
+
+CHURN = "./scripts/test tests/integration/test_churn.py"
+FAULTS = "./scripts/test tests/integration/test_hazelcast_faults.py"
+SOAK = "./scripts/soak --minutes 2"
+
+FIGURES = [
+    Figure("member-loss", "acknowledged", "member kill -9 under load: POSTs acknowledged", f"{FAULTS} -k member"),
+    Figure("member-loss", "acknowledged_lost", "member kill -9: acknowledged lost", f"{FAULTS} -k member"),
+    Figure("member-loss", "failed", "member kill -9: POSTs refused (503, never acknowledged)", f"{FAULTS} -k member"),
+    Figure("member-loss", "slowest_post_s", "member kill -9: slowest POST (s)", f"{FAULTS} -k member"),
+    Figure("member-loss", "failures_until_s_after_kill", "member kill -9: last refusal after the kill (s)",
+           f"{FAULTS} -k member"),
+    Figure("member-loss", "all_healthy_after_s", "member kill -9: POST, GET and every /health fine after (s)",
+           f"{FAULTS} -k member"),
+    Figure("consumer-crash", "acknowledged", "consumer kill -9: POSTs acknowledged", f"{FAULTS} -k consumer"),
+    Figure("consumer-crash", "lost_with_the_victim", "consumer kill -9: taken by the dead consumer, lost with it",
+           f"{FAULTS} -k consumer"),
+    Figure("hazelcast-late", "health_503_after_boot_s", "no cluster at start: serving 503 after boot (s)",
+           f"{FAULTS} -k without_hazelcast"),
+    Figure("hazelcast-late", "health_200_after_cluster_start_s", "no cluster at start: /health 200 after the "
+           "cluster starts (s)", f"{FAULTS} -k without_hazelcast"),
+    Figure("consul-agent-restart", "all_passing_after_agent_back_s", "agent restart: every instance passing "
+           "after the agent is back (s)", f"{CHURN} -k register_again"),
+    Figure("consul-agent-restart", "failed", "agent restart: failed requests", f"{CHURN} -k register_again"),
+    Figure("consul-down-mid-run", "served_while_down", "agent down mid-run: POSTs served while it was down",
+           f"{CHURN} -k serves_from_last_known"),
+    Figure("consul-down-mid-run", "failed", "agent down mid-run: failed POSTs", f"{CHURN} -k serves_from_last_known"),
+    Figure("consul-down-at-startup", "passing_after_agent_back_s", "agent down at an instance's start: passing "
+           "after the agent is back (s)", f"{CHURN} -k started_while_consul"),
+    Figure("soak", "posts_acknowledged", "soak: POSTs acknowledged", SOAK),
+    Figure("soak", "posts_failed", "soak: POSTs not acknowledged (facade dead, member kill)", SOAK),
+    Figure("soak", "acknowledged_lost_from_log", "soak: acknowledged lost from the log", SOAK),
+    Figure("soak", "consumed_twice", "soak: consumed twice", SOAK),
+    Figure("soak", "taken_by_the_killed_consumer_but_not_seen", "soak: taken by the killed consumer, lost with it",
+           SOAK),
+]
+
+
+def value(raw) -> float:
+    if isinstance(raw, list):
+        return len(raw)
+    if isinstance(raw, dict):
+        return sum(raw.values())
+    return raw
+
+
+def runs(logs: Path) -> dict[str, list[dict]]:
+    """Every recorded figure file under `logs`, by record name, oldest run first."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted(logs.glob("*/*.json")):
+        name = "soak" if path.name == "soak.json" else path.stem
+        try:
+            found.setdefault(name, []).append(json.loads(path.read_text()))
+        except ValueError:
+            continue  # a run that was stopped while writing
+    return found
+
+
+def spread(values: list[float]) -> str:
+    def fmt(v: float) -> str:
+        return f"{v:g}" if isinstance(v, int) or v == int(v) else f"{v:.2f}"
+
+    low, high = min(values), max(values)
+    return fmt(low) if low == high else f"{fmt(low)} to {fmt(high)}"
+
+
+def markdown(found: dict[str, list[dict]]) -> str:
+    lines = [
+        "| Figure | Runs | Range over the runs | Command |",
+        "| --- | --- | --- | --- |",
+    ]
+    for figure in FIGURES:
+        values = [value(r[figure.key]) for r in found.get(figure.record, []) if figure.key in r]
+        shown = spread(values) if values else "not run yet"
+        lines.append(f"| {figure.label} | {len(values)} | {shown} | `{figure.command}` |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", action="store_true", help=f"rewrite the measured block of {DOC.name}")
+    parser.add_argument("--logs", type=Path, default=LOGS, help="where the runs' figures are (default: %(default)s)")
+    args = parser.parse_args()
+    table = markdown(runs(args.logs))
+    print(table)
+    if args.docs:
+        from infra import replace_block
+
+        replace_block(DOC, "reliability:figures", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The facade's calls to logging_svc and messages_svc: which instance is tried, what is retried, what the
+client is told. Discovery and HTTP are stand-ins here; tests/integration drives the real ones."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+
+import pytest
+import requests
+
+from facade import create_app
+from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, Backends
+from servicekit.discovery import Instance
+from servicekit.settings import Settings
+from servicekit.web import BadGateway, Unavailable
+
+PORTS = (8081, 8082, 8083)
+
+
+def instance(port: int) -> Instance:
+    return Instance(id=f"logging-service-somehost-{port}", address="127.0.0.1", port=port)
+
+
+class FixedDiscovery:
+    """Stands in for servicekit.discovery.Discovery: the same passing instances for every service."""
+
+    def __init__(self, *ports: int):
+        self.found = tuple(instance(p) for p in ports)
+
+    def instances(self, service: str, timeout: float = 0.0) -> tuple[Instance, ...]:
+        return self.found
+
+    def status(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def response(status: int, body: dict | str) -> requests.Response:
+    answer = requests.Response()
+    answer.status_code = status
+    answer._content = (json.dumps(body) if isinstance(body, dict) else body).encode()
+    return answer
+
+
+class ScriptedHttp:
+    """Stands in for requests.Session: each port answers as scripted (a response, an exception to raise, or
+    a function to call), and every call is recorded."""
+
+    def __init__(self, **by_port):
+        self.by_port = {int(port.lstrip("p")): what for port, what in by_port.items()}
+        self.tried: list[int] = []
+        self.trust_env = True
+
+    def _answer(self, url: str, **kwargs):
+        assert kwargs["timeout"], "every call has a timeout"
+        port = urllib.parse.urlsplit(url).port
+        self.tried.append(port)
+        what = self.by_port[port]
+        if isinstance(what, Exception):
+            raise what
+        return what() if callable(what) else what
+
+    def post(self, url: str, **kwargs):
+        return self._answer(url, **kwargs)
+
+    def get(self, url: str, **kwargs):
+        return self._answer(url, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+STORED = response(201, {"stored": True})
+BROKEN = response(500, {"error": "internal error"})
+
+
+def backends(http: ScriptedHttp, *ports: int, **env: str) -> Backends:
+    return Backends(Settings.from_env("facade-service", 8080, env=env), FixedDiscovery(*ports), session=http)
+
+
+@pytest.mark.parametrize("failure", [BROKEN, response(503, "<html>busy</html>"), requests.ReadTimeout("slow"),
+                                     requests.ConnectionError("refused"), response(200, "not json")])
+def test_a_failed_instance_is_retried_on_another_one(failure):
+    # Whichever the random pick tries first, the call ends at the one instance that works.
+    for _ in range(20):
+        http = ScriptedHttp(p8081=failure, p8082=failure, p8083=STORED)
+        assert backends(http, *PORTS).log_message("id-1", "hello") == instance(8083).id
+        assert http.tried[-1] == 8083
+        assert len(http.tried) == len(set(http.tried)), f"an instance was tried twice: {http.tried}"
+
+
+def test_untried_instances_come_before_any_second_try():
+    # Each round pauses a little once all three failed; five rounds keep the test short.
+    for _ in range(5):
+        http = ScriptedHttp(p8081=BROKEN, p8082=BROKEN, p8083=BROKEN)
+        with pytest.raises(Unavailable) as failed:
+            backends(http, *PORTS).log_message("id-1", "hello")
+        assert sorted(http.tried[:3]) == list(PORTS), f"an instance was tried twice first: {http.tried}"
+        assert len(http.tried) == MAX_ATTEMPTS
+        assert failed.value.public == f"every {LOGGING_SERVICE} instance failed"
+
+
+def test_the_retries_stop_at_the_request_deadline():
+    def slow_timeout():
+        time.sleep(0.2)
+        raise requests.ReadTimeout("slow")
+
+    http = ScriptedHttp(p8081=slow_timeout)
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        backends(http, 8081, REQUEST_DEADLINE="0.3").log_message("id-1", "hello")
+    assert len(http.tried) <= 3, "without the deadline it would try MAX_ATTEMPTS times"
+    assert time.monotonic() - started < 1.2
+
+
+def test_a_4xx_is_not_retried_and_becomes_a_502_that_names_no_instance():
+    http = ScriptedHttp(p8081=response(400, {"error": "field 'msg' must be a string"}), p8082=STORED)
+    with pytest.raises(BadGateway) as rejected:
+        backends(http, 8081).log_message("id-1", "hello")
+    assert http.tried == [8081]
+    assert str(rejected.value) == f"{LOGGING_SERVICE} rejected the request"
+
+
+def test_no_passing_instance_is_a_503_at_once_without_any_call():
+    http = ScriptedHttp()
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as failed:
+        backends(http).consumed_messages()
+    assert time.monotonic() - started < 0.1
+    assert http.tried == []
+    assert failed.value.public == f"no healthy {MESSAGES_SERVICE} instance"
+
+
+class DisconnectedHazelcast:
+    connected = False
+
+    def queue(self):
+        raise AssertionError("a message logging_svc refused must not reach the queue")
+
+
+def test_the_facade_answers_a_4xx_from_logging_with_a_502_that_names_no_instance_host_or_port():
+    settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    app = create_app(settings, hz=DisconnectedHazelcast())
+    http = ScriptedHttp(p8082=response(413, {"error": "request body too large"}))
+    app.extensions["backends"] = Backends(settings, FixedDiscovery(8082), session=http)
+    answer = app.test_client().post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 502
+    assert answer.json == {"error": f"{LOGGING_SERVICE} rejected the request"}
+    for internal in ("somehost", "127.0.0.1", "8082"):
+        assert internal not in answer.get_data(as_text=True)
