@@ -8,9 +8,8 @@ client_addr = "127.0.0.1"
 ui          = true
 log_level   = "INFO"
 
-ports {
-  http = 8500
-}
+# No ports here: ./scripts/up passes them on the command line (the HTTP port from CONSUL_HTTP_ADDR, the
+# others from STACK_PORT_OFFSET), and so do the tests, each agent on its own free ports.
 
 # Cumulative counters at /v1/agent/metrics?format=prometheus, e.g. how many discovery queries
 # (consul_http_GET_v1_health_service__count) the services make.

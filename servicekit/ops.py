@@ -5,24 +5,35 @@
     python -m servicekit.ops register-hazelcast 5701 5702 5703
     python -m servicekit.ops wait facade-service=1 logging-service=3 --timeout 120
     python -m servicekit.ops status
+    python -m servicekit.ops check-ports consul=8500 consul-dns=8600/udp logging-1=8081
+    python -m servicekit.ops orphans --stop          # programs of a supervisord that died
+    python -m servicekit.ops write-env run/programs.env
+    python -m servicekit.ops --env-file run/programs.env exec gunicorn -c facade/gunicorn.conf.py
+    python -m servicekit.ops stale-env               # services started with another Consul address or token
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import os
+import signal
 import socket
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import consul
+import psutil
 
 from . import kvconfig
 from .consul_client import make_consul
 from .registry import CONSUL_ERRORS
-from .settings import Settings
+from .settings import ConsulAddress, Settings, SettingsError
 
 log = logging.getLogger("servicekit.ops")
 
@@ -53,7 +64,10 @@ def _client() -> consul.Consul:
 
 
 def seed_kv(args: argparse.Namespace) -> int:
-    written = kvconfig.seed(_client(), kvconfig.seed_values())
+    values = kvconfig.seed_values()
+    if args.members:
+        values[kvconfig.KEY_MEMBERS] = args.members
+    written = kvconfig.seed(_client(), values)
     log.info("KV seeded: %s", ", ".join(written) if written else "every key was already set")
     return 0
 
@@ -172,13 +186,252 @@ def wait(args: argparse.Namespace) -> int:
         time.sleep(0.5)
 
 
+def consul_addr(args: argparse.Namespace) -> int:
+    """Print CONSUL_HTTP_ADDR as `scheme host port`, parsed the way every service parses it."""
+    address = ConsulAddress.parse(os.environ.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500")
+    sys.stdout.write(f"{address.scheme} {address.host} {address.port}\n")
+    return 0
+
+
+# What ./scripts/up hands to every program it starts, read at each start through --env-file:
+# supervisord's own environment is frozen when it starts, and a later `up` may bring another token.
+PROGRAM_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN")
+
+
+def read_env_file(path: Path) -> dict[str, str | None]:
+    """name -> value, or None for a variable that must be unset."""
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"no {path}: ./scripts/up writes it before it starts anything") from None
+    return {name: values.get(name) for name in PROGRAM_ENV}
+
+
+def write_env(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp creates the file readable by this user only (it holds the token); the rename makes it whole.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump({name: os.environ.get(name) or None for name in PROGRAM_ENV}, f)
+    os.replace(tmp, path)
+    return 0
+
+
+def exec_command(args: argparse.Namespace) -> int:
+    """Replace this process with the command, in the environment --env-file made."""
+    if not args.command:
+        raise SettingsError("exec needs a command")
+    os.execvp(args.command[0], args.command)
+
+
+@dataclass(frozen=True)
+class PortUse:
+    name: str
+    port: int
+    kind: int = socket.SOCK_STREAM
+
+    @classmethod
+    def parse(cls, spec: str) -> "PortUse":
+        """`name=port` (TCP) or `name=port/udp`."""
+        name, _, rest = spec.partition("=")
+        port, _, proto = rest.partition("/")
+        return cls(name, int(port), socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+
+    @property
+    def label(self) -> str:
+        return f"{self.port}{'/udp' if self.kind == socket.SOCK_DGRAM else ''} ({self.name})"
+
+
+def port_is_free(use: PortUse, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, use.kind) as s:
+        if use.kind == socket.SOCK_STREAM:
+            # As the servers bind: a port whose last connection is in TIME_WAIT is free to them.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, use.port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def _describe(pid: int, width: int = 100) -> str:
+    try:
+        proc = psutil.Process(pid)
+        command = " ".join(" ".join(proc.cmdline()).split()) or proc.name()
+    except psutil.Error:
+        return f"pid {pid}"
+    return f"pid {pid} ({command if len(command) <= width else command[: width - 3] + '...'})"
+
+
+def port_holders(use: PortUse) -> list[str]:
+    """The processes bound to the port, as `pid N (command)`; empty when this user cannot see them."""
+    try:
+        sockets = psutil.net_connections(kind="tcp" if use.kind == socket.SOCK_STREAM else "udp")
+    except psutil.AccessDenied:
+        return []
+    pids = {
+        c.pid
+        for c in sockets
+        if c.pid and c.laddr and c.laddr.port == use.port
+        and (use.kind == socket.SOCK_DGRAM or c.status == psutil.CONN_LISTEN)
+    }
+    return [_describe(pid) for pid in sorted(pids)]
+
+
+def check_ports(args: argparse.Namespace) -> int:
+    """Exit 1, naming each taken port and its holder, when any of the ports is taken."""
+    taken = [use for use in map(PortUse.parse, args.ports) if not port_is_free(use)]
+    for use in taken:
+        holders = port_holders(use)
+        if holders:
+            log.error("port %s is taken by %s", use.label, ", ".join(holders))
+        else:
+            log.error("port %s is taken by a process this user cannot see (ss -ltnup 'sport = :%d' may name it)",
+                      use.label, use.port)
+    return 1 if taken else 0
+
+
+def _run_dir() -> Path:
+    return Path(os.environ.get("STACK_RUN_DIR") or ROOT / "run")
+
+
+def live_supervisord(run_dir: Path) -> int | None:
+    """The pid of this run directory's supervisord, when it is alive."""
+    try:
+        pid = int((run_dir / "supervisord.pid").read_text().strip())
+        alive = any("supervisord" in part for part in psutil.Process(pid).cmdline())
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid if alive else None
+
+
+def stack_processes(run_dir: Path) -> list:
+    """Every live process a supervisord of this run directory started, workers included. supervisord
+    writes its own socket into each program's environment (SUPERVISOR_SERVER_URL), and it outlives
+    supervisord: this finds the programs of a supervisord that was killed, and nothing else."""
+    socket_path = os.path.realpath(run_dir / "supervisord.sock")
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            url = proc.environ().get("SUPERVISOR_SERVER_URL", "")
+            if (
+                url.startswith("unix://")
+                and os.path.realpath(url.removeprefix("unix://")) == socket_path
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def orphan_processes(run_dir: Path) -> list:
+    """The stack's processes that no live supervisord of this run directory looks after."""
+    keeper = live_supervisord(run_dir)
+    orphans = []
+    for proc in stack_processes(run_dir):
+        try:
+            if keeper is None or keeper not in {p.pid for p in proc.parents()}:
+                orphans.append(proc)
+        except psutil.Error:
+            continue
+    return orphans
+
+
+# Orphans stop in the order ./scripts/down uses (services leave a Consul that still answers), with
+# each program's stop signal and a little more than its stopwaitsecs in scripts/supervisord.conf.
+STOP_ORDER = (("services", signal.SIGTERM, 20.0), ("hazelcast", signal.SIGTERM, 25.0), ("consul", signal.SIGINT, 15.0))
+
+
+def _gone(proc) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stop_processes(procs: list) -> None:
+    """Stop each program's first process with its signal, wait, then kill what is left."""
+    groups: dict[str, list] = {}
+    for proc in procs:
+        try:
+            groups.setdefault(proc.environ().get("SUPERVISOR_GROUP_NAME", ""), []).append(proc)
+        except psutil.Error:
+            continue
+    known = {name for name, _, _ in STOP_ORDER}
+    order = [*STOP_ORDER, *((name, signal.SIGTERM, 15.0) for name in sorted(set(groups) - known))]
+    for group, sig, timeout in order:
+        members = groups.get(group, [])
+        pids = {p.pid for p in members}
+        for proc in members:
+            try:
+                if proc.ppid() in pids:
+                    continue  # a gunicorn worker: its master stops it
+                log.info("stopping %s, %s", proc.environ().get("SUPERVISOR_PROCESS_NAME", "?"), _describe(proc.pid))
+                proc.send_signal(sig)
+            except psutil.Error:
+                continue
+        deadline = time.monotonic() + timeout
+        while not all(map(_gone, members)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for proc in members:
+            if not _gone(proc):
+                log.warning("killing %s: still running %.0f s after %s", _describe(proc.pid), timeout, sig.name)
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+
+
+def orphans(args: argparse.Namespace) -> int:
+    found = orphan_processes(_run_dir())
+    if not found:
+        return 0
+    if not args.stop:
+        for proc in found:
+            sys.stdout.write(f"{_describe(proc.pid)}\n")
+        return 0
+    log.info("stopping %d processes that a supervisord of %s started and no longer looks after",
+             len(found), _run_dir())
+    stop_processes(found)
+    left = orphan_processes(_run_dir())
+    if left:
+        log.error("still running: %s", ", ".join(_describe(p.pid) for p in left))
+        return 1
+    return 0
+
+
+def stale_env(args: argparse.Namespace) -> int:
+    """Print the services (group:program) that run with another Consul address or token than the env
+    file holds. Only services: a Hazelcast member uses the token once, to read KV at start, and
+    restarting the members for it would lose the map and the queue; the agent does not use it."""
+    wanted = read_env_file(Path(args.path))
+    stale = set()
+    for proc in stack_processes(_run_dir()):
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        if env.get("SUPERVISOR_GROUP_NAME") != "services":
+            continue
+        if any((env.get(name) or None) != value for name, value in wanted.items()):
+            stale.add(f"services:{env.get('SUPERVISOR_PROCESS_NAME')}")
+    for name in sorted(stale):
+        sys.stdout.write(f"{name}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="python -m servicekit.ops")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("seed-kv", help="write consul/kv/ into Consul KV, keeping values already set").set_defaults(
-        func=seed_kv
-    )
+    parser.add_argument("--env-file", type=Path, help="set (or unset) the variables in this file first")
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+    seed = sub.add_parser("seed-kv", help="write consul/kv/ into Consul KV, keeping values already set")
+    seed.add_argument("--members", help="the Hazelcast join list to seed instead of consul/kv's")
+    seed.set_defaults(func=seed_kv)
     member = sub.add_parser("hazelcast-member", help="run one Hazelcast member configured from Consul KV")
     member.add_argument("--port", type=int, required=True)
     member.set_defaults(func=hazelcast_member)
@@ -190,10 +443,32 @@ def main(argv: list[str] | None = None) -> int:
     waiter.add_argument("--timeout", type=float, default=120.0)
     waiter.set_defaults(func=wait)
     sub.add_parser("status", help="a table of every instance and its health").set_defaults(func=status)
+    sub.add_parser("consul-addr", help="print CONSUL_HTTP_ADDR as: scheme host port").set_defaults(func=consul_addr)
+    ports = sub.add_parser("check-ports", help="fail, naming the holders, when any of the ports is taken")
+    ports.add_argument("ports", nargs="+", metavar="NAME=PORT[/udp]")
+    ports.set_defaults(func=check_ports)
+    orphan = sub.add_parser("orphans", help="programs of this STACK_RUN_DIR that no live supervisord looks after")
+    orphan.add_argument("--stop", action="store_true", help="stop them, services first")
+    orphan.set_defaults(func=orphans)
+    env_out = sub.add_parser("write-env", help="write the Consul address and token for the programs to read")
+    env_out.add_argument("path")
+    env_out.set_defaults(func=write_env)
+    runner = sub.add_parser("exec", help="run a command in the environment --env-file made")
+    runner.add_argument("command", nargs=argparse.REMAINDER)
+    runner.set_defaults(func=exec_command)
+    stale = sub.add_parser("stale-env", help="services started with another Consul address or token")
+    stale.add_argument("path", help="the env file the services should run with")
+    stale.set_defaults(func=stale_env)
     args = parser.parse_args(argv)
     try:
+        if args.env_file:
+            for name, value in read_env_file(args.env_file).items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         return args.func(args)
-    except (kvconfig.ConfigError, *CONSUL_ERRORS) as exc:
+    except (kvconfig.ConfigError, SettingsError, *CONSUL_ERRORS) as exc:
         log.error("%s", exc)
         return 1
 

@@ -1,0 +1,363 @@
+"""The operator scripts themselves: ./scripts/up, ./scripts/down and ./scripts/install, run for real.
+
+Every stack here has its own run and log directories (STACK_RUN_DIR, STACK_LOG_DIR) and its own ports
+(STACK_PORT_OFFSET, chosen so that all of them are free and below the kernel's ephemeral range, where
+the other tests' free ports come from): a default stack of ./scripts/up runs undisturbed beside them.
+Whatever a test leaves running is found by the socket supervisord wrote into its programs' environment
+and killed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from infra import ROOT, consul_binary, eventually, record
+from servicekit import ops
+
+SCRIPTS = ROOT / "scripts"
+DEFAULT_PORTS = [8080, 8081, 8082, 8083, 8084, 8085, 5701, 5702, 5703, 8300, 8301, 8302, 8500, 8502, 8600]
+UDP_PORTS = [8301, 8302, 8600]
+
+
+def free_offset() -> int:
+    """An offset that puts every port of the stack on a free port between 12701 and 31602."""
+    for _ in range(200):
+        offset = random.randrange(7000, 23000)
+        uses = [ops.PortUse("p", p + offset) for p in DEFAULT_PORTS]
+        uses += [ops.PortUse("p", p + offset, socket.SOCK_DGRAM) for p in UDP_PORTS]
+        if all(ops.port_is_free(use) for use in uses):
+            return offset
+    raise RuntimeError("no free port offset found")
+
+
+@dataclass
+class StackDirs:
+    """The environment of one stack of ./scripts/up: its own directories and ports."""
+
+    tmp: Path
+    offset: int
+    token: str = "token-a"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.tmp / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.tmp / "logs"
+
+    @property
+    def consul_port(self) -> int:
+        return 8500 + self.offset
+
+    def port(self, default: int) -> int:
+        return default + self.offset
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "STACK_", "SUPERVISOR_"))}
+        return {
+            **env,
+            "STACK_RUN_DIR": str(self.run_dir),
+            "STACK_LOG_DIR": str(self.log_dir),
+            "STACK_PORT_OFFSET": str(self.offset),
+            # A scheme, and a port other than 8500: both must reach the agent ./scripts/up starts.
+            "CONSUL_HTTP_ADDR": f"http://127.0.0.1:{self.consul_port}",
+            "CONSUL_HTTP_TOKEN": self.token,
+            **extra,
+        }
+
+    def run(self, script: str, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(SCRIPTS / script)], cwd=ROOT, env=self.env(**extra), capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def processes(self) -> list[psutil.Process]:
+        return ops.stack_processes(self.run_dir)
+
+    def supervisord(self) -> int | None:
+        return ops.live_supervisord(self.run_dir)
+
+    def kill_everything(self) -> None:
+        """The last resort of a fixture: whatever this stack still runs dies, supervisord first."""
+        pid = self.supervisord()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        for proc in self.processes():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+@pytest.fixture
+def stack_dirs(tmp_path):
+    dirs = StackDirs(tmp_path, free_offset())
+    yield dirs
+    try:
+        if dirs.supervisord() or dirs.processes():
+            dirs.run("down", timeout=120)
+    finally:
+        dirs.kill_everything()
+
+
+def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir):
+    port = stack_dirs.port(8082)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
+         "print('ready', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        result = stack_dirs.run("up", timeout=90)
+        elapsed = time.monotonic() - started
+        record(log_dir, "up_reports_a_taken_port", {"seconds": round(elapsed, 2)})
+        assert result.returncode != 0, output(result)
+        assert f"port {port} (logging-2) is taken by pid {holder.pid} ({sys.executable} -c" in result.stderr, \
+            output(result)
+        assert "STACK_PORT_OFFSET" in result.stderr, output(result)
+        assert elapsed < 30, f"{elapsed:.1f} s to report a taken port\n{output(result)}"
+        # Nothing was started: no supervisord, no program, the agent's port still free.
+        assert stack_dirs.supervisord() is None
+        assert stack_dirs.processes() == []
+        assert ops.port_is_free(ops.PortUse("consul", stack_dirs.consul_port))
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+# --- One stack, brought up by ./scripts/up, shared by the tests below; each starts with `up`, which
+# --- returns as soon as everything passes, so each test stands on its own.
+
+
+@pytest.fixture(scope="module")
+def script_stack(tmp_path_factory):
+    dirs = StackDirs(tmp_path_factory.mktemp("script-stack"), free_offset())
+    yield dirs
+    try:
+        result = dirs.run("down", timeout=150)
+        print(output(result))
+    finally:
+        dirs.kill_everything()
+
+
+def up(stack: StackDirs, **extra: str) -> subprocess.CompletedProcess:
+    result = stack.run("up", **extra)
+    assert result.returncode == 0, f"{output(result)}\nlogs in {stack.log_dir}"
+    return result
+
+
+def program_pids(stack: StackDirs) -> dict[str, int]:
+    """program name -> the pid supervisord started (not the gunicorn workers)."""
+    pids = {}
+    for proc in stack.processes():
+        try:
+            env, parent = proc.environ(), proc.ppid()
+        except psutil.Error:
+            continue
+        if parent not in {p.pid for p in stack.processes()}:
+            pids[env["SUPERVISOR_PROCESS_NAME"]] = proc.pid
+    return pids
+
+
+PROGRAMS = {"consul", "hazelcast-1", "hazelcast-2", "hazelcast-3", "logging-1", "logging-2", "logging-3",
+            "messages-1", "messages-2", "facade"}
+
+
+@pytest.mark.timeout(600)
+def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_stack):
+    result = up(script_stack)
+    assert f"http://127.0.0.1:{script_stack.consul_port}/ui/" in result.stdout
+    leader = requests.get(f"http://127.0.0.1:{script_stack.consul_port}/v1/status/leader", timeout=5)
+    assert leader.json(), leader.text
+    assert set(program_pids(script_stack)) == PROGRAMS
+    status = script_stack.run("status", timeout=30)
+    assert status.returncode == 0, output(status)
+    assert status.stdout.count("passing") == 9, status.stdout
+    facade = f"http://127.0.0.1:{script_stack.port(8080)}/facade"
+    assert requests.post(facade, json={"msg": "through up"}, timeout=10).status_code == 201
+
+
+@pytest.mark.timeout(600)
+def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack):
+    up(script_stack)
+    before = program_pids(script_stack)
+    result = up(script_stack, CONSUL_HTTP_TOKEN="token-b")
+    after = program_pids(script_stack)
+    services = {name for name in PROGRAMS if not name.startswith(("consul", "hazelcast"))}
+    for name in services:
+        assert after[name] != before[name], f"{name} was not restarted\n{output(result)}"
+        env = psutil.Process(after[name]).environ()
+        assert env.get("CONSUL_HTTP_TOKEN") == "token-b", f"{name} runs with another token"
+    # The members and the agent do not use the token after they started: they keep running.
+    assert {n: after[n] for n in PROGRAMS - services} == {n: before[n] for n in PROGRAMS - services}
+    # The token is not in supervisord's own environment: programs.env is its one source.
+    assert "CONSUL_HTTP_TOKEN" not in psutil.Process(script_stack.supervisord()).environ()
+    up(script_stack)  # back to token-a for the next test
+
+
+@pytest.mark.timeout(600)
+def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(script_stack):
+    up(script_stack)
+    before = program_pids(script_stack)
+    result = script_stack.run("up", timeout=60, CONSUL_HTTP_ADDR=f"127.0.0.1:{script_stack.consul_port + 1}")
+    assert result.returncode == 1, output(result)
+    assert "runs on other ports" in result.stderr and "./scripts/down first" in result.stderr, output(result)
+    assert program_pids(script_stack) == before
+
+
+@pytest.mark.timeout(600)
+def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
+    up(script_stack)
+    before = program_pids(script_stack)
+    os.kill(script_stack.supervisord(), signal.SIGKILL)
+    eventually(lambda: _assert(script_stack.supervisord() is None), 10, what="supervisord gone")
+    result = up(script_stack)
+    assert "no longer looks after" in result.stderr, output(result)
+    for name, pid in before.items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, \
+            f"{name} (pid {pid}) was adopted\n{output(result)}"
+    supervisor = script_stack.supervisord()
+    assert supervisor is not None
+    after = program_pids(script_stack)
+    assert set(after) == PROGRAMS
+    assert all(psutil.Process(pid).ppid() == supervisor for pid in after.values())
+
+
+@pytest.mark.timeout(600)
+def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
+    up(script_stack)
+    before = program_pids(script_stack)
+    os.kill(script_stack.supervisord(), signal.SIGKILL)
+    eventually(lambda: _assert(script_stack.supervisord() is None), 10, what="supervisord gone")
+    result = script_stack.run("down", timeout=150)
+    assert result.returncode == 0, output(result)
+    assert "nothing is running" not in result.stdout, output(result)
+    assert script_stack.processes() == [], output(result)
+    for name, pid in before.items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+    assert ops.port_is_free(ops.PortUse("consul", script_stack.consul_port))
+    again = script_stack.run("down", timeout=60)
+    assert "nothing is running" in again.stdout, output(again)
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+# --- ./scripts/install, one function at a time (the script only defines them when sourced), with its
+# --- tools directory in a temporary place (STACK_TOOLS_DIR): the repository's .tools/ is never touched.
+
+
+def install_function(
+    function: str, tools: Path, path: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STACK_TOOLS_DIR": str(tools), "TEST_PATH": path or os.environ["PATH"]}
+    return subprocess.run(
+        # PATH changes after the source: lib.sh itself needs coreutils.
+        ["/bin/bash", "-c", f'source "{SCRIPTS}/install" && PATH=$TEST_PATH && {function}'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def fake_bin(tmp_path: Path, **scripts: str) -> Path:
+    """A PATH directory holding only these shell scripts: no java, no mvn, and apt-get only if given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def test_install_prints_the_apt_command_for_java_and_maven_when_there_is_no_apt_get(tmp_path):
+    bin_dir = fake_bin(tmp_path, id="echo 0")
+    result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 1, output(result)
+    assert "no java mvn on PATH; install them with: sudo apt-get install -y openjdk-17-jre-headless maven" \
+        in result.stderr, output(result)
+
+
+def test_install_prints_the_apt_command_for_java_and_maven_when_not_root(tmp_path):
+    calls = tmp_path / "apt-calls"
+    bin_dir = fake_bin(tmp_path, id="echo 1000", **{"apt-get": f'echo "$*" >> {calls}'})
+    result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 1, output(result)
+    assert "sudo apt-get install -y openjdk-17-jre-headless maven" in result.stderr, output(result)
+    assert not calls.exists()
+
+
+def test_install_installs_java_and_maven_with_apt_get_as_root(tmp_path):
+    calls = tmp_path / "apt-calls"
+    bin_dir = fake_bin(tmp_path, id="echo 0", **{"apt-get": f'echo "$*" >> {calls}'})
+    result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 0, output(result)
+    assert calls.read_text().splitlines() == ["install -y -q openjdk-17-jre-headless maven"]
+
+
+def test_install_fetches_a_truncated_hazelcast_jar_again(tmp_path):
+    real = ops.DEFAULT_JAR
+    jar = tmp_path / "tools" / "hazelcast" / real.name
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    result = install_function("install_hazelcast", tmp_path / "tools")
+    assert result.returncode == 0, output(result)
+    assert "incomplete" in result.stdout, output(result)
+    assert jar.stat().st_size == real.stat().st_size
+    with zipfile.ZipFile(jar) as z:
+        assert z.testzip() is None
+
+
+def test_install_fetches_a_half_unpacked_consul_again(tmp_path):
+    real = Path(consul_binary())
+    broken = tmp_path / "tools" / "consul" / "usr" / "bin" / "consul"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(real.read_bytes()[:1_000_000])
+    broken.chmod(0o755)
+    # No consul on PATH, so the unpacked one is the one install checks.
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "consul").exists())
+    result = install_function("install_consul", tmp_path / "tools", path=path, timeout=300)
+    assert result.returncode == 0, output(result)
+    assert "does not run" in result.stdout, output(result)
+    version = subprocess.run([broken, "version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("Consul v"), version
+    assert sorted(p.name for p in (tmp_path / "tools").iterdir()) == ["consul"]
+
+
+def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tmp_path):
+    """supervisord's own environment keeps the token it started with; a later `up` without one must
+    leave the programs it starts without one."""
+    env_file = tmp_path / "programs.env"
+    writer = {**os.environ, "CONSUL_HTTP_ADDR": "http://127.0.0.1:9500"}
+    writer.pop("CONSUL_HTTP_TOKEN", None)
+    subprocess.run([sys.executable, "-m", "servicekit.ops", "write-env", str(env_file)], cwd=ROOT, env=writer,
+                   check=True, timeout=30)
+    assert env_file.stat().st_mode & 0o077 == 0, "the env file may hold a token: this user only"
+    program = subprocess.run(
+        [sys.executable, "-m", "servicekit.ops", "--env-file", str(env_file), "exec", "env"],
+        cwd=ROOT, env={**os.environ, "CONSUL_HTTP_TOKEN": "old-token", "CONSUL_HTTP_ADDR": "127.0.0.1:8500"},
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    lines = program.stdout.splitlines()
+    assert "CONSUL_HTTP_ADDR=http://127.0.0.1:9500" in lines
+    assert not any(line.startswith("CONSUL_HTTP_TOKEN=") for line in lines)
