@@ -9,7 +9,8 @@ import threading
 from hazelcast.errors import HazelcastError
 
 from servicekit.gunicorn_hooks import Intake
-from servicekit.hz import Hazelcast, HazelcastUnavailable
+from servicekit.errors import HazelcastUnavailable
+from servicekit.hz import Hazelcast
 
 log = logging.getLogger(__name__)
 

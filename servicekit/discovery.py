@@ -15,13 +15,9 @@ from datetime import datetime, timezone
 
 import consul
 
-from .registry import CONSUL_ERRORS
+from .errors import CONSUL_ERRORS, DiscoveryError
 
 log = logging.getLogger(__name__)
-
-
-class DiscoveryError(RuntimeError):
-    """Consul could not be asked."""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from hazelcast.lifecycle import LifecycleState
 
 from . import kvconfig
 from .consul_client import make_consul
-from .discovery import DiscoveryError
-from .registry import CONSUL_ERRORS
+from .errors import CONSUL_ERRORS, DiscoveryError, HazelcastUnavailable
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,10 +56,6 @@ def fix_lost_reactor_wakeup() -> None:
     reactor._PipedWaker.handle_read = _drain_then_clear
 
 
-class HazelcastUnavailable(RuntimeError):
-    """The worker is not connected to the Hazelcast cluster (yet, or any more)."""
-
-
 class Hazelcast:
     """Owns one client per worker process. Threads do not survive a fork, so create it after the fork.
 
@@ -88,7 +83,7 @@ class Hazelcast:
         return self._connected.wait(timeout)
 
     def _load_config(self) -> kvconfig.SharedConfig | None:
-        consul = make_consul(self._settings)
+        consul = make_consul(self._settings.consul)
         delay = 0.5
         while not self._stop.is_set():
             try:

@@ -9,14 +9,12 @@ import threading
 import time
 
 import consul
-import requests
 
 from .consul_client import make_consul
+from .errors import CONSUL_ERRORS
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-CONSUL_ERRORS = (consul.ConsulException, requests.RequestException)
 
 
 def service_definition(settings: Settings) -> dict:
@@ -40,7 +38,7 @@ def service_definition(settings: Settings) -> dict:
 
 def register(settings: Settings, attempts: int = 5, client: consul.Consul | None = None) -> bool:
     """Register this instance; retry with backoff, because the agent may still be starting."""
-    client = client or make_consul(settings)
+    client = client or make_consul(settings.consul)
     delay = 0.2
     for attempt in range(1, attempts + 1):
         try:
@@ -60,7 +58,7 @@ def register(settings: Settings, attempts: int = 5, client: consul.Consul | None
 
 
 def deregister(settings: Settings, client: consul.Consul | None = None) -> None:
-    client = client or make_consul(settings)
+    client = client or make_consul(settings.consul)
     try:
         client.agent.service.deregister(settings.instance_id)
         log.info("deregistered %s from Consul", settings.instance_id)
@@ -81,7 +79,7 @@ class RegistrationKeeper:
     def __init__(self, settings: Settings, interval: float = 2.0):
         self._settings = settings
         self._interval = interval
-        self._client = make_consul(settings)
+        self._client = make_consul(settings.consul)
         self._stop = threading.Event()
         self._busy = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="registration-keeper", daemon=True)
