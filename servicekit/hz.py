@@ -135,18 +135,19 @@ class Hazelcast:
                 config.cluster_name, ", ".join(config.members), waited,
             )
 
-    def _ready_client(self) -> hazelcast.HazelcastClient:
-        if self._client is None or not self._connected.is_set():
+    def _ready(self) -> tuple[hazelcast.HazelcastClient, kvconfig.SharedConfig]:
+        # No config yet means Consul KV could not be read: as unavailable as a cluster that is down.
+        if self._client is None or self.config is None or not self._connected.is_set():
             raise HazelcastUnavailable("not connected to the Hazelcast cluster")
-        return self._client
+        return self._client, self.config
 
     def map(self):
-        assert self.config is not None
-        return self._ready_client().get_map(self.config.map_name).blocking()
+        client, config = self._ready()
+        return client.get_map(config.map_name).blocking()
 
     def queue(self):
-        assert self.config is not None
-        return self._ready_client().get_queue(self.config.queue_name).blocking()
+        client, config = self._ready()
+        return client.get_queue(config.queue_name).blocking()
 
     def close(self) -> None:
         self._stop.set()
