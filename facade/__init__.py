@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
         on_shutdown(app, hz.close)
     # Started here, in the worker: threads do not survive gunicorn's fork.
     discovery = Discovery(make_consul(settings.consul), [LOGGING_SERVICE, MESSAGES_SERVICE]).start()
-    backends = Backends(settings, discovery)
+    backends = Backends(settings, discovery, hz)
     on_shutdown(app, backends.close)
     app.extensions["hazelcast"] = hz
     app.extensions["backends"] = backends

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 
 from hazelcast.errors import HazelcastError
 
 from servicekit.gunicorn_hooks import Intake
+from servicekit import queue_item
 from servicekit.errors import HazelcastUnavailable
 from servicekit.hz import Hazelcast
 
@@ -33,16 +33,6 @@ class MessageStore:
     def snapshot(self) -> list[str]:
         with self._lock:
             return list(self._messages)
-
-
-def decode(item: str) -> str | None:
-    """Queue items are {"id", "msg"} JSON documents written by the facade."""
-    try:
-        data = json.loads(item)
-        msg = data["msg"]
-    except (TypeError, ValueError, KeyError):
-        return None
-    return msg if isinstance(msg, str) else None
 
 
 class Consumer:
@@ -99,7 +89,7 @@ class Consumer:
             return False
         if item is None:
             return True
-        msg = decode(item)
+        msg = queue_item.decode(item)
         if msg is None:
             log.error("dropping a queue item that is not a facade message: %.200r", item)
         else:
