@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from . import registry
+from . import registration
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class _Master:
     def __init__(self, server, settings: Settings):
         self._settings = settings
         self._intake = intake()  # before the first worker forks
-        self._keeper = registry.RegistrationKeeper(settings)
+        self._keeper = registration.RegistrationKeeper(settings)
         self._left = False
         self._graceful_stop = server.handle_term
         self._quick_stops = {"INT": server.handle_int, "QUIT": server.handle_quit}
@@ -118,7 +118,7 @@ class _Master:
 
     def start(self, server) -> None:
         # One try here, so a missing agent never holds up the boot; the keeper retries with backoff.
-        if not registry.register(self._settings, attempts=1):
+        if not registration.register(self._settings, attempts=1):
             log.error("not registered with Consul at %s yet; retrying in the background", self._settings.consul.url)
         self._keeper.start()
         # gunicorn has no hooks around its signals; the arbiter looks up handle_<signal> on itself and calls
@@ -138,7 +138,7 @@ class _Master:
             log.warning("a take from the queue did not end within %.0f s (a worker busy, or killed while taking); "
                         "leaving Consul anyway", INTAKE_CLOSE_TIMEOUT)
         self._keeper.stop()
-        registry.deregister(self._settings)
+        registration.deregister(self._settings)
 
     def _handle_term(self) -> None:
         log.info("SIGTERM: leaving Consul, draining for %.1f s before the workers stop", self._settings.drain_seconds)

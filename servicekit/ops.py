@@ -32,7 +32,7 @@ import psutil
 
 from . import kvconfig
 from .consul_client import make_consul
-from .registry import CONSUL_ERRORS
+from .errors import CONSUL_ERRORS
 from .settings import ConsulAddress, ConsulSettings, SettingsError
 
 log = logging.getLogger("servicekit.ops")

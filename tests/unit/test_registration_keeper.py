@@ -1,4 +1,4 @@
-"""The gunicorn master's registration keeper (servicekit/registry.py), with a stand-in for the Consul client."""
+"""The gunicorn master's registration keeper (servicekit/registration.py), with a stand-in for the Consul client."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from servicekit import registry
+from servicekit import registration
 from servicekit.settings import Settings
 
 SETTINGS = Settings.from_env("logging-service", 8081, env={})
@@ -34,8 +34,8 @@ class SlowAgent:
 @pytest.fixture
 def slow_keeper(monkeypatch):
     consul = SlowAgent()
-    monkeypatch.setattr(registry, "make_consul", lambda settings: consul)
-    keeper = registry.RegistrationKeeper(SETTINGS, interval=0.01).start()
+    monkeypatch.setattr(registration, "make_consul", lambda settings: consul)
+    keeper = registration.RegistrationKeeper(SETTINGS, interval=0.01).start()
     yield keeper, consul
     keeper.stop()
 
