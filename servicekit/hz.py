@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 
 import hazelcast
-from hazelcast import reactor
 from hazelcast.errors import HazelcastError
 from hazelcast.lifecycle import LifecycleState
 
-from . import kvconfig
+from . import hazelcast_reactor_fix, kvconfig
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS, DiscoveryError, HazelcastUnavailable
 from .settings import Settings
@@ -26,34 +24,6 @@ INVOCATION_TIMEOUT = 5.0
 RETRY_MAX_BACKOFF = 2.0
 # While not connected, say so at this interval: a silent retry loop looks like a hang in the log.
 WAITING_LOG_INTERVAL = 10.0
-
-
-def _drain_then_clear(waker) -> None:
-    """`_PipedWaker.handle_read` of hazelcast-python-client (5.5.0 to 5.7.0 at least), in the order that
-    loses no wakeup.
-
-    The client's reactor thread sleeps in poll() for up to 10 ms unless a caller wakes it through a
-    pipe; `wake()` writes a byte only while `awake` is False. The original handler clears `awake` first
-    and drains the pipe second: a wake() landing in between writes a byte that the drain swallows,
-    leaving `awake` True over an empty pipe. From then on no call wakes the reactor, and every
-    Hazelcast operation waits out the 10 ms poll timeout: after the first burst of concurrent requests,
-    a logging_svc POST went from 2 ms to 11 ms for good (docs/BENCHMARKS.md). Draining first and
-    clearing second can only cost a spurious wakeup.
-    """
-    try:
-        while len(os.read(waker._read_fd, 4096)) == 4096:
-            pass
-    except OSError:
-        pass
-    waker.awake = False
-
-
-# The handler as the client ships it, kept so tests can compare against it after the fix is applied.
-SHIPPED_HANDLE_READ = reactor._PipedWaker.handle_read
-
-
-def fix_lost_reactor_wakeup() -> None:
-    reactor._PipedWaker.handle_read = _drain_then_clear
 
 
 class Hazelcast:
@@ -108,7 +78,8 @@ class Hazelcast:
         if config is None:
             return
         self.config = config
-        fix_lost_reactor_wakeup()
+        # Before the client starts its reactor thread (see the module).
+        hazelcast_reactor_fix.apply()
         log.info("connecting to Hazelcast cluster %r at %s", config.cluster_name, ", ".join(config.members))
         # async_start returns at once and keeps trying in the background; reconnect_mode ON (the
         # default) brings the client back after the cluster was gone. Backup acks go through the
