@@ -6,10 +6,12 @@ import logging
 import os
 import random
 import threading
-import time
 
 import consul
+from tenacity import RetryCallState
 
+from . import background
+from .background import BackgroundLoop
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
 from .settings import Settings
@@ -36,25 +38,20 @@ def service_definition(settings: Settings) -> dict:
     }
 
 
-def register(settings: Settings, attempts: int = 5, client: consul.Consul | None = None) -> bool:
-    """Register this instance; retry with backoff, because the agent may still be starting."""
+def register(settings: Settings, client: consul.Consul | None = None) -> bool:
+    """Register this instance, once: the keeper (RegistrationKeeper) tries again until it is."""
     client = client or make_consul(settings.consul)
-    delay = 0.2
-    for attempt in range(1, attempts + 1):
-        try:
-            client.agent.service.register(**service_definition(settings))
-            log.info("registered %s at %s with Consul %s", settings.instance_id, settings.bind, settings.consul.url)
-            return True
-        except consul.ACLPermissionDenied as exc:
-            log.error("could not register %s: Consul refused the token (%s); CONSUL_HTTP_TOKEN must be set "
-                      "and allow service:write on %r", settings.instance_id, str(exc).strip(), settings.service_name)
-            return False
-        except CONSUL_ERRORS as exc:
-            log.warning("registering with Consul failed (attempt %d/%d): %s", attempt, attempts, exc)
-            if attempt < attempts:
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-    return False
+    try:
+        client.agent.service.register(**service_definition(settings))
+    except consul.ACLPermissionDenied as exc:
+        log.error("could not register %s: Consul refused the token (%s); CONSUL_HTTP_TOKEN must be set "
+                  "and allow service:write on %r", settings.instance_id, str(exc).strip(), settings.service_name)
+        return False
+    except CONSUL_ERRORS as exc:
+        log.warning("registering with Consul failed: %s", exc)
+        return False
+    log.info("registered %s at %s with Consul %s", settings.instance_id, settings.bind, settings.consul.url)
+    return True
 
 
 def deregister(settings: Settings, client: consul.Consul | None = None) -> None:
@@ -80,9 +77,12 @@ class RegistrationKeeper:
         self._settings = settings
         self._interval = interval
         self._client = make_consul(settings.consul)
-        self._stop = threading.Event()
         self._busy = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="registration-keeper", daemon=True)
+        self._rng = random.Random()
+        self._loop = BackgroundLoop("registration-keeper", self._keep_once)
+        self._refused_wait = background.backoff(background.MAX_RETRY_REFUSED)
+        self._error_wait = background.backoff()
+        self._check = self._loop.retrying(CONSUL_ERRORS, on_retry=self._say_why, wait=self._wait_after)
         os.register_at_fork(
             before=self._busy.acquire,
             after_in_parent=self._busy.release,
@@ -93,35 +93,44 @@ class RegistrationKeeper:
     def start(self) -> "RegistrationKeeper":
         log.info("registration keeper started: checking every ~%.0f s that Consul still knows %s",
                  self._interval, self._settings.instance_id)
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop keeping; returns once no check is in progress, so none re-registers after a deregister.
+        A check starts only under the lock and only while the loop is not stopping."""
+        self._loop.stop(timeout=self._settings.consul.timeout + 1.0)
         with self._busy:
             pass
 
-    def _registered(self) -> bool:
-        return self._settings.instance_id in self._client.agent.services()
+    def _keep_once(self) -> bool | None:
+        if self._loop.wait(self._interval * self._rng.uniform(0.8, 1.2)):
+            return False
+        self._check(self._check_once)
+        return None
 
-    def _run(self) -> None:
-        backoff = self._interval
-        while not self._stop.wait(backoff * random.uniform(0.8, 1.2)):
-            with self._busy:
-                if self._stop.is_set():
-                    return
-                try:
-                    if not self._registered():
-                        log.warning("%s is not registered with Consul (agent restarted?); registering",
-                                    self._settings.instance_id)
-                        register(self._settings, attempts=1, client=self._client)
-                    backoff = self._interval
-                except consul.ACLPermissionDenied:
-                    # Retrying fast will not fix a token; say so now and then, without a crash loop.
-                    backoff = min(backoff * 2, 30.0)
-                    log.error("Consul refuses this instance's token (CONSUL_HTTP_TOKEN); retrying in about "
-                              "%.0f s", backoff)
-                except CONSUL_ERRORS as exc:
-                    backoff = min(backoff * 2, 4.0)
-                    log.warning("Consul at %s does not answer (%s); retrying in about %.0f s",
-                                self._settings.consul.url, type(exc).__name__, backoff)
+    def _check_once(self) -> None:
+        with self._busy:
+            if self._loop.stopping:
+                return
+            if self._settings.instance_id not in self._client.agent.services():
+                log.warning("%s is not registered with Consul (agent restarted?); registering",
+                            self._settings.instance_id)
+                register(self._settings, client=self._client)
+
+    def _wait_after(self, retry_state: RetryCallState) -> float:
+        refused = retry_state.outcome is not None and isinstance(
+            retry_state.outcome.exception(), consul.ACLPermissionDenied
+        )
+        return (self._refused_wait if refused else self._error_wait)(retry_state)
+
+    def _say_why(self, retry_state: RetryCallState) -> None:
+        assert retry_state.outcome is not None and retry_state.next_action is not None
+        exc = retry_state.outcome.exception()
+        pause = retry_state.next_action.sleep
+        if isinstance(exc, consul.ACLPermissionDenied):
+            # Retrying fast will not fix a token; say so now and then, without a crash loop.
+            log.error("Consul refuses this instance's token (CONSUL_HTTP_TOKEN); retrying in about %.0f s", pause)
+        else:
+            log.warning("Consul at %s does not answer (%s); retrying in about %.0f s",
+                        self._settings.consul.url, type(exc).__name__, pause)
