@@ -26,8 +26,8 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)
     # Started here, in the worker: threads do not survive gunicorn's fork.
-    discovery = Discovery(make_consul(settings), [LOGGING_SERVICE, MESSAGES_SERVICE]).start()
-    backends = Backends(settings, discovery)
+    discovery = Discovery(make_consul(settings.consul), [LOGGING_SERVICE, MESSAGES_SERVICE]).start()
+    backends = Backends(settings, discovery, hz)
     on_shutdown(app, backends.close)
     app.extensions["hazelcast"] = hz
     app.extensions["backends"] = backends

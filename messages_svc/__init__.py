@@ -24,11 +24,12 @@ def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
     store = MessageStore()
     app.extensions["message_store"] = store
     if consume:
+        # Closed in reverse (servicekit.gunicorn_hooks.shutdown_stack): the consumer stops before the client
+        # goes away, so no item is taken and then dropped.
         hz = Hazelcast(settings).start()
+        on_shutdown(app, hz.close)
         # The intake is the master's (shared across fork): it closes it before the instance leaves Consul.
         consumer = Consumer(hz, store, intake()).start()
-        # Stop consuming before the client goes away, so no item is taken and then dropped.
-        on_shutdown(app, hz.close)
         on_shutdown(app, consumer.stop)
         app.extensions["consumer"] = consumer
         app.extensions["hazelcast"] = hz

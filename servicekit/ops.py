@@ -32,8 +32,8 @@ import psutil
 
 from . import kvconfig
 from .consul_client import make_consul
-from .registry import CONSUL_ERRORS
-from .settings import ConsulAddress, Settings, SettingsError
+from .errors import CONSUL_ERRORS
+from .settings import ConsulAddress, ConsulSettings, SettingsError
 
 log = logging.getLogger("servicekit.ops")
 
@@ -54,9 +54,8 @@ JAVA_MODULE_OPTS = [
 ]
 
 
-def _settings() -> Settings:
-    # Only the Consul address, token and timeout matter to these commands.
-    return Settings.from_env("ops", 1)
+def _settings() -> ConsulSettings:
+    return ConsulSettings.from_env()
 
 
 def _client() -> consul.Consul:
@@ -142,7 +141,7 @@ def status(args: argparse.Namespace) -> int:
     try:
         table = service_health(_client())
     except CONSUL_ERRORS as exc:
-        log.error("Consul at %s does not answer: %s", _settings().consul.url, exc)
+        log.error("Consul at %s does not answer: %s", _settings().url, exc)
         return 1
     rows = [(name, *row) for name, entries in table.items() for row in entries]
     header = ("SERVICE", "INSTANCE", "ADDRESS", "HEALTH")
