@@ -42,3 +42,10 @@ def test_a_bad_value_names_its_variable(env, variable):
 
 def test_consul_address_without_port_uses_8500():
     assert ConsulAddress.parse("127.0.0.2") == ConsulAddress("http", "127.0.0.2", 8500)
+
+
+def test_an_instance_id_is_service_host_port_for_services_and_hazelcast_members_alike():
+    from servicekit.settings import instance_id
+
+    assert instance_id("hazelcast", 5701, host="box") == "hazelcast-box-5701"
+    assert Settings.from_env("logging-service", 8081, env={}).instance_id == instance_id("logging-service", 8081)
