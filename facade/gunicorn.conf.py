@@ -1,7 +1,7 @@
 """gunicorn settings for facade. Run: gunicorn -c facade/gunicorn.conf.py (PORT picks the port)."""
 
-from servicekit import gunicorn_config
+from servicekit import gunicorn_config, stack
 
-from facade import DEFAULT_PORT, SERVICE_NAME
+from facade import PORT_NAME, SERVICE_NAME
 
-globals().update(gunicorn_config.for_service(SERVICE_NAME, DEFAULT_PORT, wsgi_app="facade:create_app()"))
+globals().update(gunicorn_config.for_service(SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="facade:create_app()"))

@@ -1,7 +1,7 @@
 """gunicorn settings for logging_svc. Run: gunicorn -c logging_svc/gunicorn.conf.py (PORT picks the port)."""
 
-from servicekit import gunicorn_config
+from servicekit import gunicorn_config, stack
 
-from logging_svc import DEFAULT_PORT, SERVICE_NAME
+from logging_svc import PORT_NAME, SERVICE_NAME
 
-globals().update(gunicorn_config.for_service(SERVICE_NAME, DEFAULT_PORT, wsgi_app="logging_svc:create_app()"))
+globals().update(gunicorn_config.for_service(SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="logging_svc:create_app()"))

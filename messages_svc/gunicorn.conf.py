@@ -1,13 +1,13 @@
 """gunicorn settings for messages_svc. Run: gunicorn -c messages_svc/gunicorn.conf.py (PORT picks the port)."""
 
-from servicekit import gunicorn_config
+from servicekit import gunicorn_config, stack
 
-from messages_svc import DEFAULT_PORT, SERVICE_NAME
+from messages_svc import PORT_NAME, SERVICE_NAME
 
 globals().update(
     gunicorn_config.for_service(
         SERVICE_NAME,
-        DEFAULT_PORT,
+        stack.port(PORT_NAME),
         wsgi_app="messages_svc:create_app()",
         # Exactly one worker: the consumed messages live in this process's memory, and a second worker
         # would hold a different half of them. Threads serve concurrent GETs.
