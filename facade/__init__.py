@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Flask
 
+from servicekit import stack
 from servicekit.consul_client import make_consul
 from servicekit.discovery import Discovery
 from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import Hazelcast
-from servicekit import stack
 from servicekit.settings import Settings
 from servicekit.web import configure_app
 
