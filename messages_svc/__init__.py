@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from servicekit import stack
 from servicekit.gunicorn_hooks import intake, on_shutdown
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
@@ -13,12 +14,13 @@ from .consumer import Consumer, MessageStore
 from .routes import bp
 
 SERVICE_NAME = "messages-service"
-DEFAULT_PORT = 8084
+# Its default port is in conf/stack.env, with the other ports of the stack; PORT overrides it.
+PORT_NAME = "MESSAGES_PORT"
 
 
 def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
     """`consume=False` builds the app without Hazelcast, for unit tests of the routes."""
-    settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+    settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     store = MessageStore()

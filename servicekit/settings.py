@@ -103,6 +103,12 @@ def forwarded_body_bytes(max_message_chars: int) -> int:
     return 12 * max_message_chars + _ENVELOPE_BYTES
 
 
+def instance_id(service_name: str, port: int, host: str | None = None) -> str:
+    """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`.
+    Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
+    return f"{service_name}-{host or socket.gethostname()}-{port}"
+
+
 @dataclass(frozen=True)
 class ConsulAddress:
     scheme: str
@@ -215,5 +221,4 @@ class Settings:
 
     @property
     def instance_id(self) -> str:
-        """Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
-        return f"{self.service_name}-{socket.gethostname()}-{self.port}"
+        return instance_id(self.service_name, self.port)

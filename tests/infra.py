@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from servicekit import kvconfig  # noqa: E402
-from servicekit.ops import DEFAULT_JAR, aggregate_status, hazelcast_member_command  # noqa: E402
+from servicekit.hazelcast_member import DEFAULT_JAR, hazelcast_member_command  # noqa: E402
+from servicekit.settings import instance_id  # noqa: E402
+from servicekit.stack_status import aggregate_status  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 SERVICES = {
@@ -312,7 +314,7 @@ class Service:
 
     @property
     def instance_id(self) -> str:
-        return f"{self.name}-{socket.gethostname()}-{self.port}"
+        return instance_id(self.name, self.port)
 
 
 def start_service(

@@ -60,3 +60,10 @@ def test_a_tool_reaches_consul_without_a_service_name_or_port():
 def test_a_bad_consul_timeout_names_its_variable():
     with pytest.raises(SettingsError, match="CONSUL_TIMEOUT"):
         ConsulSettings.from_env({"CONSUL_TIMEOUT": "never"})
+
+
+def test_an_instance_id_is_service_host_port_for_services_and_hazelcast_members_alike():
+    from servicekit.settings import instance_id
+
+    assert instance_id("hazelcast", 5701, host="box") == "hazelcast-box-5701"
+    assert Settings.from_env("logging-service", 8081, env={}).instance_id == instance_id("logging-service", 8081)

@@ -87,6 +87,7 @@ def install_root(tmp_path: Path, jar: Path | None) -> Path:
     ./scripts/install runs there without touching the shared .tools."""
     root = tmp_path / "checkout"
     shutil.copytree(ROOT / "scripts", root / "scripts")
+    shutil.copytree(ROOT / "conf", root / "conf")  # conf/stack.env: the version and hash lib.sh reads
     shutil.copytree(LOCKS, root / "requirements")
     (root / ".venv").symlink_to(ROOT / ".venv")
     (root / ".tools").mkdir()
