@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
@@ -144,9 +145,7 @@ class Backends:
             raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
 
     def logged_messages(self) -> list[str]:
-        _, body = self._call(
-            LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", timeout=timeout)
-        )
+        _, body = self._call(LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", timeout=timeout))
         return body["messages"]
 
     def read_all(self) -> tuple[list[str], str, list[str]]:

@@ -7,10 +7,10 @@ import threading
 
 from hazelcast.errors import HazelcastError
 
-from servicekit.gunicorn_hooks import Intake
 from servicekit import queue_item
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
+from servicekit.gunicorn_hooks import Intake
 from servicekit.hz import Hazelcast
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Consumer:
         # Stopped because the instance is leaving is not broken: it still serves what it holds while it drains.
         return self._hz.connected and (self._loop.is_alive() or self._intake.closed)
 
-    def start(self) -> "Consumer":
+    def start(self) -> Consumer:
         self._loop.start()
         return self
 

@@ -1,8 +1,7 @@
 """gunicorn settings for messages_svc. Run: gunicorn -c messages_svc/gunicorn.conf.py (PORT picks the port)."""
 
-from servicekit import gunicorn_config, stack
-
 from messages_svc import PORT_NAME, SERVICE_NAME
+from servicekit import gunicorn_config, stack
 
 globals().update(
     gunicorn_config.for_service(

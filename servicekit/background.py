@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 from tenacity.wait import wait_base
@@ -62,12 +63,12 @@ class BackgroundLoop:
             retry=retry_if_exception_type(Exception),
             wait=backoff(),
             stop=self._stop_when_stopping,
-            sleep=self.wait,
+            sleep=self._sleep,
             before_sleep=self._log_unexpected,
             retry_error_callback=lambda state: False,
         )
 
-    def start(self) -> "BackgroundLoop":
+    def start(self) -> BackgroundLoop:
         self._thread.start()
         return self
 
@@ -93,7 +94,7 @@ class BackgroundLoop:
         self,
         retry_on: tuple[type[BaseException], ...],
         on_retry: Callable[[RetryCallState], None] | None = None,
-        wait: wait_base | None = None,
+        wait: wait_base | Callable[[RetryCallState], float] | None = None,
     ) -> Retrying:
         """Retry a call that raised one of `retry_on` with the backoff, until it succeeds or the loop is
         stopping (then the last error is raised, and the loop ends without logging it)."""
@@ -101,10 +102,14 @@ class BackgroundLoop:
             retry=retry_if_exception_type(retry_on),
             wait=wait or backoff(),
             stop=self._stop_when_stopping,
-            sleep=self.wait,
+            sleep=self._sleep,
             before_sleep=on_retry,
             reraise=True,
         )
+
+    def _sleep(self, seconds: float) -> None:
+        # tenacity's sleep: cut short when the loop is stopping (the stop condition then ends the retries).
+        self._stopping.wait(seconds)
 
     def _stop_when_stopping(self, retry_state: RetryCallState) -> bool:
         return self._stopping.is_set()

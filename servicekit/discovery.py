@@ -10,11 +10,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-
-import consul
+from datetime import UTC, datetime
 
 from tenacity import RetryCallState
+
+import consul
 
 from .background import BackgroundLoop
 from .errors import CONSUL_ERRORS, DiscoveryError
@@ -108,7 +108,7 @@ class ServiceWatch:
         # Jittered backoff on errors keeps many workers from hammering an agent that just came back.
         self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
 
-    def start(self) -> "ServiceWatch":
+    def start(self) -> ServiceWatch:
         self._loop.start()
         return self
 
@@ -141,12 +141,16 @@ class ServiceWatch:
         cache = self._cache
         if cache.stale_since is None:
             if cache.instances:
-                log.warning("%s; serving %s from the %d last known instances for at most %.0f s",
-                            reason, self.service, len(cache.instances), self._stale_limit)
+                log.warning(
+                    "%s; serving %s from the %d last known instances for at most %.0f s",
+                    reason,
+                    self.service,
+                    len(cache.instances),
+                    self._stale_limit,
+                )
             self._cache = _Cache(cache.instances, time.monotonic(), time.time(), reason)
         elif cache.instances and not self._usable(cache):
-            log.error("%s for %.0f s; dropping the last known %s instances",
-                      reason, self._stale_limit, self.service)
+            log.error("%s for %.0f s; dropping the last known %s instances", reason, self._stale_limit, self.service)
             self._cache = replace(cache, instances=(), stale_reason=reason)
         else:
             self._cache = replace(cache, stale_reason=reason)
@@ -169,8 +173,7 @@ class ServiceWatch:
                 if found:
                     log.info("%s instances: %s", self.service, ", ".join(sorted(i.id for i in found)))
                 else:
-                    log.error("Consul reports no passing %s instance; requests that need one get 503",
-                              self.service)
+                    log.error("Consul reports no passing %s instance; requests that need one get 503", self.service)
             self._cache = _Cache(found)
         self._updated_at = time.monotonic()
         self._loaded.set()
@@ -205,18 +208,16 @@ _RESTARTED = "the Consul agent restarted"
 
 
 def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="seconds")
 
 
 class Discovery:
     """One watch per service the caller depends on."""
 
-    def __init__(
-        self, client: consul.Consul, services: list[str], wait: str = "30s", stale_limit: float = STALE_LIMIT
-    ):
+    def __init__(self, client: consul.Consul, services: list[str], wait: str = "30s", stale_limit: float = STALE_LIMIT):
         self._watches = {name: ServiceWatch(client, name, wait, stale_limit) for name in services}
 
-    def start(self) -> "Discovery":
+    def start(self) -> Discovery:
         for watch in self._watches.values():
             watch.start()
         return self

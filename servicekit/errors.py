@@ -3,8 +3,9 @@ catching one never has to import the module that raises it."""
 
 from __future__ import annotations
 
-import consul
 import requests
+
+import consul
 
 # What a call through py-consul raises when the agent cannot answer or refuses: its own errors (ACL
 # denied, a 5xx) and the transport's (refused, reset, timed out).

@@ -25,8 +25,8 @@ import logging
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
 
 from . import registration
 from .settings import Settings
@@ -135,8 +135,11 @@ class _Master:
             return
         self._left = True
         if not self._intake.close():
-            log.warning("a take from the queue did not end within %.0f s (a worker busy, or killed while taking); "
-                        "leaving Consul anyway", INTAKE_CLOSE_TIMEOUT)
+            log.warning(
+                "a take from the queue did not end within %.0f s (a worker busy, or killed while taking); "
+                "leaving Consul anyway",
+                INTAKE_CLOSE_TIMEOUT,
+            )
         self._keeper.stop()
         registration.deregister(self._settings)
 
@@ -155,14 +158,20 @@ class _Master:
         return handle
 
     def _handle_hup(self) -> None:
-        log.info("SIGHUP: reloading the configuration and replacing the workers; %s stays registered "
-                 "(what the old workers held in memory is gone)", self._settings.instance_id)
+        log.info(
+            "SIGHUP: reloading the configuration and replacing the workers; %s stays registered "
+            "(what the old workers held in memory is gone)",
+            self._settings.instance_id,
+        )
         self._reload()
 
     def _handle_usr2(self) -> None:
-        log.error("refusing USR2: a second master would serve %s under the same Consul id, and the first "
-                  "one to exit would deregister both. To run new code, SIGTERM this instance and start it "
-                  "again, or start a new instance on another port first", self._settings.instance_id)
+        log.error(
+            "refusing USR2: a second master would serve %s under the same Consul id, and the first "
+            "one to exit would deregister both. To run new code, SIGTERM this instance and start it "
+            "again, or start a new instance on another port first",
+            self._settings.instance_id,
+        )
 
 
 _MASTER_KEY = "servicekit_master"

@@ -34,24 +34,33 @@ DEFAULT_JAR = stack.ROOT / ".tools" / stack.values()["HAZELCAST_JAR_IN_TOOLS"]
 JAVA_OPTS = ["-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
 # Java 17 needs these opens for Hazelcast's optimised paths; without them it logs warnings at boot.
 JAVA_MODULE_OPTS = [
-    "--add-modules", "java.se",
-    "--add-exports", "java.base/jdk.internal.ref=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
-    "--add-opens", "java.management/sun.management=ALL-UNNAMED",
-    "--add-opens", "jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-modules",
+    "java.se",
+    "--add-exports",
+    "java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens",
+    "java.management/sun.management=ALL-UNNAMED",
+    "--add-opens",
+    "jdk.management/com.sun.management.internal=ALL-UNNAMED",
 ]
 
 
 def hazelcast_member_command(port: int, cluster_name: str, members: str, jar: Path) -> list[str]:
     return [
-        "java", *JAVA_OPTS, *JAVA_MODULE_OPTS,
+        "java",
+        *JAVA_OPTS,
+        *JAVA_MODULE_OPTS,
         f"-Dhazelcast.config={MEMBER_CONFIG}",
         f"-Dhz.cluster.name={cluster_name}",
         f"-Dhz.port={port}",
         f"-Dhz.members={members}",
         "-Dhazelcast.phone.home.enabled=false",
-        "-cp", str(jar),
+        "-cp",
+        str(jar),
         "com.hazelcast.core.server.HazelcastMemberStarter",
     ]
 
@@ -77,10 +86,14 @@ def service_definitions(ports: list[int]) -> list[dict[str, Any]]:
     """One Consul service definition a member (config-file form), from consul/hazelcast-member.json.tmpl."""
     template = string.Template(DEFINITION_TEMPLATE.read_text())
     return [
-        json.loads(template.substitute(
-            id=instance_id(kvconfig.HAZELCAST_SERVICE, port), name=kvconfig.HAZELCAST_SERVICE, port=port,
-            version=HAZELCAST_VERSION,
-        ))
+        json.loads(
+            template.substitute(
+                id=instance_id(kvconfig.HAZELCAST_SERVICE, port),
+                name=kvconfig.HAZELCAST_SERVICE,
+                port=port,
+                version=HAZELCAST_VERSION,
+            )
+        )
         for port in ports
     ]
 
@@ -105,6 +118,11 @@ def register(client: consul.Consul, ports: list[int]) -> None:
             address=service["address"],
             port=service["port"],
             meta=service["meta"],
-            check=consul.Check.tcp(host, int(port), interval=check["interval"], timeout=check["timeout"],
-                                   deregister=check["deregister_critical_service_after"]),
+            check=consul.Check.tcp(
+                host,
+                int(port),
+                interval=check["interval"],
+                timeout=check["timeout"],
+                deregister=check["deregister_critical_service_after"],
+            ),
         )

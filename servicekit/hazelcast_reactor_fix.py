@@ -63,7 +63,9 @@ def _safe_to_apply() -> bool:
         log.warning(
             "hazelcast-python-client is %s, the reactor fix was written for %s: check that "
             "reactor._PipedWaker.handle_read still clears `awake` before it drains the pipe "
-            "(docs/upstream/hazelcast-python-client-lost-wakeup.md)", version, FIXED_VERSION,
+            "(docs/upstream/hazelcast-python-client-lost-wakeup.md)",
+            version,
+            FIXED_VERSION,
         )
     if source_sha256(SHIPPED_HANDLE_READ) != SHIPPED_SOURCE_SHA256:
         log.error(

@@ -9,7 +9,6 @@ import time
 import hazelcast
 from hazelcast.errors import HazelcastError
 from hazelcast.lifecycle import LifecycleState
-
 from tenacity import RetryCallState
 
 from . import hazelcast_reactor_fix, kvconfig
@@ -50,7 +49,7 @@ class Hazelcast:
         self._waiting_since = 0.0
         self._next_report = WAITING_LOG_INTERVAL
 
-    def start(self) -> "Hazelcast":
+    def start(self) -> Hazelcast:
         self._loop.start()
         return self
 
@@ -106,7 +105,9 @@ class Hazelcast:
         if time.monotonic() - self._waiting_since >= self._next_report:
             log.warning(
                 "not connected to Hazelcast cluster %r at %s after %.0f s; /health answers 503, still trying",
-                config.cluster_name, ", ".join(config.members), self._next_report,
+                config.cluster_name,
+                ", ".join(config.members),
+                self._next_report,
             )
             self._next_report += WAITING_LOG_INTERVAL
         return None

@@ -25,8 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import consul
 import psutil
+
+import consul
 
 from . import hazelcast_member, kvconfig, stack
 from .consul_client import make_consul
@@ -145,7 +146,6 @@ def exec_command(args: argparse.Namespace) -> int:
     os.execvp(args.command[0], args.command)
 
 
-
 def check_ports(args: argparse.Namespace) -> int:
     """Exit 1, naming each taken port and its holder, when any of the ports is taken."""
     taken = [use for use in map(PortUse.parse, args.ports) if not port_is_free(use)]
@@ -154,14 +154,16 @@ def check_ports(args: argparse.Namespace) -> int:
         if holders:
             log.error("port %s is taken by %s", use.label, ", ".join(holders))
         else:
-            log.error("port %s is taken by a process this user cannot see (ss -ltnup 'sport = :%d' may name it)",
-                      use.label, use.port)
+            log.error(
+                "port %s is taken by a process this user cannot see (ss -ltnup 'sport = :%d' may name it)",
+                use.label,
+                use.port,
+            )
     return 1 if taken else 0
 
 
 def _run_dir() -> Path:
     return Path(os.environ.get("STACK_RUN_DIR") or stack.ROOT / "run")
-
 
 
 def orphans(args: argparse.Namespace) -> int:
@@ -172,8 +174,7 @@ def orphans(args: argparse.Namespace) -> int:
         for proc in found:
             sys.stdout.write(f"{describe(proc.pid)}\n")
         return 0
-    log.info("stopping %d processes that a supervisord of %s started and no longer looks after",
-             len(found), _run_dir())
+    log.info("stopping %d processes that a supervisord of %s started and no longer looks after", len(found), _run_dir())
     stop_processes(found)
     left = orphan_processes(_run_dir())
     if left:
@@ -257,4 +258,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

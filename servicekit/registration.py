@@ -7,8 +7,9 @@ import os
 import random
 import threading
 
-import consul
 from tenacity import RetryCallState
+
+import consul
 
 from . import background
 from .background import BackgroundLoop
@@ -44,8 +45,13 @@ def register(settings: Settings, client: consul.Consul | None = None) -> bool:
     try:
         client.agent.service.register(**service_definition(settings))
     except consul.ACLPermissionDenied as exc:
-        log.error("could not register %s: Consul refused the token (%s); CONSUL_HTTP_TOKEN must be set "
-                  "and allow service:write on %r", settings.instance_id, str(exc).strip(), settings.service_name)
+        log.error(
+            "could not register %s: Consul refused the token (%s); CONSUL_HTTP_TOKEN must be set "
+            "and allow service:write on %r",
+            settings.instance_id,
+            str(exc).strip(),
+            settings.service_name,
+        )
         return False
     except CONSUL_ERRORS as exc:
         log.warning("registering with Consul failed: %s", exc)
@@ -90,9 +96,12 @@ class RegistrationKeeper:
             after_in_child=self._busy.release,
         )
 
-    def start(self) -> "RegistrationKeeper":
-        log.info("registration keeper started: checking every ~%.0f s that Consul still knows %s",
-                 self._interval, self._settings.instance_id)
+    def start(self) -> RegistrationKeeper:
+        log.info(
+            "registration keeper started: checking every ~%.0f s that Consul still knows %s",
+            self._interval,
+            self._settings.instance_id,
+        )
         self._loop.start()
         return self
 
@@ -114,8 +123,9 @@ class RegistrationKeeper:
             if self._loop.stopping:
                 return
             if self._settings.instance_id not in self._client.agent.services():
-                log.warning("%s is not registered with Consul (agent restarted?); registering",
-                            self._settings.instance_id)
+                log.warning(
+                    "%s is not registered with Consul (agent restarted?); registering", self._settings.instance_id
+                )
                 register(self._settings, client=self._client)
 
     def _wait_after(self, retry_state: RetryCallState) -> float:
@@ -132,5 +142,9 @@ class RegistrationKeeper:
             # Retrying fast will not fix a token; say so now and then, without a crash loop.
             log.error("Consul refuses this instance's token (CONSUL_HTTP_TOKEN); retrying in about %.0f s", pause)
         else:
-            log.warning("Consul at %s does not answer (%s); retrying in about %.0f s",
-                        self._settings.consul.url, type(exc).__name__, pause)
+            log.warning(
+                "Consul at %s does not answer (%s); retrying in about %.0f s",
+                self._settings.consul.url,
+                type(exc).__name__,
+                pause,
+            )

@@ -7,8 +7,8 @@ import os
 import re
 import socket
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 VERSION = "0.1.0"
 
@@ -116,7 +116,7 @@ class ConsulAddress:
     port: int
 
     @classmethod
-    def parse(cls, raw: str) -> "ConsulAddress":
+    def parse(cls, raw: str) -> ConsulAddress:
         """Parse CONSUL_HTTP_ADDR the way the consul CLI does: host:port or scheme://host:port."""
         parsed = urllib.parse.urlsplit(raw if "//" in raw else f"//{raw}")
         try:
@@ -142,7 +142,7 @@ class ConsulSettings:
     timeout: float = 2.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ConsulSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsulSettings:
         """Consul's own variable names (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN), plus CONSUL_TIMEOUT."""
         env = os.environ if env is None else env
         return cls(
@@ -191,9 +191,7 @@ class Settings:
             )
 
     @classmethod
-    def from_env(
-        cls, service_name: str, default_port: int, env: Mapping[str, str] | None = None
-    ) -> "Settings":
+    def from_env(cls, service_name: str, default_port: int, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
             service_name=service_name,

@@ -5,18 +5,20 @@ died (orphans), which ./scripts/up and ./scripts/down stop.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+
+import psutil
 
 import consul
-import psutil
 
 from .errors import CONSUL_ERRORS
 
@@ -53,7 +55,7 @@ def status_table(table: dict[str, list[tuple[str, str, str]]]) -> list[str]:
     rows = [(name, *row) for name, entries in table.items() for row in entries]
     header = ("SERVICE", "INSTANCE", "ADDRESS", "HEALTH")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    return ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
 
 
 def wait_passing(
@@ -96,7 +98,7 @@ class PortUse:
     kind: int = socket.SOCK_STREAM
 
     @classmethod
-    def parse(cls, spec: str) -> "PortUse":
+    def parse(cls, spec: str) -> PortUse:
         """`name=port` (TCP) or `name=port/udp`."""
         name, _, rest = spec.partition("=")
         port, _, proto = rest.partition("/")
@@ -139,7 +141,9 @@ def port_holders(use: PortUse) -> list[str]:
     pids = {
         c.pid
         for c in sockets
-        if c.pid and c.laddr and c.laddr.port == use.port
+        if c.pid
+        and c.laddr
+        and c.laddr.port == use.port
         and (use.kind == socket.SOCK_DGRAM or c.status == psutil.CONN_LISTEN)
     }
     return [describe(pid) for pid in sorted(pids)]
@@ -230,7 +234,5 @@ def stop_processes(procs: list) -> None:
         for proc in members:
             if not _gone(proc):
                 log.warning("killing %s: still running %.0f s after %s", describe(proc.pid), timeout, sig.name)
-                try:
+                with contextlib.suppress(psutil.Error):
                     proc.kill()
-                except psutil.Error:
-                    pass

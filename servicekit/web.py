@@ -158,7 +158,7 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("unhandled error")
+        log.error("unhandled error", exc_info=exc)
         return _error(500, "internal error")
 
 
@@ -187,8 +187,10 @@ def install_host_check(app: Flask, accepted: frozenset[str]) -> None:
         # request.host is the Host header ("" when malformed; two headers arrive joined by a comma), or
         # the bound address for an HTTP/1.0 request without one.
         if not host_is_accepted(request.host, accepted):
-            log.warning("refused a request for Host %r: not in ALLOWED_HOSTS, nor SERVICE_HOST",
-                        request.headers.get("Host", "")[:100])
+            log.warning(
+                "refused a request for Host %r: not in ALLOWED_HOSTS, nor SERVICE_HOST",
+                request.headers.get("Host", "")[:100],
+            )
             raise MisdirectedRequest("this server does not answer for that host name")
 
 

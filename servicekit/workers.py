@@ -69,9 +69,15 @@ GUNICORN_NAMES = {
     "gunicorn.http.message": ("Request",),
     "gunicorn.http.unreader": ("IterUnreader", "IterUnreader.unread", "IterUnreader.take_buffered"),
     "gunicorn.workers.gthread": (
-        "TConn", "TConn.init", "TConn.close",
-        "ThreadWorker", "ThreadWorker.accept", "ThreadWorker.on_client_socket_readable",
-        "ThreadWorker.finish_request", "ThreadWorker.murder_pending", "ThreadWorker.enqueue_req",
+        "TConn",
+        "TConn.init",
+        "TConn.close",
+        "ThreadWorker",
+        "ThreadWorker.accept",
+        "ThreadWorker.on_client_socket_readable",
+        "ThreadWorker.finish_request",
+        "ThreadWorker.murder_pending",
+        "ThreadWorker.enqueue_req",
     ),
 }
 GUNICORN_INSTANCE_ATTRIBUTES = {
@@ -157,7 +163,7 @@ class ChunkedBody:
                 if len(buf) - self.pos > MAX_CHUNK_LINE:
                     raise Refused(HTTPStatus.BAD_REQUEST, "chunk size line too long")
                 return False
-            digits = bytes(buf[self.pos:eol]).split(b";", 1)[0].rstrip(b" \t")
+            digits = bytes(buf[self.pos : eol]).split(b";", 1)[0].rstrip(b" \t")
             if not digits or not _HEX_DIGITS.issuperset(digits):
                 raise Refused(HTTPStatus.BAD_REQUEST, "invalid chunk size")
             size = int(digits, 16)
@@ -182,13 +188,13 @@ class ChunkedBody:
         if len(buf) - self.pos < 2:
             return False
         if self._state == "data-end":
-            if buf[self.pos:self.pos + 2] != b"\r\n":
+            if buf[self.pos : self.pos + 2] != b"\r\n":
                 raise Refused(HTTPStatus.BAD_REQUEST, "chunk not followed by CRLF")
             self.pos += 2
             self._state = "size"
             return True
         # Trailers: none (an empty line at once), or header lines up to an empty line.
-        if buf[self.pos:self.pos + 2] == b"\r\n":
+        if buf[self.pos : self.pos + 2] == b"\r\n":
             self.end = self.pos + 2
             return True
         blank = buf.find(_HEAD_END, self.pos)
