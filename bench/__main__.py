@@ -2,7 +2,7 @@
 
     ./scripts/bench [--quick] [--rounds N] [--baseline REV] [--only post,get,visible,drain,profile] [--docs]
 
-Starts a Consul agent, three Hazelcast members and the services on free loopback ports (tests/infra.py,
+Starts a Consul agent, three Hazelcast members and the services on free loopback ports (devstack,
 the same code the integration tests use), plus two references under the facade's gunicorn settings
 (bench/reference.py). Every load loop is bounded in count and time. Writes bench-results.json and
 bench-plot.png to the working directory; --docs also writes docs/BENCHMARKS.md's results and docs/bench.png.
@@ -34,10 +34,8 @@ import hazelcast
 import psutil
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from infra import (  # noqa: E402
+from devstack import (
+    ROOT,
     VENV_BIN,
     ConsulAgent,
     HazelcastCluster,
@@ -49,9 +47,9 @@ from infra import (  # noqa: E402
     isolated_agent,
     prometheus_counter,
 )
-from servicekit import kvconfig  # noqa: E402
+from servicekit import kvconfig
 
-from bench import profile, report, wrk  # noqa: E402
+from bench import profile, report, wrk
 
 log = logging.getLogger("bench")
 

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from infra import (  # noqa: E402
+from devstack import (
+    ROOT,
     ConsulAgent,
     HazelcastCluster,
     Load,
@@ -40,7 +39,7 @@ from infra import (  # noqa: E402
 )
 
 HEALTH_QUERIES = "consul_http_GET_v1_health_service"
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def in_rotation(stack, instance_id: str) -> bool:

@@ -24,7 +24,7 @@ import psutil
 import pytest
 import requests
 
-from infra import ROOT, consul_binary, eventually, record
+from devstack import ROOT, consul_binary, eventually, record
 from servicekit import ops
 
 SCRIPTS = ROOT / "scripts"
