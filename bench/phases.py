@@ -67,7 +67,10 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
             def chain_run(level=level):
                 return wrk.run(f"{chain.url}/chain", level, plan.seconds, method="POST", body=POST_BODY)
 
-            chain_result = account.measure("chain", chain_groups, chain_run) if level == plan.main_level else chain_run()
+            if level == plan.main_level:
+                chain_result = account.measure("chain", chain_groups, chain_run)
+            else:
+                chain_result = chain_run()
             runs["chain"].setdefault(level, []).append(chain_result)
             line = f"round {r + 1}, {level:>2} connections: chain {chain_result.rps:6.0f}/s"
             for system in random.sample(systems, len(systems)):

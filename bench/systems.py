@@ -75,7 +75,9 @@ class Reference:
     url: str
 
 
-def start_reference(running: contextlib.ExitStack, log_dir: Path, name: str, downstream: str | None = None) -> Reference:
+def start_reference(
+    running: contextlib.ExitStack, log_dir: Path, name: str, downstream: str | None = None
+) -> Reference:
     """A reference under bench/gunicorn.conf.py, stopped when `running` closes."""
     port = free_port()
     env = {"PORT": str(port), **({"REF_DOWNSTREAM": downstream} if downstream else {})}

@@ -16,7 +16,16 @@ from devstack.figures import record, replace_block
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.load import Load, Outcome, passing_to_first_request
 from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port, until
-from devstack.stack import SERVICES, Service, Stack, build_stack, isolated_agent, running_stack, start_service, wait_passing
+from devstack.stack import (
+    SERVICES,
+    Service,
+    Stack,
+    build_stack,
+    isolated_agent,
+    running_stack,
+    start_service,
+    wait_passing,
+)
 
 __all__ = [
     "ROOT",
