@@ -1,6 +1,7 @@
 # Configuration for the local dev agent that ./scripts/up starts (`consul agent -dev -config-file=...`).
-# The dev agent keeps everything in memory: a restart forgets services and KV, which is why
-# ./scripts/up seeds KV and every instance re-registers itself.
+# The dev agent keeps everything in memory: a restart forgets KV and what was registered through its API,
+# which is why ./scripts/up seeds KV and every instance re-registers itself. The Hazelcast members are
+# service definitions in the run directory's consul.d/ (-config-dir), so the agent loads them again itself.
 datacenter  = "dc1"
 node_name   = "dev"
 bind_addr   = "127.0.0.1"

@@ -12,7 +12,7 @@ import consul
 import requests
 
 from devstack.processes import ROOT, Proc, eventually, free_port
-from servicekit.ops import aggregate_status
+from servicekit.stack_status import aggregate_status
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import consul
 from devstack.consul_agent import ConsulAgent
 from devstack.processes import ROOT, Proc, eventually, free_port
 from servicekit import kvconfig
-from servicekit.ops import DEFAULT_JAR, hazelcast_member_command
+from servicekit.hazelcast_member import DEFAULT_JAR, hazelcast_member_command
 
 
 class HazelcastCluster:

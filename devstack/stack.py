@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Iterator
 from devstack.consul_agent import ConsulAgent, check_status
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port
+from servicekit.settings import instance_id
 
 SERVICES = {
     # service name -> (package with gunicorn.conf.py)
@@ -36,7 +36,7 @@ class Service:
 
     @property
     def instance_id(self) -> str:
-        return f"{self.name}-{socket.gethostname()}-{self.port}"
+        return instance_id(self.name, self.port)
 
 
 def start_service(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from servicekit import stack
 from servicekit.consul_client import make_consul
 from servicekit.discovery import Discovery
 from servicekit.gunicorn_hooks import on_shutdown
@@ -15,19 +16,20 @@ from .backends import LOGGING_SERVICE, MESSAGES_SERVICE, Backends
 from .routes import bp
 
 SERVICE_NAME = "facade-service"
-DEFAULT_PORT = 8080
+# Its default port is in conf/stack.env, with the other ports of the stack; PORT overrides it.
+PORT_NAME = "FACADE_PORT"
 
 
 def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) -> Flask:
-    settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+    settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     if hz is None:
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)
     # Started here, in the worker: threads do not survive gunicorn's fork.
-    discovery = Discovery(make_consul(settings), [LOGGING_SERVICE, MESSAGES_SERVICE]).start()
-    backends = Backends(settings, discovery)
+    discovery = Discovery(make_consul(settings.consul), [LOGGING_SERVICE, MESSAGES_SERVICE]).start()
+    backends = Backends(settings, discovery, hz)
     on_shutdown(app, backends.close)
     app.extensions["hazelcast"] = hz
     app.extensions["backends"] = backends

@@ -11,7 +11,10 @@ from typing import Any, Callable
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
+from servicekit import queue_item
+from servicekit.balancing import RandomPick
 from servicekit.discovery import Discovery, Instance
+from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, Unavailable
 
@@ -31,8 +34,17 @@ class InstanceFailed(Exception):
 
 
 class Backends:
-    def __init__(self, settings: Settings, discovery: Discovery, session: requests.Session | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        discovery: Discovery,
+        hazelcast: Hazelcast | None = None,
+        session: requests.Session | None = None,
+        pick: RandomPick | None = None,
+    ):
         self._discovery = discovery
+        self._hazelcast = hazelcast
+        self._pick = pick or RandomPick()
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._deadline = settings.request_deadline
@@ -65,8 +77,7 @@ class Backends:
             instances = self._discovery.instances(service, timeout=FIRST_ANSWER_TIMEOUT)
             if not instances:
                 raise Unavailable(f"no healthy {service} instance")
-            untried = [i for i in instances if i.id not in failed]
-            return random.choice(untried or instances)
+            return self._pick(instances, failed)
 
         def pause(state: RetryCallState) -> float:
             # The next untried instance at once; once every instance failed (a rolling restart the cache
@@ -122,6 +133,15 @@ class Backends:
             ),
         )
         return instance.id
+
+    def queue_message(self, message_id: str, msg: str) -> None:
+        """Put the message on the queue messages_svc consumes."""
+        if self._hazelcast is None:
+            raise Unavailable("the message queue is not configured")
+        # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
+        if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg)):
+            # Only a bounded queue says no; the message is logged but will not be consumed.
+            raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
 
     def logged_messages(self) -> list[str]:
         _, body = self._call(

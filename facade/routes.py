@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import json
 import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 
-from servicekit.web import Unavailable, health_response, read_json_object, require_message
+from servicekit.web import health_response, read_json_object, require_message
 
 bp = Blueprint("facade", __name__)
 
@@ -15,11 +14,9 @@ def post_message():
     """201 means the message is in the log (a Hazelcast map with a backup copy) and on the queue."""
     msg = require_message(read_json_object(request))
     message_id = str(uuid.uuid4())
-    logged_by = current_app.extensions["backends"].log_message(message_id, msg)
-    # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
-    if not current_app.extensions["hazelcast"].queue().offer(json.dumps({"id": message_id, "msg": msg})):
-        # Only a bounded queue says no; the message is logged but will not be consumed.
-        raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
+    backends = current_app.extensions["backends"]
+    logged_by = backends.log_message(message_id, msg)
+    backends.queue_message(message_id, msg)
     return jsonify(id=message_id, msg=msg, logged_by=logged_by), 201
 
 

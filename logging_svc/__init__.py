@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from servicekit import stack
 from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
@@ -13,11 +14,12 @@ from .routes import bp
 from .store import HazelcastMessageLog, MessageLog
 
 SERVICE_NAME = "logging-service"
-DEFAULT_PORT = 8081
+# Its default port is in conf/stack.env, with the other ports of the stack; PORT overrides it.
+PORT_NAME = "LOGGING_PORT"
 
 
 def create_app(settings: Settings | None = None, message_log: MessageLog | None = None) -> Flask:
-    settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+    settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     if message_log is None:

@@ -31,9 +31,9 @@ def encode(msg: str, stamp_ns: int) -> str:
     return f"{stamp_ns:0{STAMP_DIGITS}d}{msg}"
 
 
-def decode(entry: str | HazelcastJsonValue) -> str:
-    """Entries sort by their stamp; `ordered` drops it. Entries written as {"msg", "ts"} JSON before
-    this encoding are read too."""
+def convert_json_entry(entry: str | HazelcastJsonValue) -> str:
+    """An entry written as {"msg", "ts"} JSON before the string encoding, in today's stamped string form;
+    a string entry as it is."""
     if isinstance(entry, HazelcastJsonValue):
         old = entry.loads()
         return encode(old["msg"], old["ts"])
@@ -41,7 +41,8 @@ def decode(entry: str | HazelcastJsonValue) -> str:
 
 
 def ordered(entries) -> list[str]:
-    return [entry[STAMP_DIGITS:] for entry in sorted(map(decode, entries))]
+    """The messages of `entries`, oldest first: the stamped strings sort by their stamp, which is then dropped."""
+    return [entry[STAMP_DIGITS:] for entry in sorted(map(convert_json_entry, entries))]
 
 
 class HazelcastMessageLog:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from servicekit import stack
 from servicekit.gunicorn_hooks import intake, on_shutdown
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
@@ -13,22 +14,24 @@ from .consumer import Consumer, MessageStore
 from .routes import bp
 
 SERVICE_NAME = "messages-service"
-DEFAULT_PORT = 8084
+# Its default port is in conf/stack.env, with the other ports of the stack; PORT overrides it.
+PORT_NAME = "MESSAGES_PORT"
 
 
 def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
     """`consume=False` builds the app without Hazelcast, for unit tests of the routes."""
-    settings = settings or Settings.from_env(SERVICE_NAME, DEFAULT_PORT)
+    settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     store = MessageStore()
     app.extensions["message_store"] = store
     if consume:
+        # Closed in reverse (servicekit.gunicorn_hooks.shutdown_stack): the consumer stops before the client
+        # goes away, so no item is taken and then dropped.
         hz = Hazelcast(settings).start()
+        on_shutdown(app, hz.close)
         # The intake is the master's (shared across fork): it closes it before the instance leaves Consul.
         consumer = Consumer(hz, store, intake()).start()
-        # Stop consuming before the client goes away, so no item is taken and then dropped.
-        on_shutdown(app, hz.close)
         on_shutdown(app, consumer.stop)
         app.extensions["consumer"] = consumer
         app.extensions["hazelcast"] = hz

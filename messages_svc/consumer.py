@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 
 from hazelcast.errors import HazelcastError
 
 from servicekit.gunicorn_hooks import Intake
-from servicekit.hz import Hazelcast, HazelcastUnavailable
+from servicekit import queue_item
+from servicekit.background import BackgroundLoop
+from servicekit.errors import HazelcastUnavailable
+from servicekit.hz import Hazelcast
 
 log = logging.getLogger(__name__)
 
 # A poll returns after this long even when the queue is empty, so the thread notices a stop request.
 # The master waits for a poll in progress before it leaves Consul, up to INTAKE_CLOSE_TIMEOUT (3 s).
 POLL_TIMEOUT = 1.0
+# How often a consumer whose client is not connected looks again.
+DISCONNECTED_POLL = 0.2
 
 
 class MessageStore:
@@ -34,16 +38,6 @@ class MessageStore:
             return list(self._messages)
 
 
-def decode(item: str) -> str | None:
-    """Queue items are {"id", "msg"} JSON documents written by the facade."""
-    try:
-        data = json.loads(item)
-        msg = data["msg"]
-    except (TypeError, ValueError, KeyError):
-        return None
-    return msg if isinstance(msg, str) else None
-
-
 class Consumer:
     """Takes items from the queue while the intake is open.
 
@@ -56,51 +50,48 @@ class Consumer:
         self._hz = hz
         self._store = store
         self._intake = intake
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="queue-consumer", daemon=True)
+        self._loop = BackgroundLoop("queue-consumer", self._consume_once)
+        self._poll = self._loop.retrying((HazelcastError, HazelcastUnavailable), on_retry=self._poll_failed)
 
     @property
     def ready(self) -> bool:
         # Stopped because the instance is leaving is not broken: it still serves what it holds while it drains.
-        return self._hz.connected and (self._thread.is_alive() or self._intake.closed)
+        return self._hz.connected and (self._loop.is_alive() or self._intake.closed)
 
     def start(self) -> "Consumer":
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = POLL_TIMEOUT + 1) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        backoff = 0.2
-        while not self._stop.is_set():
-            if not self._hz.connected:
-                self._stop.wait(0.2)
-                continue
-            with self._intake.taking() as is_open:
-                if not is_open:
-                    log.info("stopped taking messages from the queue: this instance is leaving Consul")
-                    return
-                polled = self._take_one()
-            if polled:
-                backoff = 0.2
-            else:
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+    def _consume_once(self) -> bool | None:
+        if not self._hz.connected:
+            self._loop.wait(DISCONNECTED_POLL)
+            return None
+        # A failed poll is retried with the shared backoff; between tries the intake is not held.
+        return self._poll(self._take_one)
 
-    def _take_one(self) -> bool:
-        """Poll once and keep what came; False when the poll failed."""
-        try:
+    def _take_one(self) -> bool | None:
+        """Poll once, holding the intake open, and keep what came; False once the intake is closed."""
+        if not self._hz.connected:
+            # Gone since the last look: back to waiting quietly for the client, not retrying.
+            return None
+        with self._intake.taking() as is_open:
+            if not is_open:
+                log.info("stopped taking messages from the queue: this instance is leaving Consul")
+                return False
             item = self._hz.queue().poll(POLL_TIMEOUT)
-        except (HazelcastError, HazelcastUnavailable) as exc:
-            log.warning("polling the queue failed: %s", exc)
-            return False
-        if item is None:
-            return True
-        msg = decode(item)
-        if msg is None:
-            log.error("dropping a queue item that is not a facade message: %.200r", item)
-        else:
-            self._store.append(msg)
-        return True
+            if item is None:
+                return None
+            msg = queue_item.decode(item)
+            if msg is None:
+                log.error("dropping a queue item that is not a facade message: %.200r", item)
+            else:
+                self._store.append(msg)
+        return None
+
+    @staticmethod
+    def _poll_failed(retry_state) -> None:
+        assert retry_state.outcome is not None
+        log.warning("polling the queue failed: %s", retry_state.outcome.exception())

@@ -3,11 +3,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$ROOT/.venv
 TOOLS=${STACK_TOOLS_DIR:-$ROOT/.tools}
 CONSUL_VERSION=1.8.7
-HAZELCAST_VERSION=5.5.0
-HAZELCAST_JAR=$TOOLS/hazelcast/hazelcast-$HAZELCAST_VERSION.jar
-# The SHA-256 of hazelcast-5.5.0.jar as Maven Central serves it (it publishes the same value beside the
-# jar): ./scripts/install checks the jar against it on every run. Change it with HAZELCAST_VERSION.
-HAZELCAST_JAR_SHA256=cf560b40b988526e780e4fae12cb6fe01c5158bb9e00839882857f32b544a19e
+# Ports, instance counts, the Hazelcast version and jar: written once, in conf/stack.env (Python reads it too).
+STACK_ENV=$ROOT/conf/stack.env
+source "$STACK_ENV"
+HAZELCAST_JAR=$TOOLS/$HAZELCAST_JAR_IN_TOOLS
 # The Consul versions the project runs on, from the Debian package ./scripts/install unpacks (1.8.7) to
 # the newest one its tests have passed on (1.14.8, which adds the gRPC TLS port 8503 to a dev agent):
 # a consul on PATH outside [CONSUL_MIN, CONSUL_BELOW) is ignored.
@@ -21,18 +20,14 @@ STACK_RUN_DIR=$(realpath -m "${STACK_RUN_DIR:-$ROOT/run}")
 STACK_LOG_DIR=$(realpath -m "${STACK_LOG_DIR:-$ROOT/logs}")
 export STACK_RUN_DIR STACK_LOG_DIR
 
-# The stack's ports: these defaults plus STACK_PORT_OFFSET. scripts/supervisord.conf reads them.
-# The Consul HTTP port is the one in CONSUL_HTTP_ADDR (./scripts/up parses it).
+# The stack's ports: the defaults of conf/stack.env plus STACK_PORT_OFFSET, exported for
+# scripts/supervisord.conf. The Consul HTTP port is the one in CONSUL_HTTP_ADDR (./scripts/up parses it).
 STACK_PORT_OFFSET=${STACK_PORT_OFFSET:-0}
-export CONSUL_SERVER_PORT=$((8300 + STACK_PORT_OFFSET)) CONSUL_SERF_LAN_PORT=$((8301 + STACK_PORT_OFFSET)) \
-  CONSUL_SERF_WAN_PORT=$((8302 + STACK_PORT_OFFSET)) CONSUL_GRPC_PORT=$((8502 + STACK_PORT_OFFSET)) \
-  CONSUL_DNS_PORT=$((8600 + STACK_PORT_OFFSET))
-export HAZELCAST_PORT_1=$((5701 + STACK_PORT_OFFSET)) HAZELCAST_PORT_2=$((5702 + STACK_PORT_OFFSET)) \
-  HAZELCAST_PORT_3=$((5703 + STACK_PORT_OFFSET))
-export FACADE_PORT=$((8080 + STACK_PORT_OFFSET)) LOGGING_PORT_1=$((8081 + STACK_PORT_OFFSET)) \
-  LOGGING_PORT_2=$((8082 + STACK_PORT_OFFSET)) LOGGING_PORT_3=$((8083 + STACK_PORT_OFFSET)) \
-  MESSAGES_PORT_1=$((8084 + STACK_PORT_OFFSET)) MESSAGES_PORT_2=$((8085 + STACK_PORT_OFFSET))
-export CONSUL_HTTP_ADDR=${CONSUL_HTTP_ADDR:-127.0.0.1:$((8500 + STACK_PORT_OFFSET))}
+for stack_port in $(sed -n 's/^\([A-Z0-9_]*_PORT\)=.*/\1/p' "$STACK_ENV"); do
+  export "$stack_port=$((${!stack_port} + STACK_PORT_OFFSET))"
+done
+export HAZELCAST_INSTANCES LOGGING_INSTANCES MESSAGES_INSTANCES FACADE_INSTANCES
+export CONSUL_HTTP_ADDR=${CONSUL_HTTP_ADDR:-127.0.0.1:$CONSUL_HTTP_PORT}
 SUPERVISOR_CONF=$ROOT/scripts/supervisord.conf
 
 # "1.8.7" from the first line of `consul version` ("Consul v1.8.7"); fails for anything else.
@@ -62,6 +57,24 @@ consul_bin() {
   if [ -x "$TOOLS/consul/usr/bin/consul" ]; then echo "$TOOLS/consul/usr/bin/consul"
   else return 1
   fi
+}
+
+# Each program of the stack and the ports it binds, the way scripts/supervisord.conf starts it: one
+# line a process, "group:process port...", the consul line first.
+program_ports() {
+  echo "consul $CONSUL_HTTP_PORT $CONSUL_SERVER_PORT $CONSUL_SERF_LAN_PORT $CONSUL_SERF_LAN_PORT/udp" \
+    "$CONSUL_SERF_WAN_PORT $CONSUL_SERF_WAN_PORT/udp $CONSUL_GRPC_PORT $CONSUL_DNS_PORT $CONSUL_DNS_PORT/udp"
+  local program group first count port
+  for program in hazelcast logging messages facade; do
+    group=services; [ "$program" != hazelcast ] || group=hazelcast
+    first=${program^^}_PORT count=${program^^}_INSTANCES
+    for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do echo "$group:$program-$port $port"; done
+  done
+}
+# The ports of one program's instances, e.g. `instance_ports hazelcast` -> 5701 5702 5703.
+instance_ports() {
+  local first=${1^^}_PORT count=${1^^}_INSTANCES port
+  for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do echo "$port"; done
 }
 
 ctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }

@@ -58,6 +58,13 @@ FIGURES = [
     Figure("consul-down-mid-run", "failed", "agent down mid-run: failed POSTs", f"{CHURN} -k serves_from_last_known"),
     Figure("consul-down-at-startup", "passing_after_agent_back_s", "agent down at an instance's start: passing "
            "after the agent is back (s)", f"{CHURN} -k started_while_consul"),
+    Figure("every-logging-instance-critical", "post_503_s", "every logging instance critical: POST answered "
+           "503 after (s)", "./scripts/test tests/integration/test_discovery_outages.py -k critical"),
+    Figure("change-after-agent-restart", "kill_to_out_of_rotation_s", "agent restarted, then an instance "
+           "kill -9: out of the facade's rotation after (s)",
+           "./scripts/test tests/integration/test_discovery_outages.py -k restarts"),
+    Figure("up_reports_a_taken_port", "seconds", "./scripts/up with a port taken: names the port and its "
+           "holder after (s)", "./scripts/test tests/integration/test_scripts.py -k taken_port"),
     Figure("soak", "posts_acknowledged", "soak: POSTs acknowledged", SOAK),
     Figure("soak", "posts_failed", "soak: POSTs not acknowledged (facade dead, member kill)", SOAK),
     Figure("soak", "acknowledged_lost_from_log", "soak: acknowledged lost from the log", SOAK),
@@ -89,7 +96,7 @@ def runs(logs: Path) -> dict[str, list[dict]]:
 
 def spread(values: list[float]) -> str:
     def fmt(v: float) -> str:
-        return f"{v:g}" if isinstance(v, int) or v == int(v) else f"{v:.2f}"
+        return f"{v:g}" if isinstance(v, int) or v == int(v) else f"{v:.3g}"
 
     low, high = min(values), max(values)
     return fmt(low) if low == high else f"{fmt(low)} to {fmt(high)}"

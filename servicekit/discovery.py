@@ -7,7 +7,6 @@ background thread, so a request picks an instance from memory and makes no Consu
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -15,13 +14,12 @@ from datetime import datetime, timezone
 
 import consul
 
-from .registry import CONSUL_ERRORS
+from tenacity import RetryCallState
+
+from .background import BackgroundLoop
+from .errors import CONSUL_ERRORS, DiscoveryError
 
 log = logging.getLogger(__name__)
-
-
-class DiscoveryError(RuntimeError):
-    """Consul could not be asked."""
 
 
 @dataclass(frozen=True)
@@ -100,21 +98,23 @@ class ServiceWatch:
         self._stale_limit = stale_limit
         self._cache = _Cache()
         self._loaded = threading.Event()
-        self._stop = threading.Event()
         self._consul_error: str | None = None
         self._updated_at: float | None = None
         # The index of the last answer, to notice one that goes backwards, and the index the next
         # query sends (None after an error or a restart: start over with a query that answers at once).
         self._last_index: int | None = None
         self._index: int | None = None
-        self._thread = threading.Thread(target=self._run, name=f"watch-{service}", daemon=True)
+        self._loop = BackgroundLoop(f"watch-{service}", self._watch_once)
+        # Jittered backoff on errors keeps many workers from hammering an agent that just came back.
+        self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
 
     def start(self) -> "ServiceWatch":
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, timeout: float = 0.0) -> bool:
+        """Stop watching. A blocking query in flight is not cut short; the daemon thread ends after it."""
+        return self._loop.stop(timeout)
 
     def instances(self, timeout: float = 0.0) -> tuple[Instance, ...]:
         """The current instances. Right after start, wait up to `timeout` for Consul's first answer."""
@@ -175,7 +175,9 @@ class ServiceWatch:
         self._updated_at = time.monotonic()
         self._loaded.set()
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, retry_state: RetryCallState) -> None:
+        assert retry_state.outcome is not None
+        exc = retry_state.outcome.exception()
         denied = isinstance(exc, consul.ACLPermissionDenied)
         if self._consul_error is None:
             if denied:
@@ -188,26 +190,15 @@ class ServiceWatch:
         self._index = None
         self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
 
-    def _run(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                index, entries = self._client.health.service(
-                    self.service, passing=True, index=self._index, wait=self._wait
-                )
-            except CONSUL_ERRORS as exc:
-                if self._stop.is_set():
-                    return
-                self._failed(exc)
-                # Jitter keeps many workers from hammering an agent that just came back.
-                self._stop.wait(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 3.0)
-                continue
-            if self._consul_error is not None:
-                log.info("Consul answers again; watching %s", self.service)
-                self._consul_error = None
-            backoff = 0.5
-            self._answered(int(index or 0), _instances(entries))
+    def _watch_once(self) -> None:
+        # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
+        index, entries = self._query(
+            lambda: self._client.health.service(self.service, passing=True, index=self._index, wait=self._wait)
+        )
+        if self._consul_error is not None:
+            log.info("Consul answers again; watching %s", self.service)
+            self._consul_error = None
+        self._answered(int(index or 0), _instances(entries))
 
 
 _RESTARTED = "the Consul agent restarted"
@@ -230,9 +221,12 @@ class Discovery:
             watch.start()
         return self
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.0) -> bool:
+        """Stop every watch; wait up to `timeout` in all for their threads. True when all are over."""
+        deadline = time.monotonic() + timeout
         for watch in self._watches.values():
             watch.stop()
+        return all([watch.stop(max(0.0, deadline - time.monotonic())) for watch in self._watches.values()])
 
     def instances(self, service: str, timeout: float = 0.0) -> tuple[Instance, ...]:
         return self._watches[service].instances(timeout)

@@ -25,10 +25,10 @@ import logging
 import multiprocessing
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
-from . import registry
+from . import registration
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class _Master:
     def __init__(self, server, settings: Settings):
         self._settings = settings
         self._intake = intake()  # before the first worker forks
-        self._keeper = registry.RegistrationKeeper(settings)
+        self._keeper = registration.RegistrationKeeper(settings)
         self._left = False
         self._graceful_stop = server.handle_term
         self._quick_stops = {"INT": server.handle_int, "QUIT": server.handle_quit}
@@ -118,7 +118,7 @@ class _Master:
 
     def start(self, server) -> None:
         # One try here, so a missing agent never holds up the boot; the keeper retries with backoff.
-        if not registry.register(self._settings, attempts=1):
+        if not registration.register(self._settings):
             log.error("not registered with Consul at %s yet; retrying in the background", self._settings.consul.url)
         self._keeper.start()
         # gunicorn has no hooks around its signals; the arbiter looks up handle_<signal> on itself and calls
@@ -138,7 +138,7 @@ class _Master:
             log.warning("a take from the queue did not end within %.0f s (a worker busy, or killed while taking); "
                         "leaving Consul anyway", INTAKE_CLOSE_TIMEOUT)
         self._keeper.stop()
-        registry.deregister(self._settings)
+        registration.deregister(self._settings)
 
     def _handle_term(self) -> None:
         log.info("SIGTERM: leaving Consul, draining for %.1f s before the workers stop", self._settings.drain_seconds)
@@ -212,11 +212,23 @@ def post_worker_init(worker) -> None:
 def worker_exit(server, worker) -> None:
     """Close what the app opened in this worker (Hazelcast client, consumer thread, watches)."""
     app = getattr(worker, "wsgi", None)
-    extensions = getattr(app, "extensions", {})
-    for close in reversed(extensions.get(SHUTDOWN_KEY, [])):
-        close()
+    if app is not None:
+        close_app(app)
+
+
+def shutdown_stack(app) -> ExitStack:
+    """What the app opened, in the order it opened it; closing it runs the closes in reverse, so a thing
+    is closed before what it depends on (the consumer before the Hazelcast client it polls)."""
+    return app.extensions.setdefault(SHUTDOWN_KEY, ExitStack())
 
 
 def on_shutdown(app, close) -> None:
-    """Ask worker_exit to call `close` when this worker stops."""
-    app.extensions.setdefault(SHUTDOWN_KEY, []).append(close)
+    """Ask close_app (worker_exit, in a worker) to call `close` when the app is closed."""
+    shutdown_stack(app).callback(close)
+
+
+def close_app(app) -> None:
+    """Close what create_app opened. Once: a second call finds nothing left to close."""
+    stack = getattr(app, "extensions", {}).get(SHUTDOWN_KEY)
+    if stack is not None:
+        stack.close()

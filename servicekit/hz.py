@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-import random
 import threading
+import time
 
 import hazelcast
-from hazelcast import reactor
 from hazelcast.errors import HazelcastError
 from hazelcast.lifecycle import LifecycleState
 
-from . import kvconfig
+from tenacity import RetryCallState
+
+from . import hazelcast_reactor_fix, kvconfig
+from .background import BackgroundLoop
 from .consul_client import make_consul
-from .discovery import DiscoveryError
-from .registry import CONSUL_ERRORS
+from .errors import CONSUL_ERRORS, DiscoveryError, HazelcastUnavailable
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,38 +27,10 @@ INVOCATION_TIMEOUT = 5.0
 RETRY_MAX_BACKOFF = 2.0
 # While not connected, say so at this interval: a silent retry loop looks like a hang in the log.
 WAITING_LOG_INTERVAL = 10.0
-
-
-def _drain_then_clear(waker) -> None:
-    """`_PipedWaker.handle_read` of hazelcast-python-client (5.5.0 to 5.7.0 at least), in the order that
-    loses no wakeup.
-
-    The client's reactor thread sleeps in poll() for up to 10 ms unless a caller wakes it through a
-    pipe; `wake()` writes a byte only while `awake` is False. The original handler clears `awake` first
-    and drains the pipe second: a wake() landing in between writes a byte that the drain swallows,
-    leaving `awake` True over an empty pipe. From then on no call wakes the reactor, and every
-    Hazelcast operation waits out the 10 ms poll timeout: after the first burst of concurrent requests,
-    a logging_svc POST went from 2 ms to 11 ms for good (docs/BENCHMARKS.md). Draining first and
-    clearing second can only cost a spurious wakeup.
-    """
-    try:
-        while len(os.read(waker._read_fd, 4096)) == 4096:
-            pass
-    except OSError:
-        pass
-    waker.awake = False
-
-
-# The handler as the client ships it, kept so tests can compare against it after the fix is applied.
-SHIPPED_HANDLE_READ = reactor._PipedWaker.handle_read
-
-
-def fix_lost_reactor_wakeup() -> None:
-    reactor._PipedWaker.handle_read = _drain_then_clear
-
-
-class HazelcastUnavailable(RuntimeError):
-    """The worker is not connected to the Hazelcast cluster (yet, or any more)."""
+# How often the connect thread looks at the connection while it waits, so that close() ends it at once.
+_WAITING_POLL = 0.5
+# What reading the settings from Consul may raise; each is retried with the shared backoff.
+_CONFIG_ERRORS = (DiscoveryError, kvconfig.ConfigError, *CONSUL_ERRORS)
 
 
 class Hazelcast:
@@ -70,14 +42,16 @@ class Hazelcast:
 
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._stop = threading.Event()
         self._connected = threading.Event()
         self._client: hazelcast.HazelcastClient | None = None
         self.config: kvconfig.SharedConfig | None = None
-        self._thread = threading.Thread(target=self._connect, name="hazelcast-connect", daemon=True)
+        self._loop = BackgroundLoop("hazelcast-connect", self._connect_step)
+        self._read_config = self._loop.retrying(_CONFIG_ERRORS, on_retry=self._config_not_yet)
+        self._waiting_since = 0.0
+        self._next_report = WAITING_LOG_INTERVAL
 
     def start(self) -> "Hazelcast":
-        self._thread.start()
+        self._loop.start()
         return self
 
     @property
@@ -87,17 +61,10 @@ class Hazelcast:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def _load_config(self) -> kvconfig.SharedConfig | None:
-        consul = make_consul(self._settings)
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                return kvconfig.load(consul)
-            except (DiscoveryError, kvconfig.ConfigError, *CONSUL_ERRORS) as exc:
-                log.warning("cannot read the Hazelcast settings from Consul yet: %s", exc)
-                self._stop.wait(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 3.0)
-        return None
+    @staticmethod
+    def _config_not_yet(retry_state: RetryCallState) -> None:
+        assert retry_state.outcome is not None
+        log.warning("cannot read the Hazelcast settings from Consul yet: %s", retry_state.outcome.exception())
 
     def _on_state(self, state: str) -> None:
         if state == LifecycleState.CONNECTED:
@@ -108,53 +75,60 @@ class Hazelcast:
                 log.warning("Hazelcast client is %s", state.lower())
             self._connected.clear()
 
-    def _connect(self) -> None:
-        config = self._load_config()
-        if config is None:
-            return
-        self.config = config
-        fix_lost_reactor_wakeup()
-        log.info("connecting to Hazelcast cluster %r at %s", config.cluster_name, ", ".join(config.members))
-        # async_start returns at once and keeps trying in the background; reconnect_mode ON (the
-        # default) brings the client back after the cluster was gone. Backup acks go through the
-        # member, as in non-smart clients: acked to the client directly, the first write of a new
-        # client waited the whole backup timeout (5 s) for an ack whose listener was not registered
-        # yet. The member still answers only after the synchronous backup is written.
-        self._client = hazelcast.HazelcastClient(
-            cluster_name=config.cluster_name,
-            cluster_members=list(config.members),
-            async_start=True,
-            invocation_timeout=INVOCATION_TIMEOUT,
-            backup_ack_to_client_enabled=False,
-            retry_max_backoff=RETRY_MAX_BACKOFF,
-            lifecycle_listeners=[self._on_state],
-        )
-        self._report_while_waiting(config)
-
-    def _report_while_waiting(self, config: kvconfig.SharedConfig) -> None:
-        waited = 0.0
-        while not self._stop.is_set() and not self._connected.wait(WAITING_LOG_INTERVAL):
-            waited += WAITING_LOG_INTERVAL
+    def _connect_step(self) -> bool | None:
+        """Read the settings, build the client, then say so while it is not connected; False once done."""
+        if self.config is None:
+            self.config = self._read_config(kvconfig.load, make_consul(self._settings.consul))
+        config = self.config
+        if self._client is None:
+            if self._loop.stopping:
+                return False
+            # Before the client starts its reactor thread (see the module).
+            hazelcast_reactor_fix.apply()
+            log.info("connecting to Hazelcast cluster %r at %s", config.cluster_name, ", ".join(config.members))
+            # async_start returns at once and keeps trying in the background; reconnect_mode ON (the
+            # default) brings the client back after the cluster was gone. Backup acks go through the
+            # member, as in non-smart clients: acked to the client directly, the first write of a new
+            # client waited the whole backup timeout (5 s) for an ack whose listener was not registered
+            # yet. The member still answers only after the synchronous backup is written.
+            self._client = hazelcast.HazelcastClient(
+                cluster_name=config.cluster_name,
+                cluster_members=list(config.members),
+                async_start=True,
+                invocation_timeout=INVOCATION_TIMEOUT,
+                backup_ack_to_client_enabled=False,
+                retry_max_backoff=RETRY_MAX_BACKOFF,
+                lifecycle_listeners=[self._on_state],
+            )
+            self._waiting_since = time.monotonic()
+        if self._connected.is_set() or self._loop.wait(_WAITING_POLL):
+            return False
+        if time.monotonic() - self._waiting_since >= self._next_report:
             log.warning(
                 "not connected to Hazelcast cluster %r at %s after %.0f s; /health answers 503, still trying",
-                config.cluster_name, ", ".join(config.members), waited,
+                config.cluster_name, ", ".join(config.members), self._next_report,
             )
+            self._next_report += WAITING_LOG_INTERVAL
+        return None
 
-    def _ready_client(self) -> hazelcast.HazelcastClient:
-        if self._client is None or not self._connected.is_set():
+    def _ready(self) -> tuple[hazelcast.HazelcastClient, kvconfig.SharedConfig]:
+        # No config yet means Consul KV could not be read: as unavailable as a cluster that is down.
+        if self._client is None or self.config is None or not self._connected.is_set():
             raise HazelcastUnavailable("not connected to the Hazelcast cluster")
-        return self._client
+        return self._client, self.config
 
     def map(self):
-        assert self.config is not None
-        return self._ready_client().get_map(self.config.map_name).blocking()
+        client, config = self._ready()
+        return client.get_map(config.map_name).blocking()
 
     def queue(self):
-        assert self.config is not None
-        return self._ready_client().get_queue(self.config.queue_name).blocking()
+        client, config = self._ready()
+        return client.get_queue(config.queue_name).blocking()
 
     def close(self) -> None:
-        self._stop.set()
+        # The connect thread is at most inside one Consul call (bounded by its timeout) or a short wait;
+        # once it is over, no client can be built behind this one's back.
+        self._loop.stop(timeout=self._settings.consul.timeout + 1.0)
         if self._client is not None:
             try:
                 self._client.shutdown()

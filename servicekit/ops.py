@@ -1,11 +1,14 @@
-"""Operator commands behind ./scripts/up, ./scripts/status and the test fixtures.
+"""The operator commands behind ./scripts/up, ./scripts/down, ./scripts/status and the test fixtures: a thin
+command line over servicekit.hazelcast_member (the members) and servicekit.stack_status (health, ports,
+orphans).
 
     python -m servicekit.ops seed-kv
     python -m servicekit.ops hazelcast-member --port 5701
-    python -m servicekit.ops register-hazelcast 5701 5702 5703
+    python -m servicekit.ops hazelcast-services run/consul.d/hazelcast.json 5701 5702 5703
+    python -m servicekit.ops register-hazelcast 5701 5702 5703   # through the API, for an agent up did not start
     python -m servicekit.ops wait facade-service=1 logging-service=3 --timeout 120
     python -m servicekit.ops status
-    python -m servicekit.ops check-ports consul=8500 consul-dns=8600/udp logging-1=8081
+    python -m servicekit.ops check-ports consul=8500 consul-dns=8600/udp logging-8081=8081
     python -m servicekit.ops orphans --stop          # programs of a supervisord that died
     python -m servicekit.ops write-env run/programs.env
     python -m servicekit.ops --env-file run/programs.env exec gunicorn -c facade/gunicorn.conf.py
@@ -15,48 +18,38 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
-import signal
-import socket
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import consul
 import psutil
 
-from . import kvconfig
+from . import hazelcast_member, kvconfig, stack
 from .consul_client import make_consul
-from .registry import CONSUL_ERRORS
-from .settings import ConsulAddress, Settings, SettingsError
+from .errors import CONSUL_ERRORS
+from .settings import ConsulAddress, ConsulSettings, SettingsError
+from .stack_status import (
+    PortUse,
+    describe,
+    orphan_processes,
+    port_holders,
+    port_is_free,
+    service_health,
+    stack_processes,
+    status_table,
+    stop_processes,
+    wait_passing,
+)
 
 log = logging.getLogger("servicekit.ops")
 
-ROOT = Path(__file__).resolve().parent.parent
-MEMBER_CONFIG = ROOT / "conf" / "hazelcast.xml"
-HAZELCAST_VERSION = "5.5.0"
-DEFAULT_JAR = ROOT / ".tools" / "hazelcast" / f"hazelcast-{HAZELCAST_VERSION}.jar"
-# Small heaps: three members share a 2-core machine with six gunicorn masters and their workers.
-JAVA_OPTS = ["-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
-# Java 17 needs these opens for Hazelcast's optimised paths; without them it logs warnings at boot.
-JAVA_MODULE_OPTS = [
-    "--add-modules", "java.se",
-    "--add-exports", "java.base/jdk.internal.ref=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
-    "--add-opens", "java.management/sun.management=ALL-UNNAMED",
-    "--add-opens", "jdk.management/com.sun.management.internal=ALL-UNNAMED",
-]
 
-
-def _settings() -> Settings:
-    # Only the Consul address, token and timeout matter to these commands.
-    return Settings.from_env("ops", 1)
+def _settings() -> ConsulSettings:
+    return ConsulSettings.from_env()
 
 
 def _client() -> consul.Consul:
@@ -72,83 +65,30 @@ def seed_kv(args: argparse.Namespace) -> int:
     return 0
 
 
-def hazelcast_member_command(port: int, cluster_name: str, members: str, jar: Path) -> list[str]:
-    return [
-        "java", *JAVA_OPTS, *JAVA_MODULE_OPTS,
-        f"-Dhazelcast.config={MEMBER_CONFIG}",
-        f"-Dhz.cluster.name={cluster_name}",
-        f"-Dhz.port={port}",
-        f"-Dhz.members={members}",
-        "-Dhazelcast.phone.home.enabled=false",
-        "-cp", str(jar),
-        "com.hazelcast.core.server.HazelcastMemberStarter",
-    ]
-
-
-def hazelcast_member(args: argparse.Namespace) -> int:
+def hazelcast_member_cmd(args: argparse.Namespace) -> int:
     """Start one member with the cluster name and join list from Consul KV, replacing this process."""
-    client = _client()
-    cluster_name = kvconfig.get_value(client, kvconfig.KEY_CLUSTER_NAME)
-    members = kvconfig.get_value(client, kvconfig.KEY_MEMBERS)
-    jar = Path(os.environ.get("HAZELCAST_JAR") or DEFAULT_JAR)
-    if not jar.is_file():
-        log.error("no Hazelcast jar at %s: run ./scripts/install", jar)
-        return 1
-    command = hazelcast_member_command(args.port, cluster_name, members, jar)
-    log.info("starting Hazelcast member on 127.0.0.1:%d in cluster %r", args.port, cluster_name)
-    os.execvp(command[0], command)
+    return hazelcast_member.exec_member(_client(), args.port)
 
 
-def register_hazelcast(args: argparse.Namespace) -> int:
-    client = _client()
-    host = socket.gethostname()
-    for port in args.ports:
-        client.agent.service.register(
-            kvconfig.HAZELCAST_SERVICE,
-            service_id=f"{kvconfig.HAZELCAST_SERVICE}-{host}-{port}",
-            address="127.0.0.1",
-            port=port,
-            meta={"version": HAZELCAST_VERSION},
-            check=consul.Check.tcp("127.0.0.1", port, interval="2s", timeout="1s", deregister="1m"),
-        )
-    log.info("registered Hazelcast members on ports %s", ", ".join(map(str, args.ports)))
+def hazelcast_services(args: argparse.Namespace) -> int:
+    hazelcast_member.write_service_definitions(Path(args.path), args.ports)
     return 0
 
 
-def aggregate_status(statuses: set[str]) -> str:
-    """Consul's rule: the worst of an instance's checks is its health."""
-    return next((s for s in ("critical", "warning") if s in statuses), "passing")
-
-
-def service_health(client: consul.Consul) -> dict[str, list[tuple[str, str, str]]]:
-    """service -> [(instance id, address:port, aggregate status)] from the agent's catalog."""
-    _, services = client.catalog.services()
-    table: dict[str, list[tuple[str, str, str]]] = {}
-    for name in sorted(services):
-        if name == "consul":
-            continue
-        _, entries = client.health.service(name)
-        rows = []
-        for entry in entries:
-            statuses = {c["Status"] for c in entry["Checks"]}
-            status = aggregate_status(statuses)
-            svc = entry["Service"]
-            rows.append((svc["ID"], f"{svc['Address'] or entry['Node']['Address']}:{svc['Port']}", status))
-        table[name] = sorted(rows)
-    return table
+def register_hazelcast(args: argparse.Namespace) -> int:
+    hazelcast_member.register(_client(), args.ports)
+    log.info("registered Hazelcast members on ports %s", ", ".join(map(str, args.ports)))
+    return 0
 
 
 def status(args: argparse.Namespace) -> int:
     try:
         table = service_health(_client())
     except CONSUL_ERRORS as exc:
-        log.error("Consul at %s does not answer: %s", _settings().consul.url, exc)
+        log.error("Consul at %s does not answer: %s", _settings().url, exc)
         return 1
-    rows = [(name, *row) for name, entries in table.items() for row in entries]
-    header = ("SERVICE", "INSTANCE", "ADDRESS", "HEALTH")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        sys.stdout.write("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+    for line in status_table(table):
+        sys.stdout.write(line + "\n")
     return 0
 
 
@@ -158,32 +98,12 @@ def wait(args: argparse.Namespace) -> int:
     for spec in args.expect:
         name, _, count = spec.partition("=")
         expected[name] = int(count or 1)
-    client = _client()
-    deadline = time.monotonic() + args.timeout
-    last = ""
-    while True:
-        try:
-            table = service_health(client)
-        except CONSUL_ERRORS:
-            table = {}
-        parts = []
-        done = True
-        for name, count in expected.items():
-            rows = table.get(name, [])
-            passing = sum(1 for r in rows if r[2] == "passing")
-            done &= passing >= count and passing == len(rows)
-            parts.append(f"{name} {passing}/{count}")
-        line = "passing: " + ", ".join(parts)
-        if line != last:
-            sys.stdout.write(f"  {line}\n")
-            sys.stdout.flush()
-            last = line
-        if done:
-            return 0
-        if time.monotonic() > deadline:
-            sys.stdout.write(f"  gave up after {args.timeout:.0f} s\n")
-            return 1
-        time.sleep(0.5)
+
+    def progress(line: str) -> None:
+        sys.stdout.write(f"  {line}\n")
+        sys.stdout.flush()
+
+    return 0 if wait_passing(_client(), expected, args.timeout, progress) else 1
 
 
 def consul_addr(args: argparse.Namespace) -> int:
@@ -225,61 +145,6 @@ def exec_command(args: argparse.Namespace) -> int:
     os.execvp(args.command[0], args.command)
 
 
-@dataclass(frozen=True)
-class PortUse:
-    name: str
-    port: int
-    kind: int = socket.SOCK_STREAM
-
-    @classmethod
-    def parse(cls, spec: str) -> "PortUse":
-        """`name=port` (TCP) or `name=port/udp`."""
-        name, _, rest = spec.partition("=")
-        port, _, proto = rest.partition("/")
-        return cls(name, int(port), socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
-
-    @property
-    def label(self) -> str:
-        return f"{self.port}{'/udp' if self.kind == socket.SOCK_DGRAM else ''} ({self.name})"
-
-
-def port_is_free(use: PortUse, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, use.kind) as s:
-        if use.kind == socket.SOCK_STREAM:
-            # As the servers bind: a port whose last connection is in TIME_WAIT is free to them.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, use.port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-def _describe(pid: int, width: int = 100) -> str:
-    try:
-        proc = psutil.Process(pid)
-        command = " ".join(" ".join(proc.cmdline()).split()) or proc.name()
-    except psutil.Error:
-        return f"pid {pid}"
-    return f"pid {pid} ({command if len(command) <= width else command[: width - 3] + '...'})"
-
-
-def port_holders(use: PortUse) -> list[str]:
-    """The processes bound to the port, as `pid N (command)`; empty when this user cannot see them."""
-    try:
-        sockets = psutil.net_connections(kind="tcp" if use.kind == socket.SOCK_STREAM else "udp")
-    except psutil.AccessDenied:
-        return []
-    pids = {
-        c.pid
-        for c in sockets
-        if c.pid and c.laddr and c.laddr.port == use.port
-        and (use.kind == socket.SOCK_DGRAM or c.status == psutil.CONN_LISTEN)
-    }
-    return [_describe(pid) for pid in sorted(pids)]
-
 
 def check_ports(args: argparse.Namespace) -> int:
     """Exit 1, naming each taken port and its holder, when any of the ports is taken."""
@@ -295,95 +160,8 @@ def check_ports(args: argparse.Namespace) -> int:
 
 
 def _run_dir() -> Path:
-    return Path(os.environ.get("STACK_RUN_DIR") or ROOT / "run")
+    return Path(os.environ.get("STACK_RUN_DIR") or stack.ROOT / "run")
 
-
-def live_supervisord(run_dir: Path) -> int | None:
-    """The pid of this run directory's supervisord, when it is alive."""
-    try:
-        pid = int((run_dir / "supervisord.pid").read_text().strip())
-        alive = any("supervisord" in part for part in psutil.Process(pid).cmdline())
-    except (OSError, ValueError, psutil.Error):
-        return None
-    return pid if alive else None
-
-
-def stack_processes(run_dir: Path) -> list:
-    """Every live process a supervisord of this run directory started, workers included. supervisord
-    writes its own socket into each program's environment (SUPERVISOR_SERVER_URL), and it outlives
-    supervisord: this finds the programs of a supervisord that was killed, and nothing else."""
-    socket_path = os.path.realpath(run_dir / "supervisord.sock")
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            url = proc.environ().get("SUPERVISOR_SERVER_URL", "")
-            if (
-                url.startswith("unix://")
-                and os.path.realpath(url.removeprefix("unix://")) == socket_path
-                and proc.status() != psutil.STATUS_ZOMBIE
-            ):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def orphan_processes(run_dir: Path) -> list:
-    """The stack's processes that no live supervisord of this run directory looks after."""
-    keeper = live_supervisord(run_dir)
-    orphans = []
-    for proc in stack_processes(run_dir):
-        try:
-            if keeper is None or keeper not in {p.pid for p in proc.parents()}:
-                orphans.append(proc)
-        except psutil.Error:
-            continue
-    return orphans
-
-
-# Orphans stop in the order ./scripts/down uses (services leave a Consul that still answers), with
-# each program's stop signal and a little more than its stopwaitsecs in scripts/supervisord.conf.
-STOP_ORDER = (("services", signal.SIGTERM, 20.0), ("hazelcast", signal.SIGTERM, 25.0), ("consul", signal.SIGINT, 15.0))
-
-
-def _gone(proc) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def stop_processes(procs: list) -> None:
-    """Stop each program's first process with its signal, wait, then kill what is left."""
-    groups: dict[str, list] = {}
-    for proc in procs:
-        try:
-            groups.setdefault(proc.environ().get("SUPERVISOR_GROUP_NAME", ""), []).append(proc)
-        except psutil.Error:
-            continue
-    known = {name for name, _, _ in STOP_ORDER}
-    order = [*STOP_ORDER, *((name, signal.SIGTERM, 15.0) for name in sorted(set(groups) - known))]
-    for group, sig, timeout in order:
-        members = groups.get(group, [])
-        pids = {p.pid for p in members}
-        for proc in members:
-            try:
-                if proc.ppid() in pids:
-                    continue  # a gunicorn worker: its master stops it
-                log.info("stopping %s, %s", proc.environ().get("SUPERVISOR_PROCESS_NAME", "?"), _describe(proc.pid))
-                proc.send_signal(sig)
-            except psutil.Error:
-                continue
-        deadline = time.monotonic() + timeout
-        while not all(map(_gone, members)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for proc in members:
-            if not _gone(proc):
-                log.warning("killing %s: still running %.0f s after %s", _describe(proc.pid), timeout, sig.name)
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
 
 
 def orphans(args: argparse.Namespace) -> int:
@@ -392,14 +170,14 @@ def orphans(args: argparse.Namespace) -> int:
         return 0
     if not args.stop:
         for proc in found:
-            sys.stdout.write(f"{_describe(proc.pid)}\n")
+            sys.stdout.write(f"{describe(proc.pid)}\n")
         return 0
     log.info("stopping %d processes that a supervisord of %s started and no longer looks after",
              len(found), _run_dir())
     stop_processes(found)
     left = orphan_processes(_run_dir())
     if left:
-        log.error("still running: %s", ", ".join(_describe(p.pid) for p in left))
+        log.error("still running: %s", ", ".join(describe(p.pid) for p in left))
         return 1
     return 0
 
@@ -434,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     seed.set_defaults(func=seed_kv)
     member = sub.add_parser("hazelcast-member", help="run one Hazelcast member configured from Consul KV")
     member.add_argument("--port", type=int, required=True)
-    member.set_defaults(func=hazelcast_member)
+    member.set_defaults(func=hazelcast_member_cmd)
+    defs = sub.add_parser("hazelcast-services", help="write the members as a Consul agent config file")
+    defs.add_argument("path")
+    defs.add_argument("ports", type=int, nargs="+")
+    defs.set_defaults(func=hazelcast_services)
     reg = sub.add_parser("register-hazelcast", help="register Hazelcast members with a TCP check")
     reg.add_argument("ports", type=int, nargs="+")
     reg.set_defaults(func=register_hazelcast)
@@ -475,3 +257,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

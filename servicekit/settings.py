@@ -103,6 +103,12 @@ def forwarded_body_bytes(max_message_chars: int) -> int:
     return 12 * max_message_chars + _ENVELOPE_BYTES
 
 
+def instance_id(service_name: str, port: int, host: str | None = None) -> str:
+    """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`.
+    Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
+    return f"{service_name}-{host or socket.gethostname()}-{port}"
+
+
 @dataclass(frozen=True)
 class ConsulAddress:
     scheme: str
@@ -127,14 +133,35 @@ class ConsulAddress:
 
 
 @dataclass(frozen=True)
+class ConsulSettings:
+    """How to reach the local Consul agent: all a tool needs, without a service name or port of its own."""
+
+    address: ConsulAddress = ConsulAddress("http", "127.0.0.1", 8500)
+    token: str | None = field(default=None, repr=False)
+    # Every Consul call is bounded: an agent that stops answering must not hang a request or a boot.
+    timeout: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ConsulSettings":
+        """Consul's own variable names (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN), plus CONSUL_TIMEOUT."""
+        env = os.environ if env is None else env
+        return cls(
+            address=ConsulAddress.parse(env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"),
+            token=env.get("CONSUL_HTTP_TOKEN") or None,
+            timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
+        )
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+
+@dataclass(frozen=True)
 class Settings:
     service_name: str
     port: int
     host: str = "127.0.0.1"
-    consul: ConsulAddress = field(default_factory=lambda: ConsulAddress("http", "127.0.0.1", 8500))
-    consul_token: str | None = field(default=None, repr=False)
-    # Every Consul call is bounded: an agent that stops answering must not hang a request or a boot.
-    consul_timeout: float = 2.0
+    consul: ConsulSettings = field(default_factory=ConsulSettings)
     # Connect and read timeouts for calls between services.
     connect_timeout: float = 0.5
     read_timeout: float = 3.0
@@ -172,9 +199,7 @@ class Settings:
             service_name=service_name,
             port=_int(env, "PORT", default_port, minimum=1),
             host=_service_host(env),
-            consul=ConsulAddress.parse(env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"),
-            consul_token=env.get("CONSUL_HTTP_TOKEN") or None,
-            consul_timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
+            consul=ConsulSettings.from_env(env),
             connect_timeout=_float(env, "HTTP_CONNECT_TIMEOUT", 0.5),
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
             request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
@@ -196,5 +221,4 @@ class Settings:
 
     @property
     def instance_id(self) -> str:
-        """Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
-        return f"{self.service_name}-{socket.gethostname()}-{self.port}"
+        return instance_id(self.service_name, self.port)

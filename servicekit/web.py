@@ -11,7 +11,7 @@ from flask import Flask, Request, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMediaType
 
-from .hz import HazelcastUnavailable
+from .errors import HazelcastUnavailable
 from .settings import Settings, host_name
 
 log = logging.getLogger(__name__)

@@ -28,13 +28,15 @@ a thread never waits for a client:
 In production the usual answer to slow clients is a buffering reverse proxy in front (nginx reads whole
 requests before it passes them on, and takes the answers as fast as the app writes them), which would make
 this worker unnecessary; the services here are reached directly, so their workers do that part themselves.
-gevent, the usual in-process answer, is no option: the Hazelcast client's reactor does not run under its
-monkey patching (hazelcast-python-client issue 205). The loop reads the raw socket, so this serves plain
-HTTP/1.x only (TLS or HTTP/2 would have to end in front).
+gevent, the usual in-process answer, was not chosen: its monkey patching replaces the threads and sockets the
+Hazelcast client's reactor runs on (hazelcast-python-client issue 205 reports the client hanging under
+eventlet, which patches the same way; gevent itself was not tried). The loop reads the raw socket, so this
+serves plain HTTP/1.x only (TLS or HTTP/2 would have to end in front).
 
 The worker overrides gthread's accept, on_client_socket_readable, finish_request and murder_pending and
-uses its TConn and pending_conns: it was written against GUNICORN_VERSION, and a unit test fails when the
-installed gunicorn is another one. Use it with worker_class = "servicekit.workers.BufferingThreadWorker".
+uses internals listed in GUNICORN_NAMES: it was read against gunicorn GUNICORN_MAJOR (27.0.1), and
+tests/unit/test_workers.py fails when the installed gunicorn has another major version or lacks one of those
+names. Use it with worker_class = "servicekit.workers.BufferingThreadWorker".
 """
 
 from __future__ import annotations
@@ -58,8 +60,25 @@ from .settings import max_body_bytes_from_env
 
 log = logging.getLogger(__name__)
 
-# The gthread worker this module's overrides were read against.
-GUNICORN_VERSION = "27.0.1"
+# The gunicorn major version this module's overrides were read against (27.0.1), and what of gunicorn's
+# internals they use: modules and their names (a class's methods as "Class.method"), then the attributes
+# gunicorn sets on instances (in __init__ or init_process) that the overrides read or change.
+GUNICORN_MAJOR = 27
+GUNICORN_NAMES = {
+    "gunicorn.http.errors": ("NoMoreData",),
+    "gunicorn.http.message": ("Request",),
+    "gunicorn.http.unreader": ("IterUnreader", "IterUnreader.unread", "IterUnreader.take_buffered"),
+    "gunicorn.workers.gthread": (
+        "TConn", "TConn.init", "TConn.close",
+        "ThreadWorker", "ThreadWorker.accept", "ThreadWorker.on_client_socket_readable",
+        "ThreadWorker.finish_request", "ThreadWorker.murder_pending", "ThreadWorker.enqueue_req",
+    ),
+}
+GUNICORN_INSTANCE_ATTRIBUTES = {
+    "gunicorn.http.message.Message": ("unreader", "version", "headers"),
+    "gunicorn.workers.gthread.TConn": ("cfg", "sock", "client", "timeout", "parser", "data_ready"),
+    "gunicorn.workers.gthread.ThreadWorker": ("poller", "keepalived_conns", "pending_conns", "nr_conns"),
+}
 # Seconds a client has to send a whole request, and for each read or write a thread does on its socket.
 CLIENT_TIMEOUT = 5.0
 # A head (request line and headers) longer than this is answered 431. gunicorn's own bound is far larger

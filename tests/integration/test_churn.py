@@ -16,7 +16,7 @@ import requests
 from devstack import Load, Stack, eventually, passing_to_first_request, record, wait_passing
 from servicekit.consul_client import make_consul
 from servicekit.discovery import ServiceWatch
-from servicekit.settings import Settings
+from servicekit.settings import ConsulSettings
 
 TIMEOUT = 10
 CHECK_INTERVAL = 1.0  # servicekit.settings.Settings.check_interval
@@ -72,7 +72,7 @@ def test_rolling_restart_of_every_service_loses_no_request(own_stack):
     stack = own_stack(logging=3, messages=2, facades=2)
     # The load finds the facades through Consul too, as a client of such a system would, on a fresh
     # connection per request, so a facade that left Consul gets no new request.
-    watch = ServiceWatch(make_consul(Settings.from_env("load", 1, env={"CONSUL_HTTP_ADDR": stack.agent.addr})),
+    watch = ServiceWatch(make_consul(ConsulSettings.from_env(env={"CONSUL_HTTP_ADDR": stack.agent.addr})),
                          "facade-service", wait="5s").start()
     client = stack.agent.client()
     sent_at: dict[str, float] = {}

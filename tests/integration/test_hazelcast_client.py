@@ -1,8 +1,8 @@
 """The services' Hazelcast client, on the real cluster, answers at loopback speed after a burst of
-concurrent calls: the reactor fix in servicekit.hz is applied on the path the services use.
+concurrent calls: the reactor fix (servicekit.hazelcast_reactor_fix) is applied on the path the services use.
 
 Without it, the first burst leaves the client's reactor marked awake over an empty pipe, and from then
-on every call waits out the reactor's 10 ms poll (see `_drain_then_clear` in servicekit.hz).
+on every call waits out the reactor's 10 ms poll (see `_drain_then_clear` in servicekit.hazelcast_reactor_fix).
 """
 
 from __future__ import annotations

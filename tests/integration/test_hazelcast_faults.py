@@ -9,7 +9,6 @@ docs/RELIABILITY.md.
 from __future__ import annotations
 
 import collections
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ import requests
 
 from devstack import ConsulAgent, HazelcastCluster, Load, Outcome, Service, Stack, eventually, record, running_stack
 from devstack import start_service, wait_passing
+
+from servicekit import queue_item
 from servicekit.hz import WAITING_LOG_INTERVAL
 
 TIMEOUT = 10
@@ -137,7 +138,7 @@ def test_killing_a_member_under_load_loses_no_acknowledged_message(faults, log_d
 
     def consumed_exactly_once():
         counts = collections.Counter(m for s in faults.messages for m in held_by(s) if m in acked)
-        queued = [json.loads(item)["msg"] for item in faults.queue().iterator()]
+        queued = [queue_item.decode(item) for item in faults.queue().iterator()]
         assert set(counts) == acked, (
             f"{sorted(acked - set(counts))} acknowledged messages not consumed yet; queued: {queued[:5]}"
         )

@@ -20,25 +20,29 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import consul
 import psutil
 import pytest
 import requests
 
 from devstack import ROOT, consul_binary, eventually, record
-from servicekit import ops
+from servicekit import hazelcast_member, stack, stack_status
+from servicekit.stack_status import PortUse, port_is_free
 
 SCRIPTS = ROOT / "scripts"
-DEFAULT_PORTS = [8080, 8081, 8082, 8083, 8084, 8085, 5701, 5702, 5703, 8300, 8301, 8302, 8500, 8502, 8600]
-UDP_PORTS = [8301, 8302, 8600]
+PROGRAM_PORTS = {program: stack.ports(program) for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")}
+CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER", "SERF_LAN", "SERF_WAN", "GRPC", "DNS")]
+DEFAULT_PORTS = [port for ports in PROGRAM_PORTS.values() for port in ports] + CONSUL_PORTS
+UDP_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("SERF_LAN", "SERF_WAN", "DNS")]
 
 
 def free_offset() -> int:
     """An offset that puts every port of the stack on a free port between 12701 and 31602."""
     for _ in range(200):
         offset = random.randrange(7000, 23000)
-        uses = [ops.PortUse("p", p + offset) for p in DEFAULT_PORTS]
-        uses += [ops.PortUse("p", p + offset, socket.SOCK_DGRAM) for p in UDP_PORTS]
-        if all(ops.port_is_free(use) for use in uses):
+        uses = [PortUse("p", p + offset) for p in DEFAULT_PORTS]
+        uses += [PortUse("p", p + offset, socket.SOCK_DGRAM) for p in UDP_PORTS]
+        if all(port_is_free(use) for use in uses):
             return offset
     raise RuntimeError("no free port offset found")
 
@@ -61,7 +65,7 @@ class StackDirs:
 
     @property
     def consul_port(self) -> int:
-        return 8500 + self.offset
+        return self.port(stack.port("CONSUL_HTTP_PORT"))
 
     def port(self, default: int) -> int:
         return default + self.offset
@@ -86,10 +90,10 @@ class StackDirs:
         )
 
     def processes(self) -> list[psutil.Process]:
-        return ops.stack_processes(self.run_dir)
+        return stack_status.stack_processes(self.run_dir)
 
     def supervisord(self) -> int | None:
-        return ops.live_supervisord(self.run_dir)
+        return stack_status.live_supervisord(self.run_dir)
 
     def kill_everything(self) -> None:
         """The last resort of a fixture: whatever this stack still runs dies, supervisord first."""
@@ -119,7 +123,7 @@ def stack_dirs(tmp_path):
 
 
 def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir):
-    port = stack_dirs.port(8082)
+    port = stack_dirs.port(stack.ports("LOGGING")[1])
     holder = subprocess.Popen(
         [sys.executable, "-c",
          f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
@@ -133,14 +137,14 @@ def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir
         elapsed = time.monotonic() - started
         record(log_dir, "up_reports_a_taken_port", {"seconds": round(elapsed, 2)})
         assert result.returncode != 0, output(result)
-        assert f"port {port} (logging-2) is taken by pid {holder.pid} ({sys.executable} -c" in result.stderr, \
+        assert f"port {port} (logging-{port}) is taken by pid {holder.pid} ({sys.executable} -c" in result.stderr, \
             output(result)
         assert "STACK_PORT_OFFSET" in result.stderr, output(result)
         assert elapsed < 30, f"{elapsed:.1f} s to report a taken port\n{output(result)}"
         # Nothing was started: no supervisord, no program, the agent's port still free.
         assert stack_dirs.supervisord() is None
         assert stack_dirs.processes() == []
-        assert ops.port_is_free(ops.PortUse("consul", stack_dirs.consul_port))
+        assert port_is_free(PortUse("consul", stack_dirs.consul_port))
     finally:
         holder.kill()
         holder.wait(10)
@@ -180,8 +184,10 @@ def program_pids(stack: StackDirs) -> dict[str, int]:
     return pids
 
 
-PROGRAMS = {"consul", "hazelcast-1", "hazelcast-2", "hazelcast-3", "logging-1", "logging-2", "logging-3",
-            "messages-1", "messages-2", "facade"}
+def programs(dirs: StackDirs) -> set[str]:
+    """Every process supervisord runs: the agent, and one a member or instance named by its port."""
+    return {"consul"} | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items()
+                         for port in ports}
 
 
 @pytest.mark.timeout(600)
@@ -190,11 +196,11 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
     assert f"http://127.0.0.1:{script_stack.consul_port}/ui/" in result.stdout
     leader = requests.get(f"http://127.0.0.1:{script_stack.consul_port}/v1/status/leader", timeout=5)
     assert leader.json(), leader.text
-    assert set(program_pids(script_stack)) == PROGRAMS
+    assert set(program_pids(script_stack)) == programs(script_stack)
     status = script_stack.run("status", timeout=30)
     assert status.returncode == 0, output(status)
     assert status.stdout.count("passing") == 9, status.stdout
-    facade = f"http://127.0.0.1:{script_stack.port(8080)}/facade"
+    facade = f"http://127.0.0.1:{script_stack.port(stack.port('FACADE_PORT'))}/facade"
     assert requests.post(facade, json={"msg": "through up"}, timeout=10).status_code == 201
 
 
@@ -204,13 +210,14 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
     before = program_pids(script_stack)
     result = up(script_stack, CONSUL_HTTP_TOKEN="token-b")
     after = program_pids(script_stack)
-    services = {name for name in PROGRAMS if not name.startswith(("consul", "hazelcast"))}
+    everything = programs(script_stack)
+    services = {name for name in everything if not name.startswith(("consul", "hazelcast"))}
     for name in services:
         assert after[name] != before[name], f"{name} was not restarted\n{output(result)}"
         env = psutil.Process(after[name]).environ()
         assert env.get("CONSUL_HTTP_TOKEN") == "token-b", f"{name} runs with another token"
     # The members and the agent do not use the token after they started: they keep running.
-    assert {n: after[n] for n in PROGRAMS - services} == {n: before[n] for n in PROGRAMS - services}
+    assert {n: after[n] for n in everything - services} == {n: before[n] for n in everything - services}
     # The token is not in supervisord's own environment: programs.env is its one source.
     assert "CONSUL_HTTP_TOKEN" not in psutil.Process(script_stack.supervisord()).environ()
     up(script_stack)  # back to token-a for the next test
@@ -240,7 +247,7 @@ def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_t
     supervisor = script_stack.supervisord()
     assert supervisor is not None
     after = program_pids(script_stack)
-    assert set(after) == PROGRAMS
+    assert set(after) == programs(script_stack)
     assert all(psutil.Process(pid).ppid() == supervisor for pid in after.values())
 
 
@@ -256,9 +263,30 @@ def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(sc
     assert script_stack.processes() == [], output(result)
     for name, pid in before.items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
-    assert ops.port_is_free(ops.PortUse("consul", script_stack.consul_port))
+    assert port_is_free(PortUse("consul", script_stack.consul_port))
     again = script_stack.run("down", timeout=60)
     assert "nothing is running" in again.stdout, output(again)
+
+
+@pytest.mark.timeout(600)
+def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
+    """The members are service definitions the agent loads at start: a dev agent forgets what was
+    registered through its API, not what its configuration holds."""
+    up(script_stack)
+    restart = subprocess.run(
+        ["bash", "-c", 'source scripts/lib.sh && ctl restart consul'], cwd=ROOT, env=script_stack.env(),
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert restart.returncode == 0, output(restart)
+    client = consul.Consul(host="127.0.0.1", port=script_stack.consul_port, token="", connections_timeout=5)
+    ports = [script_stack.port(p) for p in stack.ports("HAZELCAST")]
+
+    def members_passing() -> None:
+        _, entries = client.health.service("hazelcast", passing=True)
+        assert sorted(e["Service"]["Port"] for e in entries) == ports, entries
+        assert sorted(e["Service"]["ID"] for e in entries) == [f"hazelcast-{socket.gethostname()}-{p}" for p in ports]
+
+    eventually(members_passing, 30, interval=0.5, what="the Hazelcast members passing in the restarted agent")
 
 
 def _assert(condition: bool) -> None:
@@ -316,7 +344,7 @@ def test_install_installs_java_and_maven_with_apt_get_as_root(tmp_path):
 
 
 def test_install_fetches_a_truncated_hazelcast_jar_again(tmp_path):
-    real = ops.DEFAULT_JAR
+    real = hazelcast_member.DEFAULT_JAR
     jar = tmp_path / "tools" / "hazelcast" / real.name
     jar.parent.mkdir(parents=True)
     jar.write_bytes(real.read_bytes()[: real.stat().st_size // 2])

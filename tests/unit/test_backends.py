@@ -142,9 +142,9 @@ class DisconnectedHazelcast:
         raise AssertionError("a message logging_svc refused must not reach the queue")
 
 
-def test_the_facade_answers_a_4xx_from_logging_with_a_502_that_names_no_instance_host_or_port():
+def test_the_facade_answers_a_4xx_from_logging_with_a_502_that_names_no_instance_host_or_port(closing):
     settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
-    app = create_app(settings, hz=DisconnectedHazelcast())
+    app = closing(create_app(settings, hz=DisconnectedHazelcast()))
     http = ScriptedHttp(p8082=response(413, {"error": "request body too large"}))
     app.extensions["backends"] = Backends(settings, FixedDiscovery(8082), session=http)
     answer = app.test_client().post("/facade", json={"msg": "hello"})

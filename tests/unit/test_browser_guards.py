@@ -60,9 +60,9 @@ def logging_client(**env: str):
     return app.test_client(), log
 
 
-def facade_client(**env: str):
+def facade_client(closing, **env: str):
     hz = RecordingHazelcast()
-    return facade.create_app(settings_for("facade-service", 8080, **env), hz=hz).test_client(), hz
+    return closing(facade.create_app(settings_for("facade-service", 8080, **env), hz=hz)).test_client(), hz
 
 
 def message_body() -> bytes:
@@ -90,8 +90,8 @@ def test_a_logging_post_that_is_not_declared_json_is_415_and_stores_nothing(cont
 
 
 @pytest.mark.parametrize("content_type", NOT_JSON)
-def test_a_facade_post_that_is_not_declared_json_is_415_and_queues_nothing(content_type):
-    client, hz = facade_client()
+def test_a_facade_post_that_is_not_declared_json_is_415_and_queues_nothing(content_type, closing):
+    client, hz = facade_client(closing)
     response = client.post("/facade", data=b'{"msg": "from a web page"}', content_type=content_type)
     assert response.status_code == 415
     assert set(response.json) == {"error"}
@@ -147,9 +147,9 @@ def test_a_foreign_host_name_writes_nothing(host):
     assert log.entries == {}
 
 
-def test_a_foreign_host_name_is_refused_by_every_service():
+def test_a_foreign_host_name_is_refused_by_every_service(closing):
     clients = [
-        facade_client()[0],
+        facade_client(closing)[0],
         logging_client()[0],
         messages_svc.create_app(settings_for("messages-service", 8084), consume=False).test_client(),
     ]

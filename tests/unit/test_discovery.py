@@ -6,6 +6,7 @@ asks again, so no test sleeps and every step is in a known order.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 
@@ -185,3 +186,14 @@ def test_the_last_instances_are_dropped_once_they_are_older_than_the_stale_limit
 def test_an_empty_service_address_means_the_node_address(consul_stub, watch):
     consul_stub.reply(("100", [entry(8081, address="")]))
     assert [i.url for i in watch.instances()] == ["http://10.0.0.1:8081"]
+
+
+def test_an_unexpected_error_in_the_watch_is_logged_and_the_watch_keeps_going(consul_stub, watch, caplog):
+    consul_stub.reply(answer(100, 8081))
+    # An answer the watch cannot read (no "Service" in the entry): not a Consul error, a surprise.
+    with caplog.at_level(logging.ERROR):
+        consul_stub.reply(("101", [{"Node": {"Address": "10.0.0.1"}}]))
+    assert any("watch-logging-service: unexpected KeyError" in r.getMessage() for r in caplog.records)
+    assert ports(watch) == [8081]
+    consul_stub.reply(answer(102, 8082))
+    assert ports(watch) == [8082]

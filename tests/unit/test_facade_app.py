@@ -6,6 +6,8 @@ import pytest
 
 from facade import create_app
 from facade.backends import Backends
+from devstack import eventually
+from servicekit.gunicorn_hooks import close_app
 from servicekit.settings import Settings
 
 
@@ -16,11 +18,13 @@ class DisconnectedHazelcast:
         raise AssertionError("bad input must not reach the queue")
 
 
+# Consul at a port nothing listens on: any call to discovery would fail the request with a 503.
+UNREACHABLE_CONSUL = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+
+
 @pytest.fixture
-def client():
-    # Consul at a port nothing listens on: any call to discovery would fail the request with a 503.
-    settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
-    return create_app(settings, hz=DisconnectedHazelcast()).test_client()
+def client(closing):
+    return closing(create_app(UNREACHABLE_CONSUL, hz=DisconnectedHazelcast())).test_client()
 
 
 @pytest.mark.parametrize(
@@ -77,3 +81,18 @@ def test_get_reads_logging_and_messages_at_the_same_time():
         assert backends.read_all() == (["logged"], "messages-service-1", ["consumed"])
     finally:
         backends.close()
+
+
+def test_a_closed_facade_app_leaves_no_thread_running():
+    before = set(threading.enumerate())
+    app = create_app(UNREACHABLE_CONSUL, hz=DisconnectedHazelcast())
+    # GET /facade also starts the executor that reads messages_svc beside logging_svc.
+    assert app.test_client().get("/facade").status_code == 503
+    started = {t.name for t in set(threading.enumerate()) - before}
+    assert {"watch-logging-service", "watch-messages-service"} <= started
+    close_app(app)
+
+    def nothing_left():
+        assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+
+    eventually(nothing_left, timeout=3, what="the app's threads end once it is closed")

@@ -38,7 +38,7 @@ def test_reliability_figures_range_over_every_recorded_run(tmp_path):
     (tmp_path / "soak-1" / "soak.json").write_text(json.dumps({"posts_failed": {"refused": 34, "503": 1}}))
     table = figures.markdown(figures.runs(tmp_path))
     assert "| member kill -9: acknowledged lost | 2 | 0 |" in table
-    assert "| member kill -9: slowest POST (s) | 2 | 0.50 to 3 |" in table
+    assert "| member kill -9: slowest POST (s) | 2 | 0.5 to 3 |" in table
     assert "| member kill -9: POSTs refused (503, never acknowledged) | 2 | 0 to 2 |" in table
     assert "| soak: POSTs not acknowledged (facade dead, member kill) | 1 | 35 |" in table
     assert "| consumer kill -9: POSTs acknowledged | 0 | not run yet |" in table

@@ -95,3 +95,12 @@ def test_health_follows_the_store(log, client):
     log.ready = False
     response = client.get("/health")
     assert response.status_code == 503 and response.json["checks"] == {"hazelcast": False}
+
+
+def test_a_post_while_consul_kv_cannot_be_read_is_a_503_not_a_traceback(closing):
+    # Consul at a port nothing listens on: the worker's client never gets its settings, so it has no map name.
+    settings = Settings.from_env("logging-service", 8081, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    app = closing(create_app(settings))
+    response = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
+    assert response.status_code == 503
+    assert response.json == {"error": "the Hazelcast cluster is unavailable"}

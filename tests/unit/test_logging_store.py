@@ -4,7 +4,7 @@ from hazelcast.core import HazelcastJsonValue
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logging_svc.store import decode, encode, ordered
+from logging_svc.store import convert_json_entry, encode, ordered
 
 
 @given(st.lists(st.tuples(st.text(), st.integers(min_value=0, max_value=10**19)), max_size=50))
@@ -16,5 +16,6 @@ def test_ordered_sorts_by_stamp_and_returns_messages_unchanged(items):
 
 def test_entries_written_as_json_before_the_string_encoding_still_read():
     old = HazelcastJsonValue({"msg": "from before", "ts": 2})
-    assert decode(old) == encode("from before", 2)
+    assert convert_json_entry(old) == encode("from before", 2)
+    assert convert_json_entry(encode("new", 3)) == encode("new", 3)
     assert ordered([encode("new", 3), old, encode("first", 1)]) == ["first", "from before", "new"]

@@ -1,17 +1,6 @@
-import json
-
 from messages_svc import create_app
-from messages_svc.consumer import MessageStore, decode
+from messages_svc.consumer import MessageStore
 from servicekit.settings import Settings
-
-
-def test_decode_takes_the_message_of_a_facade_item():
-    assert decode(json.dumps({"id": "1", "msg": "hello"})) == "hello"
-
-
-def test_decode_rejects_anything_else():
-    for item in ("", "[]", "{}", json.dumps({"msg": 1}), "not json"):
-        assert decode(item) is None
 
 
 def test_store_keeps_consumption_order():

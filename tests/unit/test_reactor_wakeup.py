@@ -1,11 +1,13 @@
-"""The Hazelcast client's reactor must never sleep through a wakeup (see servicekit.hz)."""
+"""The Hazelcast client's reactor must never sleep through a wakeup (see servicekit.hazelcast_reactor_fix)."""
 
+import logging
 import os
 import threading
 
 import pytest
 from hazelcast import reactor
 
+from servicekit import hazelcast_reactor_fix as fix
 from servicekit import hz
 from servicekit.kvconfig import SharedConfig
 from servicekit.settings import Settings
@@ -24,7 +26,7 @@ def pending(waker) -> bool:
 def waker(monkeypatch):
     # The shipped handler for each test, even when a service client in this process applied the fix
     # before: the fix must be what makes the difference.
-    monkeypatch.setattr(reactor._PipedWaker, "handle_read", hz.SHIPPED_HANDLE_READ)
+    monkeypatch.setattr(reactor._PipedWaker, "handle_read", fix.SHIPPED_HANDLE_READ)
     w = reactor._PipedWaker({})
     yield w
     w.close()
@@ -42,11 +44,11 @@ def wake_during_drain(waker, monkeypatch) -> None:
         return real_read(fd, n)
 
     monkeypatch.setattr(reactor.os, "read", read)
-    monkeypatch.setattr(hz.os, "read", read)
+    monkeypatch.setattr(fix.os, "read", read)
     waker.wake()
     waker.handle_read()
     monkeypatch.setattr(reactor.os, "read", real_read)
-    monkeypatch.setattr(hz.os, "read", real_read)
+    monkeypatch.setattr(fix.os, "read", real_read)
 
 
 def test_the_client_as_shipped_loses_a_wakeup_that_lands_during_the_drain(waker, monkeypatch):
@@ -56,12 +58,11 @@ def test_the_client_as_shipped_loses_a_wakeup_that_lands_during_the_drain(waker,
 
 
 def test_with_the_fix_a_wakeup_during_the_drain_is_kept(waker, monkeypatch):
-    hz.fix_lost_reactor_wakeup()
+    assert fix.apply()
     wake_during_drain(waker, monkeypatch)
     assert not waker.awake
     waker.wake()
     assert waker.awake and pending(waker)
-
 
 
 def test_the_path_every_service_takes_applies_the_fix(waker, monkeypatch):
@@ -86,3 +87,31 @@ def test_the_path_every_service_takes_applies_the_fix(waker, monkeypatch):
         service_hz.close()
     wake_during_drain(waker, monkeypatch)
     assert not waker.awake
+
+
+@pytest.fixture
+def unchecked(monkeypatch, waker):
+    """As in a new process: the fix neither checked nor applied yet."""
+    monkeypatch.setattr(fix, "_checked", None)
+    return waker
+
+
+def test_the_fix_is_applied_once_and_only_over_the_handler_it_replaces(unchecked):
+    assert fix.apply() and fix.applied()
+    assert fix.apply(), "a second call keeps it"
+    assert reactor._PipedWaker.handle_read is fix._drain_then_clear
+
+
+def test_another_client_version_is_a_warning_and_the_fix_still_applies(unchecked, monkeypatch, caplog):
+    monkeypatch.setattr(fix, "FIXED_VERSION", "5.4.0")
+    with caplog.at_level(logging.WARNING, logger=fix.__name__):
+        assert fix.apply()
+    assert any(r.levelno == logging.WARNING and "written for 5.4.0" in r.getMessage() for r in caplog.records)
+
+
+def test_a_changed_shipped_handler_is_an_error_and_is_left_alone(unchecked, monkeypatch, caplog):
+    monkeypatch.setattr(fix, "SHIPPED_SOURCE_SHA256", "0" * 64)
+    with caplog.at_level(logging.WARNING, logger=fix.__name__):
+        assert not fix.apply()
+    assert reactor._PipedWaker.handle_read is fix.SHIPPED_HANDLE_READ
+    assert any(r.levelno == logging.ERROR and "NOT applying" in r.getMessage() for r in caplog.records)

@@ -1,4 +1,4 @@
-"""The gunicorn master's registration keeper (servicekit/registry.py), with a stand-in for the Consul client."""
+"""The gunicorn master's registration keeper (servicekit/registration.py), with a stand-in for the Consul client."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from servicekit import registry
+from servicekit import registration
 from servicekit.settings import Settings
 
 SETTINGS = Settings.from_env("logging-service", 8081, env={})
@@ -34,8 +34,8 @@ class SlowAgent:
 @pytest.fixture
 def slow_keeper(monkeypatch):
     consul = SlowAgent()
-    monkeypatch.setattr(registry, "make_consul", lambda settings: consul)
-    keeper = registry.RegistrationKeeper(SETTINGS, interval=0.01).start()
+    monkeypatch.setattr(registration, "make_consul", lambda settings: consul)
+    keeper = registration.RegistrationKeeper(SETTINGS, interval=0.01).start()
     yield keeper, consul
     keeper.stop()
 
@@ -54,3 +54,33 @@ def test_a_fork_waits_until_the_keepers_consul_call_is_over(slow_keeper):
         assert time.monotonic() < deadline, "the forked child did not exit: its copy of the lock is held"
         time.sleep(0.01)
     assert finished_before_the_fork_returned
+
+
+class SurprisingAgent:
+    """Raises something no Consul call should raise, once; then answers that the instance is missing."""
+
+    def __init__(self):
+        self.agent = self
+        self.service = self
+        self.calls = 0
+        self.registered = threading.Event()
+
+    def services(self) -> dict:
+        self.calls += 1
+        if self.calls == 1:
+            raise TypeError("a surprise")
+        return {}
+
+    def register(self, **definition) -> None:
+        self.registered.set()
+
+
+def test_an_unexpected_error_in_the_keeper_is_logged_and_the_keeper_keeps_going(monkeypatch, caplog):
+    consul = SurprisingAgent()
+    monkeypatch.setattr(registration, "make_consul", lambda settings: consul)
+    keeper = registration.RegistrationKeeper(SETTINGS, interval=0.01).start()
+    try:
+        assert consul.registered.wait(5), "the keeper died with its first surprise"
+    finally:
+        keeper.stop()
+    assert any("registration-keeper: unexpected TypeError" in r.getMessage() for r in caplog.records)

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from facade import create_app
+from servicekit.gunicorn_hooks import close_app
 from servicekit.settings import Settings, SettingsError, forwarded_body_bytes
 from servicekit.web import MAX_JSON_DEPTH, BadInput, configure_app, nesting_exceeds, read_json_object, require_message
 
@@ -134,8 +135,12 @@ def test_the_facade_answers_bad_input_with_400_and_queues_nothing(body):
     hz = RecordingHazelcast()
     # Consul on a port nothing listens on: a valid message gets as far as discovery, and a 503.
     app_settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
-    client = create_app(app_settings, hz=hz).test_client()
-    response = client.post("/facade", data=body, content_type="application/json")
+    # Closed in each example: a function-scoped fixture would close them only after every example ran.
+    app = create_app(app_settings, hz=hz)
+    try:
+        response = app.test_client().post("/facade", data=body, content_type="application/json")
+    finally:
+        close_app(app)
     assert response.status_code in (400, 413, 503), response.data
     assert set(response.json) == {"error"}
     if response.status_code == 503:

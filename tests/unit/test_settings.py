@@ -1,13 +1,14 @@
 import pytest
 
-from servicekit.settings import ConsulAddress, Settings, SettingsError
+from servicekit.settings import ConsulAddress, ConsulSettings, Settings, SettingsError
 
 
 def test_defaults_follow_consul_conventions():
     settings = Settings.from_env("logging-service", 8081, env={})
     assert settings.bind == "127.0.0.1:8081"
     assert settings.consul.url == "http://127.0.0.1:8500"
-    assert settings.consul_token is None
+    assert settings.consul.token is None
+    assert settings.consul.timeout == 2.0
     assert settings.max_body_bytes == 64 * 1024
     assert settings.instance_id.startswith("logging-service-") and settings.instance_id.endswith("-8081")
 
@@ -19,8 +20,8 @@ def test_environment_overrides():
         env={"PORT": "9000", "CONSUL_HTTP_ADDR": "https://consul.local:8501", "CONSUL_HTTP_TOKEN": "secret"},
     )
     assert settings.port == 9000
-    assert settings.consul == ConsulAddress("https", "consul.local", 8501)
-    assert settings.consul_token == "secret"
+    assert settings.consul.address == ConsulAddress("https", "consul.local", 8501)
+    assert settings.consul.token == "secret"
     assert "secret" not in repr(settings)
 
 
@@ -42,3 +43,27 @@ def test_a_bad_value_names_its_variable(env, variable):
 
 def test_consul_address_without_port_uses_8500():
     assert ConsulAddress.parse("127.0.0.2") == ConsulAddress("http", "127.0.0.2", 8500)
+
+
+def test_a_tool_reaches_consul_without_a_service_name_or_port():
+    consul = ConsulSettings.from_env(
+        {"CONSUL_HTTP_ADDR": "127.0.0.3:8600", "CONSUL_HTTP_TOKEN": "secret", "CONSUL_TIMEOUT": "0.5"}
+    )
+    assert consul.address == ConsulAddress("http", "127.0.0.3", 8600)
+    assert (consul.url, consul.token, consul.timeout) == ("http://127.0.0.3:8600", "secret", 0.5)
+    assert "secret" not in repr(consul)
+    assert Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.3:8600"}).consul == (
+        ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "127.0.0.3:8600"})
+    )
+
+
+def test_a_bad_consul_timeout_names_its_variable():
+    with pytest.raises(SettingsError, match="CONSUL_TIMEOUT"):
+        ConsulSettings.from_env({"CONSUL_TIMEOUT": "never"})
+
+
+def test_an_instance_id_is_service_host_port_for_services_and_hazelcast_members_alike():
+    from servicekit.settings import instance_id
+
+    assert instance_id("hazelcast", 5701, host="box") == "hazelcast-box-5701"
+    assert Settings.from_env("logging-service", 8081, env={}).instance_id == instance_id("logging-service", 8081)

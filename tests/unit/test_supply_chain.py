@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 import devstack
 from devstack import ROOT
-from servicekit.ops import DEFAULT_JAR
+from servicekit.hazelcast_member import DEFAULT_JAR
 
 LOCKS = ROOT / "requirements"
 GROUPS = ("runtime", "test", "bench", "build")
@@ -74,7 +74,7 @@ def test_each_lock_pins_what_its_in_file_asks_for(group):
 def test_a_service_environment_has_no_test_plot_or_profile_tools():
     runtime = lock_entries("runtime")
     assert not {"matplotlib", "py-spy", "schemathesis", "pytest", "hypothesis"} & set(runtime)
-    # ./scripts/up names the holder of a taken port with it (servicekit/ops.py).
+    # ./scripts/up names the holder of a taken port with it (servicekit/stack_status.py).
     assert "psutil" in runtime
 
 
@@ -116,6 +116,7 @@ def install_root(tmp_path: Path, jar: Path | None) -> Path:
     ./scripts/install runs there without touching the shared .tools."""
     root = tmp_path / "checkout"
     shutil.copytree(ROOT / "scripts", root / "scripts")
+    shutil.copytree(ROOT / "conf", root / "conf")  # conf/stack.env: the version and hash lib.sh reads
     shutil.copytree(LOCKS, root / "requirements")
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / ".venv").symlink_to(ROOT / ".venv")

@@ -1,0 +1,70 @@
+"""The gunicorn settings the three services share. Each service's gunicorn.conf.py is a few lines:
+
+    globals().update(gunicorn_config.for_service(SERVICE_NAME, DEFAULT_PORT, wsgi_app="facade:create_app()"))
+
+gunicorn reads its settings from the names the config file defines, so the file takes them from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from . import gunicorn_hooks, logs
+from .settings import Settings
+
+# The worker settings of every service, and of the bench's references (bench/gunicorn.conf.py), which
+# take them from here so the comparison stays like for like.
+WORKER_SETTINGS: dict[str, Any] = {
+    "workers": 2,
+    # gthread, with requests read by the event loop: slow or half-open clients hold no thread (see the module).
+    "worker_class": "servicekit.workers.BufferingThreadWorker",
+    "threads": 4,
+    "graceful_timeout": 10,
+    # gunicorn's control socket lives at one path per user; several instances would fight over it.
+    "control_socket_disable": True,
+    # Seconds an idle kept-alive connection stays open (gunicorn's default, made explicit).
+    "keepalive": 2,
+}
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger, building an access line only when gunicorn.access would write it.
+
+    With `logconfig_dict` set, gunicorn builds every request's access atoms (some twenty fields, headers
+    and environ included) before the logger drops the line at its level; the access lines are off here
+    (servicekit/logs.py), as they were before, so that work would be spent on every request for nothing.
+    """
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
+
+
+def base(settings: Settings) -> dict[str, Any]:
+    """Bind address, worker settings and logging for an instance, without Consul hooks."""
+    logs.configure(settings.instance_id)  # the master's lines before gunicorn sets up its loggers
+    return {
+        "bind": settings.bind,
+        "logconfig_dict": logs.logconfig(settings.instance_id),
+        "logger_class": AccessLogger,
+        **WORKER_SETTINGS,
+    }
+
+
+def for_service(service_name: str, default_port: int, wsgi_app: str, **overrides: Any) -> dict[str, Any]:
+    """Every setting of one service's gunicorn.conf.py, the Consul registration hooks included."""
+    settings = Settings.from_env(service_name, default_port)
+    when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
+    return {
+        **base(settings),
+        "settings": settings,
+        "wsgi_app": wsgi_app,
+        "when_ready": when_ready,
+        "on_exit": on_exit,
+        "post_worker_init": gunicorn_hooks.post_worker_init,
+        "worker_exit": gunicorn_hooks.worker_exit,
+        **overrides,
+    }

@@ -1,0 +1,110 @@
+"""A Hazelcast member of the dev stack: its command line (JVM options, jar, member config) and its Consul
+service definition.
+
+The members are service definitions the Consul agent loads at start (./scripts/up renders
+consul/hazelcast-member.json.tmpl into the run directory and starts the agent with -config-dir): a dev
+agent forgets everything registered through its API when it restarts, not what its configuration holds.
+`register` sends the same definitions through the API, for an agent this stack did not start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import string
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import consul
+
+from . import kvconfig, stack
+from .settings import instance_id
+
+log = logging.getLogger(__name__)
+
+MEMBER_CONFIG = stack.ROOT / "conf" / "hazelcast.xml"
+DEFINITION_TEMPLATE = stack.ROOT / "consul" / "hazelcast-member.json.tmpl"
+HAZELCAST_VERSION = stack.hazelcast_version()
+# The jar ./scripts/install fetches into the repository's .tools/ (HAZELCAST_JAR, which lib.sh sets,
+# wins when a member starts).
+DEFAULT_JAR = stack.ROOT / ".tools" / stack.values()["HAZELCAST_JAR_IN_TOOLS"]
+# Small heaps: three members share a 2-core machine with six gunicorn masters and their workers.
+JAVA_OPTS = ["-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+# Java 17 needs these opens for Hazelcast's optimised paths; without them it logs warnings at boot.
+JAVA_MODULE_OPTS = [
+    "--add-modules", "java.se",
+    "--add-exports", "java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens", "java.management/sun.management=ALL-UNNAMED",
+    "--add-opens", "jdk.management/com.sun.management.internal=ALL-UNNAMED",
+]
+
+
+def hazelcast_member_command(port: int, cluster_name: str, members: str, jar: Path) -> list[str]:
+    return [
+        "java", *JAVA_OPTS, *JAVA_MODULE_OPTS,
+        f"-Dhazelcast.config={MEMBER_CONFIG}",
+        f"-Dhz.cluster.name={cluster_name}",
+        f"-Dhz.port={port}",
+        f"-Dhz.members={members}",
+        "-Dhazelcast.phone.home.enabled=false",
+        "-cp", str(jar),
+        "com.hazelcast.core.server.HazelcastMemberStarter",
+    ]
+
+
+def jar() -> Path:
+    return Path(os.environ.get("HAZELCAST_JAR") or DEFAULT_JAR)
+
+
+def exec_member(client: consul.Consul, port: int) -> int:
+    """Replace this process with one member, its cluster name and join list read from Consul KV."""
+    cluster_name = kvconfig.get_value(client, kvconfig.KEY_CLUSTER_NAME)
+    members = kvconfig.get_value(client, kvconfig.KEY_MEMBERS)
+    path = jar()
+    if not path.is_file():
+        log.error("no Hazelcast jar at %s: run ./scripts/install", path)
+        return 1
+    command = hazelcast_member_command(port, cluster_name, members, path)
+    log.info("starting Hazelcast member on 127.0.0.1:%d in cluster %r", port, cluster_name)
+    os.execvp(command[0], command)
+
+
+def service_definitions(ports: list[int]) -> list[dict[str, Any]]:
+    """One Consul service definition a member (config-file form), from consul/hazelcast-member.json.tmpl."""
+    template = string.Template(DEFINITION_TEMPLATE.read_text())
+    return [
+        json.loads(template.substitute(
+            id=instance_id(kvconfig.HAZELCAST_SERVICE, port), name=kvconfig.HAZELCAST_SERVICE, port=port,
+            version=HAZELCAST_VERSION,
+        ))
+        for port in ports
+    ]
+
+
+def write_service_definitions(path: Path, ports: list[int]) -> None:
+    """The members as an agent config file; written whole (a rename), so an agent never reads half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"services": service_definitions(ports)}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def register(client: consul.Consul, ports: list[int]) -> None:
+    """The same definitions through the agent's API, for an agent that does not load them from a file."""
+    for service in service_definitions(ports):
+        check = service["check"]
+        host, _, port = check["tcp"].rpartition(":")
+        client.agent.service.register(
+            service["name"],
+            service_id=service["id"],
+            address=service["address"],
+            port=service["port"],
+            meta=service["meta"],
+            check=consul.Check.tcp(host, int(port), interval=check["interval"], timeout=check["timeout"],
+                                   deregister=check["deregister_critical_service_after"]),
+        )

@@ -1,0 +1,136 @@
+"""Registering an instance with the local Consul agent, and leaving it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+
+import consul
+from tenacity import RetryCallState
+
+from . import background
+from .background import BackgroundLoop
+from .consul_client import make_consul
+from .errors import CONSUL_ERRORS
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def service_definition(settings: Settings) -> dict:
+    """The service and its HTTP health check, as the agent's register endpoint takes them."""
+    base = f"http://{settings.host}:{settings.port}"
+    return {
+        "name": settings.service_name,
+        "service_id": settings.instance_id,
+        "address": settings.host,
+        "port": settings.port,
+        "tags": [f"v{settings.version}"],
+        "meta": {"version": settings.version},
+        "check": consul.Check.http(
+            f"{base}/health",
+            interval=settings.check_interval,
+            timeout=settings.check_timeout,
+            deregister=settings.deregister_after,
+        ),
+    }
+
+
+def register(settings: Settings, client: consul.Consul | None = None) -> bool:
+    """Register this instance, once: the keeper (RegistrationKeeper) tries again until it is."""
+    client = client or make_consul(settings.consul)
+    try:
+        client.agent.service.register(**service_definition(settings))
+    except consul.ACLPermissionDenied as exc:
+        log.error("could not register %s: Consul refused the token (%s); CONSUL_HTTP_TOKEN must be set "
+                  "and allow service:write on %r", settings.instance_id, str(exc).strip(), settings.service_name)
+        return False
+    except CONSUL_ERRORS as exc:
+        log.warning("registering with Consul failed: %s", exc)
+        return False
+    log.info("registered %s at %s with Consul %s", settings.instance_id, settings.bind, settings.consul.url)
+    return True
+
+
+def deregister(settings: Settings, client: consul.Consul | None = None) -> None:
+    client = client or make_consul(settings.consul)
+    try:
+        client.agent.service.deregister(settings.instance_id)
+        log.info("deregistered %s from Consul", settings.instance_id)
+    except CONSUL_ERRORS as exc:
+        # Consul drops it by itself after DeregisterCriticalServiceAfter.
+        log.warning("deregistering from Consul failed: %s", exc)
+
+
+class RegistrationKeeper:
+    """Keeps this instance registered: a dev agent that restarted has forgotten every service.
+
+    Runs on a named daemon thread in the gunicorn master. The master forks workers, and a fork taken
+    while this thread is inside a Consul call would copy a half-used connection and its locks into the
+    worker; `os.register_at_fork` makes every fork wait until the current check is done (each check is
+    bounded by the Consul timeout), so workers always start from a clean state. Workers never use it.
+    """
+
+    def __init__(self, settings: Settings, interval: float = 2.0):
+        self._settings = settings
+        self._interval = interval
+        self._client = make_consul(settings.consul)
+        self._busy = threading.Lock()
+        self._rng = random.Random()
+        self._loop = BackgroundLoop("registration-keeper", self._keep_once)
+        self._refused_wait = background.backoff(background.MAX_RETRY_REFUSED)
+        self._error_wait = background.backoff()
+        self._check = self._loop.retrying(CONSUL_ERRORS, on_retry=self._say_why, wait=self._wait_after)
+        os.register_at_fork(
+            before=self._busy.acquire,
+            after_in_parent=self._busy.release,
+            # The child has no keeper thread; its copy of the lock is simply released.
+            after_in_child=self._busy.release,
+        )
+
+    def start(self) -> "RegistrationKeeper":
+        log.info("registration keeper started: checking every ~%.0f s that Consul still knows %s",
+                 self._interval, self._settings.instance_id)
+        self._loop.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop keeping; returns once no check is in progress, so none re-registers after a deregister.
+        A check starts only under the lock and only while the loop is not stopping."""
+        self._loop.stop(timeout=self._settings.consul.timeout + 1.0)
+        with self._busy:
+            pass
+
+    def _keep_once(self) -> bool | None:
+        if self._loop.wait(self._interval * self._rng.uniform(0.8, 1.2)):
+            return False
+        self._check(self._check_once)
+        return None
+
+    def _check_once(self) -> None:
+        with self._busy:
+            if self._loop.stopping:
+                return
+            if self._settings.instance_id not in self._client.agent.services():
+                log.warning("%s is not registered with Consul (agent restarted?); registering",
+                            self._settings.instance_id)
+                register(self._settings, client=self._client)
+
+    def _wait_after(self, retry_state: RetryCallState) -> float:
+        refused = retry_state.outcome is not None and isinstance(
+            retry_state.outcome.exception(), consul.ACLPermissionDenied
+        )
+        return (self._refused_wait if refused else self._error_wait)(retry_state)
+
+    def _say_why(self, retry_state: RetryCallState) -> None:
+        assert retry_state.outcome is not None and retry_state.next_action is not None
+        exc = retry_state.outcome.exception()
+        pause = retry_state.next_action.sleep
+        if isinstance(exc, consul.ACLPermissionDenied):
+            # Retrying fast will not fix a token; say so now and then, without a crash loop.
+            log.error("Consul refuses this instance's token (CONSUL_HTTP_TOKEN); retrying in about %.0f s", pause)
+        else:
+            log.warning("Consul at %s does not answer (%s); retrying in about %.0f s",
+                        self._settings.consul.url, type(exc).__name__, pause)

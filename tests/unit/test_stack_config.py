@@ -1,0 +1,35 @@
+"""conf/stack.env is read the same by the shell scripts (which source it) and by Python."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from servicekit import hazelcast_member, stack
+from servicekit.settings import instance_id
+
+
+def test_python_reads_stack_env_as_the_shell_sources_it():
+    names = list(stack.values())
+    shell = subprocess.run(
+        ["bash", "-c", 'source "$0" && for n in "$@"; do printf "%s=%s\\n" "$n" "${!n}"; done', str(stack.STACK_ENV),
+         *names],
+        capture_output=True, text=True, timeout=30, check=True, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert dict(line.split("=", 1) for line in shell.stdout.splitlines()) == stack.values()
+    assert stack.values()["HAZELCAST_JAR_IN_TOOLS"] == f"hazelcast/hazelcast-{stack.hazelcast_version()}.jar"
+
+
+@pytest.mark.parametrize("line", ['A="quoted"', "A=two words", "lower=1", "A=$(date)", "A=${UNSET}"])
+def test_a_line_the_shell_would_read_otherwise_is_refused(line):
+    with pytest.raises((ValueError, KeyError)):
+        stack.parse(line)
+
+
+def test_each_member_is_a_consul_service_definition_with_its_instance_id_and_a_tcp_check():
+    definitions = hazelcast_member.service_definitions([15701, 15702])
+    assert [d["id"] for d in definitions] == [instance_id("hazelcast", 15701), instance_id("hazelcast", 15702)]
+    assert [d["port"] for d in definitions] == [15701, 15702]
+    assert definitions[0]["meta"] == {"version": stack.hazelcast_version()}
+    assert definitions[0]["check"]["tcp"] == "127.0.0.1:15701"
