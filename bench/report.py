@@ -13,7 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
-from infra import replace_block  # noqa: E402
+from devstack import replace_block  # noqa: E402
 
 
 

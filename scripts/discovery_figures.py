@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import statistics
@@ -25,9 +26,8 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from infra import (  # noqa: E402
+from devstack import (
+    ROOT,
     ConsulAgent,
     HazelcastCluster,
     Load,
@@ -40,7 +40,7 @@ from infra import (  # noqa: E402
 )
 
 HEALTH_QUERIES = "consul_http_GET_v1_health_service"
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def in_rotation(stack, instance_id: str) -> bool:
@@ -91,11 +91,17 @@ def main() -> int:
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="discovery-figures-"))
     print(f"process logs: {log_dir}", flush=True)
-    agent = ConsulAgent(log_dir).start()
-    cluster = HazelcastCluster(agent, log_dir).start()
-    own = isolated_agent(cluster, log_dir, "consul-figures")
-    stack = build_stack(own, cluster, log_dir, logging=3, messages=1, facades=1)
-    try:
+    with contextlib.ExitStack() as running:  # stops everything it started, in reverse order
+        agent = ConsulAgent(log_dir)
+        running.callback(agent.stop)
+        agent.start()
+        cluster = HazelcastCluster(agent, log_dir)
+        running.callback(cluster.stop)
+        cluster.start()
+        own = isolated_agent(cluster, log_dir, "consul-figures")
+        running.callback(own.stop)
+        stack = build_stack(own, cluster, log_dir, logging=3, messages=1, facades=1)
+        running.callback(stack.stop)
         removal = []
         for i in range(args.rounds):
             removal.append(death_to_removal(stack))
@@ -105,11 +111,6 @@ def main() -> int:
             first.append(first_request_delay(stack))
             print(f"  passing -> first request, round {i + 1}: {first[-1] * 1000:.0f} ms", flush=True)
         per_1k = consul_requests_per_1k(stack)
-    finally:
-        stack.stop()
-        own.stop()
-        cluster.stop()
-        agent.stop()
 
     def fmt(values):
         return f"{statistics.median(values) * 1000:.0f} ms (max {max(values) * 1000:.0f} ms, n={len(values)})"

@@ -12,7 +12,6 @@ HAZELCAST_JAR=$TOOLS/$HAZELCAST_JAR_IN_TOOLS
 # a consul on PATH outside [CONSUL_MIN, CONSUL_BELOW) is ignored.
 CONSUL_MIN=1.8.0
 CONSUL_BELOW=1.15.0
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export HAZELCAST_JAR
 
 # Where the stack of ./scripts/up keeps supervisord's pid file and socket, and every log. Overridable,
@@ -47,7 +46,7 @@ consul_supported() {
 version_number() { local IFS=.; set -- $1; echo $((10#$1 * 1000000 + 10#$2 * 1000 + 10#$3)); }
 
 # A consul on PATH in a supported version wins over the one ./scripts/install unpacks; any other is
-# ignored, with a line on stderr saying so. tests/infra.py asks this function too.
+# ignored, with a line on stderr saying so. devstack/consul_agent.py asks this function too.
 consul_bin() {
   local found version=""
   if found=$(command -v consul 2>/dev/null); then

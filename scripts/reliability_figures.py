@@ -3,7 +3,7 @@
     ./scripts/reliability-figures            print the block
     ./scripts/reliability-figures --docs     also rewrite it in docs/RELIABILITY.md
 
-Every fault test keeps what it measured in tests/.logs/<run>/<name>.json (`infra.record`), and
+Every fault test keeps what it measured in tests/.logs/<run>/<name>.json (`devstack.record`), and
 ./scripts/soak in tests/.logs/soak-<time>/soak.json. This gathers every run found there, so each figure
 in the document says how many runs it comes from, their range, and the command that measures it.
 """
@@ -16,14 +16,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from devstack import ROOT, replace_block
+
 LOGS = ROOT / "tests" / ".logs"
 DOC = ROOT / "docs" / "RELIABILITY.md"
 
 
 @dataclass(frozen=True)
 class Figure:
-    record: str  # the name given to infra.record (or "soak")
+    record: str  # the name given to devstack.record (or "soak")
     key: str  # a key of that record; a list counts its length, a dict sums its values
     label: str
     command: str
@@ -121,8 +122,6 @@ def main() -> int:
     table = markdown(runs(args.logs))
     print(table)
     if args.docs:
-        from infra import replace_block
-
         replace_block(DOC, "reliability:figures", table)
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import hazelcast
 import pytest
 
-from infra import ROOT, ConsulAgent, HazelcastCluster, build_stack, isolated_agent, start_service
+from devstack import ROOT, ConsulAgent, HazelcastCluster, build_stack, isolated_agent, start_service
 
 
 @pytest.fixture(scope="session")

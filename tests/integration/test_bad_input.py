@@ -24,7 +24,7 @@ from schemathesis.generation.modes import GenerationMode
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from infra import ROOT, eventually
+from devstack import ROOT, eventually
 
 from logging_svc.store import STAMP_DIGITS
 from servicekit import kvconfig

@@ -13,7 +13,7 @@ import uuid
 
 import requests
 
-from infra import Load, Stack, eventually, passing_to_first_request, record, wait_passing
+from devstack import Load, Stack, eventually, passing_to_first_request, record, wait_passing
 from servicekit.consul_client import make_consul
 from servicekit.discovery import ServiceWatch
 from servicekit.settings import ConsulSettings

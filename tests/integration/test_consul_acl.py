@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from infra import ConsulAgent, HazelcastCluster, Service, eventually, start_service, wait_passing
+from devstack import ConsulAgent, HazelcastCluster, Service, eventually, start_service, wait_passing
 
 from servicekit import kvconfig
 

@@ -7,7 +7,7 @@ import socket
 
 import psutil
 
-from infra import ConsulAgent
+from devstack import ConsulAgent
 
 # What a dev agent opens when not told otherwise: the HTTP API, DNS, Serf LAN/WAN, server RPC, gRPC,
 # and from Consul 1.14 gRPC TLS (8503): the ports ./scripts/up's agent holds.

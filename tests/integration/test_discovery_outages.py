@@ -12,7 +12,7 @@ import time
 import consul
 import requests
 
-from infra import Service, Stack, check_status, eventually, record
+from devstack import Service, Stack, check_status, eventually, record
 
 TIMEOUT = 10
 

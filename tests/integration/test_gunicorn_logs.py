@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from infra import eventually, wait_passing
+from devstack import eventually, wait_passing
 from servicekit.gunicorn_hooks import WORKER_READY
 
 

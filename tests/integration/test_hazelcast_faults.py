@@ -9,17 +9,16 @@ docs/RELIABILITY.md.
 from __future__ import annotations
 
 import collections
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import hazelcast
 import pytest
 import requests
 
-from infra import ConsulAgent, HazelcastCluster, Service, eventually, record, start_service, wait_passing
+from devstack import ConsulAgent, HazelcastCluster, Load, Outcome, Service, Stack, eventually, record, running_stack
+from devstack import start_service, wait_passing
 
 from servicekit import queue_item
 from servicekit.hz import WAITING_LOG_INTERVAL
@@ -29,20 +28,24 @@ TIMEOUT = 10
 
 @dataclass
 class FaultStack:
-    agent: ConsulAgent
-    cluster: HazelcastCluster
-    facade: Service
-    logging: list[Service]
-    messages: list[Service]
+    stack: Stack
     client: hazelcast.HazelcastClient
 
     @property
     def url(self) -> str:
-        return f"{self.facade.url}/facade"
+        return self.stack.url
+
+    @property
+    def cluster(self) -> HazelcastCluster:
+        return self.stack.cluster
 
     @property
     def services(self) -> list[Service]:
-        return [self.facade, *self.logging, *self.messages]
+        return self.stack.instances
+
+    @property
+    def messages(self) -> list[Service]:
+        return self.stack.messages
 
     def queue(self):
         return self.client.get_queue("messages-queue").blocking()
@@ -61,80 +64,37 @@ def assert_rebalanced(client: hazelcast.HazelcastClient, size: int) -> None:
 @pytest.fixture(scope="module")
 def faults(log_dir):
     """3 members, 1 facade, 2 logging and 2 messages instances, all of this module's own."""
-    module_logs = log_dir / "hazelcast-faults"
-    agent = ConsulAgent(module_logs).start()
-    cluster = HazelcastCluster(agent, module_logs)
-    services: list[Service] = []
-    client = None
-    try:
-        cluster.start()
+    with running_stack(log_dir / "hazelcast-faults", members=3, logging=2, messages=2, facades=1) as stack:
         client = hazelcast.HazelcastClient(
-            cluster_name=cluster.cluster_name, cluster_members=cluster.addresses, cluster_connect_timeout=30
+            cluster_name=stack.cluster.cluster_name, cluster_members=stack.cluster.addresses, cluster_connect_timeout=30
         )
-        # cluster.start() waits for each member's port only. One backup covers one failure in a formed
-        # cluster; a member killed during the migrations that follow its join is a second fault.
-        eventually(lambda: assert_rebalanced(client, 3), 90, interval=0.5, what="partitions spread over 3 members")
-        services = [
-            start_service("facade-service", agent, module_logs),
-            *(start_service("logging-service", agent, module_logs) for _ in range(2)),
-            *(start_service("messages-service", agent, module_logs) for _ in range(2)),
-        ]
-        for service in services:
-            wait_passing(agent, service)
-        yield FaultStack(agent, cluster, services[0], services[1:3], services[3:5], client)
-    finally:
-        if client is not None:
+        try:
+            # The cluster's start waits for each member's check only. One backup covers one failure in a
+            # formed cluster; a member killed during the migrations that follow its join is a second fault.
+            eventually(lambda: assert_rebalanced(client, 3), 90, interval=0.5, what="partitions spread over 3 members")
+            yield FaultStack(stack, client)
+        finally:
             client.shutdown()
-        for service in services:
-            service.proc.stop()
-        cluster.stop()
-        agent.stop()
 
 
-@dataclass
-class Load:
-    """POSTs at a steady pace from one thread, bounded in count; every outcome is kept."""
+def paced_posts(url: str, count: int, interval: float) -> Load:
+    """POSTs at a steady pace from one client, bounded in count; every outcome is kept."""
+    tag = uuid.uuid4().hex[:6]
+    return Load(
+        lambda s, n: s.post(url, json={"msg": f"load-{tag}-{n}"}, timeout=TIMEOUT),
+        clients=1,
+        max_requests=count,
+        rate=1 / interval,
+        max_seconds=count * (interval + TIMEOUT),
+    )
 
-    url: str
-    count: int
-    interval: float
-    acknowledged: list[tuple[float, str]] = field(default_factory=list)
-    failed: list[tuple[float, str, str]] = field(default_factory=list)
-    slowest: float = 0.0
 
-    def __post_init__(self):
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+def acknowledged(load: Load) -> set[str]:
+    return {o.body["msg"] for o in load.answered(201)}
 
-    def start(self) -> "Load":
-        self._thread.start()
-        return self
 
-    def join(self) -> None:
-        self._thread.join(self.count * (self.interval + TIMEOUT))
-        assert not self._thread.is_alive(), "the load did not finish"
-
-    def _run(self) -> None:
-        session = requests.Session()
-        tag = uuid.uuid4().hex[:6]
-        for i in range(self.count):
-            started = time.monotonic()
-            msg = f"load-{tag}-{i}"
-            try:
-                response = session.post(self.url, json={"msg": msg}, timeout=TIMEOUT)
-                outcome = response.status_code
-            except requests.RequestException as exc:
-                outcome = type(exc).__name__
-            elapsed = time.monotonic() - started
-            self.slowest = max(self.slowest, elapsed)
-            if outcome == 201:
-                self.acknowledged.append((started, msg))
-            else:
-                self.failed.append((started, msg, str(outcome)))
-            time.sleep(max(0.0, self.interval - elapsed))
-
-    @property
-    def acked(self) -> set[str]:
-        return {msg for _, msg in self.acknowledged}
+def not_acknowledged(load: Load) -> list[Outcome]:
+    return [o for o in load.snapshot() if o.status != 201]
 
 
 def held_by(service: Service) -> list[str]:
@@ -150,14 +110,17 @@ def queue_owner_port(stack: FaultStack) -> int:
 
 def test_killing_a_member_under_load_loses_no_acknowledged_message(faults, log_dir):
     victim_port = queue_owner_port(faults)
-    load = Load(faults.url, count=240, interval=0.05).start()
-    def under_way():
-        assert len(load.acknowledged) >= 60
+    posts = 240
+    with paced_posts(faults.url, count=posts, interval=0.05) as load:
 
-    eventually(under_way, timeout=30, what="load under way")
-    killed_at = time.monotonic()
-    faults.cluster.members[victim_port].kill9()
-    load.join()
+        def under_way():
+            assert len(load.answered(201)) >= 60
+
+        eventually(under_way, timeout=30, what="load under way")
+        killed_at = time.monotonic()
+        faults.cluster.members[victim_port].kill9()
+        load.finish()
+    acked, failed = acknowledged(load), not_acknowledged(load)
 
     def working_again():
         response = requests.post(faults.url, json={"msg": f"after-{uuid.uuid4()}"}, timeout=TIMEOUT)
@@ -170,65 +133,67 @@ def test_killing_a_member_under_load_loses_no_acknowledged_message(faults, log_d
     recovered_after = time.monotonic() - killed_at
 
     logged = requests.get(faults.url, timeout=TIMEOUT).json()["logging"]
-    missing = load.acked - set(logged)
+    missing = acked - set(logged)
     assert not missing, f"{len(missing)} acknowledged messages are gone from the log"
 
     def consumed_exactly_once():
-        counts = collections.Counter(m for s in faults.messages for m in held_by(s) if m in load.acked)
+        counts = collections.Counter(m for s in faults.messages for m in held_by(s) if m in acked)
         queued = [queue_item.decode(item) for item in faults.queue().iterator()]
-        assert set(counts) == load.acked, (
-            f"{sorted(load.acked - set(counts))} acknowledged messages not consumed yet; queued: {queued[:5]}"
+        assert set(counts) == acked, (
+            f"{sorted(acked - set(counts))} acknowledged messages not consumed yet; queued: {queued[:5]}"
         )
         assert set(counts.values()) == {1}, "a message was consumed twice"
 
     eventually(consumed_exactly_once, timeout=30)
-    last_failure = max((t for t, _, _ in load.failed), default=killed_at)
+    last_failure = max((o.started for o in failed), default=killed_at)
     record(
         log_dir,
         "member-loss",
         {
-            "posts": load.count,
-            "acknowledged": len(load.acked),
-            "failed": [outcome for _, _, outcome in load.failed],
+            "posts": posts,
+            "acknowledged": len(acked),
+            "failed": [o.kind for o in failed],
             "acknowledged_lost": len(missing),
-            "slowest_post_s": round(load.slowest, 2),
+            "slowest_post_s": round(max(o.seconds for o in load.snapshot()), 2),
             "failures_until_s_after_kill": round(max(0.0, last_failure - killed_at), 2),
             "all_healthy_after_s": round(recovered_after, 2),
         },
     )
     # Failed POSTs were, by definition, not acknowledged; there may be a few while partitions move over.
-    assert len(load.failed) <= load.count // 10, load.failed
+    assert len(failed) <= posts // 10, failed
 
 
 def test_a_killed_consumer_loses_only_what_it_had_taken_and_the_queue_goes_to_the_other(faults, log_dir):
     victim, survivor = faults.messages
-    load = Load(faults.url, count=150, interval=0.04).start()
-    def victim_consuming():
-        assert len(set(held_by(victim)) & load.acked) >= 20
+    with paced_posts(faults.url, count=150, interval=0.04) as load:
 
-    eventually(victim_consuming, timeout=30, what="the victim consuming this load")
-    # Its last answer, then kill -9 straight away: what it took after this answer is lost with its memory.
-    last_seen = set(held_by(victim))
-    victim.proc.kill9()
-    load.join()
-    assert not load.failed, load.failed
+        def victim_consuming():
+            assert len(set(held_by(victim)) & acknowledged(load)) >= 20
+
+        eventually(victim_consuming, timeout=30, what="the victim consuming this load")
+        # Its last answer, then kill -9 straight away: what it took after this answer is lost with its memory.
+        last_seen = set(held_by(victim))
+        victim.proc.kill9()
+        load.finish()
+    acked = acknowledged(load)
+    assert not not_acknowledged(load), not_acknowledged(load)
 
     def queue_drained():
         assert faults.queue().size() == 0
 
     eventually(queue_drained, timeout=30, what="the survivor takes every queued item")
     survived = held_by(survivor)
-    ours_seen = last_seen & load.acked
+    ours_seen = last_seen & acked
     assert not set(survived) & ours_seen, "a message was consumed twice"
     assert len(survived) == len(set(survived))
-    lost = load.acked - ours_seen - set(survived)
+    lost = acked - ours_seen - set(survived)
     record(
         log_dir,
         "consumer-crash",
         {
-            "acknowledged": len(load.acked),
+            "acknowledged": len(acked),
             "victim_last_seen": len(ours_seen),
-            "survivor_consumed": len(set(survived) & load.acked),
+            "survivor_consumed": len(set(survived) & acked),
             "lost_with_the_victim": len(lost),
         },
     )

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from infra import Load, Service, eventually, wait_passing
+from devstack import Load, Service, eventually, wait_passing
 from servicekit.gunicorn_hooks import WORKER_READY
 
 TIMEOUT = 10

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import requests
 
-from infra import ROOT, consul_binary, eventually, record
+from devstack import ROOT, consul_binary, eventually, record
 from servicekit import hazelcast_member, stack, stack_status
 from servicekit.stack_status import PortUse, port_is_free
 

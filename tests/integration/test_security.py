@@ -10,7 +10,7 @@ import uuid
 import psutil
 import requests
 
-from infra import check_status
+from devstack import check_status
 
 TIMEOUT = 10
 JSON = {"Content-Type": "application/json"}

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import requests
 
-from infra import check_status, eventually, isolated_agent, wait_passing
+from devstack import check_status, eventually, isolated_agent, wait_passing
 from servicekit import kvconfig
 
 TIMEOUT = 10

@@ -8,7 +8,7 @@ import threading
 import pytest
 from tenacity import RetryCallState
 
-from infra import eventually
+from devstack import eventually
 from servicekit import background
 from servicekit.background import BackgroundLoop
 

@@ -3,7 +3,7 @@
 import pytest
 
 from bench import report, wrk
-from bench.__main__ import percentile
+from bench.phases import percentile
 from bench.reference import create_app
 
 
@@ -19,10 +19,10 @@ def test_load_goes_to_loopback_only():
         wrk.run("http://10.0.0.1:8080/facade", connections=1, seconds=1)
 
 
-def test_percentile_picks_the_nearest_rank():
+def test_percentile_interpolates_between_the_nearest_ranks():
     values = list(range(1, 101))
-    assert percentile(values, 50) in (50, 51)
-    assert percentile(values, 99) == 99
+    assert percentile(values, 50) == 50.5
+    assert percentile(list(reversed(values)), 99) == pytest.approx(99.01)
     assert percentile([7.0], 99) == 7.0
 
 

@@ -14,7 +14,7 @@ import consul
 import pytest
 import requests
 
-from infra import eventually
+from devstack import eventually
 from servicekit.discovery import ServiceWatch
 
 SERVICE = "logging-service"

@@ -6,7 +6,7 @@ import pytest
 
 from facade import create_app
 from facade.backends import Backends
-from infra import eventually
+from devstack import eventually
 from servicekit.gunicorn_hooks import close_app
 from servicekit.settings import Settings
 

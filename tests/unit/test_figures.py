@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from infra import ROOT, record, replace_block
+from devstack import ROOT, record, replace_block
 
 
 def _reliability_figures():

@@ -1,4 +1,5 @@
-"""What ./scripts/install accepts: hashed Python locks, the pinned Hazelcast jar, a consul in a supported version."""
+"""What ./scripts/install accepts: hashed Python locks made from pyproject.toml, the project installed editable,
+the pinned Hazelcast jar, a consul in a supported version."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -14,11 +17,13 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-import infra
-from infra import ROOT
+import devstack
+from devstack import ROOT
+from servicekit.hazelcast_member import DEFAULT_JAR
 
 LOCKS = ROOT / "requirements"
-GROUPS = ("runtime", "test", "bench")
+GROUPS = ("runtime", "test", "bench", "build")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 ENTRY = re.compile(r"(?P<name>[a-z0-9][a-z0-9._-]*)==(?P<version>\S+)(?P<hashes>( --hash=sha256:[0-9a-f]{64})+)")
 
 
@@ -36,13 +41,16 @@ def lock_entries(group: str) -> dict[str, tuple[str, frozenset[str]]]:
     return entries
 
 
+def asked_for(group: str) -> list[str]:
+    """What pyproject.toml asks of a lock: the project's dependencies for runtime, else its group."""
+    return PYPROJECT["project"]["dependencies"] if group == "runtime" else PYPROJECT["dependency-groups"][group]
+
+
 def in_pins(group: str) -> dict[str, str]:
     pins = {}
-    for line in (LOCKS / f"{group}.in").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line and not line.startswith("-"):
-            req = Requirement(line)
-            pins[canonicalize_name(req.name)] = str(req.specifier).removeprefix("==")
+    for line in asked_for(group):
+        req = Requirement(line)
+        pins[canonicalize_name(req.name)] = str(req.specifier).removeprefix("==")
     return pins
 
 
@@ -58,8 +66,29 @@ def test_every_locked_package_is_pinned_with_sha256_hashes(group):
 def test_each_lock_pins_what_its_in_file_asks_for(group):
     entries = lock_entries(group)
     for name, version in in_pins(group).items():
-        assert name in entries, f"{name} is in requirements/{group}.in but not in its lock"
-        assert entries[name][0] == version, f"{name}: {group}.in asks for {version}, the lock has {entries[name][0]}"
+        assert name in entries, f"{name} is in pyproject.toml's {group} but not in its lock"
+        locked = entries[name][0]
+        assert locked == version, f"{name}: pyproject.toml's {group} asks for {version}, the lock has {locked}"
+
+
+def test_a_service_environment_has_no_test_plot_or_profile_tools():
+    runtime = lock_entries("runtime")
+    assert not {"matplotlib", "py-spy", "schemathesis", "pytest", "hypothesis"} & set(runtime)
+    # ./scripts/up names the holder of a taken port with it (servicekit/stack_status.py).
+    assert "psutil" in runtime
+
+
+def test_the_project_is_installed_and_importable_from_anywhere(tmp_path):
+    """No sys.path or PYTHONPATH edits: the packages come from the editable install of this checkout."""
+    assert importlib.metadata.distribution(PYPROJECT["project"]["name"]).version == PYPROJECT["project"]["version"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    packages = ", ".join(PYPROJECT["tool"]["setuptools"]["packages"])
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {packages}; import devstack; print(devstack.ROOT)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(ROOT)
 
 
 def test_a_package_in_several_locks_has_one_version_and_the_same_hashes():
@@ -89,13 +118,14 @@ def install_root(tmp_path: Path, jar: Path | None) -> Path:
     shutil.copytree(ROOT / "scripts", root / "scripts")
     shutil.copytree(ROOT / "conf", root / "conf")  # conf/stack.env: the version and hash lib.sh reads
     shutil.copytree(LOCKS, root / "requirements")
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / ".venv").symlink_to(ROOT / ".venv")
     (root / ".tools").mkdir()
     if (ROOT / ".tools" / "consul").exists():
         (root / ".tools" / "consul").symlink_to(ROOT / ".tools" / "consul")
     if jar is not None:
         (root / ".tools" / "hazelcast").mkdir()
-        shutil.copy(jar, root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name)
+        shutil.copy(jar, root / ".tools" / "hazelcast" / DEFAULT_JAR.name)
     return root
 
 
@@ -114,16 +144,16 @@ def test_install_deletes_and_refuses_a_jar_that_is_not_the_pinned_one(tmp_path):
 
     assert done.returncode != 0, done.stdout + done.stderr
     assert "SHA-256" in done.stderr and "deleted" in done.stderr, done.stderr
-    assert not (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).exists()
+    assert not (root / ".tools" / "hazelcast" / DEFAULT_JAR.name).exists()
 
 
 def test_install_keeps_the_jar_maven_central_serves(tmp_path):
-    root = install_root(tmp_path, infra.DEFAULT_JAR)
+    root = install_root(tmp_path, DEFAULT_JAR)
 
     done = run_install(root)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).is_file()
+    assert (root / ".tools" / "hazelcast" / DEFAULT_JAR.name).is_file()
 
 
 def fake_venv(root: Path) -> Path:
@@ -145,26 +175,29 @@ def pip_installs(calls: Path) -> list[str]:
 def test_install_checks_every_hash_and_installs_again_only_when_a_lock_changed(tmp_path):
     root = install_root(tmp_path, None)
     (root / ".tools" / "hazelcast").mkdir()
-    (root / ".tools" / "hazelcast" / infra.DEFAULT_JAR.name).symlink_to(infra.DEFAULT_JAR)
+    (root / ".tools" / "hazelcast" / DEFAULT_JAR.name).symlink_to(DEFAULT_JAR)
     calls = fake_venv(root)
 
     assert run_install(root).returncode == 0
-    [first] = pip_installs(calls)
+    first, project = pip_installs(calls)
     assert {"--require-hashes", "--no-deps", "--only-binary"} <= set(first.split())
     assert f"-r {root}/requirements/runtime.txt -r {root}/requirements/test.txt" in first
     assert "bench.txt" not in first
+    # The project itself, after the locks: editable, resolving nothing, built by the locked setuptools.
+    assert f"-r {root}/requirements/build.txt" in first
+    assert {"--no-deps", "--no-build-isolation"} <= set(project.split()) and project.endswith(f"--editable {root}")
 
     assert run_install(root).returncode == 0
-    assert len(pip_installs(calls)) == 1, "nothing changed, nothing to install"
+    assert len(pip_installs(calls)) == 2, "nothing changed, nothing to install"
 
     with open(root / "requirements" / "test.txt", "a") as lock:
         lock.write("# a changed lock\n")
     assert run_install(root).returncode == 0
-    assert len(pip_installs(calls)) == 2
+    assert len(pip_installs(calls)) == 4
 
     done = subprocess.run([str(root / "scripts" / "install"), "--bench"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert pip_installs(calls)[-1].endswith(f"-r {root}/requirements/bench.txt")
+    assert pip_installs(calls)[-2].endswith(f"-r {root}/requirements/bench.txt")
 
 
 def fake_consul(tmp_path: Path, first_line: str) -> Path:
@@ -192,7 +225,7 @@ def test_a_consul_on_path_in_an_unsupported_version_is_ignored(tmp_path, monkeyp
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
 
     assert lib_consul_bin() != str(fake)
-    assert infra.consul_binary() != str(fake)
+    assert devstack.consul_binary() != str(fake)
     assert f"ignoring {fake}" in caplog.text
 
 
@@ -202,23 +235,23 @@ def test_a_consul_on_path_in_a_supported_version_is_used(tmp_path, monkeypatch, 
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
 
     assert lib_consul_bin() == str(fake)
-    assert infra.consul_binary() == str(fake)
+    assert devstack.consul_binary() == str(fake)
 
 
 def test_the_real_consul_first_on_path_is_used(tmp_path, monkeypatch):
-    real = infra.consul_binary()
+    real = devstack.consul_binary()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "consul").symlink_to(real)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
-    assert infra.consul_binary() == str(bin_dir / "consul")
+    assert devstack.consul_binary() == str(bin_dir / "consul")
 
 
 def test_agents_from_consul_1_14_switch_off_the_grpc_tls_port_older_ones_do_not_know():
     ports = {"http": 1, "dns": 2, "serf-lan": 3, "serf-wan": 4, "server": 5, "grpc": 6}
-    old = infra.agent_port_flags((1, 8, 7), ports)
-    new = infra.agent_port_flags((1, 14, 8), ports)
+    old = devstack.agent_port_flags((1, 8, 7), ports)
+    new = devstack.agent_port_flags((1, 14, 8), ports)
 
     assert not any(flag.startswith("-grpc-tls-port") for flag in old)
     assert "-grpc-tls-port=-1" in new

@@ -1,0 +1,56 @@
+"""The dev stack: real Consul, Hazelcast and gunicorn processes on free loopback ports, for the tests,
+./scripts/bench, ./scripts/soak and the figure scripts.
+
+- `devstack.processes`: a child process with its own log and process group, free ports, `eventually`.
+- `devstack.consul_agent`: a Consul dev agent with every port its own, the agent's counters.
+- `devstack.hazelcast_cluster`: Hazelcast members configured from Consul KV, as ./scripts/up does.
+- `devstack.stack`: service instances under gunicorn, a whole stack built at once and stopped at once.
+- `devstack.load`: bounded concurrent or paced load on loopback, with every outcome kept.
+- `devstack.figures`: measured figures kept beside the logs and written into the docs.
+
+Every process writes its own log file, so a failure shows why; every wait has a deadline.
+"""
+
+from devstack.consul_agent import ConsulAgent, agent_port_flags, check_status, consul_binary, prometheus_counter
+from devstack.figures import record, replace_block
+from devstack.hazelcast_cluster import HazelcastCluster
+from devstack.load import Load, Outcome, passing_to_first_request
+from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port, until
+from devstack.stack import (
+    SERVICES,
+    Service,
+    Stack,
+    build_stack,
+    isolated_agent,
+    running_stack,
+    start_service,
+    wait_passing,
+)
+
+__all__ = [
+    "ROOT",
+    "SERVICES",
+    "VENV_BIN",
+    "ConsulAgent",
+    "HazelcastCluster",
+    "Load",
+    "Outcome",
+    "Proc",
+    "Service",
+    "Stack",
+    "agent_port_flags",
+    "build_stack",
+    "check_status",
+    "consul_binary",
+    "eventually",
+    "free_port",
+    "isolated_agent",
+    "passing_to_first_request",
+    "prometheus_counter",
+    "record",
+    "replace_block",
+    "running_stack",
+    "start_service",
+    "until",
+    "wait_passing",
+]

@@ -1,0 +1,93 @@
+"""Hazelcast members on free loopback ports, configured from Consul KV and registered the way
+./scripts/up does it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import consul
+
+from devstack.consul_agent import ConsulAgent
+from devstack.processes import ROOT, Proc, eventually, free_port
+from servicekit import kvconfig
+from servicekit.hazelcast_member import DEFAULT_JAR, hazelcast_member_command
+
+
+class HazelcastCluster:
+    """`size` members on free ports, configured from Consul KV the way ./scripts/up does it."""
+
+    def __init__(self, agent: ConsulAgent, log_dir: Path, size: int = 3):
+        self.agent = agent
+        self.log_dir = log_dir
+        self.ports = [free_port() for _ in range(size)]
+        self.cluster_name = f"test-{uuid.uuid4().hex[:8]}"
+        self.members: dict[int, Proc] = {}
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def seed_kv(
+        self, agent: ConsulAgent | None = None, queue_name: str = "messages-queue", map_name: str = "messages-log"
+    ) -> None:
+        """Write this cluster's settings into Consul KV (by default the cluster's own agent)."""
+        values = kvconfig.seed_values()
+        values.update(
+            {
+                kvconfig.KEY_CLUSTER_NAME: self.cluster_name,
+                kvconfig.KEY_MEMBERS: ",".join(self.addresses),
+                kvconfig.KEY_QUEUE: queue_name,
+                kvconfig.KEY_MAP: map_name,
+            }
+        )
+        kvconfig.seed((agent or self.agent).client(), values)
+
+    def start_member(self, port: int) -> Proc:
+        command = hazelcast_member_command(port, self.cluster_name, ",".join(self.addresses), DEFAULT_JAR)
+        proc = Proc(f"hazelcast-{port}", command, self.log_dir / f"hazelcast-{port}.log").start()
+        self.members[port] = proc
+        return proc
+
+    def register(self, port: int) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "servicekit.ops", "register-hazelcast", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "CONSUL_HTTP_ADDR": self.agent.addr},
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    def start(self, timeout: float = 90.0) -> HazelcastCluster:
+        if not DEFAULT_JAR.is_file():
+            raise RuntimeError(f"no Hazelcast jar at {DEFAULT_JAR}: run ./scripts/install")
+        self.seed_kv()
+        for port in self.ports:
+            self.start_member(port)
+            self.register(port)
+        self.wait_passing(timeout)
+        return self
+
+    def wait_passing(self, timeout: float = 90.0) -> None:
+        """Until every member runs and passes its check in Consul."""
+        client = self.agent.client()
+        eventually(
+            lambda: self._assert_passing(client),
+            timeout,
+            interval=0.5,
+            what=f"{len(self.ports)} Hazelcast members passing",
+        )
+
+    def _assert_passing(self, client: consul.Consul) -> None:
+        for proc in self.members.values():
+            assert proc.alive(), f"{proc.name} exited:\n{proc.tail()}"
+        _, entries = client.health.service(kvconfig.HAZELCAST_SERVICE, passing=True)
+        assert len(entries) == len(self.ports), f"{len(entries)} members passing"
+
+    def stop(self) -> None:
+        for proc in self.members.values():
+            proc.stop()

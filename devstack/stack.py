@@ -1,0 +1,174 @@
+"""Service instances under gunicorn, registered with a Consul agent, on a Hazelcast cluster: one at a
+time (`start_service`), or a whole stack started at once and stopped at once (`build_stack`,
+`running_stack`)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from devstack.consul_agent import ConsulAgent, check_status
+from devstack.hazelcast_cluster import HazelcastCluster
+from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port
+from servicekit.settings import instance_id
+
+SERVICES = {
+    # service name -> (package with gunicorn.conf.py)
+    "facade-service": "facade",
+    "logging-service": "logging_svc",
+    "messages-service": "messages_svc",
+}
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def instance_id(self) -> str:
+        return instance_id(self.name, self.port)
+
+
+def start_service(
+    name: str,
+    agent: ConsulAgent,
+    log_dir: Path,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    root: Path = ROOT,
+) -> Service:
+    """Start one instance under gunicorn with its service's gunicorn.conf.py, as ./scripts/up does.
+
+    `root` is the source tree to run: ./scripts/bench --baseline runs an older checkout beside this one.
+    gunicorn runs in `root` and puts it first on sys.path (its `chdir` setting), so that tree's packages
+    win over this checkout's editable install.
+    """
+    port = port or free_port()
+    package = SERVICES[name]
+    proc = Proc(
+        f"{package}-{port}",
+        [str(VENV_BIN / "gunicorn"), "-c", str(root / package / "gunicorn.conf.py")],
+        log_dir / f"{package}-{port}.log",
+        env={"PORT": str(port), "CONSUL_HTTP_ADDR": agent.addr, **(env or {})},
+        cwd=root,
+    ).start()
+    return Service(name, port, proc)
+
+
+def wait_passing(agent: ConsulAgent, service: Service, timeout: float = 60.0) -> Service:
+    client = agent.client()
+
+    def passing():
+        assert service.proc.alive(), f"{service.proc.name} exited:\n{service.proc.tail()}"
+        assert check_status(client, service.instance_id) == "passing", f"{service.instance_id} not passing yet"
+
+    eventually(passing, timeout, interval=0.2, what=f"{service.instance_id} passing in Consul")
+    return service
+
+
+@dataclass
+class Stack:
+    """A set of instances registered with one Consul agent, on the shared Hazelcast cluster."""
+
+    agent: ConsulAgent
+    cluster: HazelcastCluster
+    log_dir: Path
+    logging: list[Service] = field(default_factory=list)
+    messages: list[Service] = field(default_factory=list)
+    facades: list[Service] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    root: Path = ROOT
+
+    @property
+    def facade(self) -> Service:
+        return self.facades[0]
+
+    @property
+    def instances(self) -> list[Service]:
+        return [*self.logging, *self.messages, *self.facades]
+
+    @property
+    def url(self) -> str:
+        return f"{self.facade.url}/facade"
+
+    def start(self, name: str, port: int | None = None) -> Service:
+        return start_service(name, self.agent, self.log_dir, port=port, env=self.env, root=self.root)
+
+    def replace(self, service: Service) -> Service:
+        """A new instance of the same service on the same port (so the same instance id)."""
+        new = self.start(service.name, port=service.port)
+        for group in (self.logging, self.messages, self.facades):
+            if service in group:
+                group[group.index(service)] = new
+        return new
+
+    def wait_all_passing(self, timeout: float = 60.0) -> None:
+        for service in self.instances:
+            wait_passing(self.agent, service, timeout)
+
+    def stop(self) -> None:
+        # Signal every instance first, then wait: each one drains for DRAIN_SECONDS on its own.
+        for service in self.instances:
+            service.proc.send_signal(signal.SIGTERM)
+        for service in self.instances:
+            service.proc.stop()
+
+
+def build_stack(
+    agent: ConsulAgent,
+    cluster: HazelcastCluster,
+    log_dir: Path,
+    logging: int = 3,
+    messages: int = 2,
+    facades: int = 1,
+    env: dict[str, str] | None = None,
+    root: Path = ROOT,
+) -> Stack:
+    """Start the instances all at once, then wait until every one passes its check."""
+    stack = Stack(agent, cluster, log_dir, env=env or {}, root=root)
+    stack.logging = [stack.start("logging-service") for _ in range(logging)]
+    stack.messages = [stack.start("messages-service") for _ in range(messages)]
+    stack.facades = [stack.start("facade-service") for _ in range(facades)]
+    try:
+        stack.wait_all_passing()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def isolated_agent(cluster: HazelcastCluster, log_dir: Path, name: str) -> ConsulAgent:
+    """A Consul agent of its own, pointing at the shared cluster with a private map and queue, so what
+    happens there (killed instances, a restarted agent) cannot disturb any other test's data."""
+    agent = ConsulAgent(log_dir, name=name).start()
+    suffix = uuid.uuid4().hex[:8]
+    cluster.seed_kv(agent, queue_name=f"queue-{suffix}", map_name=f"log-{suffix}")
+    return agent
+
+
+@contextlib.contextmanager
+def running_stack(
+    log_dir: Path, members: int = 3, logging: int = 3, messages: int = 2, facades: int = 1
+) -> Iterator[Stack]:
+    """A whole system of its own: a Consul agent, `members` Hazelcast members and the instances, every
+    one of them passing; on leaving, everything stops in the reverse order, whatever happened."""
+    with contextlib.ExitStack() as running:
+        agent = ConsulAgent(log_dir)
+        running.callback(agent.stop)
+        agent.start()
+        cluster = HazelcastCluster(agent, log_dir, size=members)
+        running.callback(cluster.stop)
+        cluster.start()
+        stack = build_stack(agent, cluster, log_dir, logging=logging, messages=messages, facades=facades)
+        running.callback(stack.stop)
+        yield stack
