@@ -12,9 +12,8 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from tenacity import RetryCallState
-
 import consul
+from tenacity import RetryCallState
 
 from .background import BackgroundLoop
 from .errors import CONSUL_ERRORS, DiscoveryError

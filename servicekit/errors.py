@@ -3,9 +3,8 @@ catching one never has to import the module that raises it."""
 
 from __future__ import annotations
 
-import requests
-
 import consul
+import requests
 
 # What a call through py-consul raises when the agent cannot answer or refuses: its own errors (ACL
 # denied, a 5xx) and the transport's (refused, reset, timed out).

@@ -25,9 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
-
 import consul
+import psutil
 
 from . import hazelcast_member, kvconfig, stack
 from .consul_client import make_consul

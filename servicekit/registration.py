@@ -7,9 +7,8 @@ import os
 import random
 import threading
 
-from tenacity import RetryCallState
-
 import consul
+from tenacity import RetryCallState
 
 from . import background
 from .background import BackgroundLoop

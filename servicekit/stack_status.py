@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 import consul
+import psutil
 
 from .errors import CONSUL_ERRORS
 
