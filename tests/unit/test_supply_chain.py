@@ -139,6 +139,7 @@ def test_install_deletes_and_refuses_a_jar_that_is_not_the_pinned_one(tmp_path):
     with zipfile.ZipFile(forged, "w") as jar:
         jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nMain-Class: com.hazelcast.core.server.HazelcastMemberStarter\n")
     root = install_root(tmp_path, forged)
+    fake_venv(root)  # the jar check only: the shared .venv is not this copy's to reinstall
 
     done = run_install(root)
 
@@ -149,6 +150,7 @@ def test_install_deletes_and_refuses_a_jar_that_is_not_the_pinned_one(tmp_path):
 
 def test_install_keeps_the_jar_maven_central_serves(tmp_path):
     root = install_root(tmp_path, DEFAULT_JAR)
+    fake_venv(root)
 
     done = run_install(root)
 
