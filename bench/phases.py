@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import statistics
@@ -18,6 +17,7 @@ from bench import profile, wrk
 from bench.cpu import CpuAccount, system_groups
 from bench.systems import POST_BODY, Reference, System, run_counted
 from devstack import HazelcastCluster, until
+from servicekit import queue_item
 
 log = logging.getLogger("bench")
 
@@ -89,9 +89,9 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
 
 
 def offer_all(system: System, messages: list[str]) -> None:
-    """Put messages on the queue as the facade does ({"id", "msg"} JSON), a thousand per call."""
+    """Put messages on the queue as the facade does, a thousand per call."""
     queue = system.queue()
-    items = [json.dumps({"id": str(uuid.uuid4()), "msg": msg}) for msg in messages]
+    items = [queue_item.encode(str(uuid.uuid4()), msg) for msg in messages]
     for first in range(0, len(items), 1000):
         queue.add_all(items[first:first + 1000])
 
@@ -146,7 +146,9 @@ def phase_visible(plan: Plan, system: System) -> None:
     queue = system.queue()
 
     def removed(event) -> None:
-        seen[json.loads(event.item)["msg"]] = time.monotonic()
+        msg = queue_item.decode(event.item)
+        if msg is not None:
+            seen[msg] = time.monotonic()
 
     registration = queue.add_listener(include_value=True, item_removed_func=removed)
     local = threading.local()
