@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 
@@ -23,19 +24,30 @@ DISCONNECTED_POLL = 0.2
 
 
 class MessageStore:
-    """What this instance consumed, in the order it took it. Lives in the worker's memory only."""
+    """What this instance consumed, in the order it took it: the newest `kept` (MESSAGES_KEPT) of it. Lives
+    in the worker's memory only; the log keeps every message, this is a window onto the latest."""
 
-    def __init__(self):
+    def __init__(self, kept: int = 100_000):
         self._lock = threading.Lock()
-        self._messages: list[str] = []
+        self.kept = kept
+        # A deque drops its oldest item when a new one would go past maxlen.
+        self._messages: collections.deque[str] = collections.deque(maxlen=kept)
+        self.let_go = 0
 
     def append(self, msg: str) -> None:
         with self._lock:
+            if len(self._messages) == self.kept:
+                self.let_go += 1
             self._messages.append(msg)
 
     def snapshot(self) -> list[str]:
         with self._lock:
             return list(self._messages)
+
+    def status(self) -> dict:
+        """For /health: how many it holds, at most keeps, and let go so far."""
+        with self._lock:
+            return {"held": len(self._messages), "kept": self.kept, "let_go": self.let_go}
 
 
 class Consumer:

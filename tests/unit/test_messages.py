@@ -15,3 +15,20 @@ def test_routes_without_a_consumer():
     client.application.extensions["message_store"].append("kept")
     assert client.get("/messages").json == {"messages": ["kept"]}
     assert client.get("/health").status_code == 503
+
+
+def test_store_keeps_only_the_newest_and_counts_what_it_let_go():
+    store = MessageStore(kept=3)
+    for msg in "abcde":
+        store.append(msg)
+    assert store.snapshot() == ["c", "d", "e"]
+    assert (store.kept, store.let_go) == (3, 2)
+
+
+def test_health_shows_how_many_are_kept_and_how_many_were_let_go():
+    settings = Settings.from_env("messages-service", 8084, env={"MESSAGES_KEPT": "2"})
+    client = create_app(settings, consume=False).test_client()
+    for msg in "xyz":
+        client.application.extensions["message_store"].append(msg)
+    assert client.get("/messages").json == {"messages": ["y", "z"]}
+    assert client.get("/health").json["details"]["store"] == {"held": 2, "kept": 2, "let_go": 1}
