@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, message_log: MessageLog | None 
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)
         app.extensions["hazelcast"] = hz
-        message_log = HazelcastMessageLog(hz)
+        message_log = HazelcastMessageLog(hz, settings.log_capacity_bytes)
     app.extensions["message_log"] = message_log
     app.register_blueprint(bp)
     return app

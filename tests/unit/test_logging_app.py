@@ -23,6 +23,9 @@ class MemoryLog:
     def messages(self):
         return list(self.entries.values())
 
+    def status(self):
+        return {"entries": len(self.entries)}
+
 
 @pytest.fixture
 def log():
