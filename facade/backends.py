@@ -17,7 +17,7 @@ from servicekit.balancing import RandomPick
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
-from servicekit.web import BadGateway, Unavailable
+from servicekit.web import BadGateway, InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,9 @@ MESSAGES_SERVICE = "messages-service"
 MAX_ATTEMPTS = 6
 # Right after a worker starts, how long a request may wait for Consul's first answer.
 FIRST_ANSWER_TIMEOUT = 1.0
+# Retry-After of a refusal because the queue is full: the consumers take hundreds of messages a second, so a
+# second frees room unless they are down (then the client hears 503 again).
+QUEUE_FULL_RETRY_AFTER = 1
 
 Send = Callable[[Instance, tuple[float, float]], requests.Response]
 
@@ -110,6 +113,9 @@ class Backends:
     ) -> Any:
         try:
             response = send(instance, timeout)
+            if response.status_code == 507:
+                # The log is full for every instance alike (they share it): no other instance is tried.
+                raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")
             if response.status_code >= 500:
                 raise InstanceFailed(f"HTTP {response.status_code}")
             if response.status_code >= 400:
@@ -135,14 +141,33 @@ class Backends:
         )
         return instance.id
 
+    def check_queue_room(self) -> None:
+        """Refuse before anything is stored when the queue is full (max-size in conf/hazelcast.xml): the
+        consumers are that far behind. One call to the queue's member, remaining_capacity."""
+        if self._hazelcast is None or not self._hazelcast.connected:
+            # Nothing to ask; the offer after the log write answers for the queue, as before.
+            return
+        if self._hazelcast.queue().remaining_capacity() <= 0:
+            raise Unavailable(
+                "the message queue is full", retry_after=QUEUE_FULL_RETRY_AFTER, logged=False, queued=False
+            )
+
     def queue_message(self, message_id: str, msg: str) -> None:
         """Put the message on the queue messages_svc consumes."""
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
         if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg)):
-            # Only a bounded queue says no; the message is logged but will not be consumed.
-            raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
+            # The queue filled between check_queue_room and here: the message is logged but will not be
+            # consumed, and the answer says so.
+            raise Unavailable(
+                "the message queue is full",
+                f"message {message_id} logged but not queued",
+                retry_after=QUEUE_FULL_RETRY_AFTER,
+                id=message_id,
+                logged=True,
+                queued=False,
+            )
 
     def logged_messages(self) -> list[str]:
         _, body = self._call(LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", timeout=timeout))

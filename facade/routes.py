@@ -11,10 +11,12 @@ bp = Blueprint("facade", __name__)
 
 @bp.post("/facade")
 def post_message():
-    """201 means the message is in the log (a Hazelcast map with a backup copy) and on the queue."""
+    """201 means the message is in the log (a Hazelcast map with a backup copy) and on the queue. A full
+    queue is a 503 with Retry-After, a full log a 507; either stores nothing."""
     msg = require_message(read_json_object(request))
     message_id = str(uuid.uuid4())
     backends = current_app.extensions["backends"]
+    backends.check_queue_room()
     logged_by = backends.log_message(message_id, msg)
     backends.queue_message(message_id, msg)
     return jsonify(id=message_id, msg=msg, logged_by=logged_by), 201
