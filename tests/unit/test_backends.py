@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from facade import create_app
-from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, Backends
+from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
 from servicekit.discovery import Instance
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, Unavailable
@@ -215,3 +215,19 @@ def test_a_queue_that_fills_after_the_check_is_answered_with_what_was_done(closi
     answer = facade_with(closing, http, FakeQueue(room=5, accepts=False)).post("/facade", json={"msg": "hello"})
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
     assert answer.json["logged"] is True and answer.json["queued"] is False and answer.json["id"]
+
+
+def test_the_queue_room_is_asked_again_on_every_post_once_it_is_near_the_bound(closing):
+    http = ScriptedHttp(p8081=STORED, p8082=STORED)
+    queue = FakeQueue(room=QUEUE_ROOM_MARGIN + 1)
+    asked = []
+    answer_room = queue.remaining_capacity
+    queue.remaining_capacity = lambda: asked.append(1) or answer_room()  # type: ignore[method-assign]
+    client = facade_with(closing, http, queue)
+    assert [client.post("/facade", json={"msg": "m"}).status_code for _ in range(3)] == [201] * 3
+    assert len(asked) == 1, "far from the bound, a fresh answer is reused"
+    queue.room = 0
+    client.application.extensions["backends"]._queue_room_at = float("-inf")
+    assert client.post("/facade", json={"msg": "m"}).status_code == 503
+    assert client.post("/facade", json={"msg": "m"}).status_code == 503
+    assert len(asked) == 3, "near the bound, every POST asks"
