@@ -42,9 +42,11 @@ def assert_every_health_is_200(stack) -> None:
 
 def test_a_full_log_refuses_posts_with_507_stores_nothing_and_still_answers_reads(own_stack, hz_client):
     msg = "x" * 1000
-    # Room for three such messages; one logging instance, so its own count is the whole log's.
+    # Room for three such messages. One logging instance with one worker, so its own count is the whole
+    # log's at once (workers share theirs every LogSize.SIZE_REFRESH: the flood test covers that).
     capacity = 3 * entry_cost(str(uuid.uuid4()), encode(msg, time.time_ns()))
-    stack = own_stack(logging=1, messages=1, env={"LOG_CAPACITY_BYTES": str(capacity)})
+    env = {"LOG_CAPACITY_BYTES": str(capacity), "GUNICORN_CMD_ARGS": "--workers 1"}
+    stack = own_stack(logging=1, messages=1, env=env)
     shared = names(stack)
     log = hz_client.get_map(shared.map_name).blocking()
 
