@@ -27,7 +27,7 @@ class MessageStore:
     """What this instance consumed, in the order it took it: the newest `kept` (MESSAGES_KEPT) of it. Lives
     in the worker's memory only; the log keeps every message, this is a window onto the latest."""
 
-    def __init__(self, kept: int = 100_000):
+    def __init__(self, kept: int = 20_000):
         self._lock = threading.Lock()
         self.kept = kept
         # A deque drops its oldest item when a new one would go past maxlen.

@@ -211,8 +211,10 @@ class Settings:
     # logging_svc refuses a message (507) that would take the log past this many bytes (one copy, estimated
     # per entry by logging_svc.store.entry_cost); by default derived from the members' heaps.
     log_capacity_bytes: int = field(default_factory=lambda: _default_log_capacity())
-    # messages_svc keeps this many of the newest messages it consumed and lets the older ones go.
-    messages_kept: int = 100_000
+    # messages_svc keeps this many of the newest messages it consumed and lets the older ones go: at most
+    # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
+    # for characters outside the BMP, which Python stores in 4 bytes each).
+    messages_kept: int = 20_000
     version: str = VERSION
 
     def __post_init__(self) -> None:
@@ -239,7 +241,7 @@ class Settings:
             max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
             log_capacity_bytes=_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
-            messages_kept=_int(env, "MESSAGES_KEPT", 100_000, minimum=1),
+            messages_kept=_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
         )
 
     @property
