@@ -57,6 +57,15 @@ class InstanceFailed(Exception):
         self.reached = reached
 
 
+class CallFailed(Unavailable):
+    """No instance answered usefully. `maybe_done`: one of them may have done the work all the same (it
+    answered 5xx, or its read timed out), so a write may have landed."""
+
+    def __init__(self, public: str, detail: str, maybe_done: bool):
+        super().__init__(public, detail)
+        self.maybe_done = maybe_done
+
+
 class Backends:
     def __init__(
         self,
@@ -120,8 +129,10 @@ class Backends:
                 return 0.0
             return random.uniform(0.05, 0.2)
 
-        def details() -> str:
-            return "; ".join(f"{k}: {v}" for k, v in failed.items())
+        touched: list[bool] = []  # one entry per failed attempt: whether it reached the instance
+
+        def give_up(public: str) -> CallFailed:
+            return CallFailed(public, "; ".join(f"{k}: {v}" for k, v in failed.items()), any(touched))
 
         retrying = Retrying(
             retry=retry_if_exception_type(InstanceFailed),
@@ -138,16 +149,17 @@ class Backends:
                     try:
                         return instance, self._once(service, instance, send, timeout, failed)
                     except InstanceFailed as exc:
+                        touched.append(exc.reached is not Reached.NO)
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
                         if last or exc.reached is Reached.NO:
                             raise
                         if exc.reached is Reached.MAYBE_STILL_WORKING and not retry_after_timeout:
-                            raise Unavailable(f"{service} did not answer in time", details()) from None
+                            raise give_up(f"{service} did not answer in time") from None
                         if not budget.try_retry():
-                            raise Unavailable(f"{service} failed and its retry budget is spent", details()) from None
+                            raise give_up(f"{service} failed and its retry budget is spent") from None
                         raise
         except InstanceFailed:
-            raise Unavailable(f"every {service} instance failed", details()) from None
+            raise give_up(f"every {service} instance failed") from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     def _once(
