@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import uuid
 
 from flask import Blueprint, current_app, jsonify, request
@@ -13,6 +14,7 @@ from .backends import CallFailed
 from .idempotency import Answer
 
 bp = Blueprint("facade", __name__)
+log = logging.getLogger(__name__)
 
 
 def _log_and_queue(message_id: str, msg: str) -> Answer:
@@ -46,7 +48,7 @@ def post_message():
     msg = require_message(read_json_object(request))
     if key is None:
         answer = _log_and_queue(str(uuid.uuid4()), msg)
-        return jsonify(answer.body), answer.status
+        return _answered(answer)
     answers: idempotency.AnswerStore = current_app.extensions["answers"]
     fingerprint = idempotency.fingerprint(msg)
     try:
@@ -67,6 +69,12 @@ def post_message():
     else:
         # Only a complete answer is kept: a retry with the key finishes the work, under the same id.
         answers.release(key)
+    return _answered(answer)
+
+
+def _answered(answer: Answer):
+    if answer.status != 201:
+        log.warning("answering %s: %s", answer.status, answer.body)
     return jsonify(answer.body), answer.status
 
 
