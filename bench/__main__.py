@@ -4,7 +4,7 @@
 
 Starts a Consul agent, three Hazelcast members and the services on free loopback ports (devstack, the
 same code the integration tests use), plus two references under the facade's gunicorn settings
-(bench/reference.py). Every load loop is bounded in count and time. Writes bench-results.json and
+(bench/reference.py), and the facade's design written the naive way on the same members. Every load loop is bounded in count and time. Writes bench-results.json and
 bench-plot.png to the working directory; --docs also writes docs/BENCHMARKS.md's results and docs/bench.png.
 
 --baseline REV runs the code of git revision REV as a second system beside this one (its own Consul
@@ -42,7 +42,16 @@ from bench.phases import (
     phase_visible,
 )
 from bench.summary import summarize
-from bench.systems import POST_BODY, System, checkout, logged, short_rev, start_reference, start_system
+from bench.systems import (
+    POST_BODY,
+    System,
+    checkout,
+    logged,
+    short_rev,
+    start_design,
+    start_reference,
+    start_system,
+)
 from devstack import ROOT, ConsulAgent, HazelcastCluster
 
 log = logging.getLogger("bench")
@@ -85,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             rev = short_rev(args.baseline)
             roots.append((f"baseline-{rev}", checkout(rev, log_dir / "baseline-src")))
         systems: list[System] = [start_system(running, label, cluster, log_dir, root) for label, root in roots]
+        design = start_design(running, log_dir, systems[0])
         log.info("stack up in %.0f s; warming up (JIT, pools, connections)", time.monotonic() - started)
-        for url in [f"{chain.url}/chain", *(s.stack.url for s in systems)]:
+        for url in [f"{chain.url}/chain", f"{design.url}/design", *(s.stack.url for s in systems)]:
             wrk.run(url, 4, 2, method="POST", body=POST_BODY)
 
         post: dict = {}
@@ -96,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if "post" in phases:
             log.info("POST /facade against the references (%s connections, %.0f s each, %d rounds)",
                      "/".join(map(str, plan.levels)), plan.seconds, plan.rounds)  # fmt: skip
-            post = phase_post(plan, systems, cluster, bare, chain)
+            post = phase_post(plan, systems, cluster, bare, chain, design)
         if "visible" in phases:
             log.info("POST-to-visible at %.0f messages/s for %.0f s", plan.visible_rate, plan.visible_seconds)
             for system in random.sample(systems, len(systems)):

@@ -52,12 +52,14 @@ def percentile(values: list[float], p: int) -> float:
 
 
 def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bare: Reference,
-               chain: Reference) -> dict:  # fmt: skip
-    """Interleaved: each round runs the chain, then every system, at each concurrency."""
-    runs: dict[str, dict[int, list[wrk.Result]]] = {"chain": {}, "bare": {}}
+               chain: Reference, design: Reference) -> dict:  # fmt: skip
+    """Interleaved: each round runs the chain, then every system, at each concurrency; at the main
+    concurrency the naive design runs right after the chain."""
+    runs: dict[str, dict[int, list[wrk.Result]]] = {"chain": {}, "bare": {}, "design": {}}
     for system in systems:
         runs[system.label] = {}
     ratios: dict[str, list[float]] = {s.label: [] for s in systems}
+    design_ratios: dict[str, list[float]] = {s.label: [] for s in systems}
     account = CpuAccount()
     chain_groups = {"reference chain (front)": [chain.proc.pid], "reference bare (second hop)": [bare.proc.pid]}
     for r in range(plan.rounds):
@@ -73,6 +75,11 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
                 chain_result = chain_run()
             runs["chain"].setdefault(level, []).append(chain_result)
             line = f"round {r + 1}, {level:>2} connections: chain {chain_result.rps:6.0f}/s"
+            design_result = None
+            if level == plan.main_level:
+                design_result = wrk.run(f"{design.url}/design", level, plan.seconds, method="POST", body=POST_BODY)
+                runs["design"].setdefault(level, []).append(design_result)
+                line += f", design {design_result.rps:6.0f}/s ({design_result.errors} errors)"
             for system in random.sample(systems, len(systems)):
                 def facade_run(system=system, level=level):
                     return run_counted(system, system.stack.url, level, plan.seconds, method="POST", body=POST_BODY)
@@ -80,12 +87,15 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
                 if level == plan.main_level:
                     result = account.measure(system.label, system_groups(system, cluster), facade_run)
                     ratios[system.label].append(result.rps / chain_result.rps)
+                    assert design_result is not None
+                    design_ratios[system.label].append(result.rps / design_result.rps)
                 else:
                     result = facade_run()
                 runs[system.label].setdefault(level, []).append(result)
                 line += f", {system.label} {result.rps:6.0f}/s (p99 {result.p99_ms:.0f} ms, {result.errors} errors)"
             log.info("  POST %s", line)
-    return {"runs": runs, "ratios": ratios, "cpu_ms_per_request": account.per_request_ms()}
+    return {"runs": runs, "ratios": ratios, "design_ratios": design_ratios,
+            "cpu_ms_per_request": account.per_request_ms()}  # fmt: skip
 
 
 def offer_all(system: System, messages: list[str]) -> None:

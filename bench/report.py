@@ -64,6 +64,7 @@ def markdown(r: dict) -> str:
     row("POST /facade p50", "post_p50_ms", " ms", 1)
     row("POST /facade p99", "post_p99_ms", " ms", 1)
     row("POST /facade / reference chain, same round (`post_vs_ref`)", "post_vs_ref", "", 2)
+    row("POST /facade / the naive design, same round (`post_vs_design`)", "post_vs_design", "", 2)
     row("GET /facade p50 at 10,000 stored messages (`get_p50_ms_10k`)", "get_p50_ms_10k", " ms", 1)
     row("GET /facade growth, p50 per 1,000 stored messages", "get_ms_per_1k_messages", " ms", 2)
     row("GET /facade constant (p50 fit at 0 messages)", "get_constant_ms", " ms", 1)
@@ -78,6 +79,7 @@ def markdown(r: dict) -> str:
             "|---|---|",
             f"| bare Flask endpoint (`ref_bare_rps`) | {_fmt(r.get('ref_bare_rps'))} |",
             f"| two-hop chain (`ref_chain_rps`) | {_fmt(r.get('ref_chain_rps'))} |",
+            f"| the naive design (`ref_design_rps`) | {_fmt(r.get('ref_design_rps'))} |",
         ]
     if "get_by_size" in r:
         rows += ["", "| stored messages | GET p50 | GET p99 |" + (" baseline p50 | baseline p99 |" if base else ""),

@@ -26,6 +26,7 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
             s["post_p50_ms"] = med(system.label, plan.main_level, "p50_ms")
             s["post_p99_ms"] = med(system.label, plan.main_level, "p99_ms")
             s["post_vs_ref"] = statistics.median(post["ratios"][system.label])
+            s["post_vs_design"] = statistics.median(post["design_ratios"][system.label])
             s["post_errors"] = sum(r.errors for rs in runs[system.label].values() for r in rs)
             s["post_by_level"] = by_level(system.label)
         if "get" in system.results:
@@ -50,6 +51,7 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
     if runs:
         current["ref_chain_rps"] = med("chain", plan.main_level, "rps")
         current["ref_bare_rps"] = med("bare", plan.main_level, "rps")
+        current["ref_design_rps"] = med("design", plan.main_level, "rps")
         current["chain_by_level"] = by_level("chain")
         current["cpu_ms_per_request"] = post["cpu_ms_per_request"]
     if len(systems) > 1:

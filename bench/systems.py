@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 import logging
 from pathlib import Path
@@ -61,6 +62,7 @@ class System:
     stack: Stack
     hz: hazelcast.HazelcastClient
     queue_name: str
+    config: kvconfig.SharedConfig
     consul_requests: float = 0.0
     facade_requests: int = 0
     results: dict = field(default_factory=dict)
@@ -76,11 +78,18 @@ class Reference:
 
 
 def start_reference(
-    running: contextlib.ExitStack, log_dir: Path, name: str, downstream: str | None = None
+    running: contextlib.ExitStack,
+    log_dir: Path,
+    name: str,
+    downstream: str | None = None,
+    path: str | None = None,
+    env: dict[str, str] | None = None,
+    body: str = POST_BODY,
 ) -> Reference:
-    """A reference under bench/gunicorn.conf.py, stopped when `running` closes."""
+    """A reference under bench/gunicorn.conf.py, stopped when `running` closes; it is up once a POST to
+    `path` answers 201."""
     port = free_port()
-    env = {"PORT": str(port), **({"REF_DOWNSTREAM": downstream} if downstream else {})}
+    env = {"PORT": str(port), **({"REF_DOWNSTREAM": downstream} if downstream else {}), **(env or {})}
     proc = Proc(name, [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "bench" / "gunicorn.conf.py")],
                 log_dir / f"{name}.log", env=env)  # fmt: skip
     running.callback(logged(proc.stop))
@@ -89,12 +98,26 @@ def start_reference(
 
     def answers():
         assert proc.alive(), f"{name} exited:\n{proc.tail()}"
-        path = "/chain" if downstream else "/echo"
-        assert requests.post(url + path, data=POST_BODY, headers={"Content-Type": "application/json"},
+        target = url + (path or ("/chain" if downstream else "/echo"))
+        assert requests.post(target, data=body, headers={"Content-Type": "application/json"},
                              timeout=2).status_code == 201  # fmt: skip
 
     eventually(answers, timeout=30, interval=0.2, what=f"{name} answering")
     return Reference(proc, url)
+
+
+def start_design(running: contextlib.ExitStack, log_dir: Path, system: System, instances: int = 3) -> Reference:
+    """The naive design (bench/reference.py): `instances` /design-log references writing the system's
+    map, and a /design front that knows their addresses and offers to the system's queue, whose
+    consumers are the system's messages instances. Returns the front; the others are stopped with it."""
+    config = system.config
+    env = {"REF_HZ_CLUSTER": config.cluster_name, "REF_HZ_MEMBERS": ",".join(config.members),
+           "REF_MAP": config.map_name, "REF_QUEUE": config.queue_name}  # fmt: skip
+    body = json.dumps({"id": str(uuid.uuid4()), "msg": "design reference warm-up"})
+    logs = [start_reference(running, log_dir, f"ref-design-log-{n}", path="/design-log", env=env, body=body)
+            for n in range(instances)]  # fmt: skip
+    return start_reference(running, log_dir, "ref-design", path="/design",
+                           env={**env, "REF_LOGGING": ",".join(r.url for r in logs)})  # fmt: skip
 
 
 def start_system(
@@ -108,7 +131,7 @@ def start_system(
     config = kvconfig.load(agent.client())
     hz = hazelcast.HazelcastClient(cluster_name=config.cluster_name, cluster_members=list(config.members))
     running.callback(logged(hz.shutdown))
-    return System(label, agent, stack, hz, config.queue_name)
+    return System(label, agent, stack, hz, config.queue_name, config)
 
 
 def checkout(rev: str, into: Path) -> Path:

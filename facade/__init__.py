@@ -8,11 +8,12 @@ from servicekit import stack
 from servicekit.consul_client import make_consul
 from servicekit.discovery import Discovery
 from servicekit.gunicorn_hooks import on_shutdown
-from servicekit.hz import Hazelcast
+from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast
 from servicekit.settings import Settings
 from servicekit.web import configure_app
 
 from .backends import LOGGING_SERVICE, MESSAGES_SERVICE, Backends
+from .idempotency import AnswerStore
 from .routes import bp
 
 SERVICE_NAME = "facade-service"
@@ -33,5 +34,8 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
     on_shutdown(app, backends.close)
     app.extensions["hazelcast"] = hz
     app.extensions["backends"] = backends
+    # A claim outlives the longest request (the log call's deadline, then a few Hazelcast calls).
+    lease = settings.request_deadline + 4 * INVOCATION_TIMEOUT
+    app.extensions["answers"] = AnswerStore(hz, settings.idempotency_window, lease)
     app.register_blueprint(bp)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import time
@@ -16,6 +17,7 @@ from servicekit import queue_item
 from servicekit.balancing import RandomPick
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
+from servicekit.retry_budget import RetryBudget
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, InsufficientStorage, Unavailable
 
@@ -38,8 +40,38 @@ QUEUE_ROOM_MARGIN = 1000
 Send = Callable[[Instance, tuple[float, float]], requests.Response]
 
 
+class Reached(enum.Enum):
+    """How far a failed call got at the instance, which decides whether another instance may be tried."""
+
+    NO = "no"  # the connection was refused or never set up: the instance saw nothing
+    DONE = "done"  # it answered (5xx, or a body that is not JSON): its work is over
+    MAYBE_STILL_WORKING = "maybe still working"  # the read timed out: it may still be on it
+
+    @staticmethod
+    def of(exc: Exception) -> Reached:
+        # ConnectTimeout is a ConnectionError too; ReadTimeout is not.
+        if isinstance(exc, requests.ReadTimeout):
+            return Reached.MAYBE_STILL_WORKING
+        if isinstance(exc, requests.ConnectionError):
+            return Reached.NO
+        return Reached.DONE
+
+
 class InstanceFailed(Exception):
     """One instance did not answer usefully; another may."""
+
+    def __init__(self, reason: str, reached: Reached):
+        super().__init__(reason)
+        self.reached = reached
+
+
+class CallFailed(Unavailable):
+    """No instance answered usefully. `maybe_done`: one of them may have done the work all the same (it
+    answered 5xx, or its read timed out), so a write may have landed."""
+
+    def __init__(self, public: str, detail: str, maybe_done: bool):
+        super().__init__(public, detail)
+        self.maybe_done = maybe_done
 
 
 class Backends:
@@ -61,6 +93,10 @@ class Backends:
         self._http = session or requests.Session()
         # No proxy, netrc or CA-bundle lookups in the environment on every call.
         self._http.trust_env = False
+        self._budgets = {
+            service: RetryBudget(settings.retry_budget_ratio, settings.retry_budget_minimum)
+            for service in (LOGGING_SERVICE, MESSAGES_SERVICE)
+        }
         # GET /facade reads messages_svc here while the request thread reads logging_svc.
         self._reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backend-read")
         # The queue's remaining capacity as last read, and when (check_queue_room).
@@ -75,15 +111,21 @@ class Backends:
     def status(self) -> dict:
         return self._discovery.status()
 
-    def _call(self, service: str, send: Send) -> tuple[Instance, Any]:
-        """Send to a random passing instance; after a connection error, timeout or 5xx, try another one.
+    def _call(self, service: str, send: Send, retry_after_timeout: bool = False) -> tuple[Instance, Any]:
+        """Send to a random passing instance; after a failure, maybe try another one.
 
-        Only for calls that are safe to repeat: GETs, and POST /logging, which is idempotent by id. The
-        instance list comes from memory (no Consul call); the whole call, retries included, is bounded
-        by the request deadline.
+        Another instance is tried after a refused connection at once (the first never saw the call), and
+        after a 5xx or a timeout only while the service's retry budget allows (servicekit/retry_budget):
+        a slow tier then gets at most a tenth more calls, not one more per call. A call whose read timed
+        out may still be running at the first instance, so it goes elsewhere only with
+        `retry_after_timeout`, for calls whose work is small and safe to repeat (POST /logging: one
+        put_if_absent by id); a read of the log is never doubled that way. The instance list comes from
+        memory (no Consul call); the whole call, retries included, is bounded by the request deadline.
         """
         failed: dict[str, str] = {}
         give_up_at = time.monotonic() + self._deadline
+        budget = self._budgets[service]
+        budget.first_try()
 
         def pick() -> Instance:
             instances = self._discovery.instances(service, timeout=FIRST_ANSWER_TIMEOUT)
@@ -98,6 +140,11 @@ class Backends:
                 return 0.0
             return random.uniform(0.05, 0.2)
 
+        touched: list[bool] = []  # one entry per failed attempt: whether it reached the instance
+
+        def give_up(public: str) -> CallFailed:
+            return CallFailed(public, "; ".join(f"{k}: {v}" for k, v in failed.items()), any(touched))
+
         retrying = Retrying(
             retry=retry_if_exception_type(InstanceFailed),
             stop=stop_after_attempt(MAX_ATTEMPTS) | stop_after_delay(self._deadline),
@@ -110,10 +157,20 @@ class Backends:
                     instance = pick()
                     remaining = max(give_up_at - time.monotonic(), 0.05)
                     timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
-                    return instance, self._once(service, instance, send, timeout, failed)
+                    try:
+                        return instance, self._once(service, instance, send, timeout, failed)
+                    except InstanceFailed as exc:
+                        touched.append(exc.reached is not Reached.NO)
+                        last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
+                        if last or exc.reached is Reached.NO:
+                            raise
+                        if exc.reached is Reached.MAYBE_STILL_WORKING and not retry_after_timeout:
+                            raise give_up(f"{service} did not answer in time") from None
+                        if not budget.try_retry():
+                            raise give_up(f"{service} failed and its retry budget is spent") from None
+                        raise
         except InstanceFailed:
-            detail = "; ".join(f"{k}: {v}" for k, v in failed.items())
-            raise Unavailable(f"every {service} instance failed", detail) from None
+            raise give_up(f"every {service} instance failed") from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     def _once(
@@ -125,7 +182,7 @@ class Backends:
                 # The log is full for every instance alike (they share it): no other instance is tried.
                 raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")
             if response.status_code >= 500:
-                raise InstanceFailed(f"HTTP {response.status_code}")
+                raise InstanceFailed(f"HTTP {response.status_code}", Reached.DONE)
             if response.status_code >= 400:
                 # The facade validated the request, so a 4xx here is a contract mismatch, not bad input,
                 # and no other instance would answer differently. The log names the instance; the client
@@ -134,10 +191,13 @@ class Backends:
                 raise BadGateway(f"{service} rejected the request")
             return response.json()
         except (requests.RequestException, ValueError, InstanceFailed) as exc:
-            reason = str(exc) if isinstance(exc, InstanceFailed) else type(exc).__name__
+            if isinstance(exc, InstanceFailed):
+                reason, reached = str(exc), exc.reached
+            else:
+                reason, reached = type(exc).__name__, Reached.of(exc)
             failed[instance.id] = reason
-            log.warning("%s failed (%s); trying another instance", instance.id, reason)
-            raise InstanceFailed(reason) from exc
+            log.warning("%s failed (%s)", instance.id, reason)
+            raise InstanceFailed(reason, reached) from exc
 
     def log_message(self, message_id: str, msg: str) -> str:
         """Store the message through one logging instance; returns that instance's id."""
@@ -146,6 +206,7 @@ class Backends:
             lambda i, timeout: self._http.post(
                 f"{i.url}/logging", json={"id": message_id, "msg": msg}, timeout=timeout
             ),
+            retry_after_timeout=True,
         )
         return instance.id
 
@@ -173,15 +234,8 @@ class Backends:
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
         if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg)):
             # The queue filled between check_queue_room and here: the message is logged but will not be
-            # consumed, and the answer says so.
-            raise Unavailable(
-                "the message queue is full",
-                f"message {message_id} logged but not queued",
-                retry_after=QUEUE_FULL_RETRY_AFTER,
-                id=message_id,
-                logged=True,
-                queued=False,
-            )
+            # consumed (facade.routes answers a 503 that says so).
+            raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
 
     def logged_messages(self) -> list[str]:
         _, body = self._call(LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", timeout=timeout))

@@ -1,25 +1,83 @@
 from __future__ import annotations
 
+import logging
 import uuid
 
 from flask import Blueprint, current_app, jsonify, request
+from hazelcast.errors import HazelcastError
 
-from servicekit.web import health_response, read_json_object, require_message
+from servicekit.errors import HazelcastUnavailable
+from servicekit.web import Unavailable, health_response, read_json_object, require_message
+
+from . import idempotency
+from .backends import CallFailed
+from .idempotency import Answer
 
 bp = Blueprint("facade", __name__)
+log = logging.getLogger(__name__)
+
+
+def _log_and_queue(message_id: str, msg: str) -> Answer:
+    """201 when the message is in the log and on the queue; a 503 whose body says what was done when only
+    part of it was; an exception (answered by the error handlers) when nothing was stored: among them a full
+    queue (503 with Retry-After, looked at before the log write) and a full log (507)."""
+    backends = current_app.extensions["backends"]
+    backends.check_queue_room()
+    try:
+        logged_by = backends.log_message(message_id, msg)
+    except CallFailed as exc:
+        if not exc.maybe_done:
+            raise
+        # An instance that timed out or failed may still have written it: "logged" is not known.
+        return Answer(503, {"error": exc.public, "id": message_id, "logged": None, "queued": False})
+    try:
+        backends.queue_message(message_id, msg)
+    except (Unavailable, HazelcastUnavailable):
+        # Refused before it was sent (not connected) or by a full queue: certainly not queued.
+        error = "the message is logged but could not be queued"
+        return Answer(503, {"error": error, "id": message_id, "logged": True, "queued": False})
+    except HazelcastError:
+        # Sent, but no answer came back: it may be on the queue.
+        error = "the message is logged; whether it was queued is not known"
+        return Answer(503, {"error": error, "id": message_id, "logged": True, "queued": None})
+    return Answer(201, {"id": message_id, "msg": msg, "logged_by": logged_by})
 
 
 @bp.post("/facade")
 def post_message():
-    """201 means the message is in the log (a Hazelcast map with a backup copy) and on the queue. A full
-    queue is a 503 with Retry-After, a full log a 507; either stores nothing."""
+    """201 means the message is in the log (a Hazelcast map with a backup copy) and on the queue."""
+    key = idempotency.key_of(request.headers.get(idempotency.HEADER))
     msg = require_message(read_json_object(request))
-    message_id = str(uuid.uuid4())
-    backends = current_app.extensions["backends"]
-    backends.check_queue_room()
-    logged_by = backends.log_message(message_id, msg)
-    backends.queue_message(message_id, msg)
-    return jsonify(id=message_id, msg=msg, logged_by=logged_by), 201
+    if key is None:
+        answer = _log_and_queue(str(uuid.uuid4()), msg)
+        return _answered(answer)
+    answers: idempotency.AnswerStore = current_app.extensions["answers"]
+    fingerprint = idempotency.fingerprint(msg)
+    try:
+        first = answers.claim(key, fingerprint)
+    except idempotency.KeyReused:
+        return jsonify(error=f"this {idempotency.HEADER} came with another message"), 422
+    except idempotency.KeyInFlight:
+        return jsonify(error=f"a request with this {idempotency.HEADER} is being answered; retry later"), 409
+    if first is not None:
+        return jsonify(first.body), first.status, {"Idempotent-Replayed": "true"}
+    try:
+        answer = _log_and_queue(idempotency.message_id(key), msg)
+    except BaseException:
+        answers.release(key)
+        raise
+    if answer.status == 201:
+        answers.keep(key, fingerprint, answer)
+    else:
+        # Only a complete answer is kept: a retry with the key finishes the work, under the same id.
+        answers.release(key)
+    return _answered(answer)
+
+
+def _answered(answer: Answer):
+    if answer.status != 201:
+        log.warning("answering %s: %s", answer.status, answer.body)
+    return jsonify(answer.body), answer.status
 
 
 @bp.get("/facade")

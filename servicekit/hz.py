@@ -122,6 +122,11 @@ class Hazelcast:
         client, config = self._ready()
         return client.get_map(config.map_name).blocking()
 
+    def idempotency_map(self):
+        """The facade's Idempotency-Key answers, in a map named after the log's (facade/idempotency.py)."""
+        client, config = self._ready()
+        return client.get_map(f"{config.map_name}.idempotency").blocking()
+
     def queue(self):
         client, config = self._ready()
         return client.get_queue(config.queue_name).blocking()
