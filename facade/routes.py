@@ -4,7 +4,8 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 
-from servicekit.web import health_response, read_json_object, require_message
+from servicekit.paging import LogCursor, MessagesCursor
+from servicekit.web import health_response, read_cursor, read_json_object, read_limit, require_message
 
 bp = Blueprint("facade", __name__)
 
@@ -22,9 +23,10 @@ def post_message():
 
 @bp.get("/facade")
 def get_messages():
-    logged, messages_from, consumed = current_app.extensions["backends"].read_all()
-    # messages_from names the instance that answered: each holds only the messages it consumed.
-    return jsonify(logging=logged, messages=consumed, messages_from=messages_from)
+    limit = read_limit(request)
+    after = read_cursor(request, "after", LogCursor.decode)
+    messages_after = read_cursor(request, "messages_after", MessagesCursor.decode)
+    return jsonify(current_app.extensions["backends"].read_page(limit, after, messages_after))
 
 
 @bp.get("/health")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from hazelcast import predicate
+from hazelcast.aggregator import min_
 from hazelcast.core import HazelcastJsonValue
 
 from servicekit.hz import Hazelcast
+from servicekit.paging import STAMP_DIGITS, LogCursor
 
 
 class MessageLog(Protocol):
@@ -20,11 +23,15 @@ class MessageLog(Protocol):
     def messages(self) -> list[str]:
         """Every message, oldest first."""
 
+    def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
+        """Up to `limit` messages after `after` (from the oldest when None), oldest first, and the cursor
+        of the next page: None when this page reached the newest message."""
+
 
 # An entry is one string: the acceptance time in nanoseconds, zero-padded to a fixed width, then the
 # message. Sorting the strings sorts by time, and reading 10,000 of them back is a third faster than
-# HazelcastJsonValue plus json.loads (docs/BENCHMARKS.md).
-STAMP_DIGITS = 20
+# HazelcastJsonValue plus json.loads (docs/BENCHMARKS.md). STAMP_DIGITS is in servicekit.paging, beside
+# the cursor that carries a stamp.
 
 
 def encode(msg: str, stamp_ns: int) -> str:
@@ -40,6 +47,47 @@ def convert_json_entry(entry: str | HazelcastJsonValue) -> str:
     return entry
 
 
+def stamp_of(entry: str) -> int:
+    return int(entry[:STAMP_DIGITS])
+
+
+def stamp_bound(stamp_ns: int) -> str:
+    """The bare stamp: sorts before every entry with that stamp (a message is never empty) and after
+    every entry with an earlier one."""
+    return f"{stamp_ns:0{STAMP_DIGITS}d}"
+
+
+def cut_page(entries: list[str], after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
+    """The page in `entries` (sorted, from the cursor's stamp on, at most limit + seen + 1 of them): the
+    `seen` entries of the cursor's stamp the walk already returned are dropped, and one entry past the
+    page says whether there is a next one."""
+    if after is not None:
+        already = 0
+        while already < min(after.seen, len(entries)) and stamp_of(entries[already]) == after.stamp:
+            already += 1
+        entries = entries[already:]
+    page = entries[:limit]
+    if len(entries) <= limit:
+        return [e[STAMP_DIGITS:] for e in page], None
+    last = stamp_of(page[-1])
+    seen = sum(1 for e in page if stamp_of(e) == last)
+    if after is not None and last == after.stamp:
+        seen += after.seen
+    return [e[STAMP_DIGITS:] for e in page], LogCursor(last, seen)
+
+
+# The log is read through a SORTED index on the entry (conf/hazelcast.xml), one window of stamps at a
+# time: a paging predicate costs what its predicate matches, not what the page holds (an unbounded
+# `greater(cursor)` over 1,000,000 entries took 1.2 s, a window holding the page 3-4 ms;
+# docs/BENCHMARKS.md). The first window spans a second; then each worker sizes its windows to hold about
+# twice a page, from the last full page it read. An empty or short window is followed by one
+# WINDOW_GROWTH times wider, so a gap of a week is crossed in six steps; the window that would reach the
+# present is left open at the top, so an entry stamped by a clock running ahead is still read.
+FIRST_WINDOW_NS = 1_000_000_000
+MIN_WINDOW_NS = 1_000_000
+WINDOW_GROWTH = 16
+
+
 def ordered(entries) -> list[str]:
     """The messages of `entries`, oldest first: the stamped strings sort by their stamp, which is then dropped."""
     return [entry[STAMP_DIGITS:] for entry in sorted(map(convert_json_entry, entries))]
@@ -48,6 +96,11 @@ def ordered(entries) -> list[str]:
 class HazelcastMessageLog:
     def __init__(self, hz: Hazelcast):
         self._hz = hz
+        # The oldest stamp this worker found: the start of the first page. Checked on every first page
+        # (an index lookup that matches nothing when it still holds), found again by a scan of the map
+        # when not.
+        self._oldest: int | None = None
+        self._width = FIRST_WINDOW_NS
 
     @property
     def ready(self) -> bool:
@@ -61,3 +114,40 @@ class HazelcastMessageLog:
     def messages(self) -> list[str]:
         # One call for the whole map; the values come back in partition order.
         return ordered(self._hz.map().values())
+
+    def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
+        log_map = self._hz.map()
+        start = after.stamp if after is not None else self._oldest_stamp(log_map)
+        if start is None:
+            return [], None
+        want = limit + 1 + (after.seen if after is not None else 0)
+        found: list[str] = []
+        low, width = start, self._width
+        now = time.time_ns()
+        while len(found) < want:
+            last = low + width >= now
+            if last:
+                window = predicate.greater_or_equal("this", stamp_bound(low))
+            else:
+                # between() includes its bounds, but no entry equals a bare stamp: the windows do not overlap.
+                window = predicate.between("this", stamp_bound(low), stamp_bound(low + width))
+            found.extend(sorted(log_map.values(predicate.paging(window, want - len(found)))))
+            if last:
+                break
+            low, width = low + width, width * WINDOW_GROWTH
+        if len(found) == want:
+            self._width = max(2 * (stamp_of(found[-1]) - start), MIN_WINDOW_NS)
+        if after is None and found:
+            self._oldest = stamp_of(found[0])
+        return cut_page(found, after, limit)
+
+    def _oldest_stamp(self, log_map) -> int | None:
+        if self._oldest is not None:
+            earlier = predicate.paging(predicate.less("this", stamp_bound(self._oldest)), 1)
+            if not log_map.values(earlier):
+                return self._oldest
+        # A scan of the whole map: once per worker, and again only when an entry older than the one it
+        # found arrived (a write stamped before it that landed after it was read).
+        oldest = log_map.aggregate(min_("this"))
+        self._oldest = None if oldest is None else stamp_of(oldest)
+        return self._oldest
