@@ -16,7 +16,7 @@ import requests
 from bench import profile, wrk
 from bench.cpu import CpuAccount, system_groups
 from bench.systems import POST_BODY, Reference, System, run_counted
-from devstack import HazelcastCluster, until
+from devstack import HazelcastCluster, read_all, until
 from servicekit import queue_item
 
 log = logging.getLogger("bench")
@@ -202,7 +202,7 @@ def phase_visible(plan: Plan, system: System) -> None:
 
 
 def consumed(system: System) -> int:
-    return sum(len(requests.get(f"{s.url}/messages", timeout=10).json()["messages"]) for s in system.stack.messages)
+    return sum(len(read_all(f"{s.url}/messages", "messages")) for s in system.stack.messages)
 
 
 def phase_drain(plan: Plan, system: System) -> None:
@@ -232,6 +232,6 @@ def phase_profile(plan: Plan, system: System) -> dict:
             system.stack.url, plan.main_level, seconds, method="POST", body=POST_BODY)),
         "GET": profile.record(groups, PROFILE_SECONDS, lambda: wrk.run(system.stack.url, 1, seconds)),
     }
-    found["stored"] = len(requests.get(system.stack.url, timeout=30).json()["logging"])
+    found["stored"] = len(read_all(system.stack.url, "logging", timeout=30))
     log.info("  profiled POST and GET (%d stored)", found["stored"])
     return found

@@ -11,6 +11,7 @@ from typing import Any
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from werkzeug.exceptions import NotFound
 
 from servicekit import queue_item
 from servicekit.balancing import RandomPick
@@ -80,7 +81,8 @@ class Backends:
             if only is not None:
                 instances = tuple(i for i in instances if i.id == only)
                 if not instances:
-                    raise Unavailable(f"the {service} instance this cursor reads is not available")
+                    # Gone, or restarting: either way what it held is gone with its memory.
+                    raise NotFound(f"the {service} instance of this cursor is gone: start again without the cursor")
             if not instances:
                 raise Unavailable(f"no healthy {service} instance")
             return self._pick(instances, failed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from hazelcast.errors import HazelcastError
 
@@ -25,14 +26,16 @@ DISCONNECTED_POLL = 0.2
 class MessageStore:
     """What this instance consumed, in the order it took it. Lives in the worker's memory only.
 
-    Each message has a number, 1, 2, 3... in that order; a page's cursor is the last number it held, so
-    dropping the oldest messages does not move a cursor onto other messages."""
+    Each message has a number, one more than the one before; a page's cursor is the last number it held,
+    so dropping the oldest messages does not move a cursor onto other messages. The first number is the
+    time the store was made, in microseconds: a restarted instance numbers above anything its previous
+    process handed out, so an old cursor reads the new process from its oldest message."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._messages: list[str] = []
         # The number of self._messages[0].
-        self._first = 1
+        self._first = time.time_ns() // 1000
 
     def append(self, msg: str) -> None:
         with self._lock:

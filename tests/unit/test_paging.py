@@ -58,11 +58,23 @@ def test_messages_pages_follow_the_numbers_the_store_gave():
     store = MessageStore()
     for msg in "abcde":
         store.append(msg)
-    assert store.page(None, 2) == (["a", "b"], 2)
-    assert store.page(2, 2) == (["c", "d"], 4)
-    assert store.page(4, 2) == (["e"], None)
-    assert store.page(5, 2) == ([], None)
+    page, after = store.page(None, 2)
+    assert page == ["a", "b"] and after is not None
+    assert store.page(after, 2) == (["c", "d"], after + 2)
+    assert store.page(after + 2, 2) == (["e"], None)
+    assert store.page(after + 3, 2) == ([], None)
     assert store.page(None, 5) == (list("abcde"), None)
+
+
+def test_a_restarted_store_reads_an_old_cursor_from_its_oldest_message():
+    old = MessageStore()
+    for msg in "abc":
+        old.append(msg)
+    _, cursor = old.page(None, 2)
+    time.sleep(0.001)
+    new = MessageStore()
+    new.append("x")
+    assert cursor is not None and new.page(cursor, 2) == (["x"], None)
 
 
 class RecordingMap:
