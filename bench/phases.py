@@ -17,11 +17,12 @@ from bench import profile, wrk
 from bench.cpu import CpuAccount, system_groups
 from bench.systems import POST_BODY, Reference, System, run_counted
 from devstack import HazelcastCluster, read_all, until
+from logging_svc.store import encode
 from servicekit import queue_item
 
 log = logging.getLogger("bench")
 
-PHASES = ("post", "get", "visible", "drain", "profile")
+PHASES = ("page", "post", "get", "visible", "drain", "profile")
 PROFILE_SECONDS = 5
 VISIBLE_SENDERS = 8
 VISIBLE_LEAD_IN_SECONDS = 1.0
@@ -38,6 +39,8 @@ class Plan:
     visible_rate: float = 200.0
     visible_seconds: float = 10.0
     drain_messages: int = 20_000
+    page_sizes: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+    page_limit: int = 100
 
 
 QUICK = Plan(seconds=4, rounds=1, levels=(1, 4, 16), main_level=16, visible_seconds=5, drain_messages=5_000)
@@ -119,6 +122,43 @@ def fill_logging(system: System, count: int) -> None:
     queue = system.queue()
     until(lambda: queue.size() == 0, timeout=60, what="the fill consumed")
     system.results["stored"] = count
+
+
+# The page phase fills the map itself, in the service's format, a thousand entries a second of stamps
+# (twice what the stack accepts here), ending a minute before the phase starts.
+FILL_BATCH = 10_000
+FILL_SPACING_NS = 1_000_000
+FILL_MESSAGE = "a stored message of about a hundred characters, the size the growth issue measured with: {n:09d}"
+
+
+def fill_map(log_map, have: int, count: int, first_stamp: int) -> None:
+    """put_all straight into the map, FILL_BATCH entries a call, as logging_svc would have stored them."""
+    for start in range(have, count, FILL_BATCH):
+        batch = range(start, min(start + FILL_BATCH, count))
+        log_map.put_all(
+            {str(uuid.uuid4()): encode(FILL_MESSAGE.format(n=n), first_stamp + n * FILL_SPACING_NS) for n in batch}
+        )
+
+
+def phase_page(plan: Plan, systems: list[System]) -> None:
+    """GET /facade?limit=page_limit (the first page) as the map grows to a million entries; the map is
+    emptied afterwards, so the other phases start from an empty log."""
+    first_stamp = time.time_ns() - max(plan.page_sizes) * FILL_SPACING_NS - 60 * 10**9
+    have = 0
+    for size in plan.page_sizes:
+        started = time.monotonic()
+        for system in systems:
+            fill_map(system.log_map(), have, size, first_stamp)
+        have = size
+        line = f"{size:>9,} stored (filled in {time.monotonic() - started:.0f} s):"
+        for system in random.sample(systems, len(systems)):
+            url = f"{system.stack.url}?limit={plan.page_limit}"
+            result = run_counted(system, url, plan.get_connections, plan.seconds)
+            system.results.setdefault("page", {})[size] = result
+            line += f" {system.label} p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms ({result.errors} errors)"
+        log.info("  GET ?limit=%d %s", plan.page_limit, line)
+    for system in systems:
+        system.log_map().clear()
 
 
 def phase_get(plan: Plan, systems: list[System]) -> None:

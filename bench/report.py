@@ -67,6 +67,9 @@ def markdown(r: dict) -> str:
     row("GET /facade p50 at 10,000 stored messages (`get_p50_ms_10k`)", "get_p50_ms_10k", " ms", 1)
     row("GET /facade growth, p50 per 1,000 stored messages", "get_ms_per_1k_messages", " ms", 2)
     row("GET /facade constant (p50 fit at 0 messages)", "get_constant_ms", " ms", 1)
+    row("GET /facade?limit=100 p50 at 1,000 stored (`get_page_p50_ms_1k`)", "get_page_p50_ms_1k", " ms", 1)
+    row("GET /facade?limit=100 p50 at 1,000,000 stored (`get_page_p50_ms_1m`)", "get_page_p50_ms_1m", " ms", 1)
+    row("GET /facade?limit=100 p50, 1,000,000 / 1,000 stored (`get_page_growth`)", "get_page_growth", "", 2)
     row("POST-to-visible p50 at 200 messages/s", "visible_p50_ms", " ms", 1)
     row("POST-to-visible p99 at 200 messages/s (`visible_p99_ms`)", "visible_p99_ms", " ms", 1)
     row("Drain rate, 2 consumers (`drain_msgs_per_s`)", "drain_msgs_per_s", " msg/s")
@@ -88,6 +91,10 @@ def markdown(r: dict) -> str:
                 b = base["get_by_size"][size]
                 line += f" {b['p50_ms']:.1f} ms | {b['p99_ms']:.1f} ms |"
             rows.append(line)
+    if "page_by_size" in r:
+        rows += ["", "| stored messages | GET ?limit=100 p50 | p99 |", "|---|---|---|"]
+        for size, g in r["page_by_size"].items():
+            rows.append(f"| {int(size):,} | {g['p50_ms']:.1f} ms | {g['p99_ms']:.1f} ms |")
     if "post_by_level" in r:
         rows += ["", "| connections | POST /facade | p50 | p99 | chain | chain p99 |" + (" baseline | baseline p99 |" if base else ""),
                  "|---|---|---|---|---|---|" + ("---|---|" if base else "")]
@@ -164,6 +171,26 @@ def plot(r: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def page_plot(r: dict, path: Path) -> bool:
+    """GET /facade?limit=100 against the stored messages, 1,000 to 1,000,000; False when not measured."""
+    if "page_by_size" not in r:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sizes = [int(n) for n in r["page_by_size"]]
+    ax.plot(sizes, [g["p50_ms"] for g in r["page_by_size"].values()], "o-", label="p50")
+    ax.plot(sizes, [g["p99_ms"] for g in r["page_by_size"].values()], "o--", label="p99")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set(title="GET /facade?limit=100 (first page) by stored messages", xlabel="stored messages", ylabel="ms")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{r['meta']['date']}, {r['meta']['cores']} cores: {r['meta']['command']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def write_docs(table: str, doc: Path, plot_from: Path, plot_to: Path) -> None:
