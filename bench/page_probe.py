@@ -27,8 +27,9 @@ from hazelcast import predicate
 
 from bench.systems import set_member_heap
 from devstack import ConsulAgent, HazelcastCluster
-from logging_svc.store import HazelcastMessageLog, encode, ordered, stamp_bound
+from logging_svc.store import HazelcastMessageLog, ordered
 from servicekit import kvconfig
+from servicekit.log_entry import encode, stamp_bound
 from servicekit.paging import LogCursor
 
 log = logging.getLogger("bench")

@@ -17,8 +17,8 @@ from bench import profile, wrk
 from bench.cpu import CpuAccount, system_groups
 from bench.systems import POST_BODY, Reference, System, run_counted
 from devstack import HazelcastCluster, read_all, until
-from logging_svc.store import encode
 from servicekit import queue_item
+from servicekit.log_entry import encode
 
 log = logging.getLogger("bench")
 
@@ -67,6 +67,7 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
         bare_result = wrk.run(f"{bare.url}/echo", plan.main_level, plan.seconds, method="POST", body=POST_BODY)
         runs["bare"].setdefault(plan.main_level, []).append(bare_result)
         for level in plan.levels:
+
             def chain_run(level=level):
                 return wrk.run(f"{chain.url}/chain", level, plan.seconds, method="POST", body=POST_BODY)
 
@@ -77,6 +78,7 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
             runs["chain"].setdefault(level, []).append(chain_result)
             line = f"round {r + 1}, {level:>2} connections: chain {chain_result.rps:6.0f}/s"
             for system in random.sample(systems, len(systems)):
+
                 def facade_run(system=system, level=level):
                     return run_counted(system, system.stack.url, level, plan.seconds, method="POST", body=POST_BODY)
 
@@ -96,7 +98,7 @@ def offer_all(system: System, messages: list[str]) -> None:
     queue = system.queue()
     items = [queue_item.encode(str(uuid.uuid4()), msg) for msg in messages]
     for first in range(0, len(items), 1000):
-        queue.add_all(items[first:first + 1000])
+        queue.add_all(items[first : first + 1000])
 
 
 def fill_logging(system: System, count: int) -> None:
@@ -268,8 +270,11 @@ def phase_profile(plan: Plan, system: System) -> dict:
     }
     seconds = PROFILE_SECONDS + 3
     found = {
-        "POST": profile.record(groups, PROFILE_SECONDS, lambda: wrk.run(
-            system.stack.url, plan.main_level, seconds, method="POST", body=POST_BODY)),
+        "POST": profile.record(
+            groups,
+            PROFILE_SECONDS,
+            lambda: wrk.run(system.stack.url, plan.main_level, seconds, method="POST", body=POST_BODY),
+        ),
         "GET": profile.record(groups, PROFILE_SECONDS, lambda: wrk.run(system.stack.url, 1, seconds)),
     }
     found["stored"] = len(read_all(system.stack.url, "logging", timeout=30))

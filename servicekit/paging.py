@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .log_entry import STAMP_DIGITS
+
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 
-# The log's entries start with a 20-digit stamp (logging_svc/store.py); the cursor is the stamp of the
-# last entry a page held and how many entries with exactly that stamp the walk has seen so far.
-STAMP_DIGITS = 20
+# The log's entries start with a stamp (log_entry.py); the cursor is the stamp of the last entry a page
+# held and how many entries with exactly that stamp the walk has seen so far.
 _LOG_CURSOR = re.compile(rf"(?P<stamp>[0-9]{{{STAMP_DIGITS}}})\.(?P<seen>[1-9][0-9]{{0,8}})", re.ASCII)
 # A messages instance numbers what it keeps 1, 2, 3...: the cursor is the last number a page held.
 _SEQUENCE = re.compile(r"[0-9]{1,18}", re.ASCII)
