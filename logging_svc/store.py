@@ -79,9 +79,7 @@ def ordered(entries) -> list[str]:
 class HazelcastMessageLog:
     def __init__(self, hz: Hazelcast):
         self._hz = hz
-        # The oldest stamp this worker found: the start of the first page. Checked on every first page
-        # (an index lookup that matches nothing when it still holds), found again by a scan of the map
-        # when not.
+        # The oldest stamp this worker found: where the first page's window ends its first stretch.
         self._oldest: int | None = None
         self._width = FIRST_WINDOW_NS
 
@@ -105,19 +103,24 @@ class HazelcastMessageLog:
             return [], None
         want = limit + 1 + (after.seen if after is not None else 0)
         found: list[str] = []
-        low, width = start, self._width
+        # A first page's window also takes in anything older than the oldest entry this worker found (a
+        # write stamped before it that landed after it was read): an index lookup that matches nothing
+        # when there is none.
+        low, width = (start if after is not None else 0), self._width
+        high = start + width
         now = time.time_ns()
         while len(found) < want:
-            last = low + width >= now
+            last = high >= now
             if last:
                 window = predicate.greater_or_equal("this", stamp_bound(low))
             else:
                 # between() includes its bounds, but no entry equals a bare stamp: the windows do not overlap.
-                window = predicate.between("this", stamp_bound(low), stamp_bound(low + width))
+                window = predicate.between("this", stamp_bound(low), stamp_bound(high))
             found.extend(sorted(log_map.values(predicate.paging(window, want - len(found)))))
             if last:
                 break
-            low, width = low + width, width * WINDOW_GROWTH
+            width *= WINDOW_GROWTH
+            low, high = high, high + width
         if len(found) == want:
             self._width = max(2 * (stamp_of(found[-1]) - start), MIN_WINDOW_NS)
         if after is None and found:
@@ -125,12 +128,8 @@ class HazelcastMessageLog:
         return cut_page(found, after, limit)
 
     def _oldest_stamp(self, log_map) -> int | None:
-        if self._oldest is not None:
-            earlier = predicate.paging(predicate.less("this", stamp_bound(self._oldest)), 1)
-            if not log_map.values(earlier):
-                return self._oldest
-        # A scan of the whole map: once per worker, and again only when an entry older than the one it
-        # found arrived (a write stamped before it that landed after it was read).
-        oldest = log_map.aggregate(min_("this"))
-        self._oldest = None if oldest is None else stamp_of(oldest)
+        if self._oldest is None:
+            # A scan of the whole map, once per worker (and again while the map is empty).
+            oldest = log_map.aggregate(min_("this"))
+            self._oldest = None if oldest is None else stamp_of(oldest)
         return self._oldest
