@@ -64,7 +64,7 @@ def cut_page(entries: list[str], after: LogCursor | None, limit: int) -> tuple[l
 # `greater(cursor)` over 1,000,000 entries took 1.2 s, a window holding the page 3-4 ms;
 # docs/BENCHMARKS.md). The first window spans a second; then each worker sizes its windows to hold about
 # twice a page, from the last full page it read. An empty or short window is followed by one
-# WINDOW_GROWTH times wider, so a gap of a week is crossed in six steps; the window that would reach the
+# WINDOW_GROWTH times wider, so a gap of two weeks is crossed in six steps; the window that would reach the
 # present is left open at the top, so an entry stamped by a clock running ahead is still read.
 FIRST_WINDOW_NS = 1_000_000_000
 MIN_WINDOW_NS = 1_000_000
