@@ -23,9 +23,6 @@ class MessageLog(Protocol):
     def add(self, message_id: str, msg: str) -> bool:
         """Store once by id; True when this call stored it, False when the id was already there."""
 
-    def messages(self) -> list[str]:
-        """Every message, oldest first."""
-
     def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
         """Up to `limit` messages after `after` (from the oldest when None), oldest first, and the cursor
         of the next page: None when this page reached the newest message."""
@@ -91,10 +88,6 @@ class HazelcastMessageLog:
         # The wall clock of the machine orders entries across instances; put_if_absent keeps the first
         # stamp, so a retried POST neither duplicates the message nor moves it.
         return self._hz.map().put_if_absent(message_id, encode(msg, time.time_ns())) is None
-
-    def messages(self) -> list[str]:
-        # One call for the whole map; the values come back in partition order.
-        return ordered(self._hz.map().values())
 
     def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
         log_map = self._hz.map()
