@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from hazelcast.errors import HazelcastError
 
@@ -23,11 +24,18 @@ DISCONNECTED_POLL = 0.2
 
 
 class MessageStore:
-    """What this instance consumed, in the order it took it. Lives in the worker's memory only."""
+    """What this instance consumed, in the order it took it. Lives in the worker's memory only.
+
+    Each message has a number, one more than the one before; a page's cursor is the last number it held,
+    so dropping the oldest messages does not move a cursor onto other messages. The first number is the
+    time the store was made, in microseconds: a restarted instance numbers above anything its previous
+    process handed out, so an old cursor reads the new process from its oldest message."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._messages: list[str] = []
+        # The number of self._messages[0].
+        self._first = time.time_ns() // 1000
 
     def append(self, msg: str) -> None:
         with self._lock:
@@ -36,6 +44,16 @@ class MessageStore:
     def snapshot(self) -> list[str]:
         with self._lock:
             return list(self._messages)
+
+    def page(self, after: int | None, limit: int) -> tuple[list[str], int | None]:
+        """Up to `limit` messages numbered after `after` (from the oldest kept when None or when those are
+        gone), and the number to pass as `after` for the next page: None when this page reached the newest."""
+        with self._lock:
+            start = 0 if after is None else max(after + 1 - self._first, 0)
+            page = self._messages[start : start + limit]
+            last = self._first + start + len(page) - 1
+            more = start + limit < len(self._messages)
+        return page, last if more else None
 
 
 class Consumer:
