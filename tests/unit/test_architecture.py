@@ -15,9 +15,7 @@ ALLOWED = {
     **{service: {"servicekit"} for service in SERVICES},
     "servicekit": set(),
     "devstack": {"servicekit"},
-    # logging_svc: the naive design reference (bench/reference.py) writes the log's entries in the
-    # format logging_svc.store defines, so the two cannot drift apart.
-    "bench": {"devstack", "servicekit", "logging_svc"},
+    "bench": {"devstack", "servicekit"},
 }
 # Files that may import more than their room, and why.
 EXCEPTIONS = {
