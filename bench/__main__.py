@@ -1,6 +1,7 @@
 """./scripts/bench: the system measured against references in the same run, on a stack of its own.
 
-    ./scripts/bench [--quick] [--rounds N] [--baseline REV] [--only post,get,visible,drain,profile] [--docs]
+    ./scripts/bench [--quick] [--rounds N] [--baseline REV] [--only page,post,get,visible,drain,profile]
+                    [--member-heap 1200m] [--docs]
 
 Starts a Consul agent, three Hazelcast members and the services on free loopback ports (devstack, the
 same code the integration tests use), plus two references under the facade's gunicorn settings
@@ -24,6 +25,7 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +39,7 @@ from bench.phases import (
     QUICK,
     phase_drain,
     phase_get,
+    phase_page,
     phase_post,
     phase_profile,
     phase_visible,
@@ -47,6 +50,7 @@ from bench.systems import (
     System,
     checkout,
     logged,
+    set_member_heap,
     short_rev,
     start_design,
     start_reference,
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds of the POST runs")
     parser.add_argument("--baseline", metavar="REV", help="also run git revision REV, side by side")
     parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases of {', '.join(PHASES)}")
+    parser.add_argument(
+        "--member-heap", default="1200m", help="the members' heap when the page phase runs (a million entries)"
+    )
     parser.add_argument("--docs", action="store_true", help="write docs/BENCHMARKS.md's results and docs/bench.png")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -84,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         agent = ConsulAgent(log_dir)
         running.callback(logged(agent.stop))
         agent.start()
+        if "page" in phases:
+            set_member_heap(args.member_heap)
         cluster = HazelcastCluster(agent, log_dir)
         running.callback(logged(cluster.stop))
         cluster.start()
@@ -100,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             wrk.run(url, 4, 2, method="POST", body=POST_BODY)
 
         post: dict = {}
+        if "page" in phases:
+            log.info("GET /facade?limit=%d as the map grows to %s entries (filled with put_all)",
+                     plan.page_limit, f"{max(plan.page_sizes):,}")  # fmt: skip
+            phase_page(plan, systems)
         if "get" in phases:
             log.info("GET /facade as the log grows (%d connections, %.0f s each)", plan.get_connections, plan.seconds)
             phase_get(plan, systems)
@@ -129,11 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["baseline_label"] = systems[1].label
     Path("bench-results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.plot(results, Path("bench-plot.png"))
+    if report.page_plot(results, Path("bench-page-plot.png")):
+        log.info("wrote bench-page-plot.png")
     table = report.markdown(results)
     sys.stdout.write("\n" + table + "\n")
     log.info("wrote bench-results.json and bench-plot.png (%.0f s in all)", time.monotonic() - started)
     if args.docs:
         report.write_docs(table, ROOT / "docs" / "BENCHMARKS.md", Path("bench-plot.png"), ROOT / "docs" / "bench.png")
+        if Path("bench-page-plot.png").is_file() and "page" in phases:
+            shutil.copyfile("bench-page-plot.png", ROOT / "docs" / "bench-page.png")
     return 0
 
 

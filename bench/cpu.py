@@ -44,7 +44,8 @@ class CpuAccount:
         for name, pids in groups.items():
             spent[name] = spent.get(name, 0.0) + cpu_seconds(pids) - before[name]
         spent["wrk (load generator)"] = spent.get("wrk (load generator)", 0.0) + (
-            after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
+            after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        )
         self.requests[target] = self.requests.get(target, 0) + result.requests
         return result
 

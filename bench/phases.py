@@ -16,12 +16,13 @@ import requests
 from bench import profile, wrk
 from bench.cpu import CpuAccount, system_groups
 from bench.systems import POST_BODY, Reference, System, run_counted
-from devstack import HazelcastCluster, until
+from devstack import HazelcastCluster, read_all, until
 from servicekit import queue_item
+from servicekit.log_entry import encode
 
 log = logging.getLogger("bench")
 
-PHASES = ("post", "get", "visible", "drain", "profile")
+PHASES = ("page", "post", "get", "visible", "drain", "profile")
 PROFILE_SECONDS = 5
 VISIBLE_SENDERS = 8
 VISIBLE_LEAD_IN_SECONDS = 1.0
@@ -38,6 +39,8 @@ class Plan:
     visible_rate: float = 200.0
     visible_seconds: float = 10.0
     drain_messages: int = 20_000
+    page_sizes: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+    page_limit: int = 100
 
 
 QUICK = Plan(seconds=4, rounds=1, levels=(1, 4, 16), main_level=16, visible_seconds=5, drain_messages=5_000)
@@ -66,6 +69,7 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
         bare_result = wrk.run(f"{bare.url}/echo", plan.main_level, plan.seconds, method="POST", body=POST_BODY)
         runs["bare"].setdefault(plan.main_level, []).append(bare_result)
         for level in plan.levels:
+
             def chain_run(level=level):
                 return wrk.run(f"{chain.url}/chain", level, plan.seconds, method="POST", body=POST_BODY)
 
@@ -81,6 +85,7 @@ def phase_post(plan: Plan, systems: list[System], cluster: HazelcastCluster, bar
                 runs["design"].setdefault(level, []).append(design_result)
                 line += f", design {design_result.rps:6.0f}/s ({design_result.errors} errors)"
             for system in random.sample(systems, len(systems)):
+
                 def facade_run(system=system, level=level):
                     return run_counted(system, system.stack.url, level, plan.seconds, method="POST", body=POST_BODY)
 
@@ -103,7 +108,7 @@ def offer_all(system: System, messages: list[str]) -> None:
     queue = system.queue()
     items = [queue_item.encode(str(uuid.uuid4()), msg) for msg in messages]
     for first in range(0, len(items), 1000):
-        queue.add_all(items[first:first + 1000])
+        queue.add_all(items[first : first + 1000])
 
 
 def fill_logging(system: System, count: int) -> None:
@@ -129,6 +134,47 @@ def fill_logging(system: System, count: int) -> None:
     queue = system.queue()
     until(lambda: queue.size() == 0, timeout=60, what="the fill consumed")
     system.results["stored"] = count
+
+
+# The page phase fills the map itself, in the service's format, a thousand entries a second of stamps
+# (twice what the stack accepts here), ending a minute before the phase starts.
+FILL_BATCH = 10_000
+PAGE_WARM_UP_SECONDS = 2
+FILL_SPACING_NS = 1_000_000
+FILL_MESSAGE = "a stored message of about a hundred characters, the size the growth issue measured with: {n:09d}"
+
+
+def fill_map(log_map, have: int, count: int, first_stamp: int) -> None:
+    """put_all straight into the map, FILL_BATCH entries a call, as logging_svc would have stored them."""
+    for start in range(have, count, FILL_BATCH):
+        batch = range(start, min(start + FILL_BATCH, count))
+        log_map.put_all(
+            {str(uuid.uuid4()): encode(FILL_MESSAGE.format(n=n), first_stamp + n * FILL_SPACING_NS) for n in batch}
+        )
+
+
+def phase_page(plan: Plan, systems: list[System]) -> None:
+    """GET /facade?limit=page_limit (the first page) as the map grows to a million entries; the map is
+    emptied afterwards, so the other phases start from an empty log."""
+    first_stamp = time.time_ns() - max(plan.page_sizes) * FILL_SPACING_NS - 60 * 10**9
+    have = 0
+    for size in plan.page_sizes:
+        started = time.monotonic()
+        for system in systems:
+            fill_map(system.log_map(), have, size, first_stamp)
+        have = size
+        line = f"{size:>9,} stored (filled in {time.monotonic() - started:.0f} s):"
+        for system in random.sample(systems, len(systems)):
+            url = f"{system.stack.url}?limit={plan.page_limit}"
+            # Unmeasured: every logging worker finds the oldest entry and sizes its window, and the
+            # members compile the query path, before the first size is measured as well as the others.
+            wrk.run(url, 4, PAGE_WARM_UP_SECONDS)
+            result = run_counted(system, url, plan.get_connections, plan.seconds)
+            system.results.setdefault("page", {})[size] = result
+            line += f" {system.label} p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms ({result.errors} errors)"
+        log.info("  GET ?limit=%d %s", plan.page_limit, line)
+    for system in systems:
+        system.log_map().clear()
 
 
 def phase_get(plan: Plan, systems: list[System]) -> None:
@@ -212,7 +258,7 @@ def phase_visible(plan: Plan, system: System) -> None:
 
 
 def consumed(system: System) -> int:
-    return sum(len(requests.get(f"{s.url}/messages", timeout=10).json()["messages"]) for s in system.stack.messages)
+    return sum(len(read_all(f"{s.url}/messages", "messages")) for s in system.stack.messages)
 
 
 def phase_drain(plan: Plan, system: System) -> None:
@@ -238,10 +284,13 @@ def phase_profile(plan: Plan, system: System) -> dict:
     }
     seconds = PROFILE_SECONDS + 3
     found = {
-        "POST": profile.record(groups, PROFILE_SECONDS, lambda: wrk.run(
-            system.stack.url, plan.main_level, seconds, method="POST", body=POST_BODY)),
+        "POST": profile.record(
+            groups,
+            PROFILE_SECONDS,
+            lambda: wrk.run(system.stack.url, plan.main_level, seconds, method="POST", body=POST_BODY),
+        ),
         "GET": profile.record(groups, PROFILE_SECONDS, lambda: wrk.run(system.stack.url, 1, seconds)),
     }
-    found["stored"] = len(requests.get(system.stack.url, timeout=30).json()["logging"])
+    found["stored"] = len(read_all(system.stack.url, "logging", timeout=30))
     log.info("  profiled POST and GET (%d stored)", found["stored"])
     return found

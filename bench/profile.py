@@ -18,15 +18,23 @@ import psutil
 # rows: the rows are "of which" shares, not a partition.
 CATEGORIES: list[tuple[str, Callable[[list[str]], bool]]] = [
     ("gunicorn request handling (parse, Flask, the view, write)", lambda f: "ThreadWorker.handle" in f),
-    ("  the view's HTTP calls to logging_svc (requests, retries, discovery)",
-     lambda f: "Backends.log_message" in f or "Backends.logged_messages" in f),
+    (
+        "  the view's HTTP calls to logging_svc (requests, retries, discovery)",
+        lambda f: "Backends.log_message" in f or "Backends.logged_messages" in f,
+    ),
     ("  the view's HTTP call to messages_svc", lambda f: "Backends.consumed_messages" in f),
     ("  the view's Hazelcast call, caller side", lambda f: any(x.startswith("Blocking") for x in f)),
     ("Hazelcast client reactor thread (socket I/O, decoding, futures)", lambda f: "_AbstractLoop._loop" in f),
-    ("  of which reading response frames", lambda f: "_AbstractLoop._loop" in f and "_Reader.process" in f
-     and "InvocationService.handle_client_message" not in f),
-    ("  of which turning map values into Python objects",
-     lambda f: "_AbstractLoop._loop" in f and "deserialize_list_in_place" in f),
+    (
+        "  of which reading response frames",
+        lambda f: (
+            "_AbstractLoop._loop" in f and "_Reader.process" in f and "InvocationService.handle_client_message" not in f
+        ),
+    ),
+    (
+        "  of which turning map values into Python objects",
+        lambda f: "_AbstractLoop._loop" in f and "deserialize_list_in_place" in f,
+    ),
     ("gunicorn event loop (accept, read requests, keep-alive)", lambda f: bool(f) and f[0] == "<module>"),
 ]
 
@@ -63,9 +71,25 @@ def record(groups: dict[str, list[int]], seconds: float, load: Callable[[], obje
     loader = threading.Thread(target=load, name="profile-load", daemon=True)
     loader.start()
     spies = [
-        subprocess.Popen([py_spy, "record", "--gil", "--rate", "250", "--duration", str(int(seconds)),
-                          "--format", "raw", "--output", str(out / f"{name}-{pid}.raw"), "--pid", str(pid)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--gil",
+                "--rate",
+                "250",
+                "--duration",
+                str(int(seconds)),
+                "--format",
+                "raw",
+                "--output",
+                str(out / f"{name}-{pid}.raw"),
+                "--pid",
+                str(pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for name, pids in groups.items()
         for pid in pids
     ]

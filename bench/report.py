@@ -16,7 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from devstack import replace_block  # noqa: E402
 
 
-
 def machine(command: str, plan: dict, seconds: float) -> dict:
     model = ""
     cpuinfo = Path("/proc/cpuinfo")
@@ -68,6 +67,9 @@ def markdown(r: dict) -> str:
     row("GET /facade p50 at 10,000 stored messages (`get_p50_ms_10k`)", "get_p50_ms_10k", " ms", 1)
     row("GET /facade growth, p50 per 1,000 stored messages", "get_ms_per_1k_messages", " ms", 2)
     row("GET /facade constant (p50 fit at 0 messages)", "get_constant_ms", " ms", 1)
+    row("GET /facade?limit=100 p50 at 1,000 stored (`get_page_p50_ms_1k`)", "get_page_p50_ms_1k", " ms", 1)
+    row("GET /facade?limit=100 p50 at 1,000,000 stored (`get_page_p50_ms_1m`)", "get_page_p50_ms_1m", " ms", 1)
+    row("GET /facade?limit=100 p50, 1,000,000 / 1,000 stored (`get_page_growth`)", "get_page_growth", "", 2)
     row("POST-to-visible p50 at 200 messages/s", "visible_p50_ms", " ms", 1)
     row("POST-to-visible p99 at 200 messages/s (`visible_p99_ms`)", "visible_p99_ms", " ms", 1)
     row("Drain rate, 2 consumers (`drain_msgs_per_s`)", "drain_msgs_per_s", " msg/s")
@@ -82,21 +84,34 @@ def markdown(r: dict) -> str:
             f"| the naive design (`ref_design_rps`) | {_fmt(r.get('ref_design_rps'))} |",
         ]
     if "get_by_size" in r:
-        rows += ["", "| stored messages | GET p50 | GET p99 |" + (" baseline p50 | baseline p99 |" if base else ""),
-                 "|---|---|---|" + ("---|---|" if base else "")]
+        rows += [
+            "",
+            "| stored messages | GET p50 | GET p99 |" + (" baseline p50 | baseline p99 |" if base else ""),
+            "|---|---|---|" + ("---|---|" if base else ""),
+        ]
         for size, g in r["get_by_size"].items():
             line = f"| {int(size):,} | {g['p50_ms']:.1f} ms | {g['p99_ms']:.1f} ms |"
             if base and "get_by_size" in base:
                 b = base["get_by_size"][size]
                 line += f" {b['p50_ms']:.1f} ms | {b['p99_ms']:.1f} ms |"
             rows.append(line)
+    if "page_by_size" in r:
+        rows += ["", "| stored messages | GET ?limit=100 p50 | p99 |", "|---|---|---|"]
+        for size, g in r["page_by_size"].items():
+            rows.append(f"| {int(size):,} | {g['p50_ms']:.1f} ms | {g['p99_ms']:.1f} ms |")
     if "post_by_level" in r:
-        rows += ["", "| connections | POST /facade | p50 | p99 | chain | chain p99 |" + (" baseline | baseline p99 |" if base else ""),
-                 "|---|---|---|---|---|---|" + ("---|---|" if base else "")]
+        rows += [
+            "",
+            "| connections | POST /facade | p50 | p99 | chain | chain p99 |"
+            + (" baseline | baseline p99 |" if base else ""),
+            "|---|---|---|---|---|---|" + ("---|---|" if base else ""),
+        ]
         for level, p in r["post_by_level"].items():
             c = r["chain_by_level"][level]
-            line = (f"| {level} | {p['rps']:,.0f}/s | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms | "
-                    f"{c['rps']:,.0f}/s | {c['p99_ms']:.1f} ms |")
+            line = (
+                f"| {level} | {p['rps']:,.0f}/s | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms | "
+                f"{c['rps']:,.0f}/s | {c['p99_ms']:.1f} ms |"
+            )
             if base and "post_by_level" in base:
                 b = base["post_by_level"][level]
                 line += f" {b['rps']:,.0f}/s | {b['p99_ms']:.1f} ms |"
@@ -112,10 +127,13 @@ def profile_table(found: dict, meta: dict) -> str:
     """py-spy --gil shares, one column per service and load."""
     columns = [(load, service) for load in ("POST", "GET") for service in ("facade", "logging_svc")]
     names = list(found["POST"]["facade"])
-    rows = [f"Where the workers' Python CPU goes (py-spy --gil; POST at {meta['plan']['main_level']} connections, "
-            f"GET at 1 connection with {found['stored']:,} stored), % of samples:", "",
-            "| part | " + " | ".join(f"{service}, {load}" for load, service in columns) + " |",
-            "|---|" + "---|" * len(columns)]
+    rows = [
+        f"Where the workers' Python CPU goes (py-spy --gil; POST at {meta['plan']['main_level']} connections, "
+        f"GET at 1 connection with {found['stored']:,} stored), % of samples:",
+        "",
+        "| part | " + " | ".join(f"{service}, {load}" for load, service in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for name in names:
         cells = [found[load][service][name] for load, service in columns]
         if name == "samples":
@@ -129,15 +147,22 @@ def cpu_table(cpu: dict[str, dict[str, float]], meta: dict) -> str:
     """CPU per POST by component, and the throughput that CPU allows when every core is busy."""
     targets = list(cpu)
     names = list(dict.fromkeys(name for spent in cpu.values() for name in spent))
-    rows = [f"CPU per POST at {meta['plan']['main_level']} connections, ms, measured around the same runs:", "",
-            "| component | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    rows = [
+        f"CPU per POST at {meta['plan']['main_level']} connections, ms, measured around the same runs:",
+        "",
+        "| component | " + " | ".join(targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
     for name in names:
         rows.append(f"| {name} | " + " | ".join(_fmt(cpu[t].get(name), "", 2) for t in targets) + " |")
     totals = {t: sum(cpu[t].values()) for t in targets}
     rows.append("| **total** | " + " | ".join(f"**{totals[t]:.2f}**" for t in targets) + " |")
     cores = meta["cores"] or 1
-    rows.append(f"| ceiling on {cores} busy cores, requests/s | "
-                + " | ".join(f"{cores * 1000 / totals[t]:,.0f}" if totals[t] else "-" for t in targets) + " |")
+    rows.append(
+        f"| ceiling on {cores} busy cores, requests/s | "
+        + " | ".join(f"{cores * 1000 / totals[t]:,.0f}" if totals[t] else "-" for t in targets)
+        + " |"
+    )
     return "\n".join(rows)
 
 
@@ -166,6 +191,26 @@ def plot(r: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def page_plot(r: dict, path: Path) -> bool:
+    """GET /facade?limit=100 against the stored messages, 1,000 to 1,000,000; False when not measured."""
+    if "page_by_size" not in r:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sizes = [int(n) for n in r["page_by_size"]]
+    ax.plot(sizes, [g["p50_ms"] for g in r["page_by_size"].values()], "o-", label="p50")
+    ax.plot(sizes, [g["p99_ms"] for g in r["page_by_size"].values()], "o--", label="p99")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set(title="GET /facade?limit=100 (first page) by stored messages", xlabel="stored messages", ylabel="ms")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{r['meta']['date']}, {r['meta']['cores']} cores: {r['meta']['command']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def write_docs(table: str, doc: Path, plot_from: Path, plot_to: Path) -> None:

@@ -38,6 +38,14 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
             slope, intercept = statistics.linear_regression(sizes, [get[n].p50_ms for n in sizes])
             s["get_ms_per_1k_messages"] = slope * 1000
             s["get_constant_ms"] = intercept
+        if "page" in system.results:
+            page = system.results["page"]
+            s["page_by_size"] = {n: {"p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "rps": r.rps, "errors": r.errors}
+                                 for n, r in page.items()}  # fmt: skip
+            if 1_000 in page and 1_000_000 in page:
+                s["get_page_p50_ms_1k"] = page[1_000].p50_ms
+                s["get_page_p50_ms_1m"] = page[1_000_000].p50_ms
+                s["get_page_growth"] = page[1_000_000].p50_ms / page[1_000].p50_ms
         if "visible" in system.results:
             s["visible_p50_ms"] = system.results["visible"]["p50_ms"]
             s["visible_p99_ms"] = system.results["visible"]["p99_ms"]

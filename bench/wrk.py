@@ -34,8 +34,20 @@ def run(url: str, connections: int, seconds: float, method: str = "GET", body: s
     if binary is None:
         raise RuntimeError("no wrk on PATH: ./scripts/bench installs Debian's wrk package")
     threads = min(2, connections)
-    command = [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-               "-s", str(SCRIPT), url, "--", method, *([body] if body is not None else [])]
+    command = [
+        binary,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(SCRIPT),
+        url,
+        "--",
+        method,
+        *([body] if body is not None else []),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
     if line is None:

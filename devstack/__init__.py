@@ -6,6 +6,7 @@
 - `devstack.hazelcast_cluster`: Hazelcast members configured from Consul KV, as ./scripts/up does.
 - `devstack.stack`: service instances under gunicorn, a whole stack built at once and stopped at once.
 - `devstack.load`: bounded concurrent or paced load on loopback, with every outcome kept.
+- `devstack.pages`: a paged GET read to its end.
 - `devstack.figures`: measured figures kept beside the logs and written into the docs.
 
 Every process writes its own log file, so a failure shows why; every wait has a deadline.
@@ -15,6 +16,7 @@ from devstack.consul_agent import ConsulAgent, agent_port_flags, check_status, c
 from devstack.figures import record, replace_block
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.load import Load, Outcome, passing_to_first_request
+from devstack.pages import read_all
 from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port, until
 from devstack.stack import (
     SERVICES,
@@ -47,6 +49,7 @@ __all__ = [
     "isolated_agent",
     "passing_to_first_request",
     "prometheus_counter",
+    "read_all",
     "record",
     "replace_block",
     "running_stack",

@@ -19,9 +19,9 @@ import uuid
 from pathlib import Path
 
 import psutil
-import requests
 
 from devstack.load import Load
+from devstack.pages import read_all
 from devstack.processes import ROOT, eventually
 from devstack.stack import Service, Stack, running_stack, wait_passing
 
@@ -41,7 +41,7 @@ def rss_mib(pid: int) -> float:
 
 
 def held_by(service: Service) -> list[str]:
-    return requests.get(f"{service.url}/messages", timeout=TIMEOUT).json()["messages"]
+    return read_all(f"{service.url}/messages", "messages")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +136,7 @@ def soak(args, log_dir: Path, stack: Stack) -> int:
         gets.finish(duration + 60)
     rss_end = {name: rss_mib(pid) for name, pid in processes(stack).items()}
     acked = set(acknowledged())
-    logged = set(requests.get(url, timeout=TIMEOUT).json()["logging"])
+    logged = set(read_all(url, "logging"))
     lost_from_log = acked - logged
 
     def drained():

@@ -12,11 +12,13 @@ from typing import Any
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from werkzeug.exceptions import NotFound
 
 from servicekit import queue_item
 from servicekit.balancing import RandomPick
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
+from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.retry_budget import RetryBudget
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, InsufficientStorage, Unavailable
@@ -111,7 +113,9 @@ class Backends:
     def status(self) -> dict:
         return self._discovery.status()
 
-    def _call(self, service: str, send: Send, retry_after_timeout: bool = False) -> tuple[Instance, Any]:
+    def _call(
+        self, service: str, send: Send, retry_after_timeout: bool = False, only: str | None = None
+    ) -> tuple[Instance, Any]:
         """Send to a random passing instance; after a failure, maybe try another one.
 
         Another instance is tried after a refused connection at once (the first never saw the call), and
@@ -121,6 +125,7 @@ class Backends:
         `retry_after_timeout`, for calls whose work is small and safe to repeat (POST /logging: one
         put_if_absent by id); a read of the log is never doubled that way. The instance list comes from
         memory (no Consul call); the whole call, retries included, is bounded by the request deadline.
+        `only` names the one instance that may answer (a cursor of its own).
         """
         failed: dict[str, str] = {}
         give_up_at = time.monotonic() + self._deadline
@@ -129,6 +134,11 @@ class Backends:
 
         def pick() -> Instance:
             instances = self._discovery.instances(service, timeout=FIRST_ANSWER_TIMEOUT)
+            if only is not None:
+                instances = tuple(i for i in instances if i.id == only)
+                if not instances:
+                    # Gone, or restarting: either way what it held is gone with its memory.
+                    raise NotFound(f"the {service} instance of this cursor is gone: start again without the cursor")
             if not instances:
                 raise Unavailable(f"no healthy {service} instance")
             return self._pick(instances, failed)
@@ -136,7 +146,7 @@ class Backends:
         def pause(state: RetryCallState) -> float:
             # The next untried instance at once; once every instance failed (a rolling restart the cache
             # has not seen yet), a short jittered pause before going round again.
-            if len(failed) < len(self._discovery.instances(service)):
+            if only is None and len(failed) < len(self._discovery.instances(service)):
                 return 0.0
             return random.uniform(0.05, 0.2)
 
@@ -237,25 +247,45 @@ class Backends:
             # consumed (facade.routes answers a 503 that says so).
             raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
 
-    def logged_messages(self) -> list[str]:
-        _, body = self._call(LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", timeout=timeout))
-        return body["messages"]
+    def logged_messages(self, limit: int, after: LogCursor | None) -> tuple[list[str], str | None]:
+        """One page of the log, oldest first, and the cursor of the next page (None on the last)."""
+        params: dict[str, str | int] = {"limit": limit}
+        if after is not None:
+            params["after"] = after.encode()
+        _, body = self._call(
+            LOGGING_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/logging", params=params, timeout=timeout)
+        )
+        return body["messages"], body["next"]
 
-    def read_all(self) -> tuple[list[str], str, list[str]]:
-        """The logged messages, and one messages instance's id and messages, read at the same time: the
-        answer takes as long as the slower read, not the sum of both."""
-        consumed = self._reads.submit(self.consumed_messages)
+    def read_page(self, limit: int, after: LogCursor | None, messages_after: MessagesCursor | None) -> dict[str, Any]:
+        """A page of the log and a page of one messages instance, read at the same time: the answer takes
+        as long as the slower read, not the sum of both."""
+        consumed = self._reads.submit(self.consumed_messages, limit, messages_after)
         try:
-            logged = self.logged_messages()
+            logged, following = self.logged_messages(limit, after)
         except BaseException:
             consumed.cancel()
             raise
-        messages_from, messages = consumed.result()
-        return logged, messages_from, messages
+        messages_from, messages, messages_next = consumed.result()
+        return {
+            "logging": logged,
+            "messages": messages,
+            # messages_from names the instance that answered: each holds only the messages it consumed.
+            "messages_from": messages_from,
+            "next": following,
+            "messages_next": messages_next,
+        }
 
-    def consumed_messages(self) -> tuple[str, list[str]]:
-        """The messages one messages instance holds, and that instance's id."""
+    def consumed_messages(self, limit: int, after: MessagesCursor | None) -> tuple[str, list[str], str | None]:
+        """A page of the messages one messages instance holds (the cursor's instance, when there is a
+        cursor), that instance's id, and the cursor of its next page."""
+        params: dict[str, str | int] = {"limit": limit}
+        if after is not None:
+            params["after"] = after.after
         instance, body = self._call(
-            MESSAGES_SERVICE, lambda i, timeout: self._http.get(f"{i.url}/messages", timeout=timeout)
+            MESSAGES_SERVICE,
+            lambda i, timeout: self._http.get(f"{i.url}/messages", params=params, timeout=timeout),
+            only=None if after is None else after.instance_id,
         )
-        return instance.id, body["messages"]
+        following = None if body["next"] is None else MessagesCursor(instance.id, int(body["next"])).encode()
+        return instance.id, body["messages"], following

@@ -7,7 +7,15 @@ from flask import Blueprint, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 
 from servicekit.errors import HazelcastUnavailable
-from servicekit.web import Unavailable, health_response, read_json_object, require_message
+from servicekit.paging import LogCursor, MessagesCursor
+from servicekit.web import (
+    Unavailable,
+    health_response,
+    read_cursor,
+    read_json_object,
+    read_limit,
+    require_message,
+)
 
 from . import idempotency
 from .backends import CallFailed
@@ -82,9 +90,10 @@ def _answered(answer: Answer):
 
 @bp.get("/facade")
 def get_messages():
-    logged, messages_from, consumed = current_app.extensions["backends"].read_all()
-    # messages_from names the instance that answered: each holds only the messages it consumed.
-    return jsonify(logging=logged, messages=consumed, messages_from=messages_from)
+    limit = read_limit(request)
+    after = read_cursor(request, "after", LogCursor.decode)
+    messages_after = read_cursor(request, "messages_after", MessagesCursor.decode)
+    return jsonify(current_app.extensions["backends"].read_page(limit, after, messages_after))
 
 
 @bp.get("/health")

@@ -4,7 +4,16 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 
-from servicekit.web import BadInput, health_response, read_json_object, require_message, require_string
+from servicekit.paging import LogCursor
+from servicekit.web import (
+    BadInput,
+    health_response,
+    read_cursor,
+    read_json_object,
+    read_limit,
+    require_message,
+    require_string,
+)
 
 bp = Blueprint("logging", __name__)
 
@@ -31,7 +40,10 @@ def add_message():
 
 @bp.get("/logging")
 def list_messages():
-    return jsonify(messages=_log().messages())
+    limit = read_limit(request)
+    after = read_cursor(request, "after", LogCursor.decode)
+    messages, following = _log().page(after, limit)
+    return jsonify(messages=messages, next=None if following is None else following.encode())
 
 
 @bp.get("/health")

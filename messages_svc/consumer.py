@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
+import time
 
 from hazelcast.errors import HazelcastError
 
@@ -25,24 +25,43 @@ DISCONNECTED_POLL = 0.2
 
 class MessageStore:
     """What this instance consumed, in the order it took it: the newest `kept` (MESSAGES_KEPT) of it. Lives
-    in the worker's memory only; the log keeps every message, this is a window onto the latest."""
+    in the worker's memory only; the log keeps every message, this is a window onto the latest.
+
+    Each message has a number, one more than the one before; a page's cursor is the last number it held,
+    so dropping the oldest messages does not move a cursor onto other messages. The first number is the
+    time the store was made, in microseconds: a restarted instance numbers above anything its previous
+    process handed out, so an old cursor reads the new process from its oldest message."""
 
     def __init__(self, kept: int = 20_000):
         self._lock = threading.Lock()
         self.kept = kept
-        # A deque drops its oldest item when a new one would go past maxlen.
-        self._messages: collections.deque[str] = collections.deque(maxlen=kept)
+        self._messages: list[str] = []
+        # The number of self._messages[0].
+        self._first = time.time_ns() // 1000
         self.let_go = 0
 
     def append(self, msg: str) -> None:
         with self._lock:
-            if len(self._messages) == self.kept:
-                self.let_go += 1
             self._messages.append(msg)
+            if len(self._messages) > self.kept:
+                # The oldest goes; its number with it, so every other message keeps its number.
+                del self._messages[0]
+                self._first += 1
+                self.let_go += 1
 
     def snapshot(self) -> list[str]:
         with self._lock:
             return list(self._messages)
+
+    def page(self, after: int | None, limit: int) -> tuple[list[str], int | None]:
+        """Up to `limit` messages numbered after `after` (from the oldest kept when None or when those are
+        gone), and the number to pass as `after` for the next page: None when this page reached the newest."""
+        with self._lock:
+            start = 0 if after is None else max(after + 1 - self._first, 0)
+            page = self._messages[start : start + limit]
+            last = self._first + start + len(page) - 1
+            more = start + limit < len(self._messages)
+        return page, last if more else None
 
     def status(self) -> dict:
         """For /health: how many it holds, at most keeps, and let go so far."""

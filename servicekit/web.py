@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Flask, Request, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMediaType
 
+from . import paging
 from .errors import HazelcastUnavailable
 from .settings import Settings, host_name
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Our documents are flat ({"msg": "..."}); 32 levels leaves room for any client's envelope while a
 # body of 64 KiB of brackets is turned away before json.loads recurses into it.
@@ -229,3 +233,24 @@ def health_response(details: dict | None = None, **checks: bool):
     if details:
         body["details"] = details
     return jsonify(body), 200 if ok else 503
+
+
+def read_limit(request: Request) -> int:
+    """`limit` from the query string: a whole number from 1 to MAX_LIMIT, DEFAULT_LIMIT when absent."""
+    text = request.args.get("limit")
+    if text is None:
+        return paging.DEFAULT_LIMIT
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= paging.MAX_LIMIT:
+        raise BadInput(f"'limit' must be a whole number from 1 to {paging.MAX_LIMIT}")
+    return int(text)
+
+
+def read_cursor(request: Request, name: str, decode: Callable[[str], T]) -> T | None:
+    """A cursor from the query string, decoded; None when absent; 400 when no page could have made it."""
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        return decode(text)
+    except paging.BadCursor as exc:
+        raise BadInput(f"{name!r} {exc}: pass back the 'next' of the previous page, unchanged") from None

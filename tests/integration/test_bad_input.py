@@ -24,7 +24,7 @@ from schemathesis.generation.modes import GenerationMode
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from devstack import ROOT, eventually
+from devstack import ROOT, eventually, read_all
 
 from logging_svc.store import STAMP_DIGITS
 from servicekit import kvconfig
@@ -61,12 +61,13 @@ generated_cases = st.one_of(
     SCHEMA["/facade"]["POST"].as_strategy(GenerationMode.POSITIVE),
     SCHEMA["/facade"]["POST"].as_strategy(GenerationMode.NEGATIVE),
     SCHEMA["/facade"]["GET"].as_strategy(GenerationMode.POSITIVE),
+    SCHEMA["/facade"]["GET"].as_strategy(GenerationMode.NEGATIVE),
     SCHEMA["/health"]["GET"].as_strategy(GenerationMode.POSITIVE),
 )
 
 
 def logged(stack) -> list[str]:
-    return requests.get(stack.url, timeout=TIMEOUT).json()["logging"]
+    return read_all(stack.url, "logging")
 
 
 def test_generated_requests_get_no_server_error_and_the_log_grows_by_exactly_the_201s(watched, log_dir):

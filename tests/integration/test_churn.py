@@ -13,7 +13,7 @@ import uuid
 
 import requests
 
-from devstack import Load, Stack, eventually, passing_to_first_request, record, wait_passing
+from devstack import Load, Stack, eventually, passing_to_first_request, read_all, record, wait_passing
 from servicekit.consul_client import make_consul
 from servicekit.discovery import ServiceWatch
 from servicekit.settings import ConsulSettings
@@ -29,7 +29,7 @@ def post_load(stack: Stack, **kwargs) -> Load:
 
 def logged(stack: Stack) -> list[str]:
     live = next(s for s in stack.logging if s.proc.alive())
-    return requests.get(f"{live.url}/logging", timeout=TIMEOUT).json()["messages"]
+    return read_all(f"{live.url}/logging", "messages")
 
 
 def describe(failures) -> str:
@@ -120,7 +120,7 @@ def test_rolling_restart_of_every_service_loses_no_request(own_stack):
 
     def held_once_by_the_new_instances():
         held = [m for s in stack.messages
-                for m in requests.get(f"{s.url}/messages", timeout=TIMEOUT).json()["messages"]]
+                for m in read_all(f"{s.url}/messages", "messages")]
         assert len(held) == len(set(held)), "a message was consumed twice"
         missing = after - set(held)
         assert not missing, f"{len(missing)} of {len(after)} messages sent after the last old instance " \

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from devstack import ConsulAgent, HazelcastCluster, Service, eventually, start_service, wait_passing
+from devstack import ConsulAgent, HazelcastCluster, Service, eventually, read_all, start_service, wait_passing
 
 from servicekit import kvconfig
 
@@ -113,8 +113,9 @@ def test_the_stack_registers_discovers_and_serves_with_a_least_privilege_token(a
     assert response.json()["logged_by"] == stack[0].instance_id
 
     def consumed():
-        body = requests.get(f"{facade.url}/facade", timeout=TIMEOUT).json()
-        assert text in body["logging"] and text in body["messages"]
+        url = f"{facade.url}/facade"
+        assert text in read_all(url, "logging")
+        assert text in read_all(url, "messages", "messages_next", "messages_after")
 
     eventually(consumed)
     # The token can do what the services do, and no more.

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from devstack import ConsulAgent, HazelcastCluster, Load, Outcome, Service, Stack, eventually, record, running_stack
-from devstack import start_service, wait_passing
+from devstack import read_all, start_service, wait_passing
 
 from servicekit import queue_item
 from servicekit.hz import WAITING_LOG_INTERVAL
@@ -98,7 +98,7 @@ def not_acknowledged(load: Load) -> list[Outcome]:
 
 
 def held_by(service: Service) -> list[str]:
-    return requests.get(f"{service.url}/messages", timeout=TIMEOUT).json()["messages"]
+    return read_all(f"{service.url}/messages", "messages")
 
 
 def queue_owner_port(stack: FaultStack) -> int:
@@ -132,7 +132,7 @@ def test_killing_a_member_under_load_loses_no_acknowledged_message(faults, log_d
     eventually(working_again, timeout=30, what="POST, GET and every /health fine after the member loss")
     recovered_after = time.monotonic() - killed_at
 
-    logged = requests.get(faults.url, timeout=TIMEOUT).json()["logging"]
+    logged = read_all(faults.url, "logging")
     missing = acked - set(logged)
     assert not missing, f"{len(missing)} acknowledged messages are gone from the log"
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from devstack import Load, Service, eventually, wait_passing
+from devstack import Load, Service, eventually, read_all, wait_passing
 from servicekit.gunicorn_hooks import WORKER_READY
 
 TIMEOUT = 10
@@ -72,7 +72,7 @@ def test_a_stopping_messages_instance_takes_nothing_after_it_left_consul(own_sta
     assert len(after) >= 20
 
     def all_at_the_staying_instance():
-        held = set(requests.get(f"{staying.url}/messages", timeout=TIMEOUT).json()["messages"])
+        held = set(read_all(f"{staying.url}/messages", "messages"))
         missing = after - held
         assert not missing, f"{len(missing)} of {len(after)} messages sent after the instance left Consul are not " \
                             f"at the other instance: the leaving one took them"

@@ -65,7 +65,8 @@ class StubInstance:
                 if self.path == "/health":
                     self._answer(200, {"status": "passing"})
                 else:
-                    self._work({"messages": []})
+                    # An empty last page, as GET /logging and GET /messages answer it.
+                    self._work({"messages": [], "next": None})
 
             def do_POST(self) -> None:
                 sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -10,7 +10,7 @@ import uuid
 import psutil
 import requests
 
-from devstack import check_status
+from devstack import check_status, read_all
 
 TIMEOUT = 10
 JSON = {"Content-Type": "application/json"}
@@ -61,7 +61,7 @@ def test_error_responses_name_no_host_address_or_stack_trace(stack):
 
 
 def logged(stack) -> list[str]:
-    return requests.get(stack.url, timeout=TIMEOUT).json()["logging"]
+    return read_all(stack.url, "logging")
 
 
 def test_a_post_a_web_page_can_send_without_asking_is_415_and_stores_nothing(stack):

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import requests
 
-from devstack import check_status, eventually, isolated_agent, wait_passing
+from devstack import check_status, eventually, isolated_agent, read_all, wait_passing
 from servicekit import kvconfig
 
 TIMEOUT = 10
@@ -24,7 +24,7 @@ def post(stack, msg: str) -> dict:
 def consumed_by(stack) -> dict[str, list[str]]:
     """What each messages instance holds, asked directly."""
     return {
-        s.instance_id: requests.get(f"{s.url}/messages", timeout=TIMEOUT).json()["messages"] for s in stack.messages
+        s.instance_id: read_all(f"{s.url}/messages", "messages") for s in stack.messages
     }
 
 
@@ -74,7 +74,7 @@ def test_each_message_is_logged_once_in_order_and_consumed_by_exactly_one_instan
     for text in texts:
         post(stack, text)
 
-    logged = requests.get(stack.url, timeout=TIMEOUT).json()["logging"]
+    logged = read_all(stack.url, "logging")
     ours = [m for m in logged if m in set(texts)]
     assert ours == texts, "logged once each, in the order the facade accepted them"
 
@@ -114,12 +114,12 @@ def test_random_choice_reaches_every_logging_and_messages_instance(stack):
     ids=["not-json", "bad-utf8", "not-object", "missing-msg", "msg-not-string", "msg-null", "too-large"],
 )
 def test_bad_input_is_rejected_with_a_json_error_and_stores_nothing(stack, body, status):
-    before = len(requests.get(stack.url, timeout=TIMEOUT).json()["logging"])
+    before = len(read_all(stack.url, "logging"))
     response = requests.post(stack.url, data=body, headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
     assert response.status_code == status
     assert response.headers["Content-Type"] == "application/json"
     assert isinstance(response.json()["error"], str)
-    assert len(requests.get(stack.url, timeout=TIMEOUT).json()["logging"]) == before
+    assert len(read_all(stack.url, "logging")) == before
 
 
 def test_unknown_route_and_wrong_method_are_json_errors(stack):
@@ -150,7 +150,7 @@ def test_logging_is_idempotent_by_id(stack):
     created = requests.post(f"{first.url}/logging", json={"id": message_id, "msg": text}, timeout=TIMEOUT)
     replayed = requests.post(f"{second.url}/logging", json={"id": message_id, "msg": text}, timeout=TIMEOUT)
     assert (created.status_code, replayed.status_code) == (201, 200)
-    logged = requests.get(f"{stack.logging[2].url}/logging", timeout=TIMEOUT).json()["messages"]
+    logged = read_all(f"{stack.logging[2].url}/logging", "messages")
     assert logged.count(text) == 1
 
 

@@ -9,10 +9,12 @@ import urllib.parse
 
 import pytest
 import requests
+from werkzeug.exceptions import NotFound
 
 from facade import create_app
 from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
 from servicekit.discovery import Instance
+from servicekit.paging import MessagesCursor
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, Unavailable
 
@@ -82,8 +84,16 @@ def backends(http: ScriptedHttp, *ports: int, **env: str) -> Backends:
     return Backends(Settings.from_env("facade-service", 8080, env=env), FixedDiscovery(*ports), session=http)
 
 
-@pytest.mark.parametrize("failure", [BROKEN, response(503, "<html>busy</html>"), requests.ReadTimeout("slow"),
-                                     requests.ConnectionError("refused"), response(200, "not json")])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        BROKEN,
+        response(503, "<html>busy</html>"),
+        requests.ReadTimeout("slow"),
+        requests.ConnectionError("refused"),
+        response(200, "not json"),
+    ],
+)
 def test_a_failed_instance_is_retried_on_another_one(failure):
     # Whichever the random pick tries first, the call ends at the one instance that works.
     for _ in range(20):
@@ -107,9 +117,9 @@ def test_untried_instances_come_before_any_second_try():
 
 def test_a_read_that_timed_out_is_not_sent_to_another_instance():
     for _ in range(20):
-        http = ScriptedHttp(p8081=requests.ReadTimeout("slow"), p8082=response(200, {"messages": ["a"]}))
+        http = ScriptedHttp(p8081=requests.ReadTimeout("slow"), p8082=response(200, {"messages": ["a"], "next": None}))
         try:
-            assert backends(http, 8081, 8082).logged_messages() == ["a"]
+            assert backends(http, 8081, 8082).logged_messages(10, None) == (["a"], None)
             assert http.tried == [8082]
         except Unavailable as failed:
             assert http.tried == [8081], "the first instance may still be reading: no second read beside it"
@@ -163,7 +173,7 @@ def test_no_passing_instance_is_a_503_at_once_without_any_call():
     http = ScriptedHttp()
     started = time.monotonic()
     with pytest.raises(Unavailable) as failed:
-        backends(http).consumed_messages()
+        backends(http).consumed_messages(10, None)
     assert time.monotonic() - started < 0.1
     assert http.tried == []
     assert failed.value.public == f"no healthy {MESSAGES_SERVICE} instance"
@@ -186,6 +196,23 @@ def test_the_facade_answers_a_4xx_from_logging_with_a_502_that_names_no_instance
     assert answer.json == {"error": f"{LOGGING_SERVICE} rejected the request"}
     for internal in ("somehost", "127.0.0.1", "8082"):
         assert internal not in answer.get_data(as_text=True)
+
+
+def test_a_messages_cursor_is_read_at_its_instance_only_and_a_404_once_it_is_gone():
+    page = response(200, {"messages": ["m"], "next": None})
+    held = response(200, {"messages": ["a", "b"], "next": "17"})
+    http = ScriptedHttp(p8081=page, p8082=held, p8083=page)
+    cursor = MessagesCursor(instance(8082).id, 15)
+    for _ in range(5):
+        assert backends(http, *PORTS).consumed_messages(2, cursor) == (
+            instance(8082).id,
+            ["a", "b"],
+            MessagesCursor(instance(8082).id, 17).encode(),
+        )
+    assert http.tried == [8082] * 5
+    with pytest.raises(NotFound):
+        backends(http, 8081, 8083).consumed_messages(2, cursor)
+    assert http.tried == [8082] * 5
 
 
 LOG_FULL = response(507, {"error": "the log is full"})

@@ -67,18 +67,24 @@ def test_get_reads_logging_and_messages_at_the_same_time():
     # Each read waits for the other: read one after the other, they would break the barrier.
     both_running = threading.Barrier(2, timeout=5)
 
-    def logged():
+    def logged(limit, after):
         both_running.wait()
-        return ["logged"]
+        return ["logged"], None
 
-    def consumed():
+    def consumed(limit, after):
         both_running.wait()
-        return "messages-service-1", ["consumed"]
+        return "messages-service-1", ["consumed"], None
 
     backends.logged_messages = logged
     backends.consumed_messages = consumed
     try:
-        assert backends.read_all() == (["logged"], "messages-service-1", ["consumed"])
+        assert backends.read_page(10, None, None) == {
+            "logging": ["logged"],
+            "messages": ["consumed"],
+            "messages_from": "messages-service-1",
+            "next": None,
+            "messages_next": None,
+        }
     finally:
         backends.close()
 
@@ -96,3 +102,10 @@ def test_a_closed_facade_app_leaves_no_thread_running():
         assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
 
     eventually(nothing_left, timeout=3, what="the app's threads end once it is closed")
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=x", "after=x", "messages_after=x", "messages_after=1.a b"])
+def test_a_bad_limit_or_cursor_is_a_400_before_any_backend_call(client, query):
+    response = client.get(f"/facade?{query}")
+    assert response.status_code == 400
+    assert query.split("=")[0] in response.json["error"]

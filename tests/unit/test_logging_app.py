@@ -5,6 +5,7 @@ import uuid
 import pytest
 
 from logging_svc import create_app
+from logging_svc.store import STAMP_DIGITS, cut_page, encode
 from servicekit.settings import Settings
 from servicekit.web import MAX_JSON_DEPTH
 
@@ -22,6 +23,13 @@ class MemoryLog:
 
     def messages(self):
         return list(self.entries.values())
+
+    def page(self, after, limit):
+        # Stamped 1, 2, 3... in the order added; the cut is the store's own.
+        entries = [encode(msg, n) for n, msg in enumerate(self.entries.values(), 1)]
+        if after is not None:
+            entries = [e for e in entries if int(e[:STAMP_DIGITS]) >= after.stamp]
+        return cut_page(entries, after, limit)
 
     def status(self):
         return {"entries": len(self.entries)}
@@ -43,7 +51,7 @@ def test_post_stores_once_by_id(client, log):
     assert client.post("/logging", json=body).status_code == 201
     replay = client.post("/logging", json=body)
     assert replay.status_code == 200 and replay.json["created"] is False
-    assert client.get("/logging").json == {"messages": ["hi"]}
+    assert client.get("/logging").json == {"messages": ["hi"], "next": None}
 
 
 @pytest.mark.parametrize(
@@ -107,3 +115,35 @@ def test_a_post_while_consul_kv_cannot_be_read_is_a_503_not_a_traceback(closing)
     response = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
     assert response.status_code == 503
     assert response.json == {"error": "the Hazelcast cluster is unavailable"}
+
+
+def test_get_pages_through_the_log_oldest_first(client, log):
+    for n in range(5):
+        log.add(str(uuid.uuid4()), f"m{n}")
+    first = client.get("/logging?limit=2").json
+    assert first["messages"] == ["m0", "m1"] and first["next"]
+    second = client.get("/logging", query_string={"limit": 2, "after": first["next"]}).json
+    assert second["messages"] == ["m2", "m3"]
+    last = client.get("/logging", query_string={"limit": 2, "after": second["next"]}).json
+    assert last == {"messages": ["m4"], "next": None}
+
+
+def test_up_to_a_thousand_messages_are_one_page_by_default(client, log):
+    for n in range(1000):
+        log.add(str(uuid.uuid4()), f"m{n}")
+    body = client.get("/logging").json
+    assert len(body["messages"]) == 1000 and body["next"] is None
+    log.add(str(uuid.uuid4()), "one more")
+    assert client.get("/logging").json["next"] is not None
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=10001", "limit=-1", "limit=1.5", "limit=ten", "limit=", "limit=%C2%B2", "after=", "after=nope",
+     "after=00000000000000000001.0", "limit=5&after=1"],
+)  # fmt: skip
+def test_a_bad_limit_or_cursor_is_a_400_that_names_it(client, query):
+    response = client.get(f"/logging?{query}")
+    assert response.status_code == 400
+    name = "limit" if "limit=5" not in query and query.startswith("limit") else "after"
+    assert name in response.json["error"]
