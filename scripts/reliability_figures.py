@@ -70,6 +70,7 @@ FIGURES = [
     Figure("flood", "lost", "flood: acknowledged lost", FLOOD),
     Figure("flood", "stored_of_capacity", "flood: stored, as a share of the capacity", FLOOD),
     Figure("flood", "slowest_read_s", "flood: slowest GET /facade during it (s)", FLOOD),
+    Figure("flood", "slowest_page_s", "flood: slowest page of the walk of the whole log after it (s)", FLOOD),
     Figure("up_reports_a_taken_port", "seconds", "./scripts/up with a port taken: names the port and its "
            "holder after (s)", "./scripts/test tests/integration/test_scripts.py -k taken_port"),
     Figure("soak", "posts_acknowledged", "soak: POSTs acknowledged", SOAK),
