@@ -122,7 +122,7 @@ def java_size_bytes(raw: str) -> int:
 def default_log_capacity_bytes(heap_bytes: int, members: int) -> int:
     """What the log may hold (one copy, in logging_svc.store.entry_cost bytes): LOG_HEAP_SHARE of the
     heaps of all the members but one, over the two copies of each entry. With three 1g members: 512 MiB,
-    about 1,650,000 messages of 100 characters; with one member gone, the two left hold half their heap."""
+    about 1,000,000 messages of 100 characters; with one member gone, the two left hold half their heap."""
     return int(LOG_HEAP_SHARE * heap_bytes * max(members - 1, 1) / 2)
 
 
