@@ -20,8 +20,10 @@ from servicekit.hazelcast_member import DEFAULT_JAR, hazelcast_member_command
 class HazelcastCluster:
     """`size` members on free ports, configured from Consul KV the way ./scripts/up does it."""
 
-    def __init__(self, agent: ConsulAgent, log_dir: Path, size: int = 3):
+    def __init__(self, agent: ConsulAgent, log_dir: Path, size: int = 3, heap: str | None = None):
         self.agent = agent
+        # None: conf/stack.env's HAZELCAST_HEAP, as ./scripts/up.
+        self.heap = heap
         self.log_dir = log_dir
         self.ports = [free_port() for _ in range(size)]
         self.cluster_name = f"test-{uuid.uuid4().hex[:8]}"
@@ -47,7 +49,7 @@ class HazelcastCluster:
         kvconfig.seed((agent or self.agent).client(), values)
 
     def start_member(self, port: int) -> Proc:
-        command = hazelcast_member_command(port, self.cluster_name, ",".join(self.addresses), DEFAULT_JAR)
+        command = hazelcast_member_command(port, self.cluster_name, ",".join(self.addresses), DEFAULT_JAR, self.heap)
         proc = Proc(f"hazelcast-{port}", command, self.log_dir / f"hazelcast-{port}.log").start()
         self.members[port] = proc
         return proc

@@ -158,7 +158,13 @@ def isolated_agent(cluster: HazelcastCluster, log_dir: Path, name: str) -> Consu
 
 @contextlib.contextmanager
 def running_stack(
-    log_dir: Path, members: int = 3, logging: int = 3, messages: int = 2, facades: int = 1
+    log_dir: Path,
+    members: int = 3,
+    logging: int = 3,
+    messages: int = 2,
+    facades: int = 1,
+    heap: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """A whole system of its own: a Consul agent, `members` Hazelcast members and the instances, every
     one of them passing; on leaving, everything stops in the reverse order, whatever happened."""
@@ -166,9 +172,9 @@ def running_stack(
         agent = ConsulAgent(log_dir)
         running.callback(agent.stop)
         agent.start()
-        cluster = HazelcastCluster(agent, log_dir, size=members)
+        cluster = HazelcastCluster(agent, log_dir, size=members, heap=heap)
         running.callback(cluster.stop)
         cluster.start()
-        stack = build_stack(agent, cluster, log_dir, logging=logging, messages=messages, facades=facades)
+        stack = build_stack(agent, cluster, log_dir, logging=logging, messages=messages, facades=facades, env=env)
         running.callback(stack.stop)
         yield stack

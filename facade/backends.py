@@ -21,7 +21,7 @@ from servicekit.hz import Hazelcast
 from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.retry_budget import RetryBudget
 from servicekit.settings import Settings
-from servicekit.web import BadGateway, Unavailable
+from servicekit.web import BadGateway, InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,14 @@ MESSAGES_SERVICE = "messages-service"
 MAX_ATTEMPTS = 6
 # Right after a worker starts, how long a request may wait for Consul's first answer.
 FIRST_ANSWER_TIMEOUT = 1.0
+# Retry-After of a refusal because the queue is full: the consumers take hundreds of messages a second, so a
+# second frees room unless they are down (then the client hears 503 again).
+QUEUE_FULL_RETRY_AFTER = 1
+# The queue's room is asked at most every QUEUE_ROOM_FRESH seconds per worker while it was above
+# QUEUE_ROOM_MARGIN: no stack posts the margin's 1,000 messages in half a second, so the room cannot run out
+# unseen, and most POSTs skip that round trip to the queue's member. Near the bound every POST asks.
+QUEUE_ROOM_FRESH = 0.5
+QUEUE_ROOM_MARGIN = 1000
 
 Send = Callable[[Instance, tuple[float, float]], requests.Response]
 
@@ -93,6 +101,9 @@ class Backends:
         }
         # GET /facade reads messages_svc here while the request thread reads logging_svc.
         self._reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backend-read")
+        # The queue's remaining capacity as last read, and when (check_queue_room).
+        self._queue_room = 0
+        self._queue_room_at = float("-inf")
 
     def close(self) -> None:
         self._reads.shutdown(wait=False, cancel_futures=True)
@@ -177,6 +188,9 @@ class Backends:
     ) -> Any:
         try:
             response = send(instance, timeout)
+            if response.status_code == 507:
+                # The log is full for every instance alike (they share it): no other instance is tried.
+                raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")
             if response.status_code >= 500:
                 raise InstanceFailed(f"HTTP {response.status_code}", Reached.DONE)
             if response.status_code >= 400:
@@ -206,13 +220,31 @@ class Backends:
         )
         return instance.id
 
+    def check_queue_room(self) -> None:
+        """Refuse before anything is stored when the queue is full (max-size in conf/hazelcast.xml): the
+        consumers are that far behind. One call to the queue's member, remaining_capacity, skipped while the
+        last answer is fresh and far from the bound."""
+        if self._hazelcast is None or not self._hazelcast.connected:
+            # Nothing to ask; the offer after the log write answers for the queue, as before.
+            return
+        now = time.monotonic()
+        if now - self._queue_room_at < QUEUE_ROOM_FRESH and self._queue_room > QUEUE_ROOM_MARGIN:
+            return
+        self._queue_room = self._hazelcast.queue().remaining_capacity()
+        self._queue_room_at = now
+        if self._queue_room <= 0:
+            raise Unavailable(
+                "the message queue is full", retry_after=QUEUE_FULL_RETRY_AFTER, logged=False, queued=False
+            )
+
     def queue_message(self, message_id: str, msg: str) -> None:
         """Put the message on the queue messages_svc consumes."""
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
         if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg)):
-            # Only a bounded queue says no; the message is logged but will not be consumed.
+            # The queue filled between check_queue_room and here: the message is logged but will not be
+            # consumed (facade.routes answers a 503 that says so).
             raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
 
     def logged_messages(self, limit: int, after: LogCursor | None) -> tuple[list[str], str | None]:

@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 def _log_and_queue(message_id: str, msg: str) -> Answer:
     """201 when the message is in the log and on the queue; a 503 whose body says what was done when only
-    part of it was; an exception (answered by the error handlers) when nothing was stored."""
+    part of it was; an exception (answered by the error handlers) when nothing was stored: among them a full
+    queue (503 with Retry-After, looked at before the log write) and a full log (507)."""
     backends = current_app.extensions["backends"]
+    backends.check_queue_room()
     try:
         logged_by = backends.log_message(message_id, msg)
     except CallFailed as exc:

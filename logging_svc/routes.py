@@ -48,4 +48,5 @@ def list_messages():
 
 @bp.get("/health")
 def health():
-    return health_response(hazelcast=_log().ready)
+    # A full log is not a failed instance: it still reads, and refusing is what it should do.
+    return health_response(details={"log": _log().status()}, hazelcast=_log().ready)

@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
     settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
-    store = MessageStore()
+    store = MessageStore(settings.messages_kept)
     app.extensions["message_store"] = store
     if consume:
         # Closed in reverse (servicekit.gunicorn_hooks.shutdown_stack): the consumer stops before the client

@@ -24,22 +24,30 @@ DISCONNECTED_POLL = 0.2
 
 
 class MessageStore:
-    """What this instance consumed, in the order it took it. Lives in the worker's memory only.
+    """What this instance consumed, in the order it took it: the newest `kept` (MESSAGES_KEPT) of it. Lives
+    in the worker's memory only; the log keeps every message, this is a window onto the latest.
 
     Each message has a number, one more than the one before; a page's cursor is the last number it held,
     so dropping the oldest messages does not move a cursor onto other messages. The first number is the
     time the store was made, in microseconds: a restarted instance numbers above anything its previous
     process handed out, so an old cursor reads the new process from its oldest message."""
 
-    def __init__(self):
+    def __init__(self, kept: int = 20_000):
         self._lock = threading.Lock()
+        self.kept = kept
         self._messages: list[str] = []
         # The number of self._messages[0].
         self._first = time.time_ns() // 1000
+        self.let_go = 0
 
     def append(self, msg: str) -> None:
         with self._lock:
             self._messages.append(msg)
+            if len(self._messages) > self.kept:
+                # The oldest goes; its number with it, so every other message keeps its number.
+                del self._messages[0]
+                self._first += 1
+                self.let_go += 1
 
     def snapshot(self) -> list[str]:
         with self._lock:
@@ -54,6 +62,11 @@ class MessageStore:
             last = self._first + start + len(page) - 1
             more = start + limit < len(self._messages)
         return page, last if more else None
+
+    def status(self) -> dict:
+        """For /health: how many it holds, at most keeps, and let go so far."""
+        with self._lock:
+            return {"held": len(self._messages), "kept": self.kept, "let_go": self.let_go}
 
 
 class Consumer:

@@ -19,4 +19,5 @@ def list_messages():
 @bp.get("/health")
 def health():
     consumer = current_app.extensions.get("consumer")
-    return health_response(hazelcast=consumer is not None and consumer.ready)
+    store = current_app.extensions["message_store"]
+    return health_response(details={"store": store.status()}, hazelcast=consumer is not None and consumer.ready)

@@ -33,6 +33,7 @@ class Figure:
 CHURN = "./scripts/test tests/integration/test_churn.py"
 FAULTS = "./scripts/test tests/integration/test_hazelcast_faults.py"
 SOAK = "./scripts/soak --minutes 2"
+FLOOD = "./scripts/test tests/integration/test_capacity.py -k flood"
 
 FIGURES = [
     Figure("member-loss", "acknowledged", "member kill -9 under load: POSTs acknowledged", f"{FAULTS} -k member"),
@@ -63,6 +64,13 @@ FIGURES = [
     Figure("change-after-agent-restart", "kill_to_out_of_rotation_s", "agent restarted, then an instance "
            "kill -9: out of the facade's rotation after (s)",
            "./scripts/test tests/integration/test_discovery_outages.py -k restarts"),
+    Figure("flood", "acknowledged", "flood past the log's capacity (16 clients, 4,000 characters): acknowledged",
+           FLOOD),
+    Figure("flood", "refused", "flood: refused (507 log full or 503 queue full, nothing stored)", FLOOD),
+    Figure("flood", "lost", "flood: acknowledged lost", FLOOD),
+    Figure("flood", "stored_of_capacity", "flood: stored, as a share of the capacity", FLOOD),
+    Figure("flood", "slowest_read_s", "flood: slowest GET /facade during it (s)", FLOOD),
+    Figure("flood", "slowest_page_s", "flood: slowest page of the walk of the whole log after it (s)", FLOOD),
     Figure("up_reports_a_taken_port", "seconds", "./scripts/up with a port taken: names the port and its "
            "holder after (s)", "./scripts/test tests/integration/test_scripts.py -k taken_port"),
     Figure("soak", "posts_acknowledged", "soak: POSTs acknowledged", SOAK),

@@ -30,8 +30,9 @@ HAZELCAST_VERSION = stack.hazelcast_version()
 # The jar ./scripts/install fetches into the repository's .tools/ (HAZELCAST_JAR, which lib.sh sets,
 # wins when a member starts).
 DEFAULT_JAR = stack.ROOT / ".tools" / stack.values()["HAZELCAST_JAR_IN_TOOLS"]
-# Small heaps: three members share a 2-core machine with six gunicorn masters and their workers.
-JAVA_OPTS = ["-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+# The serial collector and the C1 compiler only: three members share a 2-core machine with six gunicorn
+# masters and their workers. The heap is a setting (heap()); the heap starts small and grows with the log.
+JAVA_OPTS = ["-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
 # Java 17 needs these opens for Hazelcast's optimised paths; without them it logs warnings at boot.
 JAVA_MODULE_OPTS = [
     "--add-modules",
@@ -49,9 +50,18 @@ JAVA_MODULE_OPTS = [
 ]
 
 
-def hazelcast_member_command(port: int, cluster_name: str, members: str, jar: Path) -> list[str]:
+def heap() -> str:
+    """A member's largest heap, java's -Xmx form (512m, 1g): conf/stack.env's HAZELCAST_HEAP, the one place
+    it is set for ./scripts/up (the test clusters pass their own)."""
+    return stack.values()["HAZELCAST_HEAP"]
+
+
+def hazelcast_member_command(
+    port: int, cluster_name: str, members: str, jar: Path, heap_size: str | None = None
+) -> list[str]:
     return [
         "java",
+        f"-Xmx{heap_size or heap()}",
         *JAVA_OPTS,
         *JAVA_MODULE_OPTS,
         f"-Dhazelcast.config={MEMBER_CONFIG}",

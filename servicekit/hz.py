@@ -131,6 +131,12 @@ class Hazelcast:
         client, config = self._ready()
         return client.get_queue(config.queue_name).blocking()
 
+    def log_size_counter(self):
+        """The log's size in bytes (logging_svc.store.LogSize), a PN counter named after the map; its
+        calls answer futures, so a POST need not wait for the increment."""
+        client, config = self._ready()
+        return client.get_pn_counter(f"{config.map_name}-bytes")
+
     def close(self) -> None:
         # The connect thread is at most inside one Consul call (bounded by its timeout) or a short wait;
         # once it is over, no client can be built behind this one's back.

@@ -10,6 +10,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from . import stack
+
 VERSION = "0.1.0"
 
 
@@ -103,6 +105,32 @@ def forwarded_body_bytes(max_message_chars: int) -> int:
     return 12 * max_message_chars + _ENVELOPE_BYTES
 
 
+# The log's default capacity is this share of the heap the members have left when one of them is gone, halved
+# for the backup copy: the rest is for the queue, an index, migrations after a member loss and the collector.
+LOG_HEAP_SHARE = 0.5
+_JAVA_SIZE = re.compile(r"([0-9]+)([kKmMgG]?)")
+
+
+def java_size_bytes(raw: str) -> int:
+    """A size in java's -Xmx form (1g, 512m, 65536k, 1048576) in bytes."""
+    match = _JAVA_SIZE.fullmatch(raw.strip())
+    if match is None:
+        raise SettingsError(f"HAZELCAST_HEAP must look like 512m or 1g, got {raw!r}")
+    return int(match[1]) * 1024 ** " kmg".index(match[2].lower() or " ")
+
+
+def default_log_capacity_bytes(heap_bytes: int, members: int) -> int:
+    """What the log may hold (one copy, in logging_svc.store.entry_cost bytes): LOG_HEAP_SHARE of the
+    heaps of all the members but one, over the two copies of each entry. With three 1g members: 512 MiB,
+    about 1,000,000 messages of 100 characters; with one member gone, the two left hold half their heap."""
+    return int(LOG_HEAP_SHARE * heap_bytes * max(members - 1, 1) / 2)
+
+
+def _default_log_capacity() -> int:
+    values = stack.values()
+    return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
+
+
 def instance_id(service_name: str, port: int, host: str | None = None) -> str:
     """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`.
     Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
@@ -186,6 +214,13 @@ class Settings:
     deregister_after: str = "1m"
     # Host names a request may be addressed to (any port); the bind address is always accepted too.
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
+    # logging_svc refuses a message (507) that would take the log past this many bytes (one copy, estimated
+    # per entry by logging_svc.store.entry_cost); by default derived from the members' heaps.
+    log_capacity_bytes: int = field(default_factory=lambda: _default_log_capacity())
+    # messages_svc keeps this many of the newest messages it consumed and lets the older ones go: at most
+    # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
+    # for characters outside the BMP, which Python stores in 4 bytes each).
+    messages_kept: int = 20_000
     version: str = VERSION
 
     def __post_init__(self) -> None:
@@ -214,6 +249,8 @@ class Settings:
             max_body_bytes=max_body_bytes_from_env(env),
             max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
+            log_capacity_bytes=_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
+            messages_kept=_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
         )
 
     @property

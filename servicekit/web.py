@@ -36,7 +36,19 @@ class BadInput(ValueError):
 
 class Unavailable(RuntimeError):
     """A dependency is down. `public` goes to the client ("every logging-service instance failed");
-    `detail` (instance ids, addresses, library errors) goes to the log only."""
+    `detail` (instance ids, addresses, library errors) goes to the log only. `retry_after` (seconds) becomes
+    the Retry-After header, when the wait is known; `fields` go into the body beside the error."""
+
+    def __init__(self, public: str, detail: str = "", retry_after: int | None = None, **fields: Any):
+        super().__init__(f"{public}: {detail}" if detail else public)
+        self.public = public
+        self.retry_after = retry_after
+        self.fields = fields
+
+
+class InsufficientStorage(RuntimeError):
+    """507: the service cannot store what it was sent, and will not on its own (the log never shrinks), so
+    no Retry-After. `public` goes to the client, `detail` to the log only."""
 
     def __init__(self, public: str, detail: str = ""):
         super().__init__(f"{public}: {detail}" if detail else public)
@@ -143,7 +155,15 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(Unavailable)
     def unavailable(exc: Unavailable):
         log.warning("answering 503: %s", exc)
-        return _error(503, exc.public)
+        response = jsonify(error=exc.public, **exc.fields)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response, 503
+
+    @app.errorhandler(InsufficientStorage)
+    def insufficient_storage(exc: InsufficientStorage):
+        log.warning("answering 507: %s", exc)
+        return _error(507, exc.public)
 
     @app.errorhandler(HazelcastUnavailable)
     @app.errorhandler(HazelcastError)

@@ -12,7 +12,7 @@ import requests
 from werkzeug.exceptions import NotFound
 
 from facade import create_app
-from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, Backends
+from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
 from servicekit.discovery import Instance
 from servicekit.paging import MessagesCursor
 from servicekit.settings import Settings
@@ -213,3 +213,82 @@ def test_a_messages_cursor_is_read_at_its_instance_only_and_a_404_once_it_is_gon
     with pytest.raises(NotFound):
         backends(http, 8081, 8083).consumed_messages(2, cursor)
     assert http.tried == [8082] * 5
+
+
+LOG_FULL = response(507, {"error": "the log is full"})
+
+
+class FakeQueue:
+    """A bounded queue: `room` is what remaining_capacity answers; offer takes while `accepts`."""
+
+    def __init__(self, room: int, accepts: bool = True):
+        self.room = room
+        self.accepts = accepts
+        self.items: list[str] = []
+
+    def remaining_capacity(self) -> int:
+        return self.room
+
+    def offer(self, item: str) -> bool:
+        if self.accepts:
+            self.items.append(item)
+        return self.accepts
+
+
+class QueueHazelcast:
+    connected = True
+
+    def __init__(self, queue: FakeQueue):
+        self._queue = queue
+
+    def queue(self):
+        return self._queue
+
+
+def facade_with(closing, http: ScriptedHttp, queue: FakeQueue):
+    settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    hz = QueueHazelcast(queue)
+    app = closing(create_app(settings, hz=hz))
+    app.extensions["backends"] = Backends(settings, FixedDiscovery(8081, 8082), hazelcast=hz, session=http)
+    return app.test_client()
+
+
+def test_a_full_log_is_a_507_tried_on_no_other_instance_and_nothing_is_queued(closing):
+    http = ScriptedHttp(p8081=LOG_FULL, p8082=LOG_FULL)
+    queue = FakeQueue(room=10)
+    answer = facade_with(closing, http, queue).post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 507
+    assert answer.json["error"] == "the log is full" and "Retry-After" not in answer.headers
+    assert len(http.tried) == 1 and queue.items == []
+
+
+def test_a_full_queue_is_a_503_with_retry_after_and_the_message_is_not_logged(closing):
+    http = ScriptedHttp(p8081=STORED, p8082=STORED)
+    answer = facade_with(closing, http, FakeQueue(room=0)).post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.json == {"error": "the message queue is full", "logged": False, "queued": False}
+    assert http.tried == []
+
+
+def test_a_queue_that_fills_after_the_check_is_answered_with_what_was_done(closing):
+    http = ScriptedHttp(p8081=STORED, p8082=STORED)
+    answer = facade_with(closing, http, FakeQueue(room=5, accepts=False)).post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 503
+    assert answer.json["logged"] is True and answer.json["queued"] is False and answer.json["id"]
+
+
+def test_the_queue_room_is_asked_again_on_every_post_once_it_is_near_the_bound(closing):
+    http = ScriptedHttp(p8081=STORED, p8082=STORED)
+    queue = FakeQueue(room=QUEUE_ROOM_MARGIN + 1)
+    asked = []
+    answer_room = queue.remaining_capacity
+    queue.remaining_capacity = lambda: asked.append(1) or answer_room()  # type: ignore[method-assign]
+    client = facade_with(closing, http, queue)
+    assert [client.post("/facade", json={"msg": "m"}).status_code for _ in range(3)] == [201] * 3
+    assert len(asked) == 1, "far from the bound, a fresh answer is reused"
+    queue.room = 0
+    client.application.extensions["backends"]._queue_room_at = float("-inf")
+    assert client.post("/facade", json={"msg": "m"}).status_code == 503
+    assert client.post("/facade", json={"msg": "m"}).status_code == 503
+    assert len(asked) == 3, "near the bound, every POST asks"

@@ -34,6 +34,9 @@ class MemoryLog:
     def messages(self):
         return list(self.entries.values())
 
+    def status(self):
+        return {"entries": len(self.entries)}
+
 
 class RecordingHazelcast:
     connected = True

@@ -31,6 +31,9 @@ class MemoryLog:
             entries = [e for e in entries if int(e[:STAMP_DIGITS]) >= after.stamp]
         return cut_page(entries, after, limit)
 
+    def status(self):
+        return {"entries": len(self.entries)}
+
 
 @pytest.fixture
 def log():

@@ -130,7 +130,7 @@ def test_the_store_walks_a_log_with_gaps_and_shared_stamps_in_order():
     stamps = [NOW - 200 * HOUR_NS + i * 10**6 for i in range(50)]  # a burst a week ago
     stamps += [NOW - HOUR_NS] * 7 + [NOW - 1000 + i for i in range(30)]  # one stamp for seven, then now
     entries = [encode(f"m{i:03d}", s) for i, s in enumerate(stamps)]
-    store = HazelcastMessageLog(Connected(RecordingMap(entries)))
+    store = HazelcastMessageLog(Connected(RecordingMap(entries)), capacity_bytes=1 << 40)
     for limit in (1, 3, 7, 1000):
         assert store_walk(store, limit) == [e[20:] for e in sorted(entries)]
 
@@ -138,7 +138,7 @@ def test_the_store_walks_a_log_with_gaps_and_shared_stamps_in_order():
 def test_a_page_matches_about_what_it_holds_not_what_the_log_holds():
     entries = [encode(f"m{i:06d}", NOW - HOUR_NS + i * 10**6) for i in range(20_000)]
     log_map = RecordingMap(entries)
-    store = HazelcastMessageLog(Connected(log_map))
+    store = HazelcastMessageLog(Connected(log_map), capacity_bytes=1 << 40)
     store.page(None, 100)  # the first window of a worker spans a second: 1,000 entries here
     log_map.matched.clear()
     page, following = store.page(None, 100)
@@ -151,7 +151,7 @@ def test_a_page_matches_about_what_it_holds_not_what_the_log_holds():
 def test_an_entry_older_than_the_oldest_a_worker_found_is_on_the_first_page():
     entries = [encode(f"m{i}", NOW - HOUR_NS + i) for i in range(10)]
     log_map = RecordingMap(entries)
-    store = HazelcastMessageLog(Connected(log_map))
+    store = HazelcastMessageLog(Connected(log_map), capacity_bytes=1 << 40)
     assert store.page(None, 3)[0] == ["m0", "m1", "m2"]
     log_map.entries.insert(0, encode("late", NOW - 2 * HOUR_NS))
     assert store.page(None, 3)[0] == ["late", "m0", "m1"]

@@ -121,6 +121,9 @@ class RecordingHazelcast:
     def queue(self):
         return self
 
+    def remaining_capacity(self) -> int:
+        return 10_000
+
     def offer(self, item: str) -> bool:
         self.offered.append(item)
         return True

@@ -1,6 +1,17 @@
+import time
+import uuid
+
 import pytest
 
-from servicekit.settings import ConsulAddress, ConsulSettings, Settings, SettingsError
+from logging_svc.store import encode, entry_cost
+from servicekit.settings import (
+    ConsulAddress,
+    ConsulSettings,
+    Settings,
+    SettingsError,
+    default_log_capacity_bytes,
+    java_size_bytes,
+)
 
 
 def test_defaults_follow_consul_conventions():
@@ -67,3 +78,17 @@ def test_an_instance_id_is_service_host_port_for_services_and_hazelcast_members_
 
     assert instance_id("hazelcast", 5701, host="box") == "hazelcast-box-5701"
     assert Settings.from_env("logging-service", 8081, env={}).instance_id == instance_id("logging-service", 8081)
+
+
+def test_the_default_log_capacity_is_half_the_heap_of_all_members_but_one_over_two_copies():
+    assert java_size_bytes("1g") == 1024**3 and java_size_bytes("512m") == 512 * 1024**2
+    assert default_log_capacity_bytes(1024**3, members=3) == 512 * 1024**2
+    # The default stack (conf/stack.env) holds at least 1,000,000 messages of 100 characters.
+    assert Settings.from_env("logging-service", 8081, env={}).log_capacity_bytes >= 1_000_000 * entry_cost(str(uuid.uuid4()), encode("x" * 100, time.time_ns()))
+    assert Settings.from_env("logging-service", 8081, env={"LOG_CAPACITY_BYTES": "5000"}).log_capacity_bytes == 5000
+
+
+@pytest.mark.parametrize("raw", ["1.5g", "g", "12t", ""])
+def test_a_heap_that_java_would_not_take_is_refused(raw):
+    with pytest.raises(SettingsError, match="HAZELCAST_HEAP"):
+        java_size_bytes(raw)
