@@ -50,7 +50,6 @@ from bench.systems import (
     System,
     checkout,
     logged,
-    set_member_heap,
     short_rev,
     start_design,
     start_reference,
@@ -91,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         agent = ConsulAgent(log_dir)
         running.callback(logged(agent.stop))
         agent.start()
-        if "page" in phases:
-            set_member_heap(args.member_heap)
-        cluster = HazelcastCluster(agent, log_dir)
+        # A million entries of the log, their backups and the index need about 1 GB a member.
+        cluster = HazelcastCluster(agent, log_dir, heap=args.member_heap if "page" in phases else None)
         running.callback(logged(cluster.stop))
         cluster.start()
         bare = start_reference(running, log_dir, "ref-bare")

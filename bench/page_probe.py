@@ -25,7 +25,6 @@ from pathlib import Path
 import hazelcast
 from hazelcast import predicate
 
-from bench.systems import set_member_heap
 from devstack import ConsulAgent, HazelcastCluster
 from logging_svc.store import HazelcastMessageLog, ordered
 from servicekit import kvconfig
@@ -93,14 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("hazelcast").setLevel(logging.WARNING)
-    set_member_heap(args.heap)
     sizes = [int(s) for s in args.sizes.split(",")]
     log_dir = Path(tempfile.mkdtemp(prefix="page-probe-"))
     with contextlib.ExitStack() as running:
         agent = ConsulAgent(log_dir)
         running.callback(agent.stop)
         agent.start()
-        cluster = HazelcastCluster(agent, log_dir)
+        cluster = HazelcastCluster(agent, log_dir, heap=args.heap)
         running.callback(cluster.stop)
         cluster.start()
         config = kvconfig.load(agent.client())

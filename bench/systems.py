@@ -29,7 +29,7 @@ from devstack import (
     isolated_agent,
     prometheus_counter,
 )
-from servicekit import hazelcast_member, kvconfig
+from servicekit import kvconfig
 
 log = logging.getLogger("bench")
 
@@ -78,16 +78,6 @@ class System:
 class Reference:
     proc: Proc
     url: str
-
-
-def set_member_heap(heap: str) -> None:
-    """The heap of the members this process starts from now on ("1200m"). A constant of
-    servicekit.hazelcast_member until it becomes a setting; a million entries of the log, their backups
-    and the index need about 1 GB a member."""
-    hazelcast_member.JAVA_OPTS = [
-        f"-Xms{heap}" if o.startswith("-Xms") else f"-Xmx{heap}" if o.startswith("-Xmx") else o
-        for o in hazelcast_member.JAVA_OPTS
-    ]
 
 
 def start_reference(
