@@ -19,32 +19,22 @@ import logging
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import hazelcast
 from hazelcast import predicate
 
+from bench.phases import FILL_SPACING_NS, fill_map
 from devstack import ConsulAgent, HazelcastCluster
 from logging_svc.store import HazelcastMessageLog, ordered
 from servicekit import kvconfig
-from servicekit.log_entry import encode, stamp_bound
+from servicekit.log_entry import stamp_bound
 from servicekit.paging import LogCursor
 
 log = logging.getLogger("bench")
 
 PAGE = 100
 REPEATS = 15
-FILL_BATCH = 10_000
-# One entry a millisecond: a thousand a second, twice what the stack accepts on this machine.
-SPACING_NS = 1_000_000
-MESSAGE = "a stored message of about a hundred characters, the size the growth issue measured with: {n:09d}"
-
-
-def fill(log_map, have: int, count: int, first_stamp: int) -> None:
-    for start in range(have, count, FILL_BATCH):
-        batch = range(start, min(start + FILL_BATCH, count))
-        log_map.put_all({str(uuid.uuid4()): encode(MESSAGE.format(n=n), first_stamp + n * SPACING_NS) for n in batch})
 
 
 def timed(call, repeats: int = REPEATS) -> float:
@@ -69,8 +59,8 @@ class Connected:
 
 
 def candidates(log_map, store: HazelcastMessageLog, first_stamp: int, size: int) -> dict:
-    middle = LogCursor(first_stamp + size // 2 * SPACING_NS, 1)
-    end = LogCursor(first_stamp + (size - 1) * SPACING_NS, 1)
+    middle = LogCursor(first_stamp + size // 2 * FILL_SPACING_NS, 1)
+    end = LogCursor(first_stamp + (size - 1) * FILL_SPACING_NS, 1)
     found = {
         "window, first page": lambda: store.page(None, PAGE),
         "window, middle page": lambda: store.page(middle, PAGE),
@@ -104,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         config = kvconfig.load(agent.client())
         client = hazelcast.HazelcastClient(cluster_name=config.cluster_name, cluster_members=list(config.members))
         running.callback(client.shutdown)
-        first_stamp = time.time_ns() - max(sizes) * SPACING_NS - 60 * 10**9
+        first_stamp = time.time_ns() - max(sizes) * FILL_SPACING_NS - 60 * 10**9
         # One map per size in the same members, measured in interleaved rounds: the same heap, the
         # same garbage collector and the same neighbours' load for every size.
         calls: dict[tuple[int, str], object] = {}
         for size in sizes:
             log_map = client.get_map(f"probe-{size}").blocking()
             started = time.monotonic()
-            fill(log_map, 0, size, first_stamp)
+            fill_map(log_map, 0, size, first_stamp)
             log.info("%d stored (filled in %.0f s)", size, time.monotonic() - started)
             store = HazelcastMessageLog(Connected(log_map))  # type: ignore[arg-type]
             store.page(None, PAGE)  # the oldest stamp and the window width, found once
