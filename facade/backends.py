@@ -14,8 +14,8 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from werkzeug.exceptions import NotFound
 
-from servicekit import queue_item
-from servicekit.balancing import RandomPick
+from servicekit import balancing, queue_item
+from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
 from servicekit.paging import LogCursor, MessagesCursor
@@ -83,11 +83,11 @@ class Backends:
         discovery: Discovery,
         hazelcast: Hazelcast | None = None,
         session: requests.Session | None = None,
-        pick: RandomPick | None = None,
+        pick: Picker | None = None,
     ):
         self._discovery = discovery
         self._hazelcast = hazelcast
-        self._pick = pick or RandomPick()
+        self._pick = pick or balancing.make(balancing.DEFAULT_POLICY)
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._deadline = settings.request_deadline
@@ -104,6 +104,10 @@ class Backends:
         # The queue's remaining capacity as last read, and when (check_queue_room).
         self._queue_room = 0
         self._queue_room_at = float("-inf")
+
+    def use_policy(self, name: str) -> None:
+        """Pick instances by the named policy (servicekit.balancing.POLICIES) from the next call on."""
+        self._pick = balancing.make(name)
 
     def close(self) -> None:
         self._reads.shutdown(wait=False, cancel_futures=True)

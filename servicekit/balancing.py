@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
 
 from .discovery import Instance
+
+
+class Picker(Protocol):
+    def __call__(self, instances: Sequence[Instance], failed_ids: Collection[str] = ()) -> Instance: ...
 
 
 class RandomPick:
@@ -24,3 +29,15 @@ class RandomPick:
             raise ValueError("no instance to pick from")
         untried = [i for i in instances if i.id not in failed_ids]
         return self._rng.choice(untried or instances)
+
+
+# The balancing policies by the name LB_POLICY (and Consul KV) gives them.
+POLICIES: dict[str, Callable[[], Picker]] = {"random": RandomPick}
+DEFAULT_POLICY = "random"
+
+
+def make(name: str) -> Picker:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown balancing policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
