@@ -33,3 +33,8 @@ def test_each_member_is_a_consul_service_definition_with_its_instance_id_and_a_t
     assert [d["port"] for d in definitions] == [15701, 15702]
     assert definitions[0]["meta"] == {"version": stack.hazelcast_version()}
     assert definitions[0]["check"]["tcp"] == "127.0.0.1:15701"
+
+
+def test_a_member_on_a_simulated_host_is_named_after_that_host(monkeypatch):
+    monkeypatch.setenv("INSTANCE_HOST", "app2")
+    assert [d["id"] for d in hazelcast_member.service_definitions([15701])] == ["hazelcast-app2-15701"]
