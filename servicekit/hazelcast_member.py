@@ -14,13 +14,14 @@ import logging
 import os
 import string
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import consul
 
 from . import kvconfig, stack
-from .settings import instance_id
+from .settings import SettingsError, instance_id
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,29 @@ def heap() -> str:
     return stack.values()["HAZELCAST_HEAP"]
 
 
+def member_properties(env: Mapping[str, str] | None = None) -> list[str]:
+    """The member's settings from the environment, as Java system properties.
+
+    HAZELCAST_MERGE_DELAY_SECONDS: how long after its start, then how often, a member looks for the other side
+    of a split brain to merge with (hazelcast.merge.first.run.delay.seconds and .next.run.delay.seconds).
+    Unset, Hazelcast's own defaults hold (300 s, then every 120 s): a real deployment keeps them; the
+    simulated hosts and the tests set a few seconds, to see a heal within a test.
+    """
+    env = os.environ if env is None else env
+    properties = []
+    raw = env.get("HAZELCAST_MERGE_DELAY_SECONDS")
+    if raw:
+        if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+            raise SettingsError(
+                f"HAZELCAST_MERGE_DELAY_SECONDS must be a whole number of seconds, at least 1, got {raw!r}"
+            )
+        properties += [
+            f"-Dhazelcast.merge.first.run.delay.seconds={int(raw)}",
+            f"-Dhazelcast.merge.next.run.delay.seconds={int(raw)}",
+        ]
+    return properties
+
+
 def hazelcast_member_command(
     port: int, cluster_name: str, members: str, jar: Path, heap_size: str | None = None
 ) -> list[str]:
@@ -69,6 +93,7 @@ def hazelcast_member_command(
         f"-Dhz.port={port}",
         f"-Dhz.members={members}",
         "-Dhazelcast.phone.home.enabled=false",
+        *member_properties(),
         "-cp",
         str(jar),
         "com.hazelcast.core.server.HazelcastMemberStarter",

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from servicekit import hazelcast_member, stack
-from servicekit.settings import instance_id
+from servicekit.settings import SettingsError, instance_id
 
 
 def test_python_reads_stack_env_as_the_shell_sources_it():
@@ -38,3 +38,14 @@ def test_each_member_is_a_consul_service_definition_with_its_instance_id_and_a_t
 def test_a_member_on_a_simulated_host_is_named_after_that_host(monkeypatch):
     monkeypatch.setenv("INSTANCE_HOST", "app2")
     assert [d["id"] for d in hazelcast_member.service_definitions([15701])] == ["hazelcast-app2-15701"]
+
+
+def test_the_merge_delay_is_a_setting_passed_to_the_member_as_both_hazelcast_properties():
+    assert hazelcast_member.member_properties({}) == []  # Hazelcast's own defaults: 300 s, then 120 s
+    assert hazelcast_member.member_properties({"HAZELCAST_MERGE_DELAY_SECONDS": "5"}) == [
+        "-Dhazelcast.merge.first.run.delay.seconds=5",
+        "-Dhazelcast.merge.next.run.delay.seconds=5",
+    ]
+    for bad in ("0", "soon", "-1", "1.5"):
+        with pytest.raises(SettingsError, match="HAZELCAST_MERGE_DELAY_SECONDS"):
+            hazelcast_member.member_properties({"HAZELCAST_MERGE_DELAY_SECONDS": bad})
