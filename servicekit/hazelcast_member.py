@@ -64,9 +64,15 @@ def member_properties(env: Mapping[str, str] | None = None) -> list[str]:
     of a split brain to merge with (hazelcast.merge.first.run.delay.seconds and .next.run.delay.seconds).
     Unset, Hazelcast's own defaults hold (300 s, then every 120 s): a real deployment keeps them; the
     simulated hosts and the tests set a few seconds, to see a heal within a test.
+
+    HAZELCAST_PARTITION_GROUPS=host: partition groups by host address (conf/hazelcast.xml), for members on
+    several hosts; unset, off, as every member of a single-host stack shares one address.
     """
     env = os.environ if env is None else env
-    properties = []
+    groups = env.get("HAZELCAST_PARTITION_GROUPS") or ""
+    if groups not in ("", "host"):
+        raise SettingsError(f"HAZELCAST_PARTITION_GROUPS must be 'host' or unset, got {groups!r}")
+    properties = [f"-Dhz.partition.group.enabled={'true' if groups == 'host' else 'false'}"]
     raw = env.get("HAZELCAST_MERGE_DELAY_SECONDS")
     if raw:
         if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
