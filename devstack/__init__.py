@@ -8,6 +8,7 @@
 - `devstack.load`: bounded concurrent or paced load on loopback, with every outcome kept.
 - `devstack.pages`: a paged GET read to its end.
 - `devstack.figures`: measured figures kept beside the logs and written into the docs.
+- `devstack.order_margin`: how far two hosts' clocks may drift before the log swaps sequential POSTs.
 
 Every process writes its own log file, so a failure shows why; every wait has a deadline.
 """
