@@ -8,7 +8,7 @@ import time
 
 from hazelcast.errors import HazelcastError
 
-from servicekit import queue_item
+from servicekit import queue_item, request_id
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
 from servicekit.gunicorn_hooks import Intake
@@ -115,11 +115,14 @@ class Consumer:
             item = self._hz.queue().poll(POLL_TIMEOUT)
             if item is None:
                 return None
-            msg = queue_item.decode(item)
-            if msg is None:
+            taken = queue_item.decode_item(item)
+            if taken is None:
                 log.error("dropping a queue item that is not a facade message: %.200r", item)
             else:
-                self._store.append(msg)
+                self._store.append(taken.msg)
+                # The consumer's hop in ./scripts/trace; items queued without a request id log none.
+                with request_id.bound(taken.request_id):
+                    log.info("took message %s from the queue", taken.id)
         return None
 
     @staticmethod

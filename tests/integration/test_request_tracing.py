@@ -1,0 +1,92 @@
+"""One request followed end to end on a real stack: its X-Request-ID is echoed, written on every hop's log
+lines (facade, the logging instance, the consumer that took it), and ./scripts/trace prints the hops in order."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import uuid
+
+import requests
+
+from devstack import ROOT, eventually
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _trace(rid: str, log_dir) -> list[str]:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "trace"), rid, "--logs", str(log_dir)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _lines_with(service, rid: str) -> list[str]:
+    return [line for line in service.proc.log_path.read_text(errors="replace").splitlines() if rid in line]
+
+
+def _post(stack, rid: str, **kwargs) -> requests.Response:
+    return requests.post(stack.url, json={"msg": "followed"}, headers={"X-Request-ID": rid}, timeout=10, **kwargs)
+
+
+def test_one_request_is_followed_through_every_hop_and_trace_prints_them_in_order(own_stack):
+    stack = own_stack(logging=1, messages=1)
+    rid = f"test-{uuid.uuid4().hex}"
+    response = _post(stack, rid)
+    assert response.status_code == 201, response.text
+    assert response.headers["X-Request-ID"] == rid
+    facade, logger, consumer = stack.facade, stack.logging[0], stack.messages[0]
+
+    def every_hop_logged():
+        for service in (facade, logger, consumer):
+            assert _lines_with(service, rid), f"no line with {rid} in {service.proc.log_path}"
+
+    eventually(every_hop_logged, 15, what="the request id in the facade's, logging's and consumer's logs")
+    assert all(f" rid={rid}] " in line for line in _lines_with(consumer, rid))
+
+    hops = _trace(rid, stack.log_dir)
+    order = [next(i for i, line in enumerate(hops) if s.instance_id in line) for s in (facade, logger, consumer)]
+    assert order == sorted(order), "\n".join(hops)
+    assert any("queueing" in line and facade.instance_id in line for line in hops), "\n".join(hops)
+
+    # Errors echo it too: a body the facade does not take (415), then no logging instance left (503).
+    refused = requests.post(
+        stack.url, data="hi", headers={"X-Request-ID": rid, "Content-Type": "text/plain"}, timeout=10
+    )
+    assert (refused.status_code, refused.headers["X-Request-ID"]) == (415, rid)
+    logger.proc.send_signal(signal.SIGTERM)
+    logger.proc.stop()
+
+    def unavailable():
+        answer = _post(stack, rid)
+        assert answer.status_code == 503, answer.text
+        return answer
+
+    assert (
+        eventually(unavailable, 20, interval=0.3, what="503 once the logging instance left").headers["X-Request-ID"]
+        == rid
+    )
+
+
+def test_log_format_json_writes_parseable_lines_that_carry_the_request_id(own_stack):
+    stack = own_stack(logging=1, messages=1, env={"LOG_FORMAT": "json"})
+    rid = uuid.uuid4().hex
+    assert _post(stack, rid).status_code == 201
+
+    def carried_everywhere():
+        for service in stack.instances:
+            lines = [json.loads(line) for line in service.proc.log_path.read_text().splitlines() if line.strip()]
+            mine = [line for line in lines if line["request_id"] == rid]
+            assert mine, f"no JSON line with request_id {rid} in {service.proc.log_path}"
+            assert {line["instance"] for line in mine} == {service.instance_id}
+
+    eventually(carried_everywhere, 15, what="JSON lines with the request id on every hop")
+    hops = _trace(rid, stack.log_dir)
+    assert [
+        s.instance_id
+        for s in (stack.facade, stack.logging[0], stack.messages[0])
+        if any(s.instance_id in h for h in hops)
+    ]
+    assert len(hops) >= 3, hops
