@@ -37,6 +37,9 @@ _REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{MAX_LENGTH}}}", re.ASCII)
 # W3C Trace Context, level 1: version-traceid-parentid-flags, lower-case hex only.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL)
 
+# No span for these (the ids are still echoed and logged).
+UNTRACED_PATHS = frozenset({"/health"})
+
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("request_context", default=None)
 
 
@@ -144,7 +147,8 @@ def install(app: Flask, service_name: str, instance_id: str) -> None:
     def bind_request_id():
         ctx = from_headers(request.headers)
         g.request_token = _current.set(ctx)
-        if tracer is not None:
+        # Consul's check every second would bury the requests' spans.
+        if tracer is not None and request.path not in UNTRACED_PATHS:
             g.request_span = tracing.start_server_span(tracer, request, ctx)
         if ctx.replaced:
             log.warning("ignored an invalid %s from the caller", HEADER)

@@ -76,7 +76,8 @@ def start_server_span(tracer: Any, request: Request, ctx: RequestContext) -> Any
     from opentelemetry import context, trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = TraceContextTextMapPropagator().extract(dict(request.headers))
+    # The propagator looks the header up by its lower-case name.
+    parent = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in request.headers.items()})
     rule = request.url_rule.rule if request.url_rule is not None else request.path
     span = tracer.start_span(
         f"{request.method} {rule}",
