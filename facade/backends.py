@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import random
@@ -14,7 +15,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from werkzeug.exceptions import NotFound
 
-from servicekit import balancing, queue_item
+from servicekit import balancing, queue_item, request_id, tracing
 from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
@@ -92,7 +93,8 @@ class Backends:
         self._read_timeout = settings.read_timeout
         self._deadline = settings.request_deadline
         # One pooled session per worker: keep-alive connections to every instance.
-        self._http = session or requests.Session()
+        # tracing.Session: every call carries the request's X-Request-ID and traceparent.
+        self._http = session or tracing.Session()
         # No proxy, netrc or CA-bundle lookups in the environment on every call.
         self._http.trust_env = False
         self._budgets = {
@@ -246,7 +248,7 @@ class Backends:
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
-        if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg)):
+        if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg, request_id.current_id())):
             # The queue filled between check_queue_room and here: the message is logged but will not be
             # consumed (facade.routes answers a 503 that says so).
             raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
@@ -264,7 +266,8 @@ class Backends:
     def read_page(self, limit: int, after: LogCursor | None, messages_after: MessagesCursor | None) -> dict[str, Any]:
         """A page of the log and a page of one messages instance, read at the same time: the answer takes
         as long as the slower read, not the sum of both."""
-        consumed = self._reads.submit(self.consumed_messages, limit, messages_after)
+        # In a copy of this context: the other thread's calls and log lines carry this request's id.
+        consumed = self._reads.submit(contextvars.copy_context().run, self.consumed_messages, limit, messages_after)
         try:
             logged, following = self.logged_messages(limit, after)
         except BaseException:

@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from . import gunicorn_hooks, logs
+from . import gunicorn_hooks, logs, request_id
 from .settings import Settings
 
 # The worker settings of every service, and of the bench's references (bench/gunicorn.conf.py), which
@@ -40,15 +40,18 @@ class AccessLogger(Logger):
 
     def access(self, resp, req, environ, request_time) -> None:
         if self.access_log.isEnabledFor(logging.INFO):
-            super().access(resp, req, environ, request_time)
+            # The request's context is gone by now (Flask's teardown ran); its id is in the echoed header.
+            with request_id.bound(request_id.echoed(resp.headers)):
+                super().access(resp, req, environ, request_time)
 
 
 def base(settings: Settings) -> dict[str, Any]:
     """Bind address, worker settings and logging for an instance, without Consul hooks."""
-    logs.configure(settings.instance_id)  # the master's lines before gunicorn sets up its loggers
+    log_settings = {"service": settings.service_name, "log_format": settings.log_format}
+    logs.configure(settings.instance_id, **log_settings)  # the master's lines before gunicorn sets up its loggers
     return {
         "bind": settings.bind,
-        "logconfig_dict": logs.logconfig(settings.instance_id),
+        "logconfig_dict": logs.logconfig(settings.instance_id, **log_settings),
         "logger_class": AccessLogger,
         **WORKER_SETTINGS,
     }
