@@ -8,7 +8,7 @@ import time
 
 from hazelcast.errors import HazelcastError
 
-from servicekit import queue_item
+from servicekit import metrics, queue_item
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
 from servicekit.gunicorn_hooks import Intake
@@ -113,6 +113,7 @@ class Consumer:
                 log.info("stopped taking messages from the queue: this instance is leaving Consul")
                 return False
             item = self._hz.queue().poll(POLL_TIMEOUT)
+            metrics.count_poll(took=item is not None)
             if item is None:
                 return None
             msg = queue_item.decode(item)
@@ -120,6 +121,7 @@ class Consumer:
                 log.error("dropping a queue item that is not a facade message: %.200r", item)
             else:
                 self._store.append(msg)
+                metrics.count_taken()
         return None
 
     @staticmethod
