@@ -3,7 +3,10 @@ across a worker's death, and a scrape costs Consul nothing."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -11,7 +14,7 @@ import psutil
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import eventually, prometheus_counter
+from devstack import ROOT, eventually, prometheus_counter
 
 TIMEOUT = 10
 POSTS = 30
@@ -125,3 +128,37 @@ def test_a_scrape_makes_no_consul_call_and_consul_knows_where_to_scrape(own_stac
     # master's registration keeper (one call per ~2 s), the watches' blocking queries renewing (one per 30 s
     # per watch), and the second read of the counter itself.
     assert added < scrapes / 4, f"{added} Consul calls during {scrapes} scrapes ({elapsed:.1f} s)"
+
+
+def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_stack):
+    stack = own_stack(logging=2, messages=1)
+    with requests.Session() as session:
+        for n in range(POSTS):
+            assert session.post(stack.url, json={"msg": f"share-{n}"}, timeout=TIMEOUT).status_code == 201
+    facade = scrape(stack.facade.url)
+    attempts = {
+        labels["instance"]: value for labels, value in facade["upstream_attempts_total"] if logging_service(labels)
+    }
+
+    done = subprocess.run(
+        [sys.executable, "-m", "servicekit.ops", "status", "--traffic"],
+        env={**os.environ, "CONSUL_HTTP_ADDR": stack.agent.addr},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "REQUESTS", "SHARE"], done.stdout
+    rows = {line.split()[1]: line.split() for line in lines[1:]}
+    for service in stack.instances:
+        row = rows[service.instance_id]
+        assert row[3] == "passing", row
+    # Each logging instance's share is what the facade sent it, over what it sent to logging.
+    for service in stack.logging:
+        row = rows[service.instance_id]
+        assert float(row[4]) == attempts[service.instance_id], (row, attempts)
+        share = 100 * attempts[service.instance_id] / sum(attempts.values())
+        assert row[5] == f"{share:.0f}%", (row, attempts)
+    assert rows[stack.facade.instance_id][4:] == [str(POSTS), "100%"], rows[stack.facade.instance_id]
