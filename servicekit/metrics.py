@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from flask import Blueprint, Flask, Response, g, request
 
@@ -39,6 +40,25 @@ if TYPE_CHECKING:
 UNMATCHED = "unmatched"
 LAST_ANSWER = "discovery_last_answer_timestamp_seconds"
 WATCH_AGE = "discovery_watch_age_seconds"
+
+T = TypeVar("T")
+_making = threading.RLock()
+
+
+def _made_once(make: Callable[[], T]) -> Callable[[], T]:
+    """`make()` on first use, by one thread: the registry refuses a metric made twice, and a worker's first
+    requests arrive on several threads at once (that race answered a 500 before this lock)."""
+    made: list[T] = []
+
+    @functools.wraps(make)
+    def get() -> T:
+        if not made:
+            with _making:
+                if not made:
+                    made.append(make())
+        return made[0]
+
+    return get
 
 
 class _Metrics:
@@ -91,7 +111,7 @@ class _Metrics:
         )
 
 
-@functools.cache
+@_made_once
 def _metrics() -> _Metrics:
     return _Metrics()
 
@@ -136,7 +156,7 @@ def count_offer(result: str) -> None:
 # Made on first use, like every metric here, but apart: a metric without labels shows from the moment it
 # is made, and a room of 0 on a service that never read it (or a facade before its first read) would say
 # "the queue is full".
-@functools.cache
+@_made_once
 def _queue_room():
     from prometheus_client import Gauge
 
@@ -148,7 +168,7 @@ def _queue_room():
     )
 
 
-@functools.cache
+@_made_once
 def _queue_taken():
     from prometheus_client import Counter
 

@@ -14,10 +14,10 @@ import psutil
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import ROOT, eventually, prometheus_counter
+from devstack import ROOT, Load, eventually, prometheus_counter
 
 TIMEOUT = 10
-POSTS = 30
+POSTS = 60
 GETS = 10
 
 
@@ -49,12 +49,18 @@ def workers(service) -> set[int]:
     return {child.pid for child in psutil.Process(service.proc.pid).children()}
 
 
-def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_stack):
-    stack = own_stack(logging=2, messages=1)
+def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_stack, tmp_path):
+    stack = own_stack(logging=2, messages=1, env={"METRICS_DIR": str(tmp_path)})
+    # Concurrent clients, so that both of the facade's workers serve some of them.
+    with Load(
+        lambda session, n: session.post(stack.url, json={"msg": f"counted-{n}"}, timeout=TIMEOUT),
+        clients=4,
+        max_requests=POSTS,
+        max_seconds=60,
+    ) as posts:
+        posts.finish()
+    assert len(posts.answered(201)) == POSTS, posts.failures()[:3]
     with requests.Session() as session:
-        for n in range(POSTS):
-            response = session.post(stack.url, json={"msg": f"counted-{n}"}, timeout=TIMEOUT)
-            assert response.status_code == 201, response.text
         for _ in range(GETS):
             response = session.get(stack.url, params={"limit": 5}, timeout=TIMEOUT)
             assert response.status_code == 200, response.text
@@ -96,9 +102,11 @@ def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_
 
     eventually(consumed, TIMEOUT, what="the consumer's counters")
 
-    # A worker killed without a goodbye: its counts stay in the instance's total.
+    # A worker that counted some of them (its file is there), killed without a goodbye: its counts stay in
+    # the instance's total.
     before = workers(stack.facade)
-    victim = min(before)
+    files = tmp_path / stack.facade.instance_id
+    victim = next(pid for pid in sorted(before) if (files / f"counter_{pid}.db").exists())
     psutil.Process(victim).send_signal(signal.SIGKILL)
 
     def replaced() -> None:
