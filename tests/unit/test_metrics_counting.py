@@ -120,3 +120,29 @@ def test_a_watch_s_age_is_derived_at_scrape_time_from_its_last_answer():
     }
     assert 0 <= ages["some-service"] < 5
     assert value("discovery_instances", service="some-service") == 3
+
+
+def test_traffic_counts_every_route_but_health_checks_and_scrapes():
+    from servicekit.stack_status import Traffic, served_requests, traffic_table
+
+    text = "\n".join(
+        [
+            "# TYPE http_requests counter",
+            'http_requests_total{method="POST",route="/logging",status="201"} 7.0',
+            'http_requests_total{method="GET",route="/logging",status="200"} 2.0',
+            'http_requests_total{method="GET",route="/health",status="200"} 50.0',
+            'http_requests_total{method="GET",route="/metrics",status="200"} 4.0',
+            'http_requests_total{method="GET",route="unmatched",status="404"} 1.0',
+            "",
+        ]
+    )
+    assert served_requests(text) == 10
+    rows = [
+        Traffic("logging-service", "logging-a", "127.0.0.1:1", "passing", 30.0),
+        Traffic("logging-service", "logging-b", "127.0.0.1:2", "passing", 10.0),
+        Traffic("logging-service", "logging-c", "127.0.0.1:3", "critical", None),
+    ]
+    lines = [line.split() for line in traffic_table(rows)]
+    assert lines[1][3:] == ["passing", "30", "75%"]
+    assert lines[2][3:] == ["passing", "10", "25%"]
+    assert lines[3][3:] == ["critical", "-", "-"]
