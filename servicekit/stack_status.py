@@ -118,7 +118,6 @@ def served_requests(text: str) -> float:
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
-        if family.name == "http_requests"
         for sample in family.samples
         if sample.name == "http_requests_total" and sample.labels.get("route") not in NOT_TRAFFIC
     )

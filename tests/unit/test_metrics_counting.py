@@ -127,7 +127,7 @@ def test_traffic_counts_every_route_but_health_checks_and_scrapes():
 
     text = "\n".join(
         [
-            "# TYPE http_requests counter",
+            "# TYPE http_requests_total counter",
             'http_requests_total{method="POST",route="/logging",status="201"} 7.0',
             'http_requests_total{method="GET",route="/logging",status="200"} 2.0',
             'http_requests_total{method="GET",route="/health",status="200"} 50.0',
