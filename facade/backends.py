@@ -15,7 +15,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from werkzeug.exceptions import NotFound
 
-from servicekit import balancing, queue_item, request_id, tracing
+from servicekit import balancing, metrics, queue_item, request_id, tracing
 from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
@@ -171,6 +171,7 @@ class Backends:
             for attempt in retrying:
                 with attempt:
                     instance = pick()
+                    metrics.count_attempt(service, instance.id, retry=attempt.retry_state.attempt_number > 1)
                     remaining = max(give_up_at - time.monotonic(), 0.05)
                     timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
                     try:
@@ -212,6 +213,7 @@ class Backends:
             else:
                 reason, reached = type(exc).__name__, Reached.of(exc)
             failed[instance.id] = reason
+            metrics.count_failure(service, instance.id, reason)
             log.warning("%s failed (%s)", instance.id, reason)
             raise InstanceFailed(reason, reached) from exc
 
@@ -238,6 +240,7 @@ class Backends:
             return
         self._queue_room = self._hazelcast.queue().remaining_capacity()
         self._queue_room_at = now
+        metrics.observe_queue_room(self._queue_room)
         if self._queue_room <= 0:
             raise Unavailable(
                 "the message queue is full", retry_after=QUEUE_FULL_RETRY_AFTER, logged=False, queued=False
@@ -248,7 +251,13 @@ class Backends:
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
-        if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg, request_id.current_id())):
+        try:
+            queued = self._hazelcast.queue().offer(queue_item.encode(message_id, msg, request_id.current_id()))
+        except Exception:
+            metrics.count_offer("error")
+            raise
+        metrics.count_offer("queued" if queued else "full")
+        if not queued:
             # The queue filled between check_queue_room and here: the message is logged but will not be
             # consumed (facade.routes answers a 503 that says so).
             raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")

@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from . import gunicorn_hooks, logs, request_id
+from . import gunicorn_hooks, logs, metrics_files, request_id
 from .settings import Settings
 
 # The worker settings of every service, and of the bench's references (bench/gunicorn.conf.py), which
@@ -60,6 +60,7 @@ def base(settings: Settings) -> dict[str, Any]:
 def for_service(service_name: str, default_port: int, wsgi_app: str, **overrides: Any) -> dict[str, Any]:
     """Every setting of one service's gunicorn.conf.py, the Consul registration hooks included."""
     settings = Settings.from_env(service_name, default_port)
+    metrics_files.use(settings)  # before anything imports prometheus_client (see servicekit/metrics_files.py)
     when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
     return {
         **base(settings),
@@ -69,5 +70,6 @@ def for_service(service_name: str, default_port: int, wsgi_app: str, **overrides
         "on_exit": on_exit,
         "post_worker_init": gunicorn_hooks.post_worker_init,
         "worker_exit": gunicorn_hooks.worker_exit,
+        "child_exit": metrics_files.child_exit,
         **overrides,
     }

@@ -12,7 +12,7 @@ from flask import Flask, Request, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMediaType
 
-from . import paging, request_id
+from . import metrics, paging, request_id
 from .errors import HazelcastUnavailable
 from .settings import Settings, host_name
 
@@ -224,6 +224,7 @@ def configure_app(app: Flask, settings: Settings) -> None:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_MESSAGE_CHARS"] = settings.max_message_chars
     app.json.sort_keys = False
+    metrics.install(app)  # first: its clock starts before the other checks
     install_host_check(app, settings.accepted_host_names)
     install_error_handlers(app)
 
