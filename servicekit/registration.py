@@ -15,6 +15,7 @@ from . import background
 from .background import BackgroundLoop
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
+from .metrics_files import METRICS_PATH
 from .settings import Settings, host_name
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def service_definition(settings: Settings) -> dict:
         "address": settings.host,
         "port": settings.port,
         "tags": [f"v{settings.version}"],
-        "meta": {"version": settings.version},
+        # Prometheus' consul_sd_configs reads it (the README's scrape config): the address and port are the service's.
+        "meta": {"version": settings.version, "metrics_path": METRICS_PATH},
         "check": consul.Check.http(
             f"{base}/health",
             interval=settings.check_interval,

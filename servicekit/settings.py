@@ -147,6 +147,13 @@ def instance_host(env: Mapping[str, str] | None = None) -> str:
     return raw
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = (env.get("LOG_FORMAT") or "text").strip().lower()
+    if raw not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be text or json, got {raw!r}")
+    return raw
+
+
 def instance_id(service_name: str, port: int, host: str | None = None) -> str:
     """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`, the
     host from instance_host() unless given. Deterministic, so a restarted instance replaces its old Consul
@@ -240,6 +247,8 @@ class Settings:
     # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
     # for characters outside the BMP, which Python stores in 4 bytes each).
     messages_kept: int = 20_000
+    # LOG_FORMAT: "text" (one line a record, for people) or "json" (one object a line, for log shippers).
+    log_format: str = "text"
     version: str = VERSION
 
     def __post_init__(self) -> None:
@@ -271,6 +280,7 @@ class Settings:
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
             log_capacity_bytes=_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
             messages_kept=_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
+            log_format=_log_format(env),
         )
 
     @property
