@@ -96,6 +96,11 @@ def _service_host(env: Mapping[str, str]) -> str:
     return raw
 
 
+def service_host(env: Mapping[str, str] | None = None) -> str:
+    """SERVICE_HOST: the address an instance or member binds and registers (127.0.0.1 by default)."""
+    return _service_host(os.environ if env is None else env)
+
+
 # The JSON the facade sends to logging_svc around a message: {"id": "<uuid>", "msg": "..."}.
 _ENVELOPE_BYTES = 256
 
