@@ -48,8 +48,10 @@ class Layout:
     data_dir: str
     log_dir: str
     run_dir: str
-    # Added to every program's environment (the simulation's small heaps, a deployment's tokens).
+    # Added to every program's environment (the simulation's small heaps).
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # A program's own Consul ACL token (CONSUL_HTTP_TOKEN), by program name: none in the simulation.
+    tokens: Mapping[str, str] = field(default_factory=dict)
 
     def at(self, host: str) -> Layout:
         """This layout with {host} filled in."""
@@ -62,7 +64,14 @@ class Layout:
             log_dir=self.log_dir.format(host=host),
             run_dir=self.run_dir.format(host=host),
             extra_env=self.extra_env,
+            tokens=self.tokens,
         )
+
+    def environment(self, program: str, host: str, address: str, port: int | None) -> dict[str, str]:
+        env = service_environment(host, address, port, self.extra_env)
+        if program in self.tokens:
+            env["CONSUL_HTTP_TOKEN"] = self.tokens[program]
+        return env
 
 
 def consul_config(node: str, address: str, servers: Sequence[str], gossip_key: str, data_dir: str, server: bool) -> str:
@@ -128,12 +137,11 @@ def supervisor_config(host: str, address: str, layout: Layout, app: bool, autost
         ),
     ]
     if app:
-        env = service_environment(host, address, None, layout.extra_env)
         parts.append(
             program(
                 "hazelcast",
                 f"{layout.venv_bin}/python -m servicekit.ops hazelcast-member --port {HAZELCAST_PORT}",
-                env,
+                layout.environment("hazelcast", host, address, None),
                 20,
                 layout,
                 stopwaitsecs=20,
@@ -145,7 +153,7 @@ def supervisor_config(host: str, address: str, layout: Layout, app: bool, autost
                 program(
                     service,
                     f"{layout.venv_bin}/gunicorn -c {SERVICE_APPS[service]}/gunicorn.conf.py",
-                    service_environment(host, address, port, layout.extra_env),
+                    layout.environment(service, host, address, port),
                     30 if service != "facade" else 40,
                     layout,
                     autostart=start,
