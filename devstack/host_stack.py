@@ -27,7 +27,7 @@ from pathlib import Path
 
 import consul
 
-from devstack import host_config
+from devstack import deploy_doc, host_config
 from devstack.consul_agent import consul_binary
 from devstack.hosts import NETWORK, Hosts
 from devstack.processes import ROOT, VENV_BIN, eventually
@@ -304,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "deploy-docs":
-        from devstack import deploy_doc
-
         return deploy_doc.main(check=args.check)
     if args.command == "up":
         if (args.run_dir / "simulation.json").exists():
