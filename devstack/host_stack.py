@@ -42,6 +42,7 @@ SERVERS = ("consul1", "consul2", "consul3")
 SERVICES = ("logging-service", "messages-service", "facade-service")
 # Members of a small heap: the machine is shared by every host of the simulation.
 DEFAULT_HEAP = "256m"
+MERGE_DELAY_SECONDS = 10
 
 
 def server_address(index: int) -> str:
@@ -96,6 +97,8 @@ class HostStack:
             run_dir=str(self.run_dir / "{host}"),
             extra_env={
                 "HAZELCAST_HEAP": self.heap,
+                # A member cut off and healed merges back within seconds, not Hazelcast's default 5 minutes.
+                "HAZELCAST_MERGE_DELAY_SECONDS": str(MERGE_DELAY_SECONDS),
                 # The log's capacity follows the members' heaps, as conf/stack.env's does for ./scripts/up.
                 "LOG_CAPACITY_BYTES": str(default_log_capacity_bytes(heap_bytes, len(self.apps))),
                 # The checkout's own packages first, whichever checkout the virtualenv was installed from.

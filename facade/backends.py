@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
+from hazelcast.errors import SplitBrainProtectionError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from werkzeug.exceptions import NotFound
 
@@ -48,6 +49,7 @@ class Reached(enum.Enum):
     NO = "no"  # the connection was refused or never set up: the instance saw nothing
     DONE = "done"  # it answered (5xx, or a body that is not JSON): its work is over
     MAYBE_STILL_WORKING = "maybe still working"  # the read timed out: it may still be on it
+    REFUSED = "refused"  # it answered 503 {"stored": false}: it did nothing, and another instance may do it
 
     @staticmethod
     def of(exc: Exception) -> Reached:
@@ -57,6 +59,15 @@ class Reached(enum.Enum):
         if isinstance(exc, requests.ConnectionError):
             return Reached.NO
         return Reached.DONE
+
+
+def _says_not_stored(response: requests.Response) -> bool:
+    """A 503 whose body says `"stored": false` (logging_svc's WritesRefused)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("stored") is False
 
 
 class InstanceFailed(Exception):
@@ -174,7 +185,7 @@ class Backends:
                     try:
                         return instance, self._once(service, instance, send, timeout, failed)
                     except InstanceFailed as exc:
-                        touched.append(exc.reached is not Reached.NO)
+                        touched.append(exc.reached not in (Reached.NO, Reached.REFUSED))
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
                         if last or exc.reached is Reached.NO:
                             raise
@@ -195,6 +206,10 @@ class Backends:
             if response.status_code == 507:
                 # The log is full for every instance alike (they share it): no other instance is tried.
                 raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")
+            if response.status_code == 503 and _says_not_stored(response):
+                # A logging instance whose member sees too few members (split-brain protection): nothing was
+                # stored there, and an instance on the larger side of the split may store it.
+                raise InstanceFailed("HTTP 503, writes refused: too few Hazelcast members", Reached.REFUSED)
             if response.status_code >= 500:
                 raise InstanceFailed(f"HTTP {response.status_code}", Reached.DONE)
             if response.status_code >= 400:
@@ -246,7 +261,12 @@ class Backends:
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
-        if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg)):
+        try:
+            offered = self._hazelcast.queue().offer(queue_item.encode(message_id, msg))
+        except SplitBrainProtectionError as exc:
+            # Refused by the queue's member before it took the item: certainly not queued.
+            raise Unavailable("the message queue refuses writes: too few Hazelcast members", str(exc)) from None
+        if not offered:
             # The queue filled between check_queue_room and here: the message is logged but will not be
             # consumed (facade.routes answers a 503 that says so).
             raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")

@@ -14,6 +14,7 @@ import logging
 import os
 import string
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import consul
 
 from . import kvconfig, stack
 from .discovery import passing_instances
-from .settings import instance_id, service_host
+from .settings import SettingsError, instance_id, service_host
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,35 @@ def join_list(client: consul.Consul) -> str:
     return kvconfig.get_value(client, kvconfig.KEY_MEMBERS)
 
 
+def member_properties(env: Mapping[str, str] | None = None) -> list[str]:
+    """The member's settings from the environment, as Java system properties.
+
+    HAZELCAST_MERGE_DELAY_SECONDS: how long after its start, then how often, a member looks for the other side
+    of a split brain to merge with (hazelcast.merge.first.run.delay.seconds and .next.run.delay.seconds).
+    Unset, Hazelcast's own defaults hold (300 s, then every 120 s): a real deployment keeps them; the
+    simulated hosts and the tests set a few seconds, to see a heal within a test.
+
+    HAZELCAST_PARTITION_GROUPS=host: partition groups by host address (conf/hazelcast.xml), for members on
+    several hosts; unset, off, as every member of a single-host stack shares one address.
+    """
+    env = os.environ if env is None else env
+    groups = env.get("HAZELCAST_PARTITION_GROUPS") or ""
+    if groups not in ("", "host"):
+        raise SettingsError(f"HAZELCAST_PARTITION_GROUPS must be 'host' or unset, got {groups!r}")
+    properties = [f"-Dhz.partition.group.enabled={'true' if groups == 'host' else 'false'}"]
+    raw = env.get("HAZELCAST_MERGE_DELAY_SECONDS")
+    if raw:
+        if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+            raise SettingsError(
+                f"HAZELCAST_MERGE_DELAY_SECONDS must be a whole number of seconds, at least 1, got {raw!r}"
+            )
+        properties += [
+            f"-Dhazelcast.merge.first.run.delay.seconds={int(raw)}",
+            f"-Dhazelcast.merge.next.run.delay.seconds={int(raw)}",
+        ]
+    return properties
+
+
 def hazelcast_member_command(
     port: int, cluster_name: str, members: str, jar: Path, heap_size: str | None = None, host: str = "127.0.0.1"
 ) -> list[str]:
@@ -81,6 +111,7 @@ def hazelcast_member_command(
         f"-Dhz.interface={host}",
         f"-Dhz.members={members}",
         "-Dhazelcast.phone.home.enabled=false",
+        *member_properties(),
         "-cp",
         str(jar),
         "com.hazelcast.core.server.HazelcastMemberStarter",

@@ -136,10 +136,27 @@ def _default_log_capacity() -> int:
     return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII | re.IGNORECASE)
+
+
+def instance_host(env: Mapping[str, str] | None = None) -> str:
+    """The host part of instance ids: INSTANCE_HOST when set, else the machine's hostname. The simulated
+    hosts of ./scripts/hosts are network namespaces of one machine, which all share its hostname."""
+    raw = (os.environ if env is None else env).get("INSTANCE_HOST")
+    if not raw:
+        return socket.gethostname()
+    if not _DNS_LABEL.fullmatch(raw):
+        raise SettingsError(
+            f"INSTANCE_HOST must be one DNS label (letters, digits and inner hyphens, at most 63), got {raw!r}"
+        )
+    return raw
+
+
 def instance_id(service_name: str, port: int, host: str | None = None) -> str:
-    """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`.
-    Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
-    return f"{service_name}-{host or socket.gethostname()}-{port}"
+    """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`, the
+    host from instance_host() unless given. Deterministic, so a restarted instance replaces its old Consul
+    entry instead of leaving a zombie; unique across hosts, so instances on two hosts never replace each other."""
+    return f"{service_name}-{host or instance_host()}-{port}"
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,8 @@ class Settings:
     service_name: str
     port: int
     host: str = "127.0.0.1"
+    # The host part of the instance id (instance_host()).
+    instance_host: str = field(default_factory=socket.gethostname)
     consul: ConsulSettings = field(default_factory=ConsulSettings)
     # Connect and read timeouts for calls between services.
     connect_timeout: float = 0.5
@@ -243,6 +262,7 @@ class Settings:
             service_name=service_name,
             port=_int(env, "PORT", default_port, minimum=1),
             host=_service_host(env),
+            instance_host=instance_host(env),
             consul=ConsulSettings.from_env(env),
             connect_timeout=_float(env, "HTTP_CONNECT_TIMEOUT", 0.5),
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
@@ -270,4 +290,4 @@ class Settings:
 
     @property
     def instance_id(self) -> str:
-        return instance_id(self.service_name, self.port)
+        return instance_id(self.service_name, self.port, self.instance_host)
