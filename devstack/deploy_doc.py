@@ -188,8 +188,9 @@ def markdown() -> str:
         "## Each service's environment\n",
         _environment_table(),
         "The simulation adds `HAZELCAST_HEAP` (256m members, to fit one machine), `LOG_CAPACITY_BYTES` "
-        "(the log's capacity for that heap) and `PYTHONPATH` (the checkout); on real hosts leave them to "
-        "their defaults (conf/stack.env).\n",
+        "(the log's capacity for that heap), `HAZELCAST_MERGE_DELAY_SECONDS=10` (a healed member merges back "
+        "within a test) and `PYTHONPATH` (the checkout); on real hosts leave them to their defaults "
+        "(conf/stack.env, and Hazelcast's 5-minute merge delay).\n",
     ]
     return "\n".join(parts)
 
