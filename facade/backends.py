@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
+from hazelcast.errors import SplitBrainProtectionError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from werkzeug.exceptions import NotFound
 
@@ -49,6 +50,7 @@ class Reached(enum.Enum):
     NO = "no"  # the connection was refused or never set up: the instance saw nothing
     DONE = "done"  # it answered (5xx, or a body that is not JSON): its work is over
     MAYBE_STILL_WORKING = "maybe still working"  # the read timed out: it may still be on it
+    REFUSED = "refused"  # it answered 503 {"stored": false}: it did nothing, and another instance may do it
 
     @staticmethod
     def of(exc: Exception) -> Reached:
@@ -58,6 +60,15 @@ class Reached(enum.Enum):
         if isinstance(exc, requests.ConnectionError):
             return Reached.NO
         return Reached.DONE
+
+
+def _says_not_stored(response: requests.Response) -> bool:
+    """A 503 whose body says `"stored": false` (logging_svc's WritesRefused)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("stored") is False
 
 
 class InstanceFailed(Exception):
@@ -177,7 +188,7 @@ class Backends:
                     try:
                         return instance, self._once(service, instance, send, timeout, failed)
                     except InstanceFailed as exc:
-                        touched.append(exc.reached is not Reached.NO)
+                        touched.append(exc.reached not in (Reached.NO, Reached.REFUSED))
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
                         if last or exc.reached is Reached.NO:
                             raise
@@ -198,6 +209,10 @@ class Backends:
             if response.status_code == 507:
                 # The log is full for every instance alike (they share it): no other instance is tried.
                 raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")
+            if response.status_code == 503 and _says_not_stored(response):
+                # A logging instance whose member sees too few members (split-brain protection): nothing was
+                # stored there, and an instance on the larger side of the split may store it.
+                raise InstanceFailed("HTTP 503, writes refused: too few Hazelcast members", Reached.REFUSED)
             if response.status_code >= 500:
                 raise InstanceFailed(f"HTTP {response.status_code}", Reached.DONE)
             if response.status_code >= 400:
@@ -253,6 +268,10 @@ class Backends:
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
         try:
             queued = self._hazelcast.queue().offer(queue_item.encode(message_id, msg, request_id.current_id()))
+        except SplitBrainProtectionError as exc:
+            metrics.count_offer("no_quorum")
+            # Refused by the queue's member before it took the item: certainly not queued.
+            raise Unavailable("the message queue refuses writes: too few Hazelcast members", str(exc)) from None
         except Exception:
             metrics.count_offer("error")
             raise

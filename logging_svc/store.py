@@ -12,14 +12,14 @@ from typing import Protocol
 from hazelcast import predicate
 from hazelcast.aggregator import min_
 from hazelcast.core import HazelcastJsonValue
-from hazelcast.errors import HazelcastError
+from hazelcast.errors import HazelcastError, SplitBrainProtectionError
 
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast
 from servicekit.log_entry import STAMP_DIGITS, encode, message_of, stamp_bound, stamp_of
 from servicekit.paging import LogCursor
-from servicekit.web import InsufficientStorage
+from servicekit.web import InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,17 @@ class LogFull(InsufficientStorage):
 
     def __init__(self, detail: str):
         super().__init__("the log is full", detail)
+
+
+class WritesRefused(Unavailable):
+    """The member that owns the entry sees fewer members than split-brain protection asks (conf/hazelcast.xml):
+    it refused the write before doing it. The 503 says `"stored": false`, so the facade knows the message is
+    not logged (not merely "not known") and may try an instance that reaches the larger side of a split."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            "the Hazelcast cluster has too few members to accept writes: nothing was stored", detail, stored=False
+        )
 
 
 class MessageLog(Protocol):
@@ -206,7 +217,11 @@ class HazelcastMessageLog:
         held = self.size.bytes()
         if held + cost > self.capacity_bytes:
             raise LogFull(f"the log holds {held} of {self.capacity_bytes} bytes; {message_id} needs {cost}")
-        created = self._hz.map().put_if_absent(message_id, entry) is None
+        try:
+            created = self._hz.map().put_if_absent(message_id, entry) is None
+        except SplitBrainProtectionError as exc:
+            # Checked on the partition owner before the write; the client does not retry it.
+            raise WritesRefused(str(exc)) from None
         if created:
             self.size.grew(cost)
         return created

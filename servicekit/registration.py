@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
@@ -15,9 +16,61 @@ from .background import BackgroundLoop
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
 from .metrics_files import METRICS_PATH
-from .settings import Settings
+from .settings import Settings, host_name
 
 log = logging.getLogger(__name__)
+
+# What the master found wrong with its registration, for /health: set in when_ready, before the first worker
+# forks, so every worker inherits it.
+_warnings: list[str] = []
+_address_checked = False
+
+
+def warnings() -> tuple[str, ...]:
+    return tuple(_warnings)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return ipaddress.ip_address("127.0.0.1") if host_name(host) == "localhost" else None
+
+
+def loopback_warning(settings: Settings, client: consul.Consul) -> str | None:
+    """A warning when this instance registers a loopback address with an agent whose LAN pool has other
+    nodes: facades on those hosts would call that address, their own loopback, and reach their own port.
+
+    Not when the address is the agent's own LAN address: the simulated hosts (./scripts/hosts) give each
+    host a 127.100.0.x address on its link, not on its loopback, and the other hosts reach it."""
+    address = _address(settings.host)
+    if address is None or not address.is_loopback:
+        return None
+    nodes = len(client.agent.members())
+    if nodes <= 1 or _address(client.agent.self()["Member"]["Addr"]) == address:
+        return None
+    return (
+        f"registered at {settings.host} with an agent in a {nodes}-node cluster: "
+        "facades on other hosts call their own port"
+    )
+
+
+def _check_address(settings: Settings, client: consul.Consul) -> None:
+    """Once per process, at the first registration: one more call, bounded by the Consul timeout."""
+    global _address_checked
+    if _address_checked:
+        return
+    _address_checked = True
+    try:
+        warning = loopback_warning(settings, client)
+    except CONSUL_ERRORS as exc:
+        log.warning(
+            "could not ask Consul how many nodes its cluster has (%s); the registered address is unchecked", exc
+        )
+        return
+    if warning is not None:
+        log.warning("%s; set SERVICE_HOST to this host's address", warning)
+        _warnings.append(warning)
 
 
 def service_definition(settings: Settings) -> dict:
@@ -58,6 +111,7 @@ def register(settings: Settings, client: consul.Consul | None = None) -> bool:
         log.warning("registering with Consul failed: %s", exc)
         return False
     log.info("registered %s at %s with Consul %s", settings.instance_id, settings.bind, settings.consul.url)
+    _check_address(settings, client)
     return True
 
 

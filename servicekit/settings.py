@@ -96,6 +96,11 @@ def _service_host(env: Mapping[str, str]) -> str:
     return raw
 
 
+def service_host(env: Mapping[str, str] | None = None) -> str:
+    """SERVICE_HOST: the address an instance or member binds and registers (127.0.0.1 by default)."""
+    return _service_host(os.environ if env is None else env)
+
+
 # The JSON the facade sends to logging_svc around a message: {"id": "<uuid>", "msg": "..."}.
 _ENVELOPE_BYTES = 256
 
@@ -138,10 +143,27 @@ def _log_format(env: Mapping[str, str]) -> str:
     return raw
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII | re.IGNORECASE)
+
+
+def instance_host(env: Mapping[str, str] | None = None) -> str:
+    """The host part of instance ids: INSTANCE_HOST when set, else the machine's hostname. The simulated
+    hosts of ./scripts/hosts are network namespaces of one machine, which all share its hostname."""
+    raw = (os.environ if env is None else env).get("INSTANCE_HOST")
+    if not raw:
+        return socket.gethostname()
+    if not _DNS_LABEL.fullmatch(raw):
+        raise SettingsError(
+            f"INSTANCE_HOST must be one DNS label (letters, digits and inner hyphens, at most 63), got {raw!r}"
+        )
+    return raw
+
+
 def instance_id(service_name: str, port: int, host: str | None = None) -> str:
-    """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`.
-    Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
-    return f"{service_name}-{host or socket.gethostname()}-{port}"
+    """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`, the
+    host from instance_host() unless given. Deterministic, so a restarted instance replaces its old Consul
+    entry instead of leaving a zombie; unique across hosts, so instances on two hosts never replace each other."""
+    return f"{service_name}-{host or instance_host()}-{port}"
 
 
 @dataclass(frozen=True)
@@ -196,6 +218,8 @@ class Settings:
     service_name: str
     port: int
     host: str = "127.0.0.1"
+    # The host part of the instance id (instance_host()).
+    instance_host: str = field(default_factory=socket.gethostname)
     consul: ConsulSettings = field(default_factory=ConsulSettings)
     # Connect and read timeouts for calls between services.
     connect_timeout: float = 0.5
@@ -247,6 +271,7 @@ class Settings:
             service_name=service_name,
             port=_int(env, "PORT", default_port, minimum=1),
             host=_service_host(env),
+            instance_host=instance_host(env),
             consul=ConsulSettings.from_env(env),
             connect_timeout=_float(env, "HTTP_CONNECT_TIMEOUT", 0.5),
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
@@ -275,4 +300,4 @@ class Settings:
 
     @property
     def instance_id(self) -> str:
-        return instance_id(self.service_name, self.port)
+        return instance_id(self.service_name, self.port, self.instance_host)

@@ -12,7 +12,7 @@ from flask import Flask, Request, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMediaType
 
-from . import metrics, paging, request_id
+from . import metrics, paging, registration, request_id
 from .errors import HazelcastUnavailable
 from .settings import Settings, host_name
 
@@ -232,9 +232,15 @@ def configure_app(app: Flask, settings: Settings) -> None:
 def health_response(details: dict | None = None, **checks: bool):
     """200 when every dependency is connected, 503 otherwise; Consul's HTTP check reads the status."""
     ok = all(checks.values())
-    body = {"status": "passing" if ok else "critical", "checks": {k: bool(v) for k, v in checks.items()}}
+    body: dict[str, Any] = {
+        "status": "passing" if ok else "critical",
+        "checks": {k: bool(v) for k, v in checks.items()},
+    }
     if details:
         body["details"] = details
+    # Found at registration (servicekit.registration): wrong, but not a failed dependency.
+    if warnings := registration.warnings():
+        body["warnings"] = list(warnings)
     return jsonify(body), 200 if ok else 503
 
 

@@ -9,6 +9,7 @@ import urllib.parse
 
 import pytest
 import requests
+from hazelcast.errors import SplitBrainProtectionError
 from werkzeug.exceptions import NotFound
 
 from facade import create_app
@@ -292,3 +293,32 @@ def test_the_queue_room_is_asked_again_on_every_post_once_it_is_near_the_bound(c
     assert client.post("/facade", json={"msg": "m"}).status_code == 503
     assert client.post("/facade", json={"msg": "m"}).status_code == 503
     assert len(asked) == 3, "near the bound, every POST asks"
+
+
+REFUSED_WRITE = response(503, {"error": "the Hazelcast cluster has too few members to accept writes", "stored": False})
+
+
+def test_a_write_refused_for_lack_of_members_is_tried_elsewhere_and_known_not_stored(closing):
+    # Another instance may reach the larger side of a split: it is tried, within the retry budget.
+    for _ in range(10):
+        http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=STORED)
+        assert backends(http, 8081, 8082).log_message("id-1", "hello") == instance(8082).id
+    # Refused everywhere: a 503 that says nothing was logged (no "logged": null, which means "not known").
+    http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=REFUSED_WRITE)
+    queue = FakeQueue(room=10)
+    answer = facade_with(closing, http, queue).post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 503
+    assert answer.json.get("logged", False) is False, answer.json
+    assert queue.items == []
+
+
+class RefusingQueue(FakeQueue):
+    def offer(self, item: str) -> bool:
+        raise SplitBrainProtectionError("Split brain protection exception: two-members has failed!")
+
+
+def test_an_offer_refused_for_lack_of_members_is_known_not_queued(closing):
+    http = ScriptedHttp(p8081=STORED, p8082=STORED)
+    answer = facade_with(closing, http, RefusingQueue(room=10)).post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 503
+    assert answer.json["logged"] is True and answer.json["queued"] is False, answer.json

@@ -1,12 +1,16 @@
 """The log's entry encoding: order by acceptance time, the message back unchanged."""
 
+import uuid
+
 import pytest
 from hazelcast.core import HazelcastJsonValue
-from hazelcast.errors import HazelcastError
+from hazelcast.errors import HazelcastError, SplitBrainProtectionError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logging_svc.store import LogSize, convert_json_entry, encode, entry_cost, ordered
+from logging_svc import create_app
+from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered
+from servicekit.settings import Settings
 
 
 @given(st.lists(st.tuples(st.text(), st.integers(min_value=0, max_value=10**19)), max_size=50))
@@ -85,3 +89,27 @@ def test_the_log_size_seen_never_goes_back_and_a_failed_sync_keeps_what_was_not_
     counter.total = 5000
     size.sync()
     assert size.seen == 5000 and counter.added[-1] == 0
+
+
+class RefusingMap:
+    """A map on a member that sees too few members: every write is refused by split-brain protection."""
+
+    def put_if_absent(self, key, value):
+        raise SplitBrainProtectionError("Split brain protection exception: two-members has failed!")
+
+
+class RefusingHazelcast(CounterHazelcast):
+    def map(self):
+        return RefusingMap()
+
+
+def test_a_write_refused_for_lack_of_members_is_a_503_that_says_nothing_was_stored():
+    store = HazelcastMessageLog(RefusingHazelcast(FakeCounter()), capacity_bytes=1 << 40)
+    app = create_app(Settings.from_env("logging-service", 8081, env={}), message_log=store)
+    answer = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
+    assert answer.status_code == 503
+    assert answer.json == {
+        "error": "the Hazelcast cluster has too few members to accept writes: nothing was stored",
+        "stored": False,
+    }
+    assert store.size.seen == 0

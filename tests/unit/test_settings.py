@@ -1,3 +1,4 @@
+import socket
 import time
 import uuid
 
@@ -78,6 +79,27 @@ def test_an_instance_id_is_service_host_port_for_services_and_hazelcast_members_
 
     assert instance_id("hazelcast", 5701, host="box") == "hazelcast-box-5701"
     assert Settings.from_env("logging-service", 8081, env={}).instance_id == instance_id("logging-service", 8081)
+
+
+def test_instance_host_names_the_simulated_host_in_the_instance_id(monkeypatch):
+    from servicekit.settings import instance_id
+
+    # Every network namespace of ./scripts/hosts shares the machine's hostname: INSTANCE_HOST tells them apart.
+    settings = Settings.from_env("logging-service", 8081, env={"INSTANCE_HOST": "app2"})
+    assert settings.instance_id == "logging-service-app2-8081"
+    monkeypatch.setenv("INSTANCE_HOST", "app3")
+    assert instance_id("hazelcast", 5701) == "hazelcast-app3-5701"
+    monkeypatch.delenv("INSTANCE_HOST")
+    assert instance_id("hazelcast", 5701) == f"hazelcast-{socket.gethostname()}-5701"
+    assert Settings.from_env("logging-service", 8081, env={"INSTANCE_HOST": ""}).instance_id == (
+        f"logging-service-{socket.gethostname()}-8081"
+    )
+
+
+@pytest.mark.parametrize("raw", ["app 1", "app1.example", "-app1", "app1-", "a" * 64, "app/1", "äpp1"])
+def test_an_instance_host_that_is_not_a_dns_label_is_refused(raw):
+    with pytest.raises(SettingsError, match="INSTANCE_HOST"):
+        Settings.from_env("logging-service", 8081, env={"INSTANCE_HOST": raw})
 
 
 def test_the_default_log_capacity_is_half_the_heap_of_all_members_but_one_over_two_copies():

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from servicekit import hazelcast_member, stack
-from servicekit.settings import instance_id
+from servicekit.settings import SettingsError, instance_id
 
 
 def test_python_reads_stack_env_as_the_shell_sources_it():
@@ -33,3 +33,28 @@ def test_each_member_is_a_consul_service_definition_with_its_instance_id_and_a_t
     assert [d["port"] for d in definitions] == [15701, 15702]
     assert definitions[0]["meta"] == {"version": stack.hazelcast_version()}
     assert definitions[0]["check"]["tcp"] == "127.0.0.1:15701"
+
+
+def test_a_member_on_a_simulated_host_is_named_after_that_host(monkeypatch):
+    monkeypatch.setenv("INSTANCE_HOST", "app2")
+    assert [d["id"] for d in hazelcast_member.service_definitions([15701])] == ["hazelcast-app2-15701"]
+
+
+def test_the_merge_delay_is_a_setting_passed_to_the_member_as_both_hazelcast_properties():
+    assert hazelcast_member.member_properties({})[1:] == []  # Hazelcast's own defaults: 300 s, then 120 s
+    assert hazelcast_member.member_properties({"HAZELCAST_MERGE_DELAY_SECONDS": "5"})[1:] == [
+        "-Dhazelcast.merge.first.run.delay.seconds=5",
+        "-Dhazelcast.merge.next.run.delay.seconds=5",
+    ]
+    for bad in ("0", "soon", "-1", "1.5"):
+        with pytest.raises(SettingsError, match="HAZELCAST_MERGE_DELAY_SECONDS"):
+            hazelcast_member.member_properties({"HAZELCAST_MERGE_DELAY_SECONDS": bad})
+
+
+def test_partition_groups_by_host_are_off_unless_asked_for():
+    assert hazelcast_member.member_properties({})[0] == "-Dhz.partition.group.enabled=false"
+    assert hazelcast_member.member_properties({"HAZELCAST_PARTITION_GROUPS": "host"})[0] == (
+        "-Dhz.partition.group.enabled=true"
+    )
+    with pytest.raises(SettingsError, match="HAZELCAST_PARTITION_GROUPS"):
+        hazelcast_member.member_properties({"HAZELCAST_PARTITION_GROUPS": "zone"})
