@@ -269,6 +269,7 @@ class Backends:
         try:
             queued = self._hazelcast.queue().offer(queue_item.encode(message_id, msg, request_id.current_id()))
         except SplitBrainProtectionError as exc:
+            metrics.count_offer("no_quorum")
             # Refused by the queue's member before it took the item: certainly not queued.
             metrics.count_offer("error")
             raise Unavailable("the message queue refuses writes: too few Hazelcast members", str(exc)) from None

@@ -21,7 +21,8 @@ from typing import Any
 import consul
 
 from . import kvconfig, stack
-from .settings import SettingsError, instance_id
+from .discovery import passing_instances
+from .settings import SettingsError, instance_id, service_host
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,17 @@ JAVA_MODULE_OPTS = [
 
 def heap() -> str:
     """A member's largest heap, java's -Xmx form (512m, 1g): conf/stack.env's HAZELCAST_HEAP, the one place
-    it is set for ./scripts/up (the test clusters pass their own)."""
-    return stack.values()["HAZELCAST_HEAP"]
+    it is set for ./scripts/up (the test clusters pass their own; the simulated hosts set the variable)."""
+    return os.environ.get("HAZELCAST_HEAP") or stack.values()["HAZELCAST_HEAP"]
+
+
+def join_list(client: consul.Consul) -> str:
+    """Whom a starting member asks to join: the members passing in Consul, which on several hosts are the
+    other hosts' members; the list in KV when none passes yet (the first members of a cluster)."""
+    registered = passing_instances(client, kvconfig.HAZELCAST_SERVICE)
+    if registered:
+        return ",".join(sorted(f"{i.address}:{i.port}" for i in registered))
+    return kvconfig.get_value(client, kvconfig.KEY_MEMBERS)
 
 
 def member_properties(env: Mapping[str, str] | None = None) -> list[str]:
@@ -87,8 +97,9 @@ def member_properties(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def hazelcast_member_command(
-    port: int, cluster_name: str, members: str, jar: Path, heap_size: str | None = None
+    port: int, cluster_name: str, members: str, jar: Path, heap_size: str | None = None, host: str = "127.0.0.1"
 ) -> list[str]:
+    """`host` is the one address the member binds and announces (conf/hazelcast.xml's interface)."""
     return [
         "java",
         f"-Xmx{heap_size or heap()}",
@@ -97,6 +108,7 @@ def hazelcast_member_command(
         f"-Dhazelcast.config={MEMBER_CONFIG}",
         f"-Dhz.cluster.name={cluster_name}",
         f"-Dhz.port={port}",
+        f"-Dhz.interface={host}",
         f"-Dhz.members={members}",
         "-Dhazelcast.phone.home.enabled=false",
         *member_properties(),
@@ -113,24 +125,27 @@ def jar() -> Path:
 def exec_member(client: consul.Consul, port: int) -> int:
     """Replace this process with one member, its cluster name and join list read from Consul KV."""
     cluster_name = kvconfig.get_value(client, kvconfig.KEY_CLUSTER_NAME)
-    members = kvconfig.get_value(client, kvconfig.KEY_MEMBERS)
+    members = join_list(client)
     path = jar()
     if not path.is_file():
         log.error("no Hazelcast jar at %s: run ./scripts/install", path)
         return 1
-    command = hazelcast_member_command(port, cluster_name, members, path)
-    log.info("starting Hazelcast member on 127.0.0.1:%d in cluster %r", port, cluster_name)
+    host = service_host()
+    command = hazelcast_member_command(port, cluster_name, members, path, host=host)
+    log.info("starting Hazelcast member on %s:%d in cluster %r, joining %s", host, port, cluster_name, members)
     os.execvp(command[0], command)
 
 
-def service_definitions(ports: list[int]) -> list[dict[str, Any]]:
-    """One Consul service definition a member (config-file form), from consul/hazelcast-member.json.tmpl."""
+def service_definitions(ports: list[int], address: str = "127.0.0.1", host: str | None = None) -> list[dict[str, Any]]:
+    """One Consul service definition a member (config-file form), from consul/hazelcast-member.json.tmpl:
+    registered, and checked, at the address the member binds (SERVICE_HOST); `host` names it in the id."""
     template = string.Template(DEFINITION_TEMPLATE.read_text())
     return [
         json.loads(
             template.substitute(
-                id=instance_id(kvconfig.HAZELCAST_SERVICE, port),
+                id=instance_id(kvconfig.HAZELCAST_SERVICE, port, host),
                 name=kvconfig.HAZELCAST_SERVICE,
+                address=address,
                 port=port,
                 version=HAZELCAST_VERSION,
             )
@@ -139,12 +154,14 @@ def service_definitions(ports: list[int]) -> list[dict[str, Any]]:
     ]
 
 
-def write_service_definitions(path: Path, ports: list[int]) -> None:
+def write_service_definitions(
+    path: Path, ports: list[int], address: str = "127.0.0.1", host: str | None = None
+) -> None:
     """The members as an agent config file; written whole (a rename), so an agent never reads half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
-        json.dump({"services": service_definitions(ports)}, f, indent=1)
+        json.dump({"services": service_definitions(ports, address, host)}, f, indent=1)
     os.replace(tmp, path)
 
 

@@ -149,7 +149,8 @@ def observe_watch(service: str, instances: int, answered: bool) -> None:
 
 
 def count_offer(result: str) -> None:
-    """An offer to the queue: queued, full (refused) or error (no answer, or not sent)."""
+    """An offer to the queue: queued, full, no_quorum (refused by split-brain protection) or error (no answer,
+    or not sent)."""
     _metrics().queue_offers.labels(result).inc()
 
 

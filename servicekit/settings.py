@@ -96,6 +96,11 @@ def _service_host(env: Mapping[str, str]) -> str:
     return raw
 
 
+def service_host(env: Mapping[str, str] | None = None) -> str:
+    """SERVICE_HOST: the address an instance or member binds and registers (127.0.0.1 by default)."""
+    return _service_host(os.environ if env is None else env)
+
+
 # The JSON the facade sends to logging_svc around a message: {"id": "<uuid>", "msg": "..."}.
 _ENVELOPE_BYTES = 256
 
@@ -131,6 +136,13 @@ def _default_log_capacity() -> int:
     return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = (env.get("LOG_FORMAT") or "text").strip().lower()
+    if raw not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be text or json, got {raw!r}")
+    return raw
+
+
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII | re.IGNORECASE)
 
 
@@ -144,13 +156,6 @@ def instance_host(env: Mapping[str, str] | None = None) -> str:
         raise SettingsError(
             f"INSTANCE_HOST must be one DNS label (letters, digits and inner hyphens, at most 63), got {raw!r}"
         )
-    return raw
-
-
-def _log_format(env: Mapping[str, str]) -> str:
-    raw = (env.get("LOG_FORMAT") or "text").strip().lower()
-    if raw not in ("text", "json"):
-        raise SettingsError(f"LOG_FORMAT must be text or json, got {raw!r}")
     return raw
 
 

@@ -140,6 +140,16 @@ def test_a_retried_request_shows_every_attempt_and_each_instance_got_the_ids(own
         consul.agent.service.register(**service_definition(failing.settings))
         failing_id = failing.settings.instance_id
         eventually(lambda: check_status(consul, failing_id) == "passing" or None, 15, what="the stub passing")
+
+        def every_worker_sees_the_stub() -> bool:
+            # /health answers from one worker at a time; each worker has its own discovery cache.
+            for _ in range(6):
+                health = requests.get(f"{stack.facade.url}/health", timeout=5).json()
+                if failing_id not in health["details"]["discovery"]["logging-service"]["instances"]:
+                    return False
+            return True
+
+        eventually(lambda: every_worker_sees_the_stub() or None, 15, what="the facade's workers seeing the stub")
         # Random picks: until one request went to the failing instance first (1 in 2 each time).
         for _ in range(20):
             rid, trace_id = f"retry-{uuid.uuid4().hex}", uuid.uuid4().hex

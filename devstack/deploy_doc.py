@@ -1,0 +1,207 @@
+"""docs/DEPLOY.md, written from the templates in conf/hosts/ that the simulated hosts run
+(`./scripts/hosts deploy-docs`; tests/unit/test_deploy_doc.py fails when the file is behind the templates,
+and tests/integration/test_deploy_configs.py runs `consul validate` on every agent configuration shown).
+
+The example machines use addresses of 192.0.2.0/24, the range reserved for documentation.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from devstack import host_config
+from devstack.host_config import DATACENTER, HAZELCAST_PORT, SERVICE_PORTS, Layout, render
+from devstack.processes import ROOT
+
+DOC = ROOT / "docs" / "DEPLOY.md"
+CONFIG_DIR = "/etc/consul.d"
+SERVERS = {"consul1": "192.0.2.11", "consul2": "192.0.2.12", "consul3": "192.0.2.13"}
+APPS = {"app1": "192.0.2.21", "app2": "192.0.2.22", "app3": "192.0.2.23"}
+GOSSIP_KEY = "<output of: consul keygen>"
+SERVICE_NAMES = {"logging": "logging-service", "messages": "messages-service", "facade": "facade-service"}
+LAYOUT = Layout(
+    root="/opt/messages",
+    venv_bin="/opt/messages/.venv/bin",
+    consul_bin="/usr/bin/consul",
+    consul_dir=CONFIG_DIR,
+    data_dir="/var/lib/consul",
+    log_dir="/var/log/messages",
+    run_dir="/run/messages",
+    tokens={program: f"<{program} token of app1>" for program in ("hazelcast", *SERVICE_PORTS)},
+)
+
+
+def agent_configs(config_dir: str = CONFIG_DIR) -> dict[str, str]:
+    """Every agent configuration file the document shows, by file name: a server's and a client's, each with
+    the ACL and TLS blocks (config files of one -config-dir)."""
+    servers = list(SERVERS.values())
+    return {
+        "server.hcl": host_config.consul_config(
+            "consul1", SERVERS["consul1"], servers, GOSSIP_KEY, "/var/lib/consul", server=True
+        ),
+        "server-acl.hcl": render("consul-acl.hcl.tmpl", agent_token="<agent token of consul1>"),
+        "server-tls.hcl": render("consul-tls-server.hcl.tmpl", config_dir=config_dir, datacenter=DATACENTER),
+        "client.hcl": host_config.consul_config(
+            "app1", APPS["app1"], servers, GOSSIP_KEY, "/var/lib/consul", server=False
+        ),
+        "client-acl.hcl": render("consul-acl.hcl.tmpl", agent_token="<agent token of app1>"),
+        "client-tls.hcl": render("consul-tls-client.hcl.tmpl", config_dir=config_dir),
+    }
+
+
+def _code(language: str, text: str) -> str:
+    return f"```{language}\n{text.strip()}\n```\n"
+
+
+def _ports_table() -> str:
+    rows = [
+        ("8300/tcp", "every host", "the servers", "Consul server RPC (client agents forward to the servers)"),
+        ("8301/tcp+udp", "every host", "every host", "Consul LAN gossip (membership, failure detection)"),
+        ("8302/tcp+udp", "servers", "servers of other datacenters", "Consul WAN gossip: only with several datacenters"),
+        (
+            "8500/tcp",
+            "the host itself",
+            "each host",
+            "Consul HTTP API: services use 127.0.0.1:8500; open it to the operators' network only (8501 with TLS)",
+        ),  # fmt: skip
+        ("8600/tcp+udp", "the host itself", "each host", "Consul DNS, if used"),
+        (
+            f"{HAZELCAST_PORT}/tcp",
+            "application hosts",
+            "application hosts",
+            "Hazelcast: member to member, and the services' clients to every member",
+        ),  # fmt: skip
+        (
+            f"{SERVICE_PORTS['logging']}/tcp",
+            "application hosts",
+            "application hosts",
+            "logging_svc (facade to logging)",
+        ),
+        (
+            f"{SERVICE_PORTS['messages']}/tcp",
+            "application hosts",
+            "application hosts",
+            "messages_svc (facade to messages)",
+        ),  # fmt: skip
+        (f"{SERVICE_PORTS['facade']}/tcp", "users, load balancer", "application hosts", "the facade"),
+    ]
+    lines = ["| Port | From | To | What |", "| --- | --- | --- | --- |"]
+    lines += [f"| {port} | {source} | {target} | {what} |" for port, source, target, what in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _environment_table() -> str:
+    env = LAYOUT.environment("logging", "app1", APPS["app1"], SERVICE_PORTS["logging"])
+    why = {
+        "CONSUL_HTTP_ADDR": "the host's own agent; every service and member registers and discovers through it",
+        "SERVICE_HOST": "the host's address: the service binds it, registers it, and Consul checks it there. "
+        "Never 127.0.0.1 on several hosts: another host would call its own loopback",
+        "INSTANCE_HOST": "the host's name in the instance ids (`logging-service-app1-8081`)",
+        "HAZELCAST_PARTITION_GROUPS": "`host`: a backup never sits on the same host as its primary",
+        "PORT": f"the service's port (logging {SERVICE_PORTS['logging']}, messages {SERVICE_PORTS['messages']}, "
+        f"facade {SERVICE_PORTS['facade']}); a member's is {HAZELCAST_PORT}",
+        "CONSUL_HTTP_TOKEN": "the program's own ACL token (see ACLs)",
+    }
+    lines = ["| Variable | On app1 (logging) | Why |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | `{value}` | {why.get(name, '')} |" for name, value in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def markdown() -> str:
+    configs = agent_configs()
+    servers = ", ".join(f"{name} {addr}" for name, addr in SERVERS.items())
+    apps = ", ".join(f"{name} {addr}" for name, addr in APPS.items())
+    parts = [
+        "# Running on several hosts\n",
+        "<!-- Written by ./scripts/hosts deploy-docs from conf/hosts/; edit the templates, not this file. -->\n",
+        'The configuration below is what `./scripts/hosts up` runs on its simulated hosts (see "Several hosts" '
+        "in the README), rendered from the same templates in `conf/hosts/` for real machines. "
+        "tests/integration/test_hosts.py runs it; tests/integration/test_deploy_configs.py has "
+        "`consul validate` accept every agent configuration shown here, with its ACL and TLS blocks.\n",
+        f"Example machines: Consul servers {servers}; application hosts {apps}. The checkout lives in "
+        f"`{LAYOUT.root}` with its virtualenv (`./scripts/install`), Consul's configuration in `{CONFIG_DIR}`, "
+        f"its data in `/var/lib/consul`, the logs in `{LAYOUT.log_dir}`.\n",
+        "## What runs where\n",
+        "- Three Consul servers (one per host, `bootstrap_expect = 3`): the catalog, KV and health of the "
+        "datacenter; one of them is the leader, and the cluster keeps working with one server down.\n"
+        "- Each application host: a Consul client agent, one Hazelcast member, and one instance each of "
+        "logging_svc, messages_svc and the facade. The services register with their own host's agent at the "
+        "host's address; every facade finds every host's instances through its local agent. The member is a "
+        "service definition in the agent's configuration directory (`hazelcast.json`); it joins the members "
+        "Consul reports passing (the list in KV `config/hazelcast/members` when none passes yet).\n"
+        "- Consul KV holds the shared settings (`consul/kv/`): seed them once, from any host, with "
+        "`CONSUL_HTTP_TOKEN=<management token> python -m servicekit.ops seed-kv --members "
+        f"{','.join(f'{a}:{HAZELCAST_PORT}' for a in APPS.values())}`.\n",
+        "## Ports to open between hosts\n",
+        _ports_table(),
+        "## The gossip key\n",
+        "Gossip between agents is encrypted with one key for the whole datacenter. Make it once, "
+        "`consul keygen`, and put the same value in every agent's `encrypt` (servers and clients). The "
+        "simulation makes it on its first start and keeps it in its run directory (`gossip.key`).\n",
+        "## Consul servers\n",
+        f"`{CONFIG_DIR}/server.hcl` on consul1 (on consul2 and consul3 only `node_name` and the addresses change):\n",
+        _code("hcl", configs["server.hcl"]),
+        "## Consul client agents\n",
+        f"`{CONFIG_DIR}/client.hcl` on app1:\n",
+        _code("hcl", configs["client.hcl"]),
+        "## ACLs: a token per agent and per service\n",
+        f"Add to every agent its `{CONFIG_DIR}/acl.hcl`, with the agent's own token; on app1:\n",
+        _code("hcl", configs["client-acl.hcl"]),
+        "on consul1:\n",
+        _code("hcl", configs["server-acl.hcl"]),
+        "Bootstrap once, when the servers have a leader, and keep the management token it prints somewhere safe:\n",
+        _code("sh", "consul acl bootstrap"),
+        "Then, with `CONSUL_HTTP_TOKEN` set to the management token, one policy and one token per agent "
+        "(policy file `agent-app1.hcl`):\n",
+        _code("hcl", render("acl-agent-policy.hcl.tmpl", node="app1")),
+        _code(
+            "sh",
+            "consul acl policy create -name agent-app1 -rules @agent-app1.hcl\n"
+            'consul acl token create -description "agent app1" -policy-name agent-app1',
+        ),
+        "and one per service (and one for the Hazelcast members, as `hazelcast`), e.g. "
+        "`service-logging-service.hcl`:\n",
+        _code("hcl", render("acl-service-policy.hcl.tmpl", service="logging-service")),
+        _code(
+            "sh",
+            "consul acl policy create -name service-logging-service -rules @service-logging-service.hcl\n"
+            'consul acl token create -description "logging-service on app1" '
+            "-policy-name service-logging-service",
+        ),
+        "Each service gets its token as `CONSUL_HTTP_TOKEN` (see the programs below). The member's service "
+        "definition in `hazelcast.json` takes the hazelcast token as its `token` field, so the agent may "
+        "register it.\n",
+        "## TLS for Consul (auto_encrypt)\n",
+        "Make a CA and one certificate for the servers, on one machine:\n",
+        _code("sh", f"consul tls ca create\nconsul tls cert create -server -dc {DATACENTER}"),
+        f"Copy `consul-agent-ca.pem` to every host and the server certificate and key to the servers, into "
+        f"`{CONFIG_DIR}`. Servers add (`{CONFIG_DIR}/tls.hcl`):\n",
+        _code("hcl", configs["server-tls.hcl"]),
+        "Client agents get their certificates from the servers (`auto_encrypt`) and add:\n",
+        _code("hcl", configs["client-tls.hcl"]),
+        "## The processes of a host\n",
+        "One supervisord per host (`supervisord.conf`, the programs of app1 below); on a Consul server only "
+        "the `consul` program. The order matters on a first start: the agent, then the member, then the "
+        "services (`supervisorctl start consul`, `... hazelcast`, `... logging messages facade`); systemd units "
+        "with the same commands and environment, ordered with `After=`, do the same.\n",
+        _code("ini", host_config.supervisor_config("app1", APPS["app1"], LAYOUT, app=True, autostart=True)),
+        "## Each service's environment\n",
+        _environment_table(),
+        "The simulation adds `HAZELCAST_HEAP` (256m members, to fit one machine), `LOG_CAPACITY_BYTES` "
+        "(the log's capacity for that heap), `HAZELCAST_MERGE_DELAY_SECONDS=10` (a healed member merges back "
+        "within a test) and `PYTHONPATH` (the checkout); on real hosts leave them to their defaults "
+        "(conf/stack.env, and Hazelcast's 5-minute merge delay).\n",
+    ]
+    return "\n".join(parts)
+
+
+def main(check: bool = False) -> int:
+    text = markdown()
+    if check:
+        if not DOC.exists() or DOC.read_text() != text:
+            sys.stderr.write(f"{DOC} is not up to date with conf/hosts/: run ./scripts/hosts deploy-docs\n")
+            return 1
+        return 0
+    DOC.write_text(text)
+    sys.stdout.write(f"wrote {DOC}\n")
+    return 0

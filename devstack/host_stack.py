@@ -1,0 +1,355 @@
+"""The stack on several simulated hosts (./scripts/hosts): three Consul servers (consul1-consul3) and N
+application hosts (app1...), each with a Consul client agent, a Hazelcast member and one instance of each
+service, every host a network namespace of devstack.hosts, its processes run by a supervisord of its own.
+
+    python -m devstack.host_stack up --apps 3 | status | down
+    python -m devstack.host_stack run app1 -- curl -s http://127.100.0.21:8080/facade
+    python -m devstack.host_stack addr app1 | cut app1 | heal app1 | kill app1
+    python -m devstack.host_stack deploy-docs          # docs/DEPLOY.md from the same templates
+
+Addresses: the servers are 127.100.0.11-13, the application hosts 127.100.0.21 on. The run directory
+(HOSTS_RUN_DIR, by default run/hosts) keeps each host's configuration, Consul data and logs, the gossip key
+and simulation.json, which names the namespace prefix (HOSTS_PREFIX, by default `hosts`) for later calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import consul
+
+from devstack import deploy_doc, host_config
+from devstack.consul_agent import consul_binary
+from devstack.hosts import NETWORK, Hosts
+from devstack.processes import ROOT, VENV_BIN, eventually
+from servicekit import kvconfig
+from servicekit.hazelcast_member import write_service_definitions
+from servicekit.settings import default_log_capacity_bytes, java_size_bytes
+from servicekit.stack_status import service_health, status_table, wait_passing
+
+log = logging.getLogger(__name__)
+
+SERVERS = ("consul1", "consul2", "consul3")
+SERVICES = ("logging-service", "messages-service", "facade-service")
+# Members of a small heap: the machine is shared by every host of the simulation.
+DEFAULT_HEAP = "256m"
+MERGE_DELAY_SECONDS = 10
+
+
+def server_address(index: int) -> str:
+    return f"{NETWORK}.{10 + index}"
+
+
+def app_address(index: int) -> str:
+    return f"{NETWORK}.{20 + index}"
+
+
+class HostStack:
+    def __init__(self, run_dir: Path, prefix: str = "hosts", apps: int = 3, heap: str = DEFAULT_HEAP):
+        if not 1 <= apps <= 200:
+            raise ValueError(f"between 1 and 200 application hosts, not {apps}")
+        self.run_dir = run_dir.resolve()
+        self.hosts = Hosts(prefix)
+        self.apps = tuple(f"app{i}" for i in range(1, apps + 1))
+        self.heap = heap
+        for i, name in enumerate(SERVERS, 1):
+            self.hosts.addresses[name] = server_address(i)
+        for i, name in enumerate(self.apps, 1):
+            self.hosts.addresses[name] = app_address(i)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> HostStack:
+        """The simulation whose state `up` wrote into `run_dir`."""
+        state = json.loads((run_dir / "simulation.json").read_text())
+        return cls(run_dir, state["prefix"], state["apps"], state["heap"])
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*SERVERS, *self.apps)
+
+    def addr(self, host: str) -> str:
+        return self.hosts.addresses[host]
+
+    def url(self, host: str, service: str = "facade") -> str:
+        return f"http://{self.addr(host)}:{host_config.SERVICE_PORTS[service]}"
+
+    def facade_url(self, host: str) -> str:
+        return f"{self.url(host)}/facade"
+
+    def layout(self) -> host_config.Layout:
+        heap_bytes = java_size_bytes(self.heap)
+        return host_config.Layout(
+            root=str(ROOT),
+            venv_bin=str(VENV_BIN),
+            consul_bin=consul_binary(),
+            consul_dir=str(self.run_dir / "{host}" / "consul.d"),
+            data_dir=str(self.run_dir / "{host}" / "data"),
+            log_dir=str(self.run_dir / "{host}" / "logs"),
+            run_dir=str(self.run_dir / "{host}"),
+            extra_env={
+                "HAZELCAST_HEAP": self.heap,
+                # A member cut off and healed merges back within seconds, not Hazelcast's default 5 minutes.
+                "HAZELCAST_MERGE_DELAY_SECONDS": str(MERGE_DELAY_SECONDS),
+                # The log's capacity follows the members' heaps, as conf/stack.env's does for ./scripts/up.
+                "LOG_CAPACITY_BYTES": str(default_log_capacity_bytes(heap_bytes, len(self.apps))),
+                # The checkout's own packages first, whichever checkout the virtualenv was installed from.
+                "PYTHONPATH": str(ROOT),
+            },
+        )
+
+    def gossip_key(self) -> str:
+        """Made on the first start and kept: every agent's data directory remembers it."""
+        path = self.run_dir / "gossip.key"
+        if not path.exists():
+            done = subprocess.run([consul_binary(), "keygen"], capture_output=True, text=True, timeout=30, check=True)
+            path.write_text(done.stdout.strip() + "\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def log_path(self, host: str, program: str) -> Path:
+        return self.run_dir / host / "logs" / f"{program}.log"
+
+    # -- bringing it up ------------------------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        key = self.gossip_key()
+        servers = [self.addr(name) for name in SERVERS]
+        layout = self.layout()
+        for host in self.names:
+            at = layout.at(host)
+            app = host in self.apps
+            for directory in (at.consul_dir, at.data_dir, at.log_dir):
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            config = host_config.consul_config(host, self.addr(host), servers, key, at.data_dir, server=not app)
+            (Path(at.consul_dir) / "agent.hcl").write_text(config)
+            if app:
+                path = Path(at.consul_dir) / "hazelcast.json"
+                write_service_definitions(path, [host_config.HAZELCAST_PORT], self.addr(host), host)
+            conf = host_config.supervisor_config(host, self.addr(host), at, app)
+            (self.run_dir / host / "supervisord.conf").write_text(conf)
+
+    def up(self, timeout: float = 600.0, progress: Callable[[str], None] = log.info) -> HostStack:
+        """Every host made, every process started and passing in Consul; idempotent."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "simulation.json").write_text(
+            json.dumps({"prefix": self.hosts.prefix, "apps": len(self.apps), "heap": self.heap})
+        )
+        deadline = time.monotonic() + timeout
+        progress(f"making the network and {len(self.names)} hosts (namespaces {self.hosts.prefix}-*)")
+        self.hosts.create()
+        for host in self.names:
+            self.hosts.add(host, self.addr(host))
+        self.write_config()
+        for host in self.names:
+            self.start_supervisor(host)
+        progress("starting the Consul servers and the client agents")
+        for host in self.names:
+            self.start(host, "consul")
+        with self.hosts.entered():
+            self.wait_consul(deadline - time.monotonic())
+            progress(f"Consul leader {self.leader()}; seeding KV")
+            self.seed_kv()
+            progress("starting a Hazelcast member on each application host")
+            for host in self.apps:
+                self.start(host, "hazelcast")
+            self.wait_passing({kvconfig.HAZELCAST_SERVICE: len(self.apps)}, deadline - time.monotonic(), progress)
+            progress("starting logging, messages and facade on each application host")
+            for host in self.apps:
+                for program in host_config.SERVICE_PORTS:
+                    self.start(host, program)
+            expected = {service: len(self.apps) for service in SERVICES}
+            self.wait_passing(expected, deadline - time.monotonic(), progress)
+        return self
+
+    def supervisorctl(self, host: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(VENV_BIN / "supervisorctl"), "-c", str(self.run_dir / host / "supervisord.conf"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def supervisor_alive(self, host: str) -> bool:
+        return self.supervisorctl(host, "pid", timeout=10).returncode == 0
+
+    def start_supervisor(self, host: str) -> None:
+        """One supervisord per host, inside its namespaces (it daemonizes, and stays there)."""
+        if self.supervisor_alive(host):
+            return
+        (self.run_dir / host / "supervisord.sock").unlink(missing_ok=True)
+        done = self.hosts.run(
+            host, [str(VENV_BIN / "supervisord"), "-c", str(self.run_dir / host / "supervisord.conf")]
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"supervisord on {host} did not start: {done.stderr.strip()}")
+        eventually(lambda: self._assert_supervisor(host), 30, interval=0.2, what=f"supervisord on {host}")
+
+    def _assert_supervisor(self, host: str) -> None:
+        assert self.supervisor_alive(host), f"supervisord on {host} does not answer"
+
+    def start(self, host: str, program: str) -> None:
+        done = self.supervisorctl(host, "start", program)
+        if done.returncode != 0 and "ALREADY_STARTED" not in done.stdout:
+            raise RuntimeError(
+                f"{program} on {host} did not start: {done.stdout.strip()} (log: {self.log_path(host, program)})"
+            )
+
+    def seed_kv(self) -> None:
+        values = kvconfig.seed_values()
+        members = [f"{self.addr(host)}:{host_config.HAZELCAST_PORT}" for host in self.apps]
+        values[kvconfig.KEY_MEMBERS] = ",".join(members)
+        values[kvconfig.KEY_CLUSTER_NAME] = f"hosts-{self.hosts.prefix}"
+        kvconfig.seed(self.consul(), values)
+
+    # -- looking at it (from inside entered()) --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """The calling thread on the simulated network (see devstack.hosts.Hosts.entered)."""
+        with self.hosts.entered():
+            yield
+
+    def consul(self, host: str = "consul1", timeout: float = 5.0) -> consul.Consul:
+        """A client of `host`'s agent; call it inside entered()."""
+        return consul.Consul(host=self.addr(host), port=8500, connections_timeout=timeout)
+
+    def leader(self, host: str = "consul1") -> str:
+        """The leader's RPC address (`127.100.0.12:8300`) as `host` sees it; empty while there is none."""
+        return self.consul(host, timeout=2.0).status.leader()
+
+    def wait_consul(self, timeout: float) -> None:
+        def every_agent_alive() -> None:
+            assert self.leader(), "no leader yet"
+            members = self.consul(timeout=2.0).agent.members()
+            alive = {m["Name"] for m in members if m["Status"] == 1}
+            assert alive >= set(self.names), f"not alive yet: {sorted(set(self.names) - alive)}"
+
+        eventually(every_agent_alive, timeout, interval=0.5, what="a Consul leader and every agent alive")
+
+    def wait_passing(self, expected: dict[str, int], timeout: float, progress: Callable[[str], None]) -> None:
+        if not wait_passing(self.consul(), expected, max(timeout, 1.0), progress):
+            raise RuntimeError(f"not passing after {timeout:.0f} s: {expected}; logs under {self.run_dir}/<host>/logs")
+
+    # -- status and the end ----------------------------------------------------------------------------------
+
+    def status(self) -> list[str]:
+        lines = []
+        known = set(self.hosts.hosts())
+        for host in self.names:
+            if host not in known:
+                lines.append(f"{host:<8} {self.addr(host):<14} (no namespace)")
+                continue
+            lines.append(f"{host:<8} {self.addr(host):<14} link {self.hosts.link(host)}")
+            done = self.supervisorctl(host, "status", timeout=10)
+            for line in done.stdout.splitlines() or ["  (supervisord does not answer)"]:
+                lines.append(f"    {line}")
+        with self.hosts.entered():
+            for server in SERVERS:
+                try:
+                    health = service_health(self.consul(server, timeout=2.0))
+                except (consul.ConsulException, OSError) as exc:
+                    lines.append(f"Consul at {server} does not answer: {type(exc).__name__}")
+                    continue
+                lines.append(f"Consul (asked {server}, leader {self.leader(server) or 'none'}):")
+                lines.extend(f"  {line}" for line in status_table(health))
+                break
+        return lines
+
+    def down(self) -> list[str]:
+        """Every process killed and every namespace of the prefix deleted; Consul data and logs are kept."""
+        return self.hosts.down()
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("HOSTS_RUN_DIR") or ROOT / "run" / "hosts")
+
+
+def _stack(args: argparse.Namespace) -> HostStack:
+    try:
+        return HostStack.load(args.run_dir)
+    except FileNotFoundError:
+        raise SystemExit(f"no simulation in {args.run_dir}: run ./scripts/hosts up first") from None
+
+
+def _host(stack: HostStack, host: str) -> str:
+    if host not in stack.names:
+        raise SystemExit(f"no host {host!r}; the hosts are {', '.join(stack.names)}")
+    return host
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="==> %(message)s")
+    parser = argparse.ArgumentParser(prog="./scripts/hosts")
+    parser.add_argument("--run-dir", type=Path, default=default_run_dir())
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="make the hosts and start everything, until every instance passes")
+    up.add_argument("--apps", type=int, default=3)
+    up.add_argument("--prefix", default=os.environ.get("HOSTS_PREFIX", "hosts"))
+    sub.add_parser("status", help="hosts, processes and Consul health")
+    sub.add_parser("down", help="kill every process and remove every namespace")
+    run = sub.add_parser("run", help="run a command inside a host: run HOST -- CMD...")
+    run.add_argument("host")
+    run.add_argument("argv", nargs=argparse.REMAINDER)
+    for name, text in (("addr", "print a host's address"), ("cut", "a host's link down"), ("heal", "a host's link up"),
+                       ("kill", "kill every process of a host at once")):  # fmt: skip
+        sub.add_parser(name, help=text).add_argument("host")
+    docs = sub.add_parser("deploy-docs", help="write docs/DEPLOY.md from conf/hosts/")
+    docs.add_argument("--check", action="store_true", help="fail when docs/DEPLOY.md is not up to date")
+    args = parser.parse_args(argv)
+
+    if args.command == "deploy-docs":
+        return deploy_doc.main(check=args.check)
+    if args.command == "up":
+        if (args.run_dir / "simulation.json").exists():
+            previous = HostStack.load(args.run_dir)
+            if previous.hosts.exists() and (previous.hosts.prefix, len(previous.apps)) != (args.prefix, args.apps):
+                raise SystemExit(f"a simulation of other hosts runs from {args.run_dir}: ./scripts/hosts down first")
+        stack = HostStack(args.run_dir, args.prefix, args.apps)
+        try:
+            stack.up(progress=lambda line: log.info("%s", line.strip()))
+        except (RuntimeError, AssertionError) as exc:
+            log.error("%s", exc)
+            return 1
+        sys.stdout.write("\nThe hosts are up.\n")
+        for host in stack.names:
+            sys.stdout.write(f"  {host:<8} {stack.addr(host)}\n")
+        sys.stdout.write("Facades (reachable inside the hosts: ./scripts/hosts run HOST -- curl ...):\n")
+        for host in stack.apps:
+            sys.stdout.write(f"  {stack.facade_url(host)}\n")
+        sys.stdout.write(f"Logs: {args.run_dir}/<host>/logs/\n")
+        return 0
+    if args.command == "down":
+        if (args.run_dir / "simulation.json").exists():
+            removed = _stack(args).down()
+        else:
+            removed = Hosts(os.environ.get("HOSTS_PREFIX", "hosts")).down()
+        log.info("removed %s", ", ".join(removed) if removed else "nothing (no namespace left)")
+        return 0
+    stack = _stack(args)
+    if args.command == "status":
+        sys.stdout.write("".join(f"{line}\n" for line in stack.status()))
+        return 0
+    host = _host(stack, args.host)
+    if args.command == "addr":
+        sys.stdout.write(f"{stack.addr(host)}\n")
+        return 0
+    if args.command == "run":
+        argv_ = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv_:
+            raise SystemExit("run HOST -- CMD...: no command")
+        return subprocess.run(stack.hosts.command(host, argv_)).returncode
+    getattr(stack.hosts, args.command)(host)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

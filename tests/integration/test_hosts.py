@@ -1,0 +1,283 @@
+"""The stack on several simulated hosts (devstack.hosts, devstack.host_stack): three Consul servers, three
+application hosts each with a client agent, a Hazelcast member and every service.
+
+One simulation for the module, with a namespace prefix of its own so the tests run beside
+`./scripts/hosts up`. The tests that break something come last, each leaving the hosts whole for the next:
+the leader's host is killed and started again, app3 is killed and started again, and app3 is cut off and
+healed at the very end. Making namespaces needs root: without it the fixture fails, it never skips.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+
+from devstack import Load, eventually, read_all, record
+from devstack import hosts as hosts_module
+from devstack.host_stack import SERVERS, HostStack
+from devstack.hosts import Hosts
+
+APPS = ("app1", "app2", "app3")
+
+
+@pytest.fixture(scope="module")
+def sim(log_dir):
+    prefix = f"ht{uuid.uuid4().hex[:6]}"
+    stack = HostStack(log_dir / f"hosts-{prefix}", prefix, apps=len(APPS))
+    try:
+        stack.up(timeout=480)
+        yield stack
+    finally:
+        stack.down()
+        assert not [name for name in hosts_module.namespaces() if name.startswith(f"{prefix}-")]
+
+
+def host_of(instance_id: str) -> str:
+    """`logging-service-app2-8081` -> `app2`: each host's processes see the host's name as their hostname."""
+    return instance_id.rsplit("-", 2)[-2]
+
+
+def post(url: str, msg: str, session: requests.Session | None = None) -> requests.Response:
+    return (session or requests).post(url, json={"msg": msg}, timeout=15)
+
+
+def passing_hosts(stack: HostStack, service: str, asked: str = "app1") -> set[str]:
+    """The hosts of `service`'s passing instances, as `asked`'s agent (the one its facade uses) says."""
+    _, entries = stack.consul(asked).health.service(service, passing=True)
+    return {entry["Node"]["Node"] for entry in entries}
+
+
+def test_a_host_is_a_namespace_reachable_from_the_others_until_cut_and_gone_after_down():
+    prefix = f"hn{uuid.uuid4().hex[:6]}"
+    hosts = Hosts(prefix)
+    try:
+        hosts.create()
+        hosts.add("a", "127.100.0.21")
+        hosts.add("b", "127.100.0.22")
+        server = subprocess.Popen(
+            hosts.command("b", ["python3", "-m", "http.server", "--bind", "127.100.0.22", "8000"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def fetch(timeout: float = 2.0) -> str:
+            argv = [
+                "curl",
+                "-s",
+                "-m",
+                str(timeout),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.100.0.22:8000/",
+            ]
+            return hosts.run("a", argv).stdout
+
+        eventually(lambda: _equal(fetch(), "200"), 20, interval=0.2, what="b serves a")
+        assert hosts.run("b", ["hostname"]).stdout.strip() == "b"
+        assert hosts.addr("b") == "127.100.0.22"
+        with pytest.raises(requests.ConnectionError):
+            requests.get("http://127.100.0.22:8000/", timeout=2)  # the machine's own namespace has no route
+        with hosts.entered():
+            assert requests.get("http://127.100.0.22:8000/", timeout=2).status_code == 200
+
+        hosts.cut("b")
+        assert hosts.link("b") == "DOWN"
+        assert fetch(timeout=1) == "000"
+        hosts.heal("b")
+        eventually(lambda: _equal(fetch(), "200"), 20, interval=0.2, what="b serves a after the heal")
+
+        hosts.kill("b")
+        assert server.wait(10) == -9
+    finally:
+        # As after a crash: a new object that knows only the prefix finds the namespaces.
+        removed = hosts_module.down(prefix)
+    assert set(removed) == {f"{prefix}-net", f"{prefix}-a", f"{prefix}-b"}
+    assert not [name for name in hosts_module.namespaces() if name.startswith(f"{prefix}-")]
+    assert hosts_module.down(prefix) == []
+
+
+def _equal(actual, expected) -> None:
+    assert actual == expected, f"{actual!r} != {expected!r}"
+
+
+def test_posts_to_one_facade_are_logged_on_several_hosts_and_gets_read_other_hosts(sim):
+    with sim.entered():
+        url = sim.facade_url("app1")
+        session = requests.Session()
+        logged_by = []
+        for n in range(30):
+            response = post(url, f"across-{n}", session)
+            assert response.status_code == 201, response.text
+            logged_by.append(response.json()["logged_by"])
+        assert len({host_of(i) for i in logged_by}) >= 2, logged_by
+        # Each instance says so in its own log too.
+        for instance in set(logged_by):
+            host = host_of(instance)
+            assert instance in sim.log_path(host, "logging").read_text(errors="replace")
+
+        read_from = set()
+        for _ in range(20):
+            response = session.get(url, timeout=15)
+            assert response.status_code == 200, response.text
+            read_from.add(host_of(response.json()["messages_from"]))
+        assert read_from - {"app1"}, f"every GET read app1's messages instance: {read_from}"
+        log = read_all(url, "logging")
+        assert {f"across-{n}" for n in range(30)} <= set(log)
+
+
+def test_a_new_consul_leader_is_elected_after_the_leader_dies_and_kv_survives_a_restart(sim, log_dir):
+    with sim.entered():
+        leader = sim.leader()
+        leader_host = next(h for h in SERVERS if leader.startswith(f"{sim.addr(h)}:"))
+        asked = next(h for h in SERVERS if h != leader_host)
+        killed_at = time.monotonic()
+        sim.hosts.kill(leader_host)
+
+        def new_leader() -> float:
+            now = sim.leader(asked)
+            assert now and now != leader, f"leader {now!r}"
+            return time.monotonic() - killed_at
+
+        elected_after = eventually(new_leader, 60, interval=0.05, what="a new Consul leader")
+
+        # Registration through one host's agent, discovery through another's, while a server is down.
+        probe = f"probe-{uuid.uuid4().hex[:6]}"
+        sim.consul("app1").agent.service.register(probe, service_id=probe, address=sim.addr("app1"), port=9)
+
+        def discovered() -> None:
+            _, entries = sim.consul("app2").health.service(probe)
+            assert [e["Service"]["Address"] for e in entries] == [sim.addr("app1")]
+
+        eventually(discovered, 30, interval=0.2, what="the probe found through app2's agent")
+        response = post(sim.facade_url("app2"), "while-a-server-is-down")
+        assert response.status_code == 201, response.text
+
+        # The dead server back, then every server restarted at once: KV comes back from the data directories.
+        sim.start_supervisor(leader_host)
+        sim.start(leader_host, "consul")
+        sim.wait_consul(120)
+        key = f"test/hosts/{probe}"
+        assert sim.consul().kv.put(key, "kept")
+        for server in SERVERS:
+            assert sim.supervisorctl(server, "stop", "consul").returncode == 0
+        for server in SERVERS:
+            sim.start(server, "consul")
+        sim.wait_consul(120)
+
+        def kept() -> None:
+            _, entry = sim.consul("consul3").kv.get(key)
+            assert entry is not None and entry["Value"] == b"kept", entry
+
+        eventually(kept, 60, interval=0.5, what="the key read after every server restarted")
+        sim.consul("app1").agent.service.deregister(probe)
+        sim.consul().kv.delete(key)
+        sim.wait_passing({s: len(APPS) for s in ("logging-service", "messages-service", "facade-service")}, 120, print)
+    record(log_dir, "hosts-consul-leader", {"new_leader_after_s": round(elected_after, 2)})
+    assert elected_after < 20
+
+
+def acknowledged_lost(stack: HostStack, load: Load, url: str) -> tuple[list[str], list[str]]:
+    acked = [o.body["msg"] for o in load.answered(201)]
+    log = set(read_all(url, "logging"))
+    return acked, [msg for msg in acked if msg not in log]
+
+
+def start_again(stack: HostStack, host: str) -> None:
+    stack.start_supervisor(host)
+    for program in ("consul", "hazelcast", "logging", "messages", "facade"):
+        stack.start(host, program)
+
+
+def test_a_host_killed_whole_loses_nothing_acknowledged(sim, log_dir):
+    with sim.entered():
+        url = sim.facade_url("app1")
+        run = uuid.uuid4().hex[:6]
+        load = Load(lambda s, n: post(url, f"kill-{run}-{n}", s), clients=2, max_requests=1500, max_seconds=90)
+        with load:
+            load.wait_for(60, timeout=60)
+            sim.hosts.kill("app3")
+            killed_at = time.monotonic()
+            eventually(lambda: _absent("app3", passing_hosts(sim, "logging-service")), 60, interval=0.1)
+            dropped_after = time.monotonic() - killed_at
+            served = len(load.snapshot())
+            load.wait_for(served + 60, timeout=60)
+        acked, lost = acknowledged_lost(sim, load, url)
+        failed = load.failures()
+        record(log_dir, "hosts-kill", {
+            "acknowledged": len(acked),
+            "acknowledged_lost": len(lost),
+            "failed": len(failed),
+            "out_of_rotation_after_s": round(dropped_after, 2),
+        })  # fmt: skip
+        assert acked and lost == [], f"{len(lost)} of {len(acked)} acknowledged POSTs lost: {lost[:5]}"
+
+        start_again(sim, "app3")
+        expected = {s: len(APPS) for s in ("hazelcast", "logging-service", "messages-service", "facade-service")}
+        sim.wait_passing(expected, 240, print)
+
+
+def _absent(host: str, hosts: set[str]) -> None:
+    assert host not in hosts, f"{host} still passing: {sorted(hosts)}"
+
+
+def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes_back_when_healed(sim, log_dir):
+    with sim.entered():
+        url = sim.facade_url("app1")
+        pid_before = sim.supervisorctl("app3", "pid", "logging").stdout.strip()
+        run = uuid.uuid4().hex[:6]
+        load = Load(lambda s, n: post(url, f"cut-{run}-{n}", s), clients=2, max_requests=2000, max_seconds=120)
+        with load:
+            load.wait_for(60, timeout=60)
+            sim.hosts.cut("app3")
+            cut_at = time.monotonic()
+            for service in ("logging-service", "messages-service"):
+                eventually(lambda service=service: _absent("app3", passing_hosts(sim, service)), 60, interval=0.1)
+            dropped_after = time.monotonic() - cut_at
+            served = len(load.snapshot())
+            load.wait_for(served + 90, timeout=90)
+        after_drop = load.snapshot()[served:]
+        acked, lost = acknowledged_lost(sim, load, url)
+        failed_after_drop = [o for o in after_drop if not o.ok]
+        record(log_dir, "hosts-cut", {
+            "acknowledged": len(acked),
+            "acknowledged_lost": len(lost),
+            "failed": len(load.failures()),
+            "failed_after_out_of_rotation": len(failed_after_drop),
+            "out_of_rotation_after_s": round(dropped_after, 2),
+        })  # fmt: skip
+        assert acked and lost == [], f"{len(lost)} of {len(acked)} acknowledged POSTs lost: {lost[:5]}"
+        assert not [o for o in after_drop if o.ok and host_of(o.body["logged_by"]) == "app3"]
+        # The POSTs keep succeeding through app1 and app2 once Hazelcast, too, has dropped app3's member.
+        assert all(o.ok for o in after_drop[-30:]), [o.kind for o in after_drop[-30:]]
+
+        sim.hosts.heal("app3")
+        healed_at = time.monotonic()
+        for service in ("logging-service", "messages-service", "facade-service"):
+            eventually(lambda service=service: _present("app3", passing_hosts(sim, service)), 120, interval=0.2)
+        back_after = time.monotonic() - healed_at
+
+        def served_by_app3() -> None:
+            response = post(url, f"healed-{run}")
+            assert response.status_code == 201 and host_of(response.json()["logged_by"]) == "app3", response.text
+
+        eventually(served_by_app3, 90, interval=0.2, what="a POST logged by app3 after the heal")
+        served_after = time.monotonic() - healed_at
+        assert sim.supervisorctl("app3", "pid", "logging").stdout.strip() == pid_before
+        # app3's member merged back into the cluster: what app3 stores now, the other hosts read.
+        assert f"healed-{run}" in read_all(url, "logging")
+        acked, lost = acknowledged_lost(sim, load, url)
+        assert lost == [], f"{len(lost)} acknowledged POSTs lost after the merge: {lost[:5]}"
+    record(log_dir, "hosts-heal", {
+        "back_in_rotation_after_s": round(back_after, 2),
+        "first_post_logged_by_the_healed_host_after_s": round(served_after, 2),
+    })  # fmt: skip
+
+
+def _present(host: str, hosts: set[str]) -> None:
+    assert host in hosts, f"{host} not passing: {sorted(hosts)}"
