@@ -271,7 +271,6 @@ class Backends:
         except SplitBrainProtectionError as exc:
             metrics.count_offer("no_quorum")
             # Refused by the queue's member before it took the item: certainly not queued.
-            metrics.count_offer("error")
             raise Unavailable("the message queue refuses writes: too few Hazelcast members", str(exc)) from None
         except Exception:
             metrics.count_offer("error")
