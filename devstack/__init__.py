@@ -8,6 +8,7 @@
 - `devstack.load`: bounded concurrent or paced load on loopback, with every outcome kept.
 - `devstack.pages`: a paged GET read to its end.
 - `devstack.figures`: measured figures kept beside the logs and written into the docs.
+- `devstack.order_margin`: how far two hosts' clocks may drift before the log swaps sequential POSTs.
 - `devstack.hosts`: simulated hosts, one network namespace each on a bridge (127.100.0.0/24).
 - `devstack.host_stack`: ./scripts/hosts, the stack on those hosts (Consul servers, an agent, a member and
   the services per application host); `devstack.host_config` renders each host's files from conf/hosts/,

@@ -17,7 +17,7 @@ from hazelcast.errors import HazelcastError, SplitBrainProtectionError
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast
-from servicekit.log_entry import STAMP_DIGITS, encode, message_of, stamp_bound, stamp_of
+from servicekit.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
 from servicekit.paging import LogCursor
 from servicekit.web import InsufficientStorage, Unavailable
 
@@ -201,6 +201,7 @@ class HazelcastMessageLog:
         self._hz = hz
         self.capacity_bytes = capacity_bytes
         self.size = LogSize(hz)
+        self.stamps = StampClock()
         # The oldest stamp this worker found: where the first page's window ends its first stretch.
         self._oldest: int | None = None
         self._width = FIRST_WINDOW_NS
@@ -210,9 +211,9 @@ class HazelcastMessageLog:
         return self._hz.connected
 
     def add(self, message_id: str, msg: str) -> bool:
-        # The wall clock of the machine orders entries across instances; put_if_absent keeps the first
-        # stamp, so a retried POST neither duplicates the message nor moves it.
-        entry = encode(msg, time.time_ns())
+        # The wall clock of the machine orders entries across instances (never going back within this worker);
+        # put_if_absent keeps the first stamp, so a retried POST neither duplicates the message nor moves it.
+        entry = encode(msg, self.stamps.next())
         cost = entry_cost(message_id, entry)
         held = self.size.bytes()
         if held + cost > self.capacity_bytes:

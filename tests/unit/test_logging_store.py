@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logging_svc import create_app
-from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered
+from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered, stamp_of
 from servicekit.settings import Settings
 
 
@@ -113,3 +113,40 @@ def test_a_write_refused_for_lack_of_members_is_a_503_that_says_nothing_was_stor
         "stored": False,
     }
     assert store.size.seen == 0
+
+
+def test_an_instances_stamps_keep_rising_when_its_wall_clock_steps_back():
+    from servicekit.log_entry import StampClock
+
+    readings = iter([1_000, 2_000, 1_500, 1_500, 900, 2_001, 5_000])
+    clock = StampClock(wall=lambda: next(readings))
+    stamps = [clock.next() for _ in range(7)]
+    assert stamps == [1_000, 2_000, 2_001, 2_002, 2_003, 2_004, 5_000]
+
+
+def test_the_store_stamps_through_its_clock():
+    store = HazelcastMessageLog(RecordingHazelcast(FakeCounter()), capacity_bytes=1 << 40)
+    store.stamps = StampClockStub([7, 7, 3])
+    for n in range(3):
+        store.add(str(uuid.UUID(int=n)), "m")
+    assert [stamp_of(e) for e in store._hz.stored] == [7, 7, 3]
+
+
+class StampClockStub:
+    def __init__(self, stamps):
+        self._stamps = iter(stamps)
+
+    def next(self):
+        return next(self._stamps)
+
+
+class RecordingHazelcast(CounterHazelcast):
+    def __init__(self, counter):
+        super().__init__(counter)
+        self.stored: list[str] = []
+
+    def map(self):
+        return self
+
+    def put_if_absent(self, key, value):
+        self.stored.append(value)
