@@ -9,7 +9,7 @@ import psutil
 import pytest
 import requests
 
-from devstack import build_stack, eventually, isolated_agent
+from devstack import build_stack, eventually, isolated_agent, record
 from servicekit import live_config
 
 TIMEOUT = 10
@@ -67,6 +67,7 @@ def test_a_changed_message_limit_is_enforced_within_five_seconds_without_a_resta
     eventually(refused_by_every_worker, timeout=10, interval=0.05, what="the new limit enforced")
     elapsed = time.monotonic() - changed_at
     assert elapsed < 5.0, f"the new limit took {elapsed:.2f} s"
+    record(live_stack.log_dir, "live-config", {"limit_enforced_by_every_worker_after_s": round(elapsed, 3)})
     assert _post(live_stack, 50) == 201
 
     # Raised again past the start value (4096): logging_svc follows too, or the facade would answer 502.
