@@ -126,9 +126,13 @@ class LiveConfig:
     def _failed(self, retry_state: RetryCallState) -> None:
         assert retry_state.outcome is not None
         exc = retry_state.outcome.exception()
+        denied = isinstance(exc, consul.ACLPermissionDenied)
         if self._consul_error is None:
-            log.warning("Consul is unreachable while watching %s (the values in force stay): %s", PREFIX, exc)
-        self._consul_error = type(exc).__name__
+            if denied:
+                log.error("Consul refused to read %s (CONSUL_HTTP_TOKEN needs key_prefix read on it)", PREFIX)
+            else:
+                log.warning("Consul is unreachable while watching %s (the values in force stay): %s", PREFIX, exc)
+        self._consul_error = "permission denied" if denied else type(exc).__name__
         # An agent that comes back restarted has a lower index: a query for the old one would be held.
         self._index = None
 
