@@ -92,6 +92,7 @@ class LiveConfig:
         self._last_index: int | None = None
         self._consul_error: str | None = None
         self._lock = threading.Lock()
+        self._loaded = threading.Event()
         self._loop = BackgroundLoop("live-config", self._watch_once)
         self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
 
@@ -101,6 +102,10 @@ class LiveConfig:
 
     def stop(self, timeout: float = 0.0) -> bool:
         return self._loop.stop(timeout)
+
+    def wait_loaded(self, timeout: float) -> bool:
+        """Wait up to `timeout` for Consul's first answer to be applied; True once it is."""
+        return self._loaded.wait(timeout)
 
     def status(self) -> dict:
         with self._lock:
@@ -149,6 +154,7 @@ class LiveConfig:
                 self._absent(setting, index)
             else:
                 self._present(setting, entry)
+        self._loaded.set()
 
     def _absent(self, setting: LiveSetting, index: int) -> None:
         self._seen[setting.key] = None

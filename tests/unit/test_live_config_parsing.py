@@ -108,3 +108,29 @@ def test_an_apply_that_fails_is_a_refusal_too():
     assert applied == []
     assert watch.status()["refused"][live_config.KEY_POLICY]["value"] == "nope"
     assert watch.status()["values"][live_config.KEY_POLICY]["value"] == "random"
+
+
+def test_the_first_answer_is_awaitable():
+    watch = _watch(_Target())
+    assert not watch.wait_loaded(0.01)
+    watch.answered(10, [])
+    assert watch.wait_loaded(0.01)
+
+
+def test_a_new_worker_waits_for_the_live_config_before_it_takes_requests(caplog):
+    from types import SimpleNamespace
+
+    from servicekit import gunicorn_hooks
+
+    waited = []
+
+    class NeverAnswers:
+        def wait_loaded(self, timeout: float) -> bool:
+            waited.append(timeout)
+            return False
+
+    worker = SimpleNamespace(wsgi=SimpleNamespace(extensions={"live_config": NeverAnswers()}))
+    with caplog.at_level(logging.WARNING):
+        gunicorn_hooks.post_worker_init(worker)
+    assert waited == [gunicorn_hooks.LIVE_CONFIG_READY_TIMEOUT]
+    assert "start values" in caplog.text
