@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from servicekit import metrics, stack
+from servicekit import live_config, metrics, stack
 from servicekit.consul_client import make_consul
 from servicekit.discovery import Discovery
 from servicekit.gunicorn_hooks import on_shutdown
@@ -34,6 +34,12 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
     ).start()
     backends = Backends(settings, discovery, hz)
     on_shutdown(app, backends.close)
+    live = live_config.LiveConfig(
+        make_consul(settings.consul),
+        [live_config.message_limit(app, settings.max_body_bytes), live_config.balancing_policy(backends.use_policy)],
+    ).start()
+    on_shutdown(app, live.stop)
+    app.extensions["live_config"] = live
     app.extensions["hazelcast"] = hz
     app.extensions["backends"] = backends
     # A claim outlives the longest request (the log call's deadline, then a few Hazelcast calls).

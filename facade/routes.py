@@ -105,6 +105,9 @@ def health():
     # Consul being unreachable does not fail the check: requests are served from the last known
     # instances for at most servicekit.discovery.STALE_LIMIT. The details say so (`stale_since`).
     return health_response(
-        details={"discovery": current_app.extensions["backends"].status()},
+        details={
+            "discovery": current_app.extensions["backends"].status(),
+            "config": current_app.extensions["live_config"].status(),
+        },
         hazelcast=current_app.extensions["hazelcast"].connected,
     )

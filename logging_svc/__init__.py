@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from servicekit import stack
+from servicekit import live_config, stack
+from servicekit.consul_client import make_consul
 from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
@@ -30,6 +31,13 @@ def create_app(settings: Settings | None = None, message_log: MessageLog | None 
         # Shutdown runs in reverse: the last count goes out before the client closes.
         message_log.size.start()
         on_shutdown(app, message_log.size.close)
+        # The facade's limit follows config/limits/max-message-chars; so does this one, or a raised limit
+        # would reach the facade and be refused here (502).
+        live = live_config.LiveConfig(
+            make_consul(settings.consul), [live_config.message_limit(app, settings.max_body_bytes)]
+        ).start()
+        on_shutdown(app, live.stop)
+        app.extensions["live_config"] = live
     app.extensions["message_log"] = message_log
     app.register_blueprint(bp)
     return app

@@ -53,4 +53,8 @@ def list_messages():
 @bp.get("/health")
 def health():
     # A full log is not a failed instance: it still reads, and refusing is what it should do.
-    return health_response(details={"log": _log().status()}, hazelcast=_log().ready)
+    details = {"log": _log().status()}
+    live = current_app.extensions.get("live_config")
+    if live is not None:
+        details["config"] = live.status()
+    return health_response(details=details, hazelcast=_log().ready)

@@ -203,6 +203,9 @@ def registration_hooks(settings: Settings):
 # missing cluster never holds up the boot; the worker then answers 503 until the client connects.
 WORKER_READY_TIMEOUT = 10.0
 WORKER_READY = "worker ready: taking requests"
+# How long a new worker waits for its live configuration (servicekit.live_config): without it, a worker that
+# a HUP or a crash replaced would serve its first requests with the environment's values, not KV's.
+LIVE_CONFIG_READY_TIMEOUT = 2.0
 
 
 def post_worker_init(worker) -> None:
@@ -217,6 +220,11 @@ def post_worker_init(worker) -> None:
     hz = getattr(worker.wsgi, "extensions", {}).get("hazelcast")
     if hz is not None and not hz.wait_connected(WORKER_READY_TIMEOUT):
         log.warning("not connected to Hazelcast after %.0f s; serving 503s until it is", WORKER_READY_TIMEOUT)
+    live = getattr(worker.wsgi, "extensions", {}).get("live_config")
+    if live is not None and not live.wait_loaded(LIVE_CONFIG_READY_TIMEOUT):
+        log.warning(
+            "no answer from Consul KV after %.0f s; serving with the start values until then", LIVE_CONFIG_READY_TIMEOUT
+        )
     log.info(WORKER_READY)
 
 

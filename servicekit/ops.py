@@ -14,6 +14,8 @@ orphans).
     python -m servicekit.ops write-env run/programs.env
     python -m servicekit.ops --env-file run/programs.env exec gunicorn -c facade/gunicorn.conf.py
     python -m servicekit.ops stale-env               # services started with another Consul address or token
+    python -m servicekit.ops drain logging-service-myhost-8081 "disk swap"   # Consul maintenance mode
+    python -m servicekit.ops undrain logging-service-myhost-8081
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import consul
 import psutil
 
-from . import hazelcast_member, kvconfig, stack
+from . import hazelcast_member, kvconfig, maintenance, stack
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
 from .settings import ConsulAddress, ConsulSettings, SettingsError
@@ -208,6 +210,20 @@ def stale_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def drain(args: argparse.Namespace) -> int:
+    reason = maintenance.drain(_client(), args.instance, " ".join(args.reason) or None)
+    log.info(
+        "%s is in maintenance (%s): out of every facade's rotation, still serving direct calls", args.instance, reason
+    )
+    return 0
+
+
+def undrain(args: argparse.Namespace) -> int:
+    maintenance.undrain(_client(), args.instance)
+    log.info("%s is out of maintenance: back in rotation once its check passes", args.instance)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="python -m servicekit.ops")
@@ -254,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     stale = sub.add_parser("stale-env", help="services started with another Consul address or token")
     stale.add_argument("path", help="the env file the services should run with")
     stale.set_defaults(func=stale_env)
+    drainer = sub.add_parser("drain", help="put an instance in Consul maintenance mode, out of every rotation")
+    drainer.add_argument("instance", help="the instance id, as ./scripts/status lists it")
+    drainer.add_argument("reason", nargs="*", help="shown in Consul (the maintenance check's Notes)")
+    drainer.set_defaults(func=drain)
+    undrainer = sub.add_parser("undrain", help="take an instance out of maintenance mode")
+    undrainer.add_argument("instance")
+    undrainer.set_defaults(func=undrain)
     args = parser.parse_args(argv)
     try:
         if args.env_file:
@@ -263,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     os.environ[name] = value
         return args.func(args)
-    except (kvconfig.ConfigError, SettingsError, *CONSUL_ERRORS) as exc:
+    except (kvconfig.ConfigError, SettingsError, maintenance.NotHere, *CONSUL_ERRORS) as exc:
         log.error("%s", exc)
         return 1
 

@@ -84,12 +84,17 @@ def service_definition(settings: Settings) -> dict:
         "tags": [f"v{settings.version}"],
         # Prometheus' consul_sd_configs reads it (the README's scrape config): the address and port are the service's.
         "meta": {"version": settings.version, "metrics_path": METRICS_PATH},
-        "check": consul.Check.http(
-            f"{base}/health",
-            interval=settings.check_interval,
-            timeout=settings.check_timeout,
-            deregister=settings.deregister_after,
-        ),
+        "check": {
+            **consul.Check.http(
+                f"{base}/health",
+                interval=settings.check_interval,
+                timeout=settings.check_timeout,
+                deregister=settings.deregister_after,
+            ),
+            # py-consul's Check.http (1.8.0) has no parameters for these; the agent takes them beside the others.
+            "SuccessBeforePassing": settings.check_success_before_passing,
+            "FailuresBeforeCritical": settings.check_failures_before_critical,
+        },
     }
 
 

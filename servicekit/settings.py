@@ -243,6 +243,12 @@ class Settings:
     check_interval: str = "1s"
     check_timeout: str = "1s"
     deregister_after: str = "1m"
+    # Consecutive check results before Consul changes the status (Consul >= 1.7): one slow or failed
+    # /health does not take an instance out of every rotation, nor one good answer put a failing one back.
+    # The cost: a dead instance turns critical one interval later (callers retry a refused connection on
+    # another instance at once), a new one passes one interval later.
+    check_failures_before_critical: int = 2
+    check_success_before_passing: int = 2
     # Host names a request may be addressed to (any port); the bind address is always accepted too.
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
     # logging_svc refuses a message (507) that would take the log past this many bytes (one copy, estimated
@@ -286,6 +292,8 @@ class Settings:
             log_capacity_bytes=_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
             messages_kept=_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
             log_format=_log_format(env),
+            check_failures_before_critical=_int(env, "CHECK_FAILURES_BEFORE_CRITICAL", 2, minimum=1),
+            check_success_before_passing=_int(env, "CHECK_SUCCESS_BEFORE_PASSING", 2, minimum=1),
         )
 
     @property

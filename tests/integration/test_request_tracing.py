@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from devstack import ROOT, check_status, eventually, free_port
+from devstack import ROOT, check_status, eventually, free_port, until
 from servicekit.registration import service_definition
 from servicekit.request_id import parse_traceparent
 from servicekit.settings import Settings
@@ -139,7 +139,8 @@ def test_a_retried_request_shows_every_attempt_and_each_instance_got_the_ids(own
     try:
         consul.agent.service.register(**service_definition(failing.settings))
         failing_id = failing.settings.instance_id
-        eventually(lambda: check_status(consul, failing_id) == "passing" or None, 15, what="the stub passing")
+        # until, not eventually: a check that returns False would end eventually's wait at once.
+        until(lambda: check_status(consul, failing_id) == "passing", 15, what="the stub passing")
 
         def every_worker_sees_the_stub() -> bool:
             # /health answers from one worker at a time; each worker has its own discovery cache.
@@ -149,7 +150,7 @@ def test_a_retried_request_shows_every_attempt_and_each_instance_got_the_ids(own
                     return False
             return True
 
-        eventually(lambda: every_worker_sees_the_stub() or None, 15, what="the facade's workers seeing the stub")
+        until(every_worker_sees_the_stub, 15, what="the facade's workers seeing the stub", interval=0.2)
         # Random picks: until one request went to the failing instance first (1 in 2 each time).
         for _ in range(20):
             rid, trace_id = f"retry-{uuid.uuid4().hex}", uuid.uuid4().hex

@@ -1,0 +1,223 @@
+"""Configuration that applies live: each worker watches its keys in Consul KV and applies a change without a
+restart, where that is safe.
+
+One watch per worker (threads do not survive gunicorn's fork; create_app starts it), one blocking query on
+the `config/` prefix, so a change reaches every worker within milliseconds of the write and costs no request
+a Consul call. The value in the environment is the start value; the KV key, when present and valid, wins;
+when the key is deleted the start value comes back. A value that does not parse or cannot be applied is
+refused with a log line and the old value stays; `status()` (shown in /health) says what is applied, from
+which KV index, and what was refused.
+
+Which keys apply how is the table in README.md ("Configuration that applies live").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import consul
+from tenacity import RetryCallState
+
+from . import balancing
+from .background import BackgroundLoop
+from .errors import CONSUL_ERRORS
+from .settings import forwarded_body_bytes
+
+log = logging.getLogger(__name__)
+
+PREFIX = "config/"
+KEY_MAX_MESSAGE_CHARS = "config/limits/max-message-chars"
+KEY_POLICY = "config/balancing/policy"
+
+
+class Refused(ValueError):
+    """A value the service will not apply; the message says why, for the log and /health."""
+
+
+def parse_max_message_chars(raw: str, max_body_bytes: int) -> int:
+    """A positive whole number of code points whose forwarded body still fits MAX_BODY_BYTES, which is fixed
+    at start (the gunicorn worker enforces it before the app sees a request)."""
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise Refused(f"must be a positive whole number, got {raw!r}")
+    value = int(text)
+    needed = forwarded_body_bytes(value)
+    if needed > max_body_bytes:
+        raise Refused(f"{value} characters need MAX_BODY_BYTES of at least {needed} (it is {max_body_bytes})")
+    return value
+
+
+def parse_policy(raw: str) -> str:
+    name = raw.strip()
+    if name not in balancing.POLICIES:
+        raise Refused(f"unknown balancing policy {name!r}; known: {', '.join(sorted(balancing.POLICIES))}")
+    return name
+
+
+@dataclass(frozen=True)
+class LiveSetting:
+    """One key a worker applies live: its start value (from the environment), how to read a KV value, and
+    how to apply one (called on the watch's thread; an exception there refuses the value)."""
+
+    key: str
+    start: Any
+    parse: Callable[[str], Any]
+    apply: Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class _Applied:
+    value: Any
+    index: int | None  # the ModifyIndex of the KV value in force; None for the start value
+
+
+class LiveConfig:
+    """Watches `config/` in Consul KV on a named daemon thread and applies what changed to each setting."""
+
+    def __init__(self, client: consul.Consul, settings: list[LiveSetting], wait: str = "30s"):
+        self._client = client
+        self._settings = {s.key: s for s in settings}
+        self._wait = wait
+        self._applied = {s.key: _Applied(s.start, None) for s in settings}
+        # The ModifyIndex last looked at per key: an answer woken by another key's change applies nothing.
+        self._seen: dict[str, int | None] = {s.key: None for s in settings}
+        self._refused: dict[str, dict] = {}
+        self._index_applied: int | None = None
+        self._index: int | None = None
+        self._last_index: int | None = None
+        self._consul_error: str | None = None
+        self._lock = threading.Lock()
+        self._loaded = threading.Event()
+        self._loop = BackgroundLoop("live-config", self._watch_once)
+        self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
+
+    def start(self) -> LiveConfig:
+        self._loop.start()
+        return self
+
+    def stop(self, timeout: float = 0.0) -> bool:
+        return self._loop.stop(timeout)
+
+    def wait_loaded(self, timeout: float) -> bool:
+        """Wait up to `timeout` for Consul's first answer to be applied; True once it is."""
+        return self._loaded.wait(timeout)
+
+    def status(self) -> dict:
+        with self._lock:
+            return {
+                "index": self._index_applied,
+                "values": {
+                    key: {"value": a.value, "from": "env" if a.index is None else "kv", "index": a.index}
+                    for key, a in self._applied.items()
+                },
+                "refused": dict(self._refused),
+                "consul": "unreachable: " + self._consul_error if self._consul_error else "ok",
+            }
+
+    def _watch_once(self) -> None:
+        index, entries = self._query(
+            lambda: self._client.kv.get(PREFIX, recurse=True, index=self._index, wait=self._wait)
+        )
+        if self._consul_error is not None:
+            log.info("Consul answers again; watching %s", PREFIX)
+            self._consul_error = None
+        self.answered(int(index or 0), entries or [])
+
+    def _failed(self, retry_state: RetryCallState) -> None:
+        assert retry_state.outcome is not None
+        exc = retry_state.outcome.exception()
+        denied = isinstance(exc, consul.ACLPermissionDenied)
+        if self._consul_error is None:
+            if denied:
+                log.error("Consul refused to read %s (CONSUL_HTTP_TOKEN needs key_prefix read on it)", PREFIX)
+            else:
+                log.warning("Consul is unreachable while watching %s (the values in force stay): %s", PREFIX, exc)
+        self._consul_error = "permission denied" if denied else type(exc).__name__
+        # An agent that comes back restarted has a lower index: a query for the old one would be held.
+        self._index = None
+
+    def answered(self, index: int, entries: list[dict]) -> None:
+        """Apply what changed in one answer of Consul's (the X-Consul-Index and the entries under PREFIX)."""
+        restarted = self._last_index is not None and index < self._last_index
+        self._last_index = index
+        # Consul's rules for blocking queries: start over when the index went backwards, never send 0.
+        self._index = None if restarted or index <= 0 else index
+        found = {entry["Key"]: entry for entry in entries}
+        for key, setting in self._settings.items():
+            entry = found.get(key)
+            if entry is None:
+                self._absent(setting, index)
+            else:
+                self._present(setting, entry)
+        self._loaded.set()
+
+    def _absent(self, setting: LiveSetting, index: int) -> None:
+        self._seen[setting.key] = None
+        with self._lock:
+            self._refused.pop(setting.key, None)
+        if self._applied[setting.key].index is None:
+            return
+        log.info("%s was deleted; back to the start value %r", setting.key, setting.start)
+        self._apply(setting, setting.start, None, index)
+
+    def _present(self, setting: LiveSetting, entry: dict) -> None:
+        modify_index = int(entry["ModifyIndex"])
+        if self._seen[setting.key] == modify_index:
+            return
+        self._seen[setting.key] = modify_index
+        raw = (entry.get("Value") or b"").decode("utf-8", errors="replace")
+        try:
+            value = setting.parse(raw)
+        except Refused as exc:
+            self._refuse(setting, raw, str(exc), modify_index)
+            return
+        self._apply(setting, value, modify_index, modify_index, raw)
+
+    def _apply(self, setting: LiveSetting, value: Any, source: int | None, index: int, raw: str = "") -> None:
+        old = self._applied[setting.key].value
+        try:
+            setting.apply(value)
+        except ValueError as exc:
+            self._refuse(setting, raw, str(exc), index)
+            return
+        with self._lock:
+            self._applied[setting.key] = _Applied(value, source)
+            self._index_applied = index
+            self._refused.pop(setting.key, None)
+        if value != old:
+            log.info("applied %s = %r (was %r) from KV index %d", setting.key, value, old, index)
+
+    def _refuse(self, setting: LiveSetting, raw: str, reason: str, index: int) -> None:
+        kept = self._applied[setting.key].value
+        log.error("refusing %s = %r at KV index %d: %s; keeping %r", setting.key, raw, index, reason, kept)
+        with self._lock:
+            self._refused[setting.key] = {
+                "value": raw,
+                "reason": reason,
+                "index": index,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+
+
+def message_limit(app, max_body_bytes: int) -> LiveSetting:
+    """MAX_MESSAGE_CHARS of a Flask app (servicekit.web.require_message reads it on every request)."""
+
+    def apply(value: int) -> None:
+        app.config["MAX_MESSAGE_CHARS"] = value
+
+    return LiveSetting(
+        key=KEY_MAX_MESSAGE_CHARS,
+        start=app.config["MAX_MESSAGE_CHARS"],
+        parse=lambda raw: parse_max_message_chars(raw, max_body_bytes),
+        apply=apply,
+    )
+
+
+def balancing_policy(use_policy: Callable[[str], None], start: str = balancing.DEFAULT_POLICY) -> LiveSetting:
+    """The balancing policy of a caller (facade.backends.Backends.use_policy)."""
+    return LiveSetting(key=KEY_POLICY, start=start, parse=parse_policy, apply=use_policy)

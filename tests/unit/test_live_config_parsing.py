@@ -1,0 +1,136 @@
+"""The parsing and validation of live configuration values, and what a watch does with Consul's answers."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from servicekit import balancing, live_config
+from servicekit.live_config import LiveConfig, LiveSetting, Refused
+from servicekit.settings import forwarded_body_bytes
+
+BODY = 64 * 1024
+
+
+@pytest.mark.parametrize("raw, expected", [("50", 50), (" 4096\n", 4096), ("5000", 5000)])
+def test_a_positive_whole_number_is_a_message_limit(raw, expected):
+    assert live_config.parse_max_message_chars(raw, BODY) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "fifty", "0", "-3", "1.5", "1e3", "٣", "+7"])
+def test_anything_but_a_positive_whole_number_is_refused_as_a_message_limit(raw):
+    with pytest.raises(Refused, match="positive whole number"):
+        live_config.parse_max_message_chars(raw, BODY)
+
+
+def test_a_message_limit_whose_forwarded_body_exceeds_max_body_bytes_is_refused():
+    largest = (BODY - forwarded_body_bytes(0)) // 12
+    assert live_config.parse_max_message_chars(str(largest), BODY) == largest
+    with pytest.raises(Refused, match="MAX_BODY_BYTES"):
+        live_config.parse_max_message_chars(str(largest + 1), BODY)
+
+
+def test_only_a_known_policy_name_is_a_policy():
+    assert live_config.parse_policy(" random\n") == "random"
+    with pytest.raises(Refused, match="random"):
+        live_config.parse_policy("round-robin")
+
+
+def _entry(key: str, value: str | None, index: int) -> dict:
+    return {"Key": key, "Value": None if value is None else value.encode(), "ModifyIndex": index}
+
+
+class _Target:
+    def __init__(self):
+        self.applied: list[int] = []
+
+
+def _watch(target: _Target) -> LiveConfig:
+    setting = LiveSetting(
+        key=live_config.KEY_MAX_MESSAGE_CHARS,
+        start=4096,
+        parse=lambda raw: live_config.parse_max_message_chars(raw, BODY),
+        apply=target.applied.append,
+    )
+    return LiveConfig(client=None, settings=[setting])  # type: ignore[arg-type]  # no call is made
+
+
+def test_a_watch_applies_a_changed_value_once_and_reports_its_index():
+    target = _Target()
+    watch = _watch(target)
+    watch.answered(10, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 7)])
+    watch.answered(12, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 7)])  # another key changed
+    assert target.applied == [50]
+    status = watch.status()
+    assert status["index"] == 7
+    assert status["values"][live_config.KEY_MAX_MESSAGE_CHARS] == {"value": 50, "from": "kv", "index": 7}
+    assert status["refused"] == {}
+
+
+def test_a_watch_refuses_a_bad_value_keeps_the_old_one_and_logs_why(caplog):
+    target = _Target()
+    watch = _watch(target)
+    watch.answered(10, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 7)])
+    with caplog.at_level(logging.ERROR, logger="servicekit.live_config"):
+        watch.answered(11, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "lots", 11)])
+    assert target.applied == [50]
+    assert "refusing" in caplog.text and "lots" in caplog.text
+    status = watch.status()
+    assert status["values"][live_config.KEY_MAX_MESSAGE_CHARS]["value"] == 50
+    assert status["index"] == 7
+    assert status["refused"][live_config.KEY_MAX_MESSAGE_CHARS]["value"] == "lots"
+    assert status["refused"][live_config.KEY_MAX_MESSAGE_CHARS]["index"] == 11
+
+
+def test_a_deleted_key_brings_back_the_start_value_from_the_environment():
+    target = _Target()
+    watch = _watch(target)
+    watch.answered(3, [])  # absent from the start: the start value stays, nothing is applied
+    assert target.applied == []
+    watch.answered(10, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 7)])
+    watch.answered(14, [])
+    assert target.applied == [50, 4096]
+    assert watch.status()["values"][live_config.KEY_MAX_MESSAGE_CHARS] == {"value": 4096, "from": "env", "index": None}
+    assert watch.status()["index"] == 14
+
+
+def test_an_apply_that_fails_is_a_refusal_too():
+    applied = []
+
+    def use_policy(name: str) -> None:
+        balancing.make(name)
+        applied.append(name)
+
+    setting = LiveSetting(key=live_config.KEY_POLICY, start="random", parse=str.strip, apply=use_policy)
+    watch = LiveConfig(client=None, settings=[setting])  # type: ignore[arg-type]
+    watch.answered(5, [_entry(live_config.KEY_POLICY, "nope", 5)])
+    assert applied == []
+    assert watch.status()["refused"][live_config.KEY_POLICY]["value"] == "nope"
+    assert watch.status()["values"][live_config.KEY_POLICY]["value"] == "random"
+
+
+def test_the_first_answer_is_awaitable():
+    watch = _watch(_Target())
+    assert not watch.wait_loaded(0.01)
+    watch.answered(10, [])
+    assert watch.wait_loaded(0.01)
+
+
+def test_a_new_worker_waits_for_the_live_config_before_it_takes_requests(caplog):
+    from types import SimpleNamespace
+
+    from servicekit import gunicorn_hooks
+
+    waited = []
+
+    class NeverAnswers:
+        def wait_loaded(self, timeout: float) -> bool:
+            waited.append(timeout)
+            return False
+
+    worker = SimpleNamespace(wsgi=SimpleNamespace(extensions={"live_config": NeverAnswers()}))
+    with caplog.at_level(logging.WARNING):
+        gunicorn_hooks.post_worker_init(worker)
+    assert waited == [gunicorn_hooks.LIVE_CONFIG_READY_TIMEOUT]
+    assert "start values" in caplog.text
