@@ -18,6 +18,7 @@ from servicekit import balancing, queue_item
 from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
+from servicekit.outliers import OutlierDetector
 from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.retry_budget import RetryBudget
 from servicekit.settings import Settings
@@ -99,6 +100,8 @@ class Backends:
             service: RetryBudget(settings.retry_budget_ratio, settings.retry_budget_minimum)
             for service in (LOGGING_SERVICE, MESSAGES_SERVICE)
         }
+        # Instances whose calls keep failing while Consul still has them passing, left out for a while.
+        self._outliers = {service: OutlierDetector(service) for service in (LOGGING_SERVICE, MESSAGES_SERVICE)}
         # GET /facade reads messages_svc here while the request thread reads logging_svc.
         self._reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backend-read")
         # The queue's remaining capacity as last read, and when (check_queue_room).
@@ -135,22 +138,28 @@ class Backends:
         give_up_at = time.monotonic() + self._deadline
         budget = self._budgets[service]
         budget.first_try()
+        outliers = self._outliers[service]
 
-        def pick() -> Instance:
+        def candidates() -> tuple[Instance, ...]:
             instances = self._discovery.instances(service, timeout=FIRST_ANSWER_TIMEOUT)
             if only is not None:
-                instances = tuple(i for i in instances if i.id == only)
-                if not instances:
+                # A cursor's instance is the only one that can answer, ejected or not.
+                return tuple(i for i in instances if i.id == only)
+            return outliers.usable(instances)
+
+        def pick() -> Instance:
+            instances = candidates()
+            if not instances:
+                if only is not None:
                     # Gone, or restarting: either way what it held is gone with its memory.
                     raise NotFound(f"the {service} instance of this cursor is gone: start again without the cursor")
-            if not instances:
                 raise Unavailable(f"no healthy {service} instance")
             return self._pick(instances, failed)
 
         def pause(state: RetryCallState) -> float:
             # The next untried instance at once; once every instance failed (a rolling restart the cache
             # has not seen yet), a short jittered pause before going round again.
-            if only is None and len(failed) < len(self._discovery.instances(service)):
+            if only is None and len(failed) < len(candidates()):
                 return 0.0
             return random.uniform(0.05, 0.2)
 
@@ -172,8 +181,11 @@ class Backends:
                     remaining = max(give_up_at - time.monotonic(), 0.05)
                     timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
                     try:
-                        return instance, self._once(service, instance, send, timeout, failed)
+                        answer = self._once(service, instance, send, timeout, failed)
                     except InstanceFailed as exc:
+                        # Every way an instance fails a call counts towards its ejection; a 4xx or a full log
+                        # (not InstanceFailed) says nothing about the instance.
+                        outliers.failed(instance.id, str(exc))
                         touched.append(exc.reached is not Reached.NO)
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
                         if last or exc.reached is Reached.NO:
@@ -183,6 +195,8 @@ class Backends:
                         if not budget.try_retry():
                             raise give_up(f"{service} failed and its retry budget is spent") from None
                         raise
+                    outliers.succeeded(instance.id)
+                    return instance, answer
         except InstanceFailed:
             raise give_up(f"every {service} instance failed") from None
         raise AssertionError("unreachable: tenacity either returns or reraises")

@@ -196,9 +196,11 @@ class Settings:
     # The facade's budget for one call to logging or messages, retries on other instances included.
     request_deadline: float = 5.0
     # Retries of calls to other services, as a share of the calls over the last 10 s (per worker and
-    # service), and the retries allowed in any case: a slow tier gets at most a tenth more calls.
+    # service), and the retries allowed in any case: a slow tier gets at most a tenth more calls. The
+    # minimum covers what ejecting one bad instance costs a quiet worker (servicekit/outliers.py): its 3
+    # failures in a row, plus up to 3 calls its other threads had already sent there, each retried.
     retry_budget_ratio: float = 0.1
-    retry_budget_minimum: int = 3
+    retry_budget_minimum: int = 6
     # How long POST /facade replays its first answer to a request with the same Idempotency-Key.
     idempotency_window: float = 3600.0
     # On SIGTERM, how long an instance keeps serving after leaving Consul, so callers drop it first.
@@ -243,7 +245,7 @@ class Settings:
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
             request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
             retry_budget_ratio=_float(env, "RETRY_BUDGET_RATIO", 0.1, allow_zero=True),
-            retry_budget_minimum=_int(env, "RETRY_BUDGET_MINIMUM", 3),
+            retry_budget_minimum=_int(env, "RETRY_BUDGET_MINIMUM", 6),
             idempotency_window=_float(env, "IDEMPOTENCY_WINDOW", 3600.0),
             drain_seconds=_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
             max_body_bytes=max_body_bytes_from_env(env),

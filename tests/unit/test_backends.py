@@ -3,6 +3,7 @@ client is told. Discovery and HTTP are stand-ins here; tests/integration drives 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.parse
@@ -126,19 +127,52 @@ def test_a_read_that_timed_out_is_not_sent_to_another_instance():
             assert failed.public == f"{LOGGING_SERVICE} did not answer in time"
 
 
+def every_other(failure):
+    """An instance that fails every other call: never three times in a row, so it is never ejected."""
+    calls = iter(range(10**6))
+
+    def answer():
+        if next(calls) % 2:
+            return STORED
+        if isinstance(failure, Exception):
+            raise failure
+        return failure
+
+    return answer
+
+
 @pytest.mark.parametrize("failure", [BROKEN, requests.ReadTimeout("slow")])
 def test_retries_after_a_failure_stay_within_a_tenth_of_the_calls(failure):
-    http = ScriptedHttp(p8081=failure, p8082=STORED)
+    http = ScriptedHttp(p8081=every_other(failure), p8082=STORED)
     calling = backends(http, 8081, 8082)
     refused = 0
-    for n in range(200):
+    for n in range(400):
         try:
             calling.log_message(f"id-{n}", "hello")
         except Unavailable as failed:
             assert failed.public == f"{LOGGING_SERVICE} failed and its retry budget is spent"
             refused += 1
-    assert len(http.tried) <= 1.1 * 200
-    assert refused > 50, "about half the calls went to the failing instance first"
+    assert len(http.tried) <= 1.1 * 400
+    # About a quarter of the first tries fail (half go to 8081, which fails half of them): some 100
+    # retries wanted, 40 allowed.
+    assert refused > 30, "the budget refused the retries beyond a tenth"
+
+
+def test_an_instance_that_fails_three_times_in_a_row_is_left_out_for_a_while():
+    http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
+    calling = backends(http, 8081, 8082)
+    for n in range(100):
+        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+    assert http.tried.count(8081) == 3
+
+
+def test_a_4xx_does_not_count_towards_an_ejection():
+    http = ScriptedHttp(p8081=response(400, {"error": "no"}), p8082=STORED)
+    calling = backends(http, 8081, 8082)
+    for n in range(100):
+        with contextlib.suppress(BadGateway):
+            calling.log_message(f"id-{n}", "hello")
+    assert http.tried.count(8081) > 20, "a 4xx is the caller's contract, not the instance's health"
 
 
 def test_a_refused_connection_is_retried_whatever_the_budget():
