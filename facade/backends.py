@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,7 +89,12 @@ class Backends:
     ):
         self._discovery = discovery
         self._hazelcast = hazelcast
-        self._pick = pick or balancing.make(balancing.DEFAULT_POLICY)
+        self._pick: Picker = pick or balancing.make(balancing.DEFAULT_POLICY)
+        if pick is None:
+            self.use_policy(settings.lb_policy)
+        # Calls in flight from this worker, by instance id: what the p2c policy compares.
+        self._outstanding: dict[str, int] = {}
+        self._outstanding_lock = threading.Lock()
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._deadline = settings.request_deadline
@@ -111,6 +117,7 @@ class Backends:
     def use_policy(self, name: str) -> None:
         """Pick instances by the named policy (servicekit.balancing.POLICIES) from the next call on."""
         self._pick = balancing.make(name)
+        log.info("balancing by the %s policy", name)
 
     def close(self) -> None:
         self._reads.shutdown(wait=False, cancel_futures=True)
@@ -154,7 +161,7 @@ class Backends:
                     # Gone, or restarting: either way what it held is gone with its memory.
                     raise NotFound(f"the {service} instance of this cursor is gone: start again without the cursor")
                 raise Unavailable(f"no healthy {service} instance")
-            return self._pick(instances, failed)
+            return self._pick(instances, failed, self._outstanding)
 
         def pause(state: RetryCallState) -> float:
             # The next untried instance at once; once every instance failed (a rolling restart the cache
@@ -201,11 +208,24 @@ class Backends:
             raise give_up(f"every {service} instance failed") from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
+    def _sent(self, instance: Instance, change: int) -> None:
+        with self._outstanding_lock:
+            count = self._outstanding.get(instance.id, 0) + change
+            if count:
+                self._outstanding[instance.id] = count
+            else:
+                # Instances come and go: an idle one leaves no entry behind.
+                del self._outstanding[instance.id]
+
     def _once(
         self, service: str, instance: Instance, send: Send, timeout: tuple[float, float], failed: dict[str, str]
     ) -> Any:
         try:
-            response = send(instance, timeout)
+            self._sent(instance, +1)
+            try:
+                response = send(instance, timeout)
+            finally:
+                self._sent(instance, -1)
             if response.status_code == 507:
                 # The log is full for every instance alike (they share it): no other instance is tried.
                 raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")

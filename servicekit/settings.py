@@ -10,7 +10,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import stack
+from . import balancing, stack
 
 VERSION = "0.1.0"
 
@@ -223,9 +223,19 @@ class Settings:
     # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
     # for characters outside the BMP, which Python stores in 4 bytes each).
     messages_kept: int = 20_000
+    # How the facade picks an instance (servicekit.balancing.POLICIES): "random" (by weight) or "p2c"
+    # (the less busy of two). Consul KV may switch it live.
+    lb_policy: str = balancing.DEFAULT_POLICY
+    # The Consul service weights this instance registers with: its share of the picks while its check
+    # passes, and while it is in warning (HTTP 429 from /health).
+    weight_passing: int = 10
+    weight_warning: int = 1
     version: str = VERSION
 
     def __post_init__(self) -> None:
+        if self.lb_policy not in balancing.POLICIES:
+            known = ", ".join(sorted(balancing.POLICIES))
+            raise SettingsError(f"LB_POLICY must be one of {known}, got {self.lb_policy!r}")
         needed = forwarded_body_bytes(self.max_message_chars)
         if needed > self.max_body_bytes:
             raise SettingsError(
@@ -253,6 +263,9 @@ class Settings:
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
             log_capacity_bytes=_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
             messages_kept=_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
+            lb_policy=env.get("LB_POLICY") or balancing.DEFAULT_POLICY,
+            weight_passing=_int(env, "WEIGHT_PASSING", 10, minimum=1),
+            weight_warning=_int(env, "WEIGHT_WARNING", 1),
         )
 
     @property

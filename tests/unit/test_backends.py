@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import urllib.parse
 
@@ -12,6 +13,7 @@ import pytest
 import requests
 from werkzeug.exceptions import NotFound
 
+from devstack import until
 from facade import create_app
 from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
 from servicekit.discovery import Instance
@@ -326,3 +328,35 @@ def test_the_queue_room_is_asked_again_on_every_post_once_it_is_near_the_bound(c
     assert client.post("/facade", json={"msg": "m"}).status_code == 503
     assert client.post("/facade", json={"msg": "m"}).status_code == 503
     assert len(asked) == 3, "near the bound, every POST asks"
+
+
+def test_the_calls_in_flight_are_counted_per_instance_for_the_pick_and_forgotten_when_done():
+    seen: list[dict[str, int]] = []
+
+    def least_busy(instances, failed_ids=(), outstanding=None):
+        seen.append(dict(outstanding or {}))
+        untried = [i for i in instances if i.id not in failed_ids]
+        return min(untried, key=lambda i: (outstanding or {}).get(i.id, 0))
+
+    release = threading.Event()
+
+    def held():
+        assert release.wait(5)
+        return STORED
+
+    http = ScriptedHttp(p8081=held, p8082=STORED)
+    calling = Backends(Settings.from_env("facade-service", 8080, env={}), FixedDiscovery(8081, 8082), session=http,
+                       pick=least_busy)  # fmt: skip
+    first = threading.Thread(target=calling.log_message, args=("id-1", "held"))
+    first.start()
+    try:
+        until(lambda: http.tried == [8081], timeout=5, what="the first call sent")
+        assert calling.log_message("id-2", "hello") == instance(8082).id
+        assert seen[-1] == {instance(8081).id: 1}
+    finally:
+        release.set()
+        first.join(5)
+    http.by_port[8081] = requests.ConnectionError("reset")
+    assert calling.log_message("id-3", "hello") == instance(8082).id
+    calling.log_message("id-4", "hello")
+    assert seen[-1] == {}, "every call ended, the failed one too"
