@@ -1,4 +1,4 @@
-"""Finding passing instances of a service through Consul.
+"""Finding the instances of a service through Consul, with the weight of the state each one is in.
 
 `passing_instances` asks once. `ServiceWatch` keeps the answer current with Consul blocking queries on a
 background thread, so a request picks an instance from memory and makes no Consul call.
@@ -26,10 +26,20 @@ class Instance:
     id: str
     address: str
     port: int
+    # The Consul service weight of the state the instance is in (Weights.Passing or Weights.Warning):
+    # its share of the picks against the others (servicekit.balancing).
+    weight: int = 1
 
     @property
     def url(self) -> str:
         return f"http://{self.address}:{self.port}"
+
+
+def _weight(entry: dict) -> int:
+    """The Consul weight of the instance's state: Weights.Warning while any of its checks warns."""
+    weights = entry["Service"].get("Weights") or {}
+    warning = any(check["Status"] == "warning" for check in entry.get("Checks", ()))
+    return int(weights.get("Warning" if warning else "Passing", 1))
 
 
 def _instances(entries: list[dict]) -> tuple[Instance, ...]:
@@ -39,8 +49,12 @@ def _instances(entries: list[dict]) -> tuple[Instance, ...]:
             # An empty service address means "the node's address", as in Consul's own DNS answers.
             address=entry["Service"]["Address"] or entry["Node"]["Address"],
             port=entry["Service"]["Port"],
+            weight=_weight(entry),
         )
         for entry in entries
+        # Passing and warning ones: a warning instance still serves, with its smaller weight (Consul's
+        # DNS interface answers them too). Critical ones (maintenance mode included) are out.
+        if not any(check["Status"] == "critical" for check in entry.get("Checks", ()))
     )
 
 
@@ -74,7 +88,8 @@ class _Cache:
 
 
 class ServiceWatch:
-    """The passing instances of one service, kept current by a named daemon thread.
+    """The usable instances of one service (passing, or in warning with their warning weight; never
+    critical), kept current by a named daemon thread.
 
     The thread runs Consul blocking queries (index + wait): the agent answers as soon as the set changes,
     or after `wait`. An answer with no passing instance empties the cache: requests get a 503 at once
@@ -195,7 +210,7 @@ class ServiceWatch:
     def _watch_once(self) -> None:
         # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
         index, entries = self._query(
-            lambda: self._client.health.service(self.service, passing=True, index=self._index, wait=self._wait)
+            lambda: self._client.health.service(self.service, index=self._index, wait=self._wait)
         )
         if self._consul_error is not None:
             log.info("Consul answers again; watching %s", self.service)

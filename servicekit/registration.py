@@ -29,6 +29,8 @@ def service_definition(settings: Settings) -> dict:
         "port": settings.port,
         "tags": [f"v{settings.version}"],
         "meta": {"version": settings.version},
+        # Callers pick by these (servicekit.balancing): an instance in warning gets a small share, not none.
+        "weights": {"Passing": settings.weight_passing, "Warning": settings.weight_warning},
         "check": consul.Check.http(
             f"{base}/health",
             interval=settings.check_interval,
