@@ -48,13 +48,16 @@ def phase_balance(plan: Plan, system: System, log_dir: Path) -> None:
         for url in urls.values():
             wrk.run(url, 4, WARM_UP_SECONDS, method="POST", body=POST_BODY)
         runs: dict[str, list[wrk.Result]] = {policy: [] for policy in POLICIES}
+        shares: dict[str, list[float]] = {policy: [] for policy in POLICIES}
         for r in range(plan.rounds):
             line = f"round {r + 1}:"
             for policy in random.sample(POLICIES, len(POLICIES)):
                 before = proxy.count("POST")
                 result = wrk.run(urls[policy], plan.main_level, plan.seconds, method="POST", body=POST_BODY)
                 runs[policy].append(result)
+                # POST /logging calls the slow instance got per POST /facade answered.
                 share = (proxy.count("POST") - before) / max(result.requests, 1)
+                shares[policy].append(share)
                 line += (f" {policy} p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms {result.rps:.0f}/s "
                          f"({share:.0%} to the slow instance, {result.errors} errors);")  # fmt: skip
             log.info("  slow instance (+%d ms) %s", DELAY_MS, line)
@@ -65,6 +68,11 @@ def phase_balance(plan: Plan, system: System, log_dir: Path) -> None:
     system.results["balance"] = {
         "delay_ms": DELAY_MS,
         "connections": plan.main_level,
-        **{f"{policy}_{attr}": med(policy, attr) for policy in POLICIES for attr in ("p50_ms", "p99_ms", "rps")},
+        **{
+            f"{policy}_{attr}": med(policy, attr)
+            for policy in POLICIES
+            for attr in ("p50_ms", "p90_ms", "p99_ms", "rps")
+        },
+        **{f"{policy}_slow_share": statistics.median(shares[policy]) for policy in POLICIES},
         "errors": sum(r.errors for rs in runs.values() for r in rs),
     }

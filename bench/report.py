@@ -121,13 +121,13 @@ def markdown(r: dict) -> str:
         rows += [
             "",
             f"| one logging instance {b['delay_ms']} ms slower, POST /facade at {b['connections']} connections "
-            "| p50 | p99 | requests/s |",
-            "|---|---|---|---|",
+            "| p50 | p90 | p99 | requests/s | calls to the slow instance |",
+            "|---|---|---|---|---|---|",
         ]
         for policy in ("random", "p2c"):
             rows.append(
-                f"| `LB_POLICY={policy}` | {b[policy + '_p50_ms']:.1f} ms | {b[policy + '_p99_ms']:.1f} ms "
-                f"| {b[policy + '_rps']:,.0f}/s |"
+                f"| `LB_POLICY={policy}` | {b[policy + '_p50_ms']:.1f} ms | {b[policy + '_p90_ms']:.1f} ms "
+                f"| {b[policy + '_p99_ms']:.1f} ms | {b[policy + '_rps']:,.0f}/s | {b[policy + '_slow_share']:.0%} |"
             )
     if "cpu_ms_per_request" in r:
         rows += ["", cpu_table(r["cpu_ms_per_request"], meta)]

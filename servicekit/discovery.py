@@ -183,9 +183,10 @@ class ServiceWatch:
             # until one of them has passed its first check.
             self._keep_stale(_RESTARTED)
         else:
-            if {i.id for i in found} != {i.id for i in self._usable(cache)}:
+            if {(i.id, i.weight) for i in found} != {(i.id, i.weight) for i in self._usable(cache)}:
                 if found:
-                    log.info("%s instances: %s", self.service, ", ".join(sorted(i.id for i in found)))
+                    listed = ", ".join(sorted(f"{i.id} (weight {i.weight})" for i in found))
+                    log.info("%s instances: %s", self.service, listed)
                 else:
                     log.error("Consul reports no passing %s instance; requests that need one get 503", self.service)
             self._cache = _Cache(found)
