@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from servicekit import stack
+from servicekit import metrics, stack
 from servicekit.consul_client import make_consul
 from servicekit.discovery import Discovery
 from servicekit.gunicorn_hooks import on_shutdown
@@ -29,7 +29,9 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)
     # Started here, in the worker: threads do not survive gunicorn's fork.
-    discovery = Discovery(make_consul(settings.consul), [LOGGING_SERVICE, MESSAGES_SERVICE]).start()
+    discovery = Discovery(
+        make_consul(settings.consul), [LOGGING_SERVICE, MESSAGES_SERVICE], observe=metrics.observe_watch
+    ).start()
     backends = Backends(settings, discovery, hz)
     on_shutdown(app, backends.close)
     app.extensions["hazelcast"] = hz

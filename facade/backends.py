@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import random
@@ -15,7 +16,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from werkzeug.exceptions import NotFound
 
-from servicekit import balancing, queue_item
+from servicekit import balancing, metrics, queue_item, request_id, tracing
 from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
@@ -99,7 +100,8 @@ class Backends:
         self._read_timeout = settings.read_timeout
         self._deadline = settings.request_deadline
         # One pooled session per worker: keep-alive connections to every instance.
-        self._http = session or requests.Session()
+        # tracing.Session: every call carries the request's X-Request-ID and traceparent.
+        self._http = session or tracing.Session()
         # No proxy, netrc or CA-bundle lookups in the environment on every call.
         self._http.trust_env = False
         self._budgets = {
@@ -185,6 +187,7 @@ class Backends:
             for attempt in retrying:
                 with attempt:
                     instance = pick()
+                    metrics.count_attempt(service, instance.id, retry=attempt.retry_state.attempt_number > 1)
                     remaining = max(give_up_at - time.monotonic(), 0.05)
                     timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
                     try:
@@ -192,7 +195,8 @@ class Backends:
                     except InstanceFailed as exc:
                         # Every way an instance fails a call counts towards its ejection; a 4xx or a full log
                         # (not InstanceFailed) says nothing about the instance.
-                        outliers.failed(instance.id, str(exc))
+                        if outliers.failed(instance.id, str(exc)):
+                            metrics.count_ejection(service, instance.id)
                         touched.append(exc.reached is not Reached.NO)
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
                         if last or exc.reached is Reached.NO:
@@ -244,6 +248,7 @@ class Backends:
             else:
                 reason, reached = type(exc).__name__, Reached.of(exc)
             failed[instance.id] = reason
+            metrics.count_failure(service, instance.id, reason)
             log.warning("%s failed (%s)", instance.id, reason)
             raise InstanceFailed(reason, reached) from exc
 
@@ -270,6 +275,7 @@ class Backends:
             return
         self._queue_room = self._hazelcast.queue().remaining_capacity()
         self._queue_room_at = now
+        metrics.observe_queue_room(self._queue_room)
         if self._queue_room <= 0:
             raise Unavailable(
                 "the message queue is full", retry_after=QUEUE_FULL_RETRY_AFTER, logged=False, queued=False
@@ -280,7 +286,13 @@ class Backends:
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
-        if not self._hazelcast.queue().offer(queue_item.encode(message_id, msg)):
+        try:
+            queued = self._hazelcast.queue().offer(queue_item.encode(message_id, msg, request_id.current_id()))
+        except Exception:
+            metrics.count_offer("error")
+            raise
+        metrics.count_offer("queued" if queued else "full")
+        if not queued:
             # The queue filled between check_queue_room and here: the message is logged but will not be
             # consumed (facade.routes answers a 503 that says so).
             raise Unavailable("the message queue is full", f"message {message_id} logged but not queued")
@@ -298,7 +310,8 @@ class Backends:
     def read_page(self, limit: int, after: LogCursor | None, messages_after: MessagesCursor | None) -> dict[str, Any]:
         """A page of the log and a page of one messages instance, read at the same time: the answer takes
         as long as the slower read, not the sum of both."""
-        consumed = self._reads.submit(self.consumed_messages, limit, messages_after)
+        # In a copy of this context: the other thread's calls and log lines carry this request's id.
+        consumed = self._reads.submit(contextvars.copy_context().run, self.consumed_messages, limit, messages_after)
         try:
             logged, following = self.logged_messages(limit, after)
         except BaseException:

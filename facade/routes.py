@@ -31,6 +31,9 @@ def _log_and_queue(message_id: str, msg: str) -> Answer:
     queue (503 with Retry-After, looked at before the log write) and a full log (507)."""
     backends = current_app.extensions["backends"]
     backends.check_queue_room()
+    # The facade's hops in ./scripts/trace, written before each step: the consumer may take the item
+    # before the offer returns.
+    log.info("message %s: logging it", message_id)
     try:
         logged_by = backends.log_message(message_id, msg)
     except CallFailed as exc:
@@ -38,6 +41,7 @@ def _log_and_queue(message_id: str, msg: str) -> Answer:
             raise
         # An instance that timed out or failed may still have written it: "logged" is not known.
         return Answer(503, {"error": exc.public, "id": message_id, "logged": None, "queued": False})
+    log.info("message %s logged by %s; queueing it", message_id, logged_by)
     try:
         backends.queue_message(message_id, msg)
     except (Unavailable, HazelcastUnavailable):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import uuid
 
 from flask import Blueprint, current_app, jsonify, request
@@ -16,6 +17,7 @@ from servicekit.web import (
 )
 
 bp = Blueprint("logging", __name__)
+log = logging.getLogger(__name__)
 
 
 def _log():
@@ -35,6 +37,8 @@ def add_message():
     if canonical != message_id:
         raise BadInput("field 'id' must be a UUID in its canonical lower-case form")
     created = _log().add(message_id, msg)
+    # One line per attempt that reached this instance: a retried request shows on each instance it reached.
+    log.info("message %s %s", message_id, "stored" if created else "was already stored")
     return jsonify(id=message_id, msg=msg, created=created), 201 if created else 200
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -74,6 +75,10 @@ def passing_instances(client: consul.Consul, service: str) -> list[Instance]:
 # guessing, and /health has shown `stale_since` all along.
 STALE_LIMIT = 30.0
 
+# Told what a watch knows after each answer from Consul and each failed query: (service, instances a request
+# would pick from, whether Consul answered). The facade's metrics (servicekit.metrics.observe_watch).
+Observer = Callable[[str, int, bool], None]
+
 
 @dataclass(frozen=True)
 class _Cache:
@@ -105,8 +110,10 @@ class ServiceWatch:
         service: str,
         wait: str = "30s",
         stale_limit: float = STALE_LIMIT,
+        observe: Observer | None = None,
     ):
         self.service = service
+        self._observe = observe
         self._client = client
         self._wait = wait
         self._stale_limit = stale_limit
@@ -192,6 +199,11 @@ class ServiceWatch:
             self._cache = _Cache(found)
         self._updated_at = time.monotonic()
         self._loaded.set()
+        self._tell(answered=True)
+
+    def _tell(self, answered: bool) -> None:
+        if self._observe is not None:
+            self._observe(self.service, len(self._usable(self._cache)), answered)
 
     def _failed(self, retry_state: RetryCallState) -> None:
         assert retry_state.outcome is not None
@@ -207,6 +219,7 @@ class ServiceWatch:
         # for the whole wait.
         self._index = None
         self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
+        self._tell(answered=False)
 
     def _watch_once(self) -> None:
         # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
@@ -229,8 +242,15 @@ def _iso(wall: float) -> str:
 class Discovery:
     """One watch per service the caller depends on."""
 
-    def __init__(self, client: consul.Consul, services: list[str], wait: str = "30s", stale_limit: float = STALE_LIMIT):
-        self._watches = {name: ServiceWatch(client, name, wait, stale_limit) for name in services}
+    def __init__(
+        self,
+        client: consul.Consul,
+        services: list[str],
+        wait: str = "30s",
+        stale_limit: float = STALE_LIMIT,
+        observe: Observer | None = None,
+    ):
+        self._watches = {name: ServiceWatch(client, name, wait, stale_limit, observe) for name in services}
 
     def start(self) -> Discovery:
         for watch in self._watches.values():

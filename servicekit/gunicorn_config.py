@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from . import gunicorn_hooks, logs
+from . import gunicorn_hooks, logs, metrics_files, request_id
 from .settings import Settings
 
 # The worker settings of every service, and of the bench's references (bench/gunicorn.conf.py), which
@@ -40,15 +40,18 @@ class AccessLogger(Logger):
 
     def access(self, resp, req, environ, request_time) -> None:
         if self.access_log.isEnabledFor(logging.INFO):
-            super().access(resp, req, environ, request_time)
+            # The request's context is gone by now (Flask's teardown ran); its id is in the echoed header.
+            with request_id.bound(request_id.echoed(resp.headers)):
+                super().access(resp, req, environ, request_time)
 
 
 def base(settings: Settings) -> dict[str, Any]:
     """Bind address, worker settings and logging for an instance, without Consul hooks."""
-    logs.configure(settings.instance_id)  # the master's lines before gunicorn sets up its loggers
+    log_settings = {"service": settings.service_name, "log_format": settings.log_format}
+    logs.configure(settings.instance_id, **log_settings)  # the master's lines before gunicorn sets up its loggers
     return {
         "bind": settings.bind,
-        "logconfig_dict": logs.logconfig(settings.instance_id),
+        "logconfig_dict": logs.logconfig(settings.instance_id, **log_settings),
         "logger_class": AccessLogger,
         **WORKER_SETTINGS,
     }
@@ -57,6 +60,7 @@ def base(settings: Settings) -> dict[str, Any]:
 def for_service(service_name: str, default_port: int, wsgi_app: str, **overrides: Any) -> dict[str, Any]:
     """Every setting of one service's gunicorn.conf.py, the Consul registration hooks included."""
     settings = Settings.from_env(service_name, default_port)
+    metrics_files.use(settings)  # before anything imports prometheus_client (see servicekit/metrics_files.py)
     when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
     return {
         **base(settings),
@@ -66,5 +70,6 @@ def for_service(service_name: str, default_port: int, wsgi_app: str, **overrides
         "on_exit": on_exit,
         "post_worker_init": gunicorn_hooks.post_worker_init,
         "worker_exit": gunicorn_hooks.worker_exit,
+        "child_exit": metrics_files.child_exit,
         **overrides,
     }

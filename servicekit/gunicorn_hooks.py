@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
-from . import registration
+from . import metrics_files, registration
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ def registration_hooks(settings: Settings):
     """
 
     def when_ready(server) -> None:
+        metrics_files.reset()  # before the first worker forks
         master = _Master(server, settings)
         setattr(server, _MASTER_KEY, master)
         master.start(server)
@@ -193,6 +194,7 @@ def registration_hooks(settings: Settings):
         master = getattr(server, _MASTER_KEY, None)
         if master is not None:
             master.leave()
+        metrics_files.remove()
 
     return when_ready, on_exit
 

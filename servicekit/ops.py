@@ -8,6 +8,7 @@ orphans).
     python -m servicekit.ops register-hazelcast 5701 5702 5703   # through the API, for an agent up did not start
     python -m servicekit.ops wait facade-service=1 logging-service=3 --timeout 120
     python -m servicekit.ops status
+    python -m servicekit.ops status --traffic [--interval 5]   # each instance's share of the requests
     python -m servicekit.ops check-ports consul=8500 consul-dns=8600/udp logging-8081=8081
     python -m servicekit.ops orphans --stop          # programs of a supervisord that died
     python -m servicekit.ops write-env run/programs.env
@@ -42,6 +43,8 @@ from .stack_status import (
     stack_processes,
     status_table,
     stop_processes,
+    traffic,
+    traffic_table,
     wait_passing,
 )
 
@@ -83,11 +86,14 @@ def register_hazelcast(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     try:
-        table = service_health(_client())
+        if args.traffic:
+            lines = traffic_table(traffic(_client(), interval=args.interval))
+        else:
+            lines = status_table(service_health(_client()))
     except CONSUL_ERRORS as exc:
         log.error("Consul at %s does not answer: %s", _settings().url, exc)
         return 1
-    for line in status_table(table):
+    for line in lines:
         sys.stdout.write(line + "\n")
     return 0
 
@@ -224,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     waiter.add_argument("expect", nargs="+", metavar="SERVICE=N")
     waiter.add_argument("--timeout", type=float, default=120.0)
     waiter.set_defaults(func=wait)
-    sub.add_parser("status", help="a table of every instance and its health").set_defaults(func=status)
+    stat = sub.add_parser("status", help="a table of every instance and its health")
+    stat.add_argument(
+        "--traffic", action="store_true", help="add each instance's requests and share, from its /metrics"
+    )
+    stat.add_argument(
+        "--interval", type=float, default=0.0, metavar="SECONDS", help="with --traffic: over SECONDS, not since start"
+    )
+    stat.set_defaults(func=status)
     sub.add_parser("consul-addr", help="print CONSUL_HTTP_ADDR as: scheme host port").set_defaults(func=consul_addr)
     ports = sub.add_parser("check-ports", help="fail, naming the holders, when any of the ports is taken")
     ports.add_argument("ports", nargs="+", metavar="NAME=PORT[/udp]")

@@ -77,14 +77,15 @@ class OutlierDetector:
                 # Served well for a whole longest ejection: its next ejection starts short again.
                 del self._records[instance_id]
 
-    def failed(self, instance_id: str, reason: str) -> None:
+    def failed(self, instance_id: str, reason: str) -> bool:
+        """Count a failed call; True when it ejects the instance."""
         with self._lock:
             record = self._records.setdefault(instance_id, _Record())
             now = self._clock()
             self._still_ejected(instance_id, record, now)
             record.failures += 1
             if record.ejected_at is not None or record.failures < self._consecutive:
-                return
+                return False
             seconds = min(self._base * 2**record.ejections, self._max)
             record.ejections += 1
             record.ejected_at, record.ejected_until = now, now + seconds
@@ -96,6 +97,7 @@ class OutlierDetector:
                 record.failures,
                 reason,
             )
+            return True
 
     def usable(self, instances: Sequence[Instance]) -> tuple[Instance, ...]:
         """The instances to pick from: those not ejected, plus ejected ones past the cap (the most recently

@@ -14,6 +14,7 @@ from . import background
 from .background import BackgroundLoop
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
+from .metrics_files import METRICS_PATH
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ def service_definition(settings: Settings) -> dict:
         "address": settings.host,
         "port": settings.port,
         "tags": [f"v{settings.version}"],
-        "meta": {"version": settings.version},
+        # Prometheus' consul_sd_configs reads it (the README's scrape config): the address and port are the service's.
+        "meta": {"version": settings.version, "metrics_path": METRICS_PATH},
         # Callers pick by these (servicekit.balancing): an instance in warning gets a small share, not none.
         "weights": {"Passing": settings.weight_passing, "Warning": settings.weight_warning},
         "check": consul.Check.http(

@@ -131,6 +131,13 @@ def _default_log_capacity() -> int:
     return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = (env.get("LOG_FORMAT") or "text").strip().lower()
+    if raw not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be text or json, got {raw!r}")
+    return raw
+
+
 def instance_id(service_name: str, port: int, host: str | None = None) -> str:
     """The Consul id of one instance, a service's or a Hazelcast member's: `<service>-<host>-<port>`.
     Deterministic, so a restarted instance replaces its old Consul entry instead of leaving a zombie."""
@@ -230,6 +237,8 @@ class Settings:
     # passes, and while it is in warning (HTTP 429 from /health).
     weight_passing: int = 10
     weight_warning: int = 1
+    # LOG_FORMAT: "text" (one line a record, for people) or "json" (one object a line, for log shippers).
+    log_format: str = "text"
     version: str = VERSION
 
     def __post_init__(self) -> None:
@@ -266,6 +275,7 @@ class Settings:
             lb_policy=env.get("LB_POLICY") or balancing.DEFAULT_POLICY,
             weight_passing=_int(env, "WEIGHT_PASSING", 10, minimum=1),
             weight_warning=_int(env, "WEIGHT_WARNING", 1),
+            log_format=_log_format(env),
         )
 
     @property

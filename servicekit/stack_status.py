@@ -1,6 +1,7 @@
 """What the stack is doing: each instance's health as Consul reports it (the status table, waiting until
-every instance passes), whether a port is free and who holds it, and the processes of a supervisord that
-died (orphans), which ./scripts/up and ./scripts/down stop.
+every instance passes), each instance's share of the traffic from its own /metrics (`status --traffic`),
+whether a port is free and who holds it, and the processes of a supervisord that died (orphans), which
+./scripts/up and ./scripts/down stop.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import consul
 import psutil
+import requests
 
 from .errors import CONSUL_ERRORS
+from .metrics_files import METRICS_PATH
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +34,26 @@ def aggregate_status(statuses: set[str]) -> str:
     return next((s for s in ("critical", "warning") if s in statuses), "passing")
 
 
+def _health_entries(client: consul.Consul) -> dict[str, list[dict]]:
+    """service -> the agent's health entries of its instances (every state), Consul's own service left out."""
+    _, services = client.catalog.services()
+    return {name: client.health.service(name)[1] for name in sorted(services) if name != "consul"}
+
+
+def _address(entry: dict) -> str:
+    return f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
+
+
+def _health(entry: dict) -> str:
+    return aggregate_status({c["Status"] for c in entry["Checks"]})
+
+
 def service_health(client: consul.Consul) -> dict[str, list[tuple[str, str, str]]]:
     """service -> [(instance id, address:port, aggregate status)] from the agent's catalog."""
-    _, services = client.catalog.services()
-    table: dict[str, list[tuple[str, str, str]]] = {}
-    for name in sorted(services):
-        if name == "consul":
-            continue
-        _, entries = client.health.service(name)
-        rows = []
-        for entry in entries:
-            statuses = {c["Status"] for c in entry["Checks"]}
-            status = aggregate_status(statuses)
-            svc = entry["Service"]
-            rows.append((svc["ID"], f"{svc['Address'] or entry['Node']['Address']}:{svc['Port']}", status))
-        table[name] = sorted(rows)
-    return table
+    return {
+        name: sorted((entry["Service"]["ID"], _address(entry), _health(entry)) for entry in entries)
+        for name, entries in _health_entries(client).items()
+    }
 
 
 def status_table(table: dict[str, list[tuple[str, str, str]]]) -> list[str]:
@@ -85,6 +92,81 @@ def wait_passing(
             progress(f"gave up after {timeout:.0f} s")
             return False
         time.sleep(0.5)
+
+
+# --- Traffic: each instance's requests, from its own /metrics, next to its health.
+
+# Not traffic: Consul's health checks and the scrapes themselves.
+NOT_TRAFFIC = frozenset({"/health", METRICS_PATH})
+
+
+@dataclass(frozen=True)
+class Traffic:
+    service: str
+    instance: str
+    address: str
+    health: str
+    # Requests served (since the instance started, or over the interval); None when the instance has no
+    # metrics address in Consul (a Hazelcast member) or its /metrics did not answer.
+    requests: float | None
+
+
+def served_requests(text: str) -> float:
+    """The requests an instance served, from its /metrics text: every route but NOT_TRAFFIC's."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "http_requests_total" and sample.labels.get("route") not in NOT_TRAFFIC
+    )
+
+
+def _served(entry: dict, timeout: float) -> float | None:
+    path = (entry["Service"].get("Meta") or {}).get("metrics_path")
+    if not path:
+        return None
+    try:
+        response = requests.get(f"http://{_address(entry)}{path}", timeout=timeout)
+        response.raise_for_status()
+        return served_requests(response.text)
+    except (requests.RequestException, ValueError) as exc:
+        log.warning("no metrics from %s: %s", entry["Service"]["ID"], exc)
+        return None
+
+
+def traffic(client: consul.Consul, interval: float = 0.0, timeout: float = 2.0) -> list[Traffic]:
+    """Every instance Consul knows, with its health and the requests it served: since it started, or with
+    `interval` (seconds) over that interval, read twice from each instance's metrics address (its meta)."""
+    entries = _health_entries(client)
+    first = {e["Service"]["ID"]: _served(e, timeout) for es in entries.values() for e in es} if interval else {}
+    if interval:
+        time.sleep(interval)
+    rows = []
+    for name, instances in entries.items():
+        for entry in instances:
+            served = _served(entry, timeout)
+            if interval:
+                before = first.get(entry["Service"]["ID"])
+                served = None if served is None or before is None else max(served - before, 0.0)
+            rows.append(Traffic(name, entry["Service"]["ID"], _address(entry), _health(entry), served))
+    return sorted(rows, key=lambda row: (row.service, row.instance))
+
+
+def traffic_table(rows: list[Traffic]) -> list[str]:
+    """The rows of ./scripts/status --traffic: each instance's share of its service's requests."""
+    totals: dict[str, float] = {}
+    for row in rows:
+        totals[row.service] = totals.get(row.service, 0.0) + (row.requests or 0.0)
+    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "REQUESTS", "SHARE")]
+    for row in rows:
+        total = totals[row.service]
+        count = "-" if row.requests is None else f"{row.requests:.0f}"
+        share = "-" if row.requests is None or not total else f"{100 * row.requests / total:.0f}%"
+        table.append((row.service, row.instance, row.address, row.health, count, share))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
 
 
 # --- Ports.

@@ -12,7 +12,7 @@ from flask import Flask, Request, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMediaType
 
-from . import paging
+from . import metrics, paging, request_id
 from .errors import HazelcastUnavailable
 from .settings import Settings, host_name
 
@@ -219,9 +219,12 @@ def install_host_check(app: Flask, accepted: frozenset[str]) -> None:
 
 
 def configure_app(app: Flask, settings: Settings) -> None:
+    # First, so that every later hook (the Host check) logs with the request id and every answer echoes it.
+    request_id.install(app, settings.service_name, settings.instance_id)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_MESSAGE_CHARS"] = settings.max_message_chars
     app.json.sort_keys = False
+    metrics.install(app)  # first: its clock starts before the other checks
     install_host_check(app, settings.accepted_host_names)
     install_error_handlers(app)
 

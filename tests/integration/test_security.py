@@ -87,7 +87,7 @@ def test_a_request_under_a_foreign_host_name_gets_nothing_from_any_instance(stac
     for service in stack.instances:
         # DNS rebinding: the page's own name, now resolving to 127.0.0.1, is what the browser sends as Host.
         rebound = {"Host": f"attacker.example:{service.port}"}
-        for path in (reads[service.name], "/health"):
+        for path in (reads[service.name], "/health", "/metrics"):
             response = requests.get(f"{service.url}{path}", headers=rebound, timeout=TIMEOUT)
             assert response.status_code == 421, (service.instance_id, path, response.text)
             assert set(response.json()) == {"error"}

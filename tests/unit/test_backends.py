@@ -11,6 +11,7 @@ import urllib.parse
 
 import pytest
 import requests
+from prometheus_client import REGISTRY
 from werkzeug.exceptions import NotFound
 
 from devstack import until
@@ -163,9 +164,18 @@ def test_retries_after_a_failure_stay_within_a_tenth_of_the_calls(failure):
 def test_an_instance_that_fails_three_times_in_a_row_is_left_out_for_a_while():
     http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
     calling = backends(http, 8081, 8082)
+    ejections = REGISTRY.get_sample_value(
+        "upstream_ejections_total", {"service": LOGGING_SERVICE, "instance": instance(8081).id}
+    )
     for n in range(100):
         assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
     assert http.tried.count(8081) == 3
+    assert (
+        REGISTRY.get_sample_value(
+            "upstream_ejections_total", {"service": LOGGING_SERVICE, "instance": instance(8081).id}
+        )
+        == (ejections or 0) + 1
+    ), "the ejection is counted once"
 
 
 def test_a_4xx_does_not_count_towards_an_ejection():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from gunicorn.app.base import Application
 
-from servicekit import gunicorn_hooks
+from servicekit import gunicorn_hooks, metrics_files
 from servicekit.gunicorn_config import AccessLogger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +45,8 @@ def logging_left_as_found():
 
 def gunicorn_config(package: str, monkeypatch) -> dict:
     monkeypatch.setenv("PORT", "9123")
+    # Reading the config points the process at the instance's metrics directory; undone after the test.
+    monkeypatch.setenv(metrics_files.ENV, "")
     monkeypatch.setattr(sys, "argv", ["gunicorn"])
     cfg = ConfigOnly(ROOT / package / "gunicorn.conf.py").cfg
     return {name: setting.get() for name, setting in cfg.settings.items()}
@@ -70,6 +72,7 @@ def test_each_service_config_keeps_its_app_workers_and_the_shared_worker_setting
     assert cfg["worker_exit"] is gunicorn_hooks.worker_exit
     assert cfg["when_ready"].__qualname__ == "registration_hooks.<locals>.when_ready"
     assert cfg["on_exit"].__qualname__ == "registration_hooks.<locals>.on_exit"
+    assert cfg["child_exit"] is metrics_files.child_exit
 
 
 def access_logger(level: str):

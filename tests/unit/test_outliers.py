@@ -37,8 +37,9 @@ def test_three_failures_in_a_row_eject_an_instance_and_two_do_not():
     outliers = detector(Clock())
     fail(outliers, A, 2)
     assert ids(outliers.usable(INSTANCES)) == {A, B, C, D}
-    fail(outliers, A)
+    assert outliers.failed(A, "HTTP 500") is True, "the third failure ejects"
     assert ids(outliers.usable(INSTANCES)) == {B, C, D}
+    assert outliers.failed(A, "HTTP 500") is False, "already out"
 
 
 def test_a_success_between_failures_starts_the_count_again():

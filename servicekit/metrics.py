@@ -1,0 +1,259 @@
+"""What the services count, and `GET /metrics` in Prometheus' text format.
+
+Every service: requests and their latency by method, route and status. The facade: its calls to the other
+services' instances (attempts, failures, retries, ejections), what its discovery watches know, the queue
+offers and the queue's room as last seen. messages_svc: its polls and the items it took.
+
+Under gunicorn the values are in files, one set per worker, that a scrape adds up (prometheus-client's
+multiprocess mode; servicekit.metrics_files says where they live and why the master sets that up).
+Without PROMETHEUS_MULTIPROC_DIR (an app made in a test process) they are in this process's memory.
+
+A scrape reads only those files and this process's clock: no Consul call, no Hazelcast call. What the
+watches and the queue check know is written when they learn it, not asked for at scrape time.
+
+Gauges are written by every worker, so each says how its values combine (`multiprocess_mode`):
+- the instance counts and the watches' last answers: `livemin`, the worst view of any live worker (the
+  worker whose watch is the most behind is the one that sends requests to the wrong instances); a dead
+  worker's view is dropped by the master's child_exit hook, it no longer sends anything.
+- the queue's room: `mostrecent`, the value read last by whichever worker read it: it is one queue, and an
+  older reading from another worker is only older.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+from flask import Blueprint, Flask, Response, g, request
+
+from .metrics_files import ENV, METRICS_PATH
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+# A request no route matched (404, 405): one label value, whatever the path, so a scanner cannot add series.
+UNMATCHED = "unmatched"
+LAST_ANSWER = "discovery_last_answer_timestamp_seconds"
+WATCH_AGE = "discovery_watch_age_seconds"
+
+T = TypeVar("T")
+_making = threading.RLock()
+
+
+def _made_once(make: Callable[[], T]) -> Callable[[], T]:
+    """`make()` on first use, by one thread: the registry refuses a metric made twice, and a worker's first
+    requests arrive on several threads at once (that race answered a 500 before this lock)."""
+    made: list[T] = []
+
+    @functools.wraps(make)
+    def get() -> T:
+        if not made:
+            with _making:
+                if not made:
+                    made.append(make())
+        return made[0]
+
+    return get
+
+
+class _Metrics:
+    """Every metric, made on first use. The service packages import this module, and gunicorn's master
+    imports them while it reads the config file, before it sets PROMETHEUS_MULTIPROC_DIR; prometheus-client
+    chooses file-backed values once, when it is first imported, so it is imported here only when a worker
+    first counts or serves something (servicekit.metrics_files)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        # The library made its choice on this import (or an earlier one, in this process); so does this.
+        self.multiprocess = bool(os.environ.get(ENV))
+        labels = ["method", "route", "status"]
+        self.http_requests = Counter("http_requests", "Requests answered, by method, route (URL rule), status", labels)
+        self.http_latency = Histogram(
+            "http_request_duration_seconds", "Seconds from a request reaching Flask to its answer", labels
+        )
+        # The facade's calls to other services, by service and instance id.
+        instance = ["service", "instance"]
+        self.upstream_attempts = Counter("upstream_attempts", "Calls sent to an instance, retries included", instance)
+        self.upstream_failures = Counter(
+            "upstream_failures",
+            "Calls to an instance that failed (refused, timed out, 5xx, not JSON), by reason",
+            [*instance, "reason"],
+        )
+        self.upstream_retries = Counter(
+            "upstream_retries", "Calls sent after another attempt of the same request failed", instance
+        )
+        self.upstream_ejections = Counter(
+            "upstream_ejections", "Times an instance was taken out of a worker's rotation for failing calls", instance
+        )
+        # The facade's discovery watches (servicekit.discovery), written when they hear from Consul.
+        self.discovery_instances = Gauge(
+            "discovery_instances",
+            "Instances a worker's watch would pick from (the fewest over the live workers)",
+            ["service"],
+            multiprocess_mode="livemin",
+        )
+        self.discovery_last_answer = Gauge(
+            LAST_ANSWER,
+            "When a worker's watch last heard from Consul, Unix time (the oldest over the live workers)",
+            ["service"],
+            multiprocess_mode="livemin",
+        )
+        # The queue.
+        self.queue_offers = Counter("queue_offers", "Offers to the queue, by result (queued, full, error)", ["result"])
+        self.queue_polls = Counter(
+            "queue_polls", "Polls of the queue by messages_svc, by result (item, empty)", ["result"]
+        )
+
+
+@_made_once
+def _metrics() -> _Metrics:
+    return _Metrics()
+
+
+def count_request(method: str, route: str, status: int, seconds: float | None) -> None:
+    m = _metrics()
+    m.http_requests.labels(method, route, str(status)).inc()
+    if seconds is not None:
+        m.http_latency.labels(method, route, str(status)).observe(seconds)
+
+
+def count_attempt(service: str, instance: str, retry: bool) -> None:
+    """A call sent to an instance; `retry` when an attempt of the same request failed before it."""
+    m = _metrics()
+    m.upstream_attempts.labels(service, instance).inc()
+    if retry:
+        m.upstream_retries.labels(service, instance).inc()
+
+
+def count_failure(service: str, instance: str, reason: str) -> None:
+    _metrics().upstream_failures.labels(service, instance, reason).inc()
+
+
+def count_ejection(service: str, instance: str) -> None:
+    """An instance was taken out of a worker's rotation (outlier ejection)."""
+    _metrics().upstream_ejections.labels(service, instance).inc()
+
+
+def observe_watch(service: str, instances: int, answered: bool) -> None:
+    """What a discovery watch knows, after each answer from Consul (`answered`) or failed query."""
+    m = _metrics()
+    m.discovery_instances.labels(service).set(instances)
+    if answered:
+        m.discovery_last_answer.labels(service).set(time.time())
+
+
+def count_offer(result: str) -> None:
+    """An offer to the queue: queued, full (refused) or error (no answer, or not sent)."""
+    _metrics().queue_offers.labels(result).inc()
+
+
+# Made on first use, like every metric here, but apart: a metric without labels shows from the moment it
+# is made, and a room of 0 on a service that never read it (or a facade before its first read) would say
+# "the queue is full".
+@_made_once
+def _queue_room():
+    from prometheus_client import Gauge
+
+    _metrics()
+    return Gauge(
+        "queue_remaining_capacity",
+        "Room left on the queue as the facade last read it (the depth is the queue's max-size less this)",
+        multiprocess_mode="mostrecent",
+    )
+
+
+@_made_once
+def _queue_taken():
+    from prometheus_client import Counter
+
+    _metrics()
+    return Counter("queue_items_taken", "Messages messages_svc took from the queue and kept")
+
+
+def observe_queue_room(room: int) -> None:
+    _queue_room().set(room)
+
+
+def count_poll(took: bool) -> None:
+    _metrics().queue_polls.labels("item" if took else "empty").inc()
+
+
+def count_taken() -> None:
+    _queue_taken().inc()
+
+
+def _with_watch_age(metrics: Iterator[Metric]) -> Iterator[Metric]:
+    """The metrics, plus each watch's age (now less its oldest last answer): what an operator wants to
+    read, which no worker can write ahead of time."""
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    now = time.time()
+    for metric in metrics:
+        yield metric
+        if metric.name == LAST_ANSWER:
+            age = GaugeMetricFamily(
+                WATCH_AGE, "Seconds since the watch that is the most behind heard from Consul", labels=["service"]
+            )
+            for sample in metric.samples:
+                age.add_metric([sample.labels["service"]], max(0.0, now - sample.value))
+            yield age
+
+
+class _Scrape:
+    """One scrape's collector: the workers' files (or this process's registry), with the watches' ages."""
+
+    def __init__(self, multiprocess: bool):
+        self._multiprocess = multiprocess
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client import REGISTRY, multiprocess
+
+        source = multiprocess.MultiProcessCollector(None) if self._multiprocess else REGISTRY
+        return _with_watch_age(iter(source.collect()))
+
+
+def exposition() -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry: CollectorRegistry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(_metrics().multiprocess))
+    return generate_latest(registry)
+
+
+def _route() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED
+
+
+def install(app: Flask) -> None:
+    """Count every request of the app and serve GET /metrics. Installed before the other request hooks, so
+    the clock starts first and requests turned away by them (421) are counted too."""
+
+    @app.before_request
+    def start_clock() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        started = g.pop("metrics_started", None)
+        seconds = None if started is None else time.perf_counter() - started
+        count_request(request.method, _route(), response.status_code, seconds)
+        return response
+
+    app.register_blueprint(bp)
+
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get(METRICS_PATH)
+def metrics() -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(exposition(), content_type=CONTENT_TYPE_LATEST)

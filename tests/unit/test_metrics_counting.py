@@ -1,0 +1,148 @@
+"""What servicekit.metrics counts, in one process (no PROMETHEUS_MULTIPROC_DIR: the default registry).
+tests/integration/test_metrics.py checks the sums across gunicorn's workers on a real stack."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import requests
+from flask import Flask
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from facade.backends import LOGGING_SERVICE, Backends
+from servicekit import metrics
+from servicekit.discovery import Instance
+from servicekit.settings import Settings
+from servicekit.web import configure_app
+
+SETTINGS = Settings.from_env("facade-service", 8080, env={})
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class TwoInstances:
+    found = (Instance("logging-a-1", "127.0.0.1", 1), Instance("logging-b-2", "127.0.0.1", 2))
+
+    def instances(self, service: str, timeout: float = 0.0) -> tuple[Instance, ...]:
+        return self.found
+
+    def close(self) -> None:
+        pass
+
+
+class BrokenThenStored:
+    """Port 1 answers 500, port 2 stores: whichever is picked first, the call ends at port 2."""
+
+    trust_env = True
+
+    def post(self, url: str, **kwargs) -> requests.Response:
+        answer = requests.Response()
+        answer.status_code = 500 if urllib.parse.urlsplit(url).port == 1 else 201
+        answer._content = json.dumps({}).encode()
+        return answer
+
+    def close(self) -> None:
+        pass
+
+
+def test_every_attempt_failure_and_retry_is_counted_by_instance():
+    attempts = {
+        i.id: value("upstream_attempts_total", service=LOGGING_SERVICE, instance=i.id) for i in TwoInstances.found
+    }
+    failures = value("upstream_failures_total", service=LOGGING_SERVICE, instance="logging-a-1", reason="HTTP 500")
+    retries = value("upstream_retries_total", service=LOGGING_SERVICE, instance="logging-b-2")
+    # Every failure may be retried here: the budget is servicekit/retry_budget's own test.
+    settings = Settings.from_env("facade-service", 8080, env={"RETRY_BUDGET_MINIMUM": "100"})
+    backends = Backends(settings, TwoInstances(), session=BrokenThenStored())  # type: ignore[arg-type]
+    first_tries = {"logging-a-1": 0, "logging-b-2": 0}
+    for _ in range(20):
+        before = value("upstream_attempts_total", service=LOGGING_SERVICE, instance="logging-a-1")
+        assert backends.log_message("id", "hello") == "logging-b-2"
+        first_tries[
+            "logging-a-1"
+            if value("upstream_attempts_total", service=LOGGING_SERVICE, instance="logging-a-1") > before
+            else "logging-b-2"
+        ] += 1
+    failed_first = first_tries["logging-a-1"]
+    assert (
+        value("upstream_attempts_total", service=LOGGING_SERVICE, instance="logging-a-1")
+        == attempts["logging-a-1"] + failed_first
+    )
+    assert (
+        value("upstream_attempts_total", service=LOGGING_SERVICE, instance="logging-b-2")
+        == attempts["logging-b-2"] + 20
+    )
+    assert (
+        value("upstream_failures_total", service=LOGGING_SERVICE, instance="logging-a-1", reason="HTTP 500")
+        == failures + failed_first
+    )
+    assert value("upstream_retries_total", service=LOGGING_SERVICE, instance="logging-b-2") == retries + failed_first
+
+
+def test_an_ejection_is_counted_for_its_instance():
+    before = value("upstream_ejections_total", service=LOGGING_SERVICE, instance="logging-a-1")
+    metrics.count_ejection(LOGGING_SERVICE, "logging-a-1")
+    assert value("upstream_ejections_total", service=LOGGING_SERVICE, instance="logging-a-1") == before + 1
+
+
+def test_requests_are_counted_by_route_not_by_path_and_served_as_prometheus_text():
+    app = Flask(__name__)
+    configure_app(app, SETTINGS)
+    app.add_url_rule("/items/<name>", "item", lambda name: "ok")
+    client = app.test_client()
+    before = value("http_requests_total", method="GET", route="/items/<name>", status="200")
+    unmatched = value("http_requests_total", method="GET", route=metrics.UNMATCHED, status="404")
+    for name in ("a", "b", "c"):
+        assert client.get(f"/items/{name}").status_code == 200
+    assert client.get("/no/such/path").status_code == 404
+    assert value("http_requests_total", method="GET", route="/items/<name>", status="200") == before + 3
+    assert value("http_requests_total", method="GET", route=metrics.UNMATCHED, status="404") == unmatched + 1
+
+    scraped = client.get("/metrics")
+    assert scraped.status_code == 200
+    assert scraped.content_type.startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(scraped.get_data(as_text=True))}
+    assert {"http_requests", "http_request_duration_seconds"} <= names
+
+
+def test_a_watch_s_age_is_derived_at_scrape_time_from_its_last_answer():
+    metrics.observe_watch("some-service", 3, answered=True)
+    text = metrics.exposition().decode()
+    ages = {
+        sample.labels["service"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == metrics.WATCH_AGE
+        for sample in family.samples
+    }
+    assert 0 <= ages["some-service"] < 5
+    assert value("discovery_instances", service="some-service") == 3
+
+
+def test_traffic_counts_every_route_but_health_checks_and_scrapes():
+    from servicekit.stack_status import Traffic, served_requests, traffic_table
+
+    text = "\n".join(
+        [
+            "# TYPE http_requests_total counter",
+            'http_requests_total{method="POST",route="/logging",status="201"} 7.0',
+            'http_requests_total{method="GET",route="/logging",status="200"} 2.0',
+            'http_requests_total{method="GET",route="/health",status="200"} 50.0',
+            'http_requests_total{method="GET",route="/metrics",status="200"} 4.0',
+            'http_requests_total{method="GET",route="unmatched",status="404"} 1.0',
+            "",
+        ]
+    )
+    assert served_requests(text) == 10
+    rows = [
+        Traffic("logging-service", "logging-a", "127.0.0.1:1", "passing", 30.0),
+        Traffic("logging-service", "logging-b", "127.0.0.1:2", "passing", 10.0),
+        Traffic("logging-service", "logging-c", "127.0.0.1:3", "critical", None),
+    ]
+    lines = [line.split() for line in traffic_table(rows)]
+    assert lines[1][3:] == ["passing", "30", "75%"]
+    assert lines[2][3:] == ["passing", "10", "25%"]
+    assert lines[3][3:] == ["critical", "-", "-"]
