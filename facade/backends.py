@@ -127,7 +127,12 @@ class Backends:
         self._http.close()
 
     def status(self) -> dict:
-        return self._discovery.status()
+        found = self._discovery.status()
+        for service, outliers in self._outliers.items():
+            if service in found:
+                # This worker's: each worker ejects on its own.
+                found[service]["ejected"] = outliers.ejected()
+        return found
 
     def _call(
         self, service: str, send: Send, retry_after_timeout: bool = False, only: str | None = None

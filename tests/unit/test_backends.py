@@ -178,6 +178,19 @@ def test_an_instance_that_fails_three_times_in_a_row_is_left_out_for_a_while():
     ), "the ejection is counted once"
 
 
+def test_health_details_list_the_instances_this_worker_ejected():
+    class Watched(FixedDiscovery):
+        def status(self) -> dict:
+            return {LOGGING_SERVICE: {"instances": [i.id for i in self.found]}}
+
+    http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
+    calling = Backends(Settings.from_env("facade-service", 8080, env={}), Watched(8081, 8082), session=http)
+    assert calling.status()[LOGGING_SERVICE]["ejected"] == []
+    for n in range(20):
+        calling.log_message(f"id-{n}", "hello")
+    assert calling.status()[LOGGING_SERVICE]["ejected"] == [instance(8081).id]
+
+
 def test_a_4xx_does_not_count_towards_an_ejection():
     http = ScriptedHttp(p8081=response(400, {"error": "no"}), p8082=STORED)
     calling = backends(http, 8081, 8082)
