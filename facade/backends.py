@@ -90,9 +90,11 @@ class Backends:
     ):
         self._discovery = discovery
         self._hazelcast = hazelcast
-        self._pick: Picker = pick or balancing.make(balancing.DEFAULT_POLICY)
+        self._pick: Picker
         if pick is None:
             self.use_policy(settings.lb_policy)
+        else:
+            self._pick = pick
         # Calls in flight from this worker, by instance id: what the p2c policy compares.
         self._outstanding: dict[str, int] = {}
         self._outstanding_lock = threading.Lock()
