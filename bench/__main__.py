@@ -1,6 +1,6 @@
 """./scripts/bench: the system measured against references in the same run, on a stack of its own.
 
-    ./scripts/bench [--quick] [--rounds N] [--baseline REV] [--only page,post,get,visible,drain,profile]
+    ./scripts/bench [--quick] [--rounds N] [--baseline REV] [--only page,post,get,visible,drain,balance,profile]
                     [--member-heap 1200m] [--docs]
 
 Starts a Consul agent, three Hazelcast members and the services on free loopback ports (devstack, the
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from bench import report, wrk
+from bench.balance import DELAY_MS, phase_balance
 from bench.phases import (
     FULL,
     PHASES,
@@ -126,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             log.info("drain rate with 2 consumers, %d messages", plan.drain_messages)
             for system in random.sample(systems, len(systems)):
                 phase_drain(plan, system)
+        if "balance" in phases:
+            log.info("POST /facade with one logging instance %d ms slower, LB_POLICY random and p2c side by side",
+                     DELAY_MS)  # fmt: skip
+            phase_balance(plan, systems[0], log_dir / systems[0].label)
         found = None
         if "profile" in phases:
             log.info("profiling %s's workers with py-spy --gil, %d s of POST, %d s of GET",

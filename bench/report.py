@@ -116,6 +116,19 @@ def markdown(r: dict) -> str:
                 b = base["post_by_level"][level]
                 line += f" {b['rps']:,.0f}/s | {b['p99_ms']:.1f} ms |"
             rows.append(line)
+    if "slow_instance" in r:
+        b = r["slow_instance"]
+        rows += [
+            "",
+            f"| one logging instance {b['delay_ms']} ms slower, POST /facade at {b['connections']} connections "
+            "| p50 | p90 | p99 | requests/s | calls to the slow instance |",
+            "|---|---|---|---|---|---|",
+        ]
+        for policy in ("random", "p2c"):
+            rows.append(
+                f"| `LB_POLICY={policy}` | {b[policy + '_p50_ms']:.1f} ms | {b[policy + '_p90_ms']:.1f} ms "
+                f"| {b[policy + '_p99_ms']:.1f} ms | {b[policy + '_rps']:,.0f}/s | {b[policy + '_slow_share']:.0%} |"
+            )
     if "cpu_ms_per_request" in r:
         rows += ["", cpu_table(r["cpu_ms_per_request"], meta)]
     if "profile" in r:

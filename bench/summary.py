@@ -52,6 +52,8 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
             s["visible_rate"] = system.results["visible"]["rate"]
         if "drain" in system.results:
             s["drain_msgs_per_s"] = system.results["drain"]["msgs_per_s"]
+        if "balance" in system.results:
+            s["slow_instance"] = system.results["balance"]
         if system.facade_requests:
             s["consul_requests_per_1k"] = system.consul_requests * 1000 / system.facade_requests
         out[system.label] = s

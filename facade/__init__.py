@@ -36,7 +36,10 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
     on_shutdown(app, backends.close)
     live = live_config.LiveConfig(
         make_consul(settings.consul),
-        [live_config.message_limit(app, settings.max_body_bytes), live_config.balancing_policy(backends.use_policy)],
+        [
+            live_config.message_limit(app, settings.max_body_bytes),
+            live_config.balancing_policy(backends.use_policy, start=settings.lb_policy),
+        ],
     ).start()
     on_shutdown(app, live.stop)
     app.extensions["live_config"] = live

@@ -6,6 +6,7 @@ import contextvars
 import enum
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from servicekit import balancing, metrics, queue_item, request_id, tracing
 from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
 from servicekit.hz import Hazelcast
+from servicekit.outliers import OutlierDetector
 from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.retry_budget import RetryBudget
 from servicekit.settings import Settings
@@ -99,7 +101,14 @@ class Backends:
     ):
         self._discovery = discovery
         self._hazelcast = hazelcast
-        self._pick = pick or balancing.make(balancing.DEFAULT_POLICY)
+        self._pick: Picker
+        if pick is None:
+            self.use_policy(settings.lb_policy)
+        else:
+            self._pick = pick
+        # Calls in flight from this worker, by instance id: what the p2c policy compares.
+        self._outstanding: dict[str, int] = {}
+        self._outstanding_lock = threading.Lock()
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._deadline = settings.request_deadline
@@ -112,6 +121,8 @@ class Backends:
             service: RetryBudget(settings.retry_budget_ratio, settings.retry_budget_minimum)
             for service in (LOGGING_SERVICE, MESSAGES_SERVICE)
         }
+        # Instances whose calls keep failing while Consul still has them passing, left out for a while.
+        self._outliers = {service: OutlierDetector(service) for service in (LOGGING_SERVICE, MESSAGES_SERVICE)}
         # GET /facade reads messages_svc here while the request thread reads logging_svc.
         self._reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backend-read")
         # The queue's remaining capacity as last read, and when (check_queue_room).
@@ -121,6 +132,7 @@ class Backends:
     def use_policy(self, name: str) -> None:
         """Pick instances by the named policy (servicekit.balancing.POLICIES) from the next call on."""
         self._pick = balancing.make(name)
+        log.info("balancing by the %s policy", name)
 
     def close(self) -> None:
         self._reads.shutdown(wait=False, cancel_futures=True)
@@ -128,7 +140,12 @@ class Backends:
         self._http.close()
 
     def status(self) -> dict:
-        return self._discovery.status()
+        found = self._discovery.status()
+        for service, outliers in self._outliers.items():
+            if service in found:
+                # This worker's: each worker ejects on its own.
+                found[service]["ejected"] = outliers.ejected()
+        return found
 
     def _call(
         self, service: str, send: Send, retry_after_timeout: bool = False, only: str | None = None
@@ -148,22 +165,28 @@ class Backends:
         give_up_at = time.monotonic() + self._deadline
         budget = self._budgets[service]
         budget.first_try()
+        outliers = self._outliers[service]
 
-        def pick() -> Instance:
+        def candidates() -> tuple[Instance, ...]:
             instances = self._discovery.instances(service, timeout=FIRST_ANSWER_TIMEOUT)
             if only is not None:
-                instances = tuple(i for i in instances if i.id == only)
-                if not instances:
+                # A cursor's instance is the only one that can answer, ejected or not.
+                return tuple(i for i in instances if i.id == only)
+            return outliers.usable(instances)
+
+        def pick() -> Instance:
+            instances = candidates()
+            if not instances:
+                if only is not None:
                     # Gone, or restarting: either way what it held is gone with its memory.
                     raise NotFound(f"the {service} instance of this cursor is gone: start again without the cursor")
-            if not instances:
                 raise Unavailable(f"no healthy {service} instance")
-            return self._pick(instances, failed)
+            return self._pick(instances, failed, self._outstanding)
 
         def pause(state: RetryCallState) -> float:
             # The next untried instance at once; once every instance failed (a rolling restart the cache
             # has not seen yet), a short jittered pause before going round again.
-            if only is None and len(failed) < len(self._discovery.instances(service)):
+            if only is None and len(failed) < len(candidates()):
                 return 0.0
             return random.uniform(0.05, 0.2)
 
@@ -186,8 +209,12 @@ class Backends:
                     remaining = max(give_up_at - time.monotonic(), 0.05)
                     timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
                     try:
-                        return instance, self._once(service, instance, send, timeout, failed)
+                        answer = self._once(service, instance, send, timeout, failed)
                     except InstanceFailed as exc:
+                        # Every way an instance fails a call counts towards its ejection; a 4xx or a full log
+                        # (not InstanceFailed) says nothing about the instance.
+                        if outliers.failed(instance.id, str(exc)):
+                            metrics.count_ejection(service, instance.id)
                         touched.append(exc.reached not in (Reached.NO, Reached.REFUSED))
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
                         if last or exc.reached is Reached.NO:
@@ -197,15 +224,30 @@ class Backends:
                         if not budget.try_retry():
                             raise give_up(f"{service} failed and its retry budget is spent") from None
                         raise
+                    outliers.succeeded(instance.id)
+                    return instance, answer
         except InstanceFailed:
             raise give_up(f"every {service} instance failed") from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    def _sent(self, instance: Instance, change: int) -> None:
+        with self._outstanding_lock:
+            count = self._outstanding.get(instance.id, 0) + change
+            if count:
+                self._outstanding[instance.id] = count
+            else:
+                # Instances come and go: an idle one leaves no entry behind.
+                del self._outstanding[instance.id]
 
     def _once(
         self, service: str, instance: Instance, send: Send, timeout: tuple[float, float], failed: dict[str, str]
     ) -> Any:
         try:
-            response = send(instance, timeout)
+            self._sent(instance, +1)
+            try:
+                response = send(instance, timeout)
+            finally:
+                self._sent(instance, -1)
             if response.status_code == 507:
                 # The log is full for every instance alike (they share it): no other instance is tried.
                 raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")

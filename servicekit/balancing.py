@@ -1,38 +1,97 @@
-"""Which instance of a service a caller tries next."""
+"""Which instance of a service a caller tries next.
+
+Both policies honour the instances' Consul weights (servicekit.discovery: the weight of the state each
+instance is in, passing or warning), and both prefer instances that have not failed this call yet; once
+every instance failed (a rolling restart the cache has not seen yet), any of them again.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from .discovery import Instance
 
 
 class Picker(Protocol):
-    def __call__(self, instances: Sequence[Instance], failed_ids: Collection[str] = ()) -> Instance: ...
+    def __call__(
+        self,
+        instances: Sequence[Instance],
+        failed_ids: Collection[str] = (),
+        outstanding: Mapping[str, int] | None = None,
+    ) -> Instance: ...
+
+
+def _candidates(instances: Sequence[Instance], failed_ids: Collection[str]) -> Sequence[Instance]:
+    if not instances:
+        raise ValueError("no instance to pick from")
+    return [i for i in instances if i.id not in failed_ids] or instances
+
+
+def _weighted(rng: random.Random, pool: Sequence[Instance]) -> Instance:
+    weights = [i.weight for i in pool]
+    if not any(weights):
+        # Every one in a zero-weight state: Consul still lists them, so they are all there is.
+        return rng.choice(pool)
+    return rng.choices(pool, weights=weights)[0]
 
 
 class RandomPick:
-    """A random passing instance, preferring those that have not failed this call yet.
+    """A random instance, in proportion to its weight.
 
     Random rather than round robin: every facade worker picks on its own, with no state to share, and
-    the load still spreads evenly. Once every instance failed (a rolling restart the cache has not seen
-    yet), any of them again.
+    the load still spreads evenly (by weight).
     """
 
     def __init__(self, rng: random.Random | None = None):
         self._rng = rng or random.Random()
 
-    def __call__(self, instances: Sequence[Instance], failed_ids: Collection[str] = ()) -> Instance:
-        if not instances:
-            raise ValueError("no instance to pick from")
-        untried = [i for i in instances if i.id not in failed_ids]
-        return self._rng.choice(untried or instances)
+    def __call__(
+        self,
+        instances: Sequence[Instance],
+        failed_ids: Collection[str] = (),
+        outstanding: Mapping[str, int] | None = None,
+    ) -> Instance:
+        return _weighted(self._rng, _candidates(instances, failed_ids))
+
+
+class PowerOfTwoPick:
+    """The power of two choices: two distinct random instances (drawn by weight), and of the two the one
+    with fewer calls outstanding from this process per unit of weight (outstanding / weight).
+
+    A slow instance piles up outstanding calls and loses most draws, with no state beyond the counts the
+    caller keeps; with no outstanding calls it spreads like the weighted random pick. (Mitzenmacher; the
+    least-request balancer of Envoy and Finagle's P2C.)
+    """
+
+    def __init__(self, rng: random.Random | None = None):
+        self._rng = rng or random.Random()
+
+    def __call__(
+        self,
+        instances: Sequence[Instance],
+        failed_ids: Collection[str] = (),
+        outstanding: Mapping[str, int] | None = None,
+    ) -> Instance:
+        pool = _candidates(instances, failed_ids)
+        first = _weighted(self._rng, pool)
+        rest = [i for i in pool if i is not first]
+        if not rest:
+            return first
+        second = _weighted(self._rng, rest)
+        busy = outstanding or {}
+
+        def load(instance: Instance) -> float:
+            return busy.get(instance.id, 0) / max(instance.weight, 1e-9)
+
+        # A tie (both idle, the usual case on a quiet caller) goes to the first draw: then the share
+        # follows the weights, as with the random pick.
+        return second if load(second) < load(first) else first
 
 
 # The balancing policies by the name LB_POLICY (and Consul KV) gives them.
-POLICIES: dict[str, Callable[[], Picker]] = {"random": RandomPick}
+POLICIES: dict[str, Callable[[], Picker]] = {"random": RandomPick, "p2c": PowerOfTwoPick}
 DEFAULT_POLICY = "random"
 
 

@@ -1,4 +1,4 @@
-"""Finding passing instances of a service through Consul.
+"""Finding the instances of a service through Consul, with the weight of the state each one is in.
 
 `passing_instances` asks once. `ServiceWatch` keeps the answer current with Consul blocking queries on a
 background thread, so a request picks an instance from memory and makes no Consul call.
@@ -27,10 +27,20 @@ class Instance:
     id: str
     address: str
     port: int
+    # The Consul service weight of the state the instance is in (Weights.Passing or Weights.Warning):
+    # its share of the picks against the others (servicekit.balancing).
+    weight: int = 1
 
     @property
     def url(self) -> str:
         return f"http://{self.address}:{self.port}"
+
+
+def _weight(entry: dict) -> int:
+    """The Consul weight of the instance's state: Weights.Warning while any of its checks warns."""
+    weights = entry["Service"].get("Weights") or {}
+    warning = any(check["Status"] == "warning" for check in entry.get("Checks", ()))
+    return int(weights.get("Warning" if warning else "Passing", 1))
 
 
 def _instances(entries: list[dict]) -> tuple[Instance, ...]:
@@ -40,8 +50,12 @@ def _instances(entries: list[dict]) -> tuple[Instance, ...]:
             # An empty service address means "the node's address", as in Consul's own DNS answers.
             address=entry["Service"]["Address"] or entry["Node"]["Address"],
             port=entry["Service"]["Port"],
+            weight=_weight(entry),
         )
         for entry in entries
+        # Passing and warning ones: a warning instance still serves, with its smaller weight (Consul's
+        # DNS interface answers them too). Critical ones (maintenance mode included) are out.
+        if not any(check["Status"] == "critical" for check in entry.get("Checks", ()))
     )
 
 
@@ -79,7 +93,8 @@ class _Cache:
 
 
 class ServiceWatch:
-    """The passing instances of one service, kept current by a named daemon thread.
+    """The usable instances of one service (passing, or in warning with their warning weight; never
+    critical), kept current by a named daemon thread.
 
     The thread runs Consul blocking queries (index + wait): the agent answers as soon as the set changes,
     or after `wait`. An answer with no passing instance empties the cache: requests get a 503 at once
@@ -175,9 +190,10 @@ class ServiceWatch:
             # until one of them has passed its first check.
             self._keep_stale(_RESTARTED)
         else:
-            if {i.id for i in found} != {i.id for i in self._usable(cache)}:
+            if {(i.id, i.weight) for i in found} != {(i.id, i.weight) for i in self._usable(cache)}:
                 if found:
-                    log.info("%s instances: %s", self.service, ", ".join(sorted(i.id for i in found)))
+                    listed = ", ".join(sorted(f"{i.id} (weight {i.weight})" for i in found))
+                    log.info("%s instances: %s", self.service, listed)
                 else:
                     log.error("Consul reports no passing %s instance; requests that need one get 503", self.service)
             self._cache = _Cache(found)
@@ -208,7 +224,7 @@ class ServiceWatch:
     def _watch_once(self) -> None:
         # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
         index, entries = self._query(
-            lambda: self._client.health.service(self.service, passing=True, index=self._index, wait=self._wait)
+            lambda: self._client.health.service(self.service, index=self._index, wait=self._wait)
         )
         if self._consul_error is not None:
             log.info("Consul answers again; watching %s", self.service)

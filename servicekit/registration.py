@@ -84,6 +84,8 @@ def service_definition(settings: Settings) -> dict:
         "tags": [f"v{settings.version}"],
         # Prometheus' consul_sd_configs reads it (the README's scrape config): the address and port are the service's.
         "meta": {"version": settings.version, "metrics_path": METRICS_PATH},
+        # Callers pick by these (servicekit.balancing): an instance in warning gets a small share, not none.
+        "weights": {"Passing": settings.weight_passing, "Warning": settings.weight_warning},
         "check": {
             **consul.Check.http(
                 f"{base}/health",

@@ -10,7 +10,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import stack
+from . import balancing, stack
 
 VERSION = "0.1.0"
 
@@ -227,9 +227,11 @@ class Settings:
     # The facade's budget for one call to logging or messages, retries on other instances included.
     request_deadline: float = 5.0
     # Retries of calls to other services, as a share of the calls over the last 10 s (per worker and
-    # service), and the retries allowed in any case: a slow tier gets at most a tenth more calls.
+    # service), and the retries allowed in any case: a slow tier gets at most a tenth more calls. The
+    # minimum covers what ejecting one bad instance costs a quiet worker (servicekit/outliers.py): its 3
+    # failures in a row, plus up to 3 calls its other threads had already sent there, each retried.
     retry_budget_ratio: float = 0.1
-    retry_budget_minimum: int = 3
+    retry_budget_minimum: int = 6
     # How long POST /facade replays its first answer to a request with the same Idempotency-Key.
     idempotency_window: float = 3600.0
     # On SIGTERM, how long an instance keeps serving after leaving Consul, so callers drop it first.
@@ -258,11 +260,21 @@ class Settings:
     # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
     # for characters outside the BMP, which Python stores in 4 bytes each).
     messages_kept: int = 20_000
+    # How the facade picks an instance (servicekit.balancing.POLICIES): "random" (by weight) or "p2c"
+    # (the less busy of two). Consul KV may switch it live.
+    lb_policy: str = balancing.DEFAULT_POLICY
+    # The Consul service weights this instance registers with: its share of the picks while its check
+    # passes, and while it is in warning (HTTP 429 from /health).
+    weight_passing: int = 10
+    weight_warning: int = 1
     # LOG_FORMAT: "text" (one line a record, for people) or "json" (one object a line, for log shippers).
     log_format: str = "text"
     version: str = VERSION
 
     def __post_init__(self) -> None:
+        if self.lb_policy not in balancing.POLICIES:
+            known = ", ".join(sorted(balancing.POLICIES))
+            raise SettingsError(f"LB_POLICY must be one of {known}, got {self.lb_policy!r}")
         needed = forwarded_body_bytes(self.max_message_chars)
         if needed > self.max_body_bytes:
             raise SettingsError(
@@ -283,7 +295,7 @@ class Settings:
             read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
             request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
             retry_budget_ratio=_float(env, "RETRY_BUDGET_RATIO", 0.1, allow_zero=True),
-            retry_budget_minimum=_int(env, "RETRY_BUDGET_MINIMUM", 3),
+            retry_budget_minimum=_int(env, "RETRY_BUDGET_MINIMUM", 6),
             idempotency_window=_float(env, "IDEMPOTENCY_WINDOW", 3600.0),
             drain_seconds=_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
             max_body_bytes=max_body_bytes_from_env(env),
@@ -291,6 +303,9 @@ class Settings:
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
             log_capacity_bytes=_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
             messages_kept=_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
+            lb_policy=env.get("LB_POLICY") or balancing.DEFAULT_POLICY,
+            weight_passing=_int(env, "WEIGHT_PASSING", 10, minimum=1),
+            weight_warning=_int(env, "WEIGHT_WARNING", 1),
             log_format=_log_format(env),
             check_failures_before_critical=_int(env, "CHECK_FAILURES_BEFORE_CRITICAL", 2, minimum=1),
             check_success_before_passing=_int(env, "CHECK_SUCCESS_BEFORE_PASSING", 2, minimum=1),

@@ -3,15 +3,19 @@ client is told. Discovery and HTTP are stand-ins here; tests/integration drives 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import urllib.parse
 
 import pytest
 import requests
 from hazelcast.errors import SplitBrainProtectionError
+from prometheus_client import REGISTRY
 from werkzeug.exceptions import NotFound
 
+from devstack import until
 from facade import create_app
 from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
 from servicekit.discovery import Instance
@@ -127,19 +131,74 @@ def test_a_read_that_timed_out_is_not_sent_to_another_instance():
             assert failed.public == f"{LOGGING_SERVICE} did not answer in time"
 
 
+def every_other(failure):
+    """An instance that fails every other call: never three times in a row, so it is never ejected."""
+    calls = iter(range(10**6))
+
+    def answer():
+        if next(calls) % 2:
+            return STORED
+        if isinstance(failure, Exception):
+            raise failure
+        return failure
+
+    return answer
+
+
 @pytest.mark.parametrize("failure", [BROKEN, requests.ReadTimeout("slow")])
 def test_retries_after_a_failure_stay_within_a_tenth_of_the_calls(failure):
-    http = ScriptedHttp(p8081=failure, p8082=STORED)
+    http = ScriptedHttp(p8081=every_other(failure), p8082=STORED)
     calling = backends(http, 8081, 8082)
     refused = 0
-    for n in range(200):
+    for n in range(400):
         try:
             calling.log_message(f"id-{n}", "hello")
         except Unavailable as failed:
             assert failed.public == f"{LOGGING_SERVICE} failed and its retry budget is spent"
             refused += 1
-    assert len(http.tried) <= 1.1 * 200
-    assert refused > 50, "about half the calls went to the failing instance first"
+    assert len(http.tried) <= 1.1 * 400
+    # About a quarter of the first tries fail (half go to 8081, which fails half of them): some 100
+    # retries wanted, 40 allowed.
+    assert refused > 30, "the budget refused the retries beyond a tenth"
+
+
+def test_an_instance_that_fails_three_times_in_a_row_is_left_out_for_a_while():
+    http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
+    calling = backends(http, 8081, 8082)
+    ejections = REGISTRY.get_sample_value(
+        "upstream_ejections_total", {"service": LOGGING_SERVICE, "instance": instance(8081).id}
+    )
+    for n in range(100):
+        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+    assert http.tried.count(8081) == 3
+    assert (
+        REGISTRY.get_sample_value(
+            "upstream_ejections_total", {"service": LOGGING_SERVICE, "instance": instance(8081).id}
+        )
+        == (ejections or 0) + 1
+    ), "the ejection is counted once"
+
+
+def test_health_details_list_the_instances_this_worker_ejected():
+    class Watched(FixedDiscovery):
+        def status(self) -> dict:
+            return {LOGGING_SERVICE: {"instances": [i.id for i in self.found]}}
+
+    http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
+    calling = Backends(Settings.from_env("facade-service", 8080, env={}), Watched(8081, 8082), session=http)
+    assert calling.status()[LOGGING_SERVICE]["ejected"] == []
+    for n in range(20):
+        calling.log_message(f"id-{n}", "hello")
+    assert calling.status()[LOGGING_SERVICE]["ejected"] == [instance(8081).id]
+
+
+def test_a_4xx_does_not_count_towards_an_ejection():
+    http = ScriptedHttp(p8081=response(400, {"error": "no"}), p8082=STORED)
+    calling = backends(http, 8081, 8082)
+    for n in range(100):
+        with contextlib.suppress(BadGateway):
+            calling.log_message(f"id-{n}", "hello")
+    assert http.tried.count(8081) > 20, "a 4xx is the caller's contract, not the instance's health"
 
 
 def test_a_refused_connection_is_retried_whatever_the_budget():
@@ -322,3 +381,35 @@ def test_an_offer_refused_for_lack_of_members_is_known_not_queued(closing):
     answer = facade_with(closing, http, RefusingQueue(room=10)).post("/facade", json={"msg": "hello"})
     assert answer.status_code == 503
     assert answer.json["logged"] is True and answer.json["queued"] is False, answer.json
+
+
+def test_the_calls_in_flight_are_counted_per_instance_for_the_pick_and_forgotten_when_done():
+    seen: list[dict[str, int]] = []
+
+    def least_busy(instances, failed_ids=(), outstanding=None):
+        seen.append(dict(outstanding or {}))
+        untried = [i for i in instances if i.id not in failed_ids]
+        return min(untried, key=lambda i: (outstanding or {}).get(i.id, 0))
+
+    release = threading.Event()
+
+    def held():
+        assert release.wait(5)
+        return STORED
+
+    http = ScriptedHttp(p8081=held, p8082=STORED)
+    calling = Backends(Settings.from_env("facade-service", 8080, env={}), FixedDiscovery(8081, 8082), session=http,
+                       pick=least_busy)  # fmt: skip
+    first = threading.Thread(target=calling.log_message, args=("id-1", "held"))
+    first.start()
+    try:
+        until(lambda: http.tried == [8081], timeout=5, what="the first call sent")
+        assert calling.log_message("id-2", "hello") == instance(8082).id
+        assert seen[-1] == {instance(8081).id: 1}
+    finally:
+        release.set()
+        first.join(5)
+    http.by_port[8081] = requests.ConnectionError("reset")
+    assert calling.log_message("id-3", "hello") == instance(8082).id
+    calling.log_message("id-4", "hello")
+    assert seen[-1] == {}, "every call ended, the failed one too"

@@ -20,8 +20,13 @@ from servicekit.discovery import ServiceWatch
 SERVICE = "logging-service"
 
 
-def entry(port: int, address: str = "127.0.0.1") -> dict:
-    return {"Service": {"ID": f"{SERVICE}-{port}", "Address": address, "Port": port}, "Node": {"Address": "10.0.0.1"}}
+def entry(port: int, address: str = "127.0.0.1", checks: tuple[str, ...] = ("passing",)) -> dict:
+    return {
+        "Service": {"ID": f"{SERVICE}-{port}", "Address": address, "Port": port,
+                    "Weights": {"Passing": 10, "Warning": 1}},
+        "Node": {"Address": "10.0.0.1"},
+        "Checks": [{"CheckID": "serfHealth", "Status": "passing"}, *({"Status": c} for c in checks)],
+    }  # fmt: skip
 
 
 def answer(index: int, *ports: int) -> tuple[str, list[dict]]:
@@ -40,7 +45,8 @@ class ScriptedConsul:
         self._asked = threading.Condition()
 
     def service(self, service: str, passing: bool = False, index=None, wait=None):
-        assert service == SERVICE and passing, "the watch asks for passing instances of its service only"
+        # Warning instances serve too (with their warning weight): the watch leaves out the critical ones itself.
+        assert service == SERVICE and not passing, "the watch asks for every instance of its service"
         with self._asked:
             self.sent_indexes.append(index)
             self._asked.notify_all()
@@ -197,3 +203,16 @@ def test_an_unexpected_error_in_the_watch_is_logged_and_the_watch_keeps_going(co
     assert ports(watch) == [8081]
     consul_stub.reply(answer(102, 8082))
     assert ports(watch) == [8082]
+
+
+def test_a_warning_instance_is_kept_with_its_warning_weight_and_a_critical_one_is_left_out(consul_stub, watch):
+    entries = [entry(8081), entry(8082, checks=("warning",)), entry(8083, checks=("passing", "critical"))]
+    consul_stub.reply(("100", entries))
+    assert {i.port: i.weight for i in watch.instances()} == {8081: 10, 8082: 1}
+
+
+def test_an_instance_registered_without_weights_weighs_one(consul_stub, watch):
+    bare = entry(8081)
+    del bare["Service"]["Weights"]
+    consul_stub.reply(("100", [bare]))
+    assert [i.weight for i in watch.instances()] == [1]

@@ -1,0 +1,153 @@
+"""Stub service instances: tiny HTTP servers on loopback, registered in a real Consul agent with the
+product's own service definition (an HTTP check on /health), that fail or slow down on purpose. Faults made
+from outside the product, for the tests and the bench.
+
+- `StubInstance`: answers as a logging or messages instance would, with a chosen status for POSTs, a delay,
+  and a chosen /health status (429 makes Consul's HTTP check `warning`).
+- `DelayProxy`: forwards every call to a real instance after a fixed delay, registered in its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import consul
+import requests
+
+from devstack.processes import free_port
+from servicekit.registration import service_definition
+from servicekit.settings import Settings
+
+
+class _Server:
+    """A threading HTTP server on a free loopback port, counting the calls it receives."""
+
+    def __init__(self, service: str):
+        self.service = service
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.settings = Settings(service_name=service, port=self.port)
+        self._thread = threading.Thread(target=self.server.serve_forever, name=f"stub-{self.port}", daemon=True)
+
+    @property
+    def instance_id(self) -> str:
+        return self.settings.instance_id
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                # The caller may have given up on a slow answer and closed the connection.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
+
+            def body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_GET(self) -> None:
+                stub._handle(self)
+
+            def do_POST(self) -> None:
+                stub._handle(self)
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+                pass
+
+        return Handler
+
+    def _handle(self, handler) -> None:
+        raise NotImplementedError
+
+    def _count(self, handler) -> None:
+        if handler.path != "/health":
+            with self._lock:
+                self.calls.append(f"{handler.command} {handler.path}")
+
+    def count(self, prefix: str = "") -> int:
+        with self._lock:
+            return sum(call.startswith(prefix) for call in self.calls)
+
+    def start(self, client: consul.Consul, weights: dict[str, int] | None = None) -> _Server:
+        self._thread.start()
+        definition = service_definition(self.settings)
+        if weights is not None:
+            definition["weights"] = weights
+        client.agent.service.register(**definition)
+        return self
+
+    def stop(self, client: consul.Consul) -> None:
+        with contextlib.suppress(consul.ConsulException, requests.RequestException):
+            client.agent.service.deregister(self.instance_id)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StubInstance(_Server):
+    """Answers as a logging or messages instance would: POST echoes the body with `post_status`, GET an
+    empty last page, each after `delay` seconds; /health answers `health_status` at once."""
+
+    def __init__(self, service: str, post_status: int = 201, delay: float = 0.0, health_status: int = 200):
+        self.post_status = post_status
+        self.delay = delay
+        self.health_status = health_status
+        super().__init__(service)
+
+    def _handle(self, handler) -> None:
+        if handler.path == "/health":
+            handler.answer(self.health_status, b'{"status": "stub"}')
+            return
+        self._count(handler)
+        sent = handler.body()
+        time.sleep(self.delay)
+        if handler.command == "POST":
+            status = self.post_status
+            body = {**json.loads(sent), "created": True} if status < 400 else {"error": "stub failure"}
+        else:
+            status, body = 200, {"messages": [], "next": None}
+        handler.answer(status, json.dumps(body).encode())
+
+
+class DelayProxy(_Server):
+    """Forwards every call (its /health included) to `target` (a real instance's base URL), each call but
+    /health after `delay` seconds: the real instance, slowed from outside."""
+
+    def __init__(self, service: str, target: str, delay: float):
+        self.target = target
+        self.delay = delay
+        self._local = threading.local()
+        super().__init__(service)
+
+    def _handle(self, handler) -> None:
+        self._count(handler)
+        sent = handler.body() if handler.command == "POST" else None
+        if handler.path != "/health":
+            time.sleep(self.delay)
+        if not hasattr(self._local, "http"):
+            self._local.http = requests.Session()
+            self._local.http.trust_env = False
+        try:
+            response = self._local.http.request(
+                handler.command,
+                self.target + handler.path,
+                data=sent,
+                headers={"Content-Type": handler.headers.get("Content-Type", "application/json")},
+                timeout=10,
+            )
+        except requests.RequestException as exc:
+            handler.answer(502, json.dumps({"error": f"proxy: {type(exc).__name__}"}).encode())
+            return
+        handler.answer(response.status_code, response.content, response.headers.get("Content-Type", "text/plain"))
