@@ -6,7 +6,7 @@ the `config/` prefix, so a change reaches every worker within milliseconds of th
 a Consul call. The value in the environment is the start value; the KV key, when present and valid, wins;
 when the key is deleted the start value comes back. A value that does not parse or cannot be applied is
 refused with a log line and the old value stays; `status()` (shown in /health) says what is applied, from
-which KV index, and what was refused.
+which KV index, the KV index of Consul's last answer, and what was refused.
 
 Which keys apply how is the table in README.md ("Configuration that applies live").
 """
@@ -111,6 +111,8 @@ class LiveConfig:
         with self._lock:
             return {
                 "index": self._index_applied,
+                # The X-Consul-Index of Consul's last answer: the values in force are current as of it.
+                "answered_index": self._last_index,
                 "values": {
                     key: {"value": a.value, "from": "env" if a.index is None else "kv", "index": a.index}
                     for key, a in self._applied.items()
@@ -218,6 +220,7 @@ def message_limit(app, max_body_bytes: int) -> LiveSetting:
     )
 
 
-def balancing_policy(use_policy: Callable[[str], None], start: str = balancing.DEFAULT_POLICY) -> LiveSetting:
-    """The balancing policy of a caller (facade.backends.Backends.use_policy)."""
+def balancing_policy(use_policy: Callable[[str], None], start: str) -> LiveSetting:
+    """The balancing policy of a caller (facade.backends.Backends.use_policy). `start` is the caller's
+    LB_POLICY, no default: a deleted key must bring back what the environment says, not `random`."""
     return LiveSetting(key=KEY_POLICY, start=start, parse=parse_policy, apply=use_policy)
