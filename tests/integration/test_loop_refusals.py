@@ -43,11 +43,11 @@ def refusals(url: str) -> dict[tuple[str, str], float]:
 
 
 def test_a_body_or_head_the_loop_refuses_is_answered_with_the_request_id_and_counted(consul_agent, start_instance):
-    service = wait_passing(consul_agent, start_instance("logging-service", env={"MAX_BODY_BYTES": "1000"}))
+    service = wait_passing(consul_agent, start_instance("logging-service"))
     too_large = raw(
         service.port,
         b"POST /logging HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: refused-413-a\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n",
+        b"Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n",
     )
     assert too_large.startswith(b"HTTP/1.1 413 "), too_large[:200]
     assert header(too_large, "X-Request-ID") == "refused-413-a"
