@@ -17,6 +17,7 @@ import consul
 from tenacity import RetryCallState
 
 from .background import BackgroundLoop
+from .blocking_index import BlockingIndex
 from .errors import CONSUL_ERRORS, DiscoveryError
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,7 @@ class ServiceWatch:
         self._loaded = threading.Event()
         self._consul_error: str | None = None
         self._updated_at: float | None = None
-        # The index of the last answer, to notice one that goes backwards, and the index the next
-        # query sends (None after an error or a restart: start over with a query that answers at once).
-        self._last_index: int | None = None
-        self._index: int | None = None
+        self._index = BlockingIndex()
         self._loop = BackgroundLoop(f"watch-{service}", self._watch_once)
         # Jittered backoff on errors keeps many workers from hammering an agent that just came back.
         self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
@@ -177,11 +175,7 @@ class ServiceWatch:
             self._cache = replace(cache, stale_reason=reason)
 
     def _answered(self, index: int, found: tuple[Instance, ...]) -> None:
-        restarted = self._last_index is not None and index < self._last_index
-        self._last_index = index
-        # Consul's rules for blocking queries: start over when the index went backwards, and never send
-        # an index of 0 or less.
-        self._index = None if restarted or index <= 0 else index
+        restarted = self._index.answered(index)
         cache = self._cache
         if restarted:
             log.info("Consul's index for %s went backwards (the agent restarted); starting over", self.service)
@@ -215,16 +209,14 @@ class ServiceWatch:
             else:
                 log.warning("Consul is unreachable while watching %s: %s", self.service, exc)
         self._consul_error = "permission denied" if denied else type(exc).__name__
-        # The agent may come back restarted, with a lower index: a query for the old one would be held
-        # for the whole wait.
-        self._index = None
+        self._index.failed()
         self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
         self._tell(answered=False)
 
     def _watch_once(self) -> None:
         # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
         index, entries = self._query(
-            lambda: self._client.health.service(self.service, index=self._index, wait=self._wait)
+            lambda: self._client.health.service(self.service, index=self._index.next, wait=self._wait)
         )
         if self._consul_error is not None:
             log.info("Consul answers again; watching %s", self.service)
