@@ -1,7 +1,8 @@
 """Finding the instances of a service through Consul, with the weight of the state each one is in.
 
-`passing_instances` asks once. `ServiceWatch` keeps the answer current with Consul blocking queries on a
-background thread, so a request picks an instance from memory and makes no Consul call.
+`usable_instances` asks once (usable: passing or warning, never critical; `usable`). `ServiceWatch` keeps
+the answer current with Consul blocking queries on a background thread, so a request picks an instance from
+memory and makes no Consul call.
 """
 
 from __future__ import annotations
@@ -44,25 +45,35 @@ def _weight(entry: dict) -> int:
     return int(weights.get("Warning" if warning else "Passing", 1))
 
 
+def service_address(entry: dict) -> str:
+    """The address of an instance in a health (or catalog) entry: an empty service address means "the
+    node's address", as in Consul's own DNS answers."""
+    return entry["Service"]["Address"] or entry["Node"]["Address"]
+
+
+def usable(entry: dict) -> bool:
+    """The one definition of a usable instance: passing, or warning (it still serves, with its smaller
+    weight; Consul's DNS interface answers those too). Critical ones (maintenance mode included) are out."""
+    return not any(check["Status"] == "critical" for check in entry.get("Checks", ()))
+
+
 def _instances(entries: list[dict]) -> tuple[Instance, ...]:
     return tuple(
         Instance(
             id=entry["Service"]["ID"],
-            # An empty service address means "the node's address", as in Consul's own DNS answers.
-            address=entry["Service"]["Address"] or entry["Node"]["Address"],
+            address=service_address(entry),
             port=entry["Service"]["Port"],
             weight=_weight(entry),
         )
         for entry in entries
-        # Passing and warning ones: a warning instance still serves, with its smaller weight (Consul's
-        # DNS interface answers them too). Critical ones (maintenance mode included) are out.
-        if not any(check["Status"] == "critical" for check in entry.get("Checks", ()))
+        if usable(entry)
     )
 
 
-def passing_instances(client: consul.Consul, service: str) -> list[Instance]:
+def usable_instances(client: consul.Consul, service: str) -> list[Instance]:
+    """The usable instances of a service, asked once (a watch keeps them current: ServiceWatch)."""
     try:
-        _, entries = client.health.service(service, passing=True)
+        _, entries = client.health.service(service)
     except CONSUL_ERRORS as exc:
         raise DiscoveryError(f"Consul is unreachable: {exc}") from exc
     return list(_instances(entries))
