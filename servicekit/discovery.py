@@ -73,7 +73,8 @@ def _instances(entries: list[dict]) -> tuple[Instance, ...]:
 def usable_instances(client: consul.Consul, service: str) -> list[Instance]:
     """The usable instances of a service, asked once (a watch keeps them current: ServiceWatch)."""
     try:
-        _, entries = client.health.service(service)
+        # Every instance, not Consul's passing filter (which drops warning ones too): `usable` decides.
+        _, entries = client.health.service(service, passing=False)
     except CONSUL_ERRORS as exc:
         raise DiscoveryError(f"Consul is unreachable: {exc}") from exc
     return list(_instances(entries))
