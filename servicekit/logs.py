@@ -14,6 +14,7 @@ import logging
 import logging.config
 from typing import Any
 
+# LOG_FORMAT's values, the default first (servicekit.settings checks the variable against them).
 LOG_FORMATS = ("text", "json")
 
 
