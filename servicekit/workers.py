@@ -11,7 +11,9 @@ a thread never waits for a client:
 - The loop parses the head with gunicorn's own parser, so it agrees with the thread on where the body
   starts and how it is framed. A Content-Length body, or a chunked one (followed by ChunkedBody, RFC 9112
   section 7.1), is buffered up to MAX_BODY_BYTES, the limit the apps enforce; a larger one is answered 413
-  by the loop, a head over MAX_HEADER_BYTES 431 and broken chunk framing 400, without a thread. A head the
+  by the loop, a head over MAX_HEADER_BYTES 431 and broken chunk framing 400, without a thread; such an
+  answer carries the request's X-Request-ID (as request_id would choose it from the head; a new one when
+  the head never parsed) and is counted in servicekit.metrics under the route "unmatched". A head the
   parser refuses goes to a thread, whose parser refuses it from the same bytes without reading more.
 - `Expect: 100-continue` gets its "100 Continue" from the loop, which then reads the body like any other.
   gunicorn's thread sends a second one before the final answer; clients must accept any number of 1xx
