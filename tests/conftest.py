@@ -5,13 +5,15 @@ Each run writes its process logs under tests/.logs/<run>/; a failing test names 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hazelcast
 import pytest
 
-from devstack import ROOT, ConsulAgent, HazelcastCluster, build_stack, isolated_agent, start_service
+from devstack import ROOT, ConsulAgent, HazelcastCluster, Stack, build_stack, isolated_agent, start_service
 
 
 @pytest.fixture(scope="session")
@@ -43,24 +45,41 @@ def stack(consul_agent, hazelcast_cluster, log_dir):
     stack.stop()
 
 
-@pytest.fixture
-def own_stack(hazelcast_cluster, log_dir, request):
-    """A stack a test may break: its own Consul agent, its own map and queue on the shared cluster."""
-    stacks = []
+@contextlib.contextmanager
+def _isolated_stacks(cluster: HazelcastCluster, log_dir: Path, name: str) -> Iterator[Callable[..., Stack]]:
+    """Build stacks, each with a Consul agent of its own, on the shared cluster; all stopped at the end."""
+    stacks: list[Stack] = []
 
-    def make(**sizes):
-        agent = isolated_agent(hazelcast_cluster, log_dir, name=f"consul-{request.node.name[:40]}")
+    def make(**sizes) -> Stack:
+        agent = isolated_agent(cluster, log_dir, name=name)
         try:
-            stacks.append(build_stack(agent, hazelcast_cluster, log_dir, **sizes))
+            stacks.append(build_stack(agent, cluster, log_dir, **sizes))
         except BaseException:
             agent.stop()
             raise
         return stacks[-1]
 
-    yield make
-    for stack in stacks:
-        stack.stop()
-        stack.agent.stop()
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.stop()
+            stack.agent.stop()
+
+
+@pytest.fixture
+def own_stack(hazelcast_cluster, log_dir, request):
+    """A stack a test may break: its own Consul agent, its own map and queue on the shared cluster."""
+    with _isolated_stacks(hazelcast_cluster, log_dir, f"consul-{request.node.name[:40]}") as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_stack(hazelcast_cluster, log_dir, request):
+    """As own_stack, for the tests of one module to share: a module-scoped fixture of the module builds it
+    once (`return module_stack(logging=2)`); the tests must leave it as they found it."""
+    with _isolated_stacks(hazelcast_cluster, log_dir, f"consul-{request.module.__name__[:40]}") as make:
+        yield make
 
 
 @pytest.fixture
