@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from devstack import ConsulAgent, check_status, eventually, record
+from devstack import check_status, eventually, record
 from devstack.stubs import StubInstance
 from servicekit.consul_client import make_consul
 from servicekit.discovery import ServiceWatch
@@ -22,14 +22,8 @@ SERVICE = "logging-service"
 
 
 @pytest.fixture
-def agent(log_dir):
-    agent = ConsulAgent(log_dir, name="consul-check-thresholds").start()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture
-def registered(agent):
+def registered(own_agent):
+    agent = own_agent
     """A stub instance registered as the services register themselves, and a watch like the facade's."""
     client = agent.client()
     stub = StubInstance(SERVICE)

@@ -18,16 +18,9 @@ SERVICE = "logging-service"
 
 
 @pytest.fixture
-def agent(log_dir):
-    agent = ConsulAgent(log_dir, name="consul-dns").start()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture
-def healthy_stubs(agent):
+def healthy_stubs(own_agent):
     """Start and register stub instances whose /health passes; all stopped afterwards."""
-    client = agent.client()
+    client = own_agent.client()
     stubs: list[StubInstance] = []
 
     def start() -> StubInstance:
@@ -53,7 +46,8 @@ def _srv_ports(agent: ConsulAgent, name: str) -> set[int]:
     return {record.port for record in answer}
 
 
-def test_an_srv_query_lists_exactly_the_passing_instances(agent, healthy_stubs):
+def test_an_srv_query_lists_exactly_the_passing_instances(own_agent, healthy_stubs):
+    agent = own_agent
     client = agent.client()
     stubs = [healthy_stubs(), healthy_stubs()]
     passing = {stub.port for stub in stubs}

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from devstack import Load
-from devstack.stubs import StubInstance, stubbed_facade
+from devstack.stubs import StubInstance
 from servicekit.gunicorn_config import WORKER_SETTINGS
 from servicekit.outliers import BASE_EJECTION, CONSECUTIVE_FAILURES
 
@@ -24,12 +24,11 @@ CLIENTS = 4
 
 
 @pytest.fixture
-def one_bad_logging_instance(hazelcast_cluster, log_dir, request):
+def one_bad_logging_instance(facade_before):
     """A facade in front of two good logging stubs and one that answers 500 to every POST /logging."""
     stubs = [StubInstance("logging-service"), StubInstance("logging-service"),
              StubInstance("logging-service", post_status=500), StubInstance("messages-service")]  # fmt: skip
-    with stubbed_facade(hazelcast_cluster, log_dir, f"consul-{request.node.name[:40]}", stubs) as facade:
-        yield facade, stubs
+    return facade_before(stubs), stubs
 
 
 def readmissions(seconds: float) -> int:

@@ -13,22 +13,18 @@ import uuid
 import pytest
 
 from devstack import Load, until
-from devstack.stubs import StubInstance, stubbed_facade
+from devstack.stubs import StubInstance
 
 TIMEOUT = 10
 READ_TIMEOUT = 0.3
 
 
 @pytest.fixture
-def stubbed(hazelcast_cluster, log_dir, request):
+def stubbed(facade_before):
     """A facade whose logging and messages instances are stubs: two quick logging instances, one slow."""
     stubs = [StubInstance("logging-service"), StubInstance("logging-service"),
              StubInstance("logging-service", delay=3 * READ_TIMEOUT), StubInstance("messages-service")]  # fmt: skip
-    name = f"consul-{request.node.name[:40]}"
-    with stubbed_facade(
-        hazelcast_cluster, log_dir, name, stubs, env={"HTTP_READ_TIMEOUT": str(READ_TIMEOUT)}
-    ) as facade:
-        yield facade, stubs
+    return facade_before(stubs, env={"HTTP_READ_TIMEOUT": str(READ_TIMEOUT)}), stubs
 
 
 def test_a_slow_logging_instance_gets_no_more_calls_than_a_tenth_over_the_requests(stubbed):

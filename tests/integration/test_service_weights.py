@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from devstack import Load
-from devstack.stubs import StubInstance, stubbed_facade
+from devstack.stubs import StubInstance
 from servicekit.settings import Settings
 
 TIMEOUT = 10
@@ -20,11 +20,10 @@ POSTS = 420
 
 
 @pytest.fixture
-def one_warning_logging_instance(hazelcast_cluster, log_dir, request):
+def one_warning_logging_instance(facade_before):
     stubs = [StubInstance("logging-service"), StubInstance("logging-service"),
              StubInstance("logging-service", health_status=429), StubInstance("messages-service")]  # fmt: skip
-    with stubbed_facade(hazelcast_cluster, log_dir, f"consul-{request.node.name[:40]}", stubs) as facade:
-        yield facade, stubs
+    return facade_before(stubs), stubs
 
 
 def test_an_instance_in_warning_gets_about_its_warning_weights_share(one_warning_logging_instance):
