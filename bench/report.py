@@ -74,6 +74,8 @@ def markdown(r: dict) -> str:
     row("POST-to-visible p99 at 200 messages/s (`visible_p99_ms`)", "visible_p99_ms", " ms", 1)
     row("Drain rate, 2 consumers (`drain_msgs_per_s`)", "drain_msgs_per_s", " msg/s")
     row("Consul HTTP requests per 1,000 facade requests (`consul_requests_per_1k`)", "consul_requests_per_1k", "", 2)
+    row("Requests the facade's /metrics counted per request wrk sent (`metrics_counted_per_sent`)",
+        "metrics_counted_per_sent", "", 3)  # fmt: skip
     if "ref_chain_rps" in r:
         rows += [
             "",

@@ -56,6 +56,10 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
             s["slow_instance"] = system.results["balance"]
         if system.facade_requests:
             s["consul_requests_per_1k"] = system.consul_requests * 1000 / system.facade_requests
+            if system.facade_counted is not None:
+                # wrk counts the answers it read; requests still in flight when a run stops are answered
+                # and counted by the facade only, so this is 1 plus at most connections per run.
+                s["metrics_counted_per_sent"] = system.facade_counted / system.facade_requests
         out[system.label] = s
     current = dict(out[systems[0].label])
     if runs:

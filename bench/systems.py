@@ -30,6 +30,7 @@ from devstack import (
     prometheus_counter,
 )
 from servicekit import kvconfig
+from servicekit.stack_status import served_requests
 
 log = logging.getLogger("bench")
 
@@ -65,6 +66,8 @@ class System:
     config: kvconfig.SharedConfig
     consul_requests: float = 0.0
     facade_requests: int = 0
+    # What the facade's own /metrics counted over the same runs; None for a revision without /metrics.
+    facade_counted: float | None = 0.0
     results: dict = field(default_factory=dict)
 
     def queue(self):
@@ -152,9 +155,26 @@ def short_rev(rev: str) -> str:
 
 
 def run_counted(system: System, url: str, connections: int, seconds: float, **kw) -> wrk.Result:
-    """A wrk run at one facade, with the Consul requests its agent served meanwhile."""
+    """A wrk run at one facade, with the Consul requests its agent served meanwhile and the requests the
+    facade's /metrics counted meanwhile."""
     before = prometheus_counter(system.agent, REQUEST_PATH_QUERIES)
+    counted_before = facade_counted(system)
     result = wrk.run(url, connections, seconds, **kw)
     system.consul_requests += prometheus_counter(system.agent, REQUEST_PATH_QUERIES) - before
     system.facade_requests += result.requests
+    counted_after = facade_counted(system)
+    if system.facade_counted is not None and counted_before is not None and counted_after is not None:
+        system.facade_counted += counted_after - counted_before
+    else:
+        system.facade_counted = None
     return result
+
+
+def facade_counted(system: System) -> float | None:
+    """The requests the facade counted in its /metrics (every route but /health and /metrics), summed over
+    its workers; None when it has no /metrics (a baseline revision from before it)."""
+    response = requests.get(f"{system.stack.facade.url}/metrics", timeout=5)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return served_requests(response.text)

@@ -3,8 +3,9 @@ product's own service definition (an HTTP check on /health), that fail or slow d
 from outside the product, for the tests and the bench.
 
 - `StubInstance`: answers as a logging or messages instance would, with a chosen status for POSTs, a delay,
-  and a chosen /health status (429 makes Consul's HTTP check `warning`).
+  and a chosen /health status (429 makes Consul's HTTP check `warning`), or a few failed /health answers.
 - `DelayProxy`: forwards every call to a real instance after a fixed delay, registered in its place.
+- `stubbed_facade`: a real facade under gunicorn, in a Consul agent of its own, in front of stub instances.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import consul
 import requests
 
-from devstack.processes import free_port
+from devstack.consul_agent import check_status
+from devstack.hazelcast_cluster import HazelcastCluster
+from devstack.processes import free_port, until
+from devstack.stack import Service, isolated_agent, start_service, wait_passing
 from servicekit.id_format import HEADER, TRACEPARENT
 from servicekit.registration import service_definition
 from servicekit.settings import Settings
@@ -104,27 +110,51 @@ class _Server:
 
 class StubInstance(_Server):
     """Answers as a logging or messages instance would: POST echoes the body with `post_status`, GET an
-    empty last page, each after `delay` seconds; /health answers `health_status` at once."""
+    empty last page, each after `delay` seconds; /health answers `health_status` at once, or 503 while
+    `health_fail_next` > 0 (one fewer each time).
+
+    It keeps the headers of every call but /health (`headers`), every /health answer with its time
+    (`answered_since`), and how many calls it is still answering (`busy`)."""
 
     def __init__(self, service: str, post_status: int = 201, delay: float = 0.0, health_status: int = 200):
         self.post_status = post_status
         self.delay = delay
         self.health_status = health_status
+        self.health_fail_next = 0
+        self.headers: list[dict[str, str]] = []
+        self.busy = 0
+        self._health_answers: list[tuple[float, int]] = []
         super().__init__(service)
 
     def _handle(self, handler) -> None:
         if handler.path == "/health":
-            handler.answer(self.health_status, b'{"status": "stub"}')
+            with self._lock:
+                status = 503 if self.health_fail_next > 0 else self.health_status
+                self.health_fail_next = max(0, self.health_fail_next - 1)
+                self._health_answers.append((time.monotonic(), status))
+            handler.answer(status, b'{"status": "stub"}')
             return
         self._count(handler)
-        sent = handler.body()
-        time.sleep(self.delay)
-        if handler.command == "POST":
-            status = self.post_status
-            body = {**json.loads(sent), "created": True} if status < 400 else {"error": "stub failure"}
-        else:
-            status, body = 200, {"messages": [], "next": None}
-        handler.answer(status, json.dumps(body).encode())
+        with self._lock:
+            self.headers.append(dict(handler.headers))
+            self.busy += 1
+        try:
+            sent = handler.body()
+            time.sleep(self.delay)
+            if handler.command == "POST":
+                status = self.post_status
+                body = {**json.loads(sent), "created": True} if status < 400 else {"error": "stub failure"}
+            else:
+                status, body = 200, {"messages": [], "next": None}
+            handler.answer(status, json.dumps(body).encode())
+        finally:
+            with self._lock:
+                self.busy -= 1
+
+    def answered_since(self, since: float, status: int) -> int:
+        """How many /health answers with `status` it gave after `since` (time.monotonic())."""
+        with self._lock:
+            return sum(at > since and s == status for at, s in self._health_answers)
 
 
 class DelayProxy(_Server):
@@ -166,3 +196,37 @@ class DelayProxy(_Server):
             handler.answer(502, json.dumps({"error": f"proxy: {type(exc).__name__}"}).encode())
             return
         handler.answer(response.status_code, response.content, response.headers.get("Content-Type", "text/plain"))
+
+
+@contextlib.contextmanager
+def stubbed_facade(
+    cluster: HazelcastCluster,
+    log_dir: Path,
+    name: str,
+    stubs: Sequence[StubInstance],
+    env: dict[str, str] | None = None,
+) -> Iterator[Service]:
+    """A real facade under gunicorn in front of `stubs`, in a Consul agent of its own (`name`): the stubs are
+    registered and in their state (`warning` for a /health of 429, else `passing`) before the facade starts,
+    so its first discovery answer has them all. Everything is stopped and deregistered afterwards."""
+    agent = isolated_agent(cluster, log_dir, name=name)
+    client = agent.client()
+    started: list[StubInstance] = []
+    facade = None
+    try:
+        for stub in stubs:
+            stub.start(client)
+            started.append(stub)
+        for stub in stubs:
+            state = "warning" if stub.health_status == 429 else "passing"
+            until(lambda stub=stub, state=state: check_status(client, stub.instance_id) == state,
+                  timeout=15, what=f"{stub.instance_id} {state}")  # fmt: skip
+        facade = start_service("facade-service", agent, log_dir, env=env)
+        wait_passing(agent, facade)
+        yield facade
+    finally:
+        if facade is not None:
+            facade.proc.stop()
+        for stub in started:
+            stub.stop(client)
+        agent.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -238,7 +239,7 @@ def health_response(details: dict | None = None, **checks: bool):
         "checks": {k: bool(v) for k, v in checks.items()},
     }
     if details:
-        body["details"] = details
+        body["details"] = {**details, "pid": os.getpid()}  # which gunicorn worker answered: tests read every worker
     # Found at registration (servicekit.registration): wrong, but not a failed dependency.
     if warnings := registration.warnings():
         body["warnings"] = list(warnings)

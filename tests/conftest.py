@@ -5,13 +5,16 @@ Each run writes its process logs under tests/.logs/<run>/; a failing test names 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import hazelcast
 import pytest
 
-from devstack import ROOT, ConsulAgent, HazelcastCluster, build_stack, isolated_agent, start_service
+from devstack import ROOT, ConsulAgent, HazelcastCluster, Service, Stack, build_stack, isolated_agent, start_service
+from devstack.stubs import StubInstance, stubbed_facade
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +27,14 @@ def log_dir() -> Path:
 @pytest.fixture(scope="session")
 def consul_agent(log_dir):
     agent = ConsulAgent(log_dir).start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def own_agent(log_dir, request):
+    """A Consul dev agent of the test's own and nothing else in it: for tests of Consul's own behaviour."""
+    agent = ConsulAgent(log_dir, name=f"consul-{request.node.name[:40]}").start()
     yield agent
     agent.stop()
 
@@ -43,24 +54,54 @@ def stack(consul_agent, hazelcast_cluster, log_dir):
     stack.stop()
 
 
-@pytest.fixture
-def own_stack(hazelcast_cluster, log_dir, request):
-    """A stack a test may break: its own Consul agent, its own map and queue on the shared cluster."""
-    stacks = []
+@contextlib.contextmanager
+def _isolated_stacks(cluster: HazelcastCluster, log_dir: Path, name: str) -> Iterator[Callable[..., Stack]]:
+    """Build stacks, each with a Consul agent of its own, on the shared cluster; all stopped at the end."""
+    stacks: list[Stack] = []
 
-    def make(**sizes):
-        agent = isolated_agent(hazelcast_cluster, log_dir, name=f"consul-{request.node.name[:40]}")
+    def make(**sizes) -> Stack:
+        agent = isolated_agent(cluster, log_dir, name=name)
         try:
-            stacks.append(build_stack(agent, hazelcast_cluster, log_dir, **sizes))
+            stacks.append(build_stack(agent, cluster, log_dir, **sizes))
         except BaseException:
             agent.stop()
             raise
         return stacks[-1]
 
-    yield make
-    for stack in stacks:
-        stack.stop()
-        stack.agent.stop()
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.stop()
+            stack.agent.stop()
+
+
+@pytest.fixture
+def own_stack(hazelcast_cluster, log_dir, request):
+    """A stack a test may break: its own Consul agent, its own map and queue on the shared cluster."""
+    with _isolated_stacks(hazelcast_cluster, log_dir, f"consul-{request.node.name[:40]}") as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_stack(hazelcast_cluster, log_dir, request):
+    """As own_stack, for the tests of one module to share: a module-scoped fixture of the module builds it
+    once (`return module_stack(logging=2)`); the tests must leave it as they found it."""
+    with _isolated_stacks(hazelcast_cluster, log_dir, f"consul-{request.module.__name__[:40]}") as make:
+        yield make
+
+
+@pytest.fixture
+def facade_before(hazelcast_cluster, log_dir, request):
+    """devstack.stubs.stubbed_facade for one test: `facade_before(stubs, env=None)` starts the stubs and a real
+    facade in front of them, in a Consul agent named after the test; all stopped after the test."""
+    with contextlib.ExitStack() as started:
+
+        def start(stubs: Sequence[StubInstance], env: dict[str, str] | None = None) -> Service:
+            name = f"consul-{request.node.name[:40]}"
+            return started.enter_context(stubbed_facade(hazelcast_cluster, log_dir, name, stubs, env))
+
+        yield start
 
 
 @pytest.fixture

@@ -1,91 +1,41 @@
 """The services' HTTP check, as Consul (the version we ship) runs it: one failed /health does not take an
 instance out of rotation; failures in a row do.
 
-The instance is a stub in the test process whose /health fails when told to, registered in a Consul agent
-of the test's own with the product's service definition (servicekit.registration.service_definition).
+The instance is a stub in the test process whose /health fails when told to (devstack.stubs.StubInstance),
+registered in a Consul agent of the test's own with the product's service definition.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from devstack import ConsulAgent, check_status, eventually, free_port, record
+from devstack import check_status, eventually, record
+from devstack.stubs import StubInstance
 from servicekit.consul_client import make_consul
 from servicekit.discovery import ServiceWatch
-from servicekit.registration import service_definition
-from servicekit.settings import ConsulSettings, Settings
+from servicekit.settings import ConsulSettings
 
 SERVICE = "logging-service"
 
 
-class HealthStub:
-    """/health answers 200, or 503 while `fail_next` > 0 (one fewer each time) or `failing` is set."""
-
-    def __init__(self):
-        self.fail_next = 0
-        self.failing = False
-        self.answers: list[tuple[float, int]] = []
-        self._lock = threading.Lock()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                with stub._lock:
-                    fail = stub.failing or stub.fail_next > 0
-                    stub.fail_next = max(0, stub.fail_next - 1)
-                    status = 503 if fail else 200
-                    stub.answers.append((time.monotonic(), status))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.port = free_port()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health-stub", daemon=True)
-
-    def start(self) -> HealthStub:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def answered_since(self, since: float, status: int) -> int:
-        with self._lock:
-            return len([1 for at, s in self.answers if at > since and s == status])
-
-
 @pytest.fixture
-def agent(log_dir):
-    agent = ConsulAgent(log_dir, name="consul-check-thresholds").start()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture
-def registered(agent):
+def registered(own_agent):
+    agent = own_agent
     """A stub instance registered as the services register themselves, and a watch like the facade's."""
-    stub = HealthStub().start()
-    settings = Settings(
-        service_name=SERVICE, port=stub.port, consul=ConsulSettings.from_env(env={"CONSUL_HTTP_ADDR": agent.addr})
-    )
     client = agent.client()
-    client.agent.service.register(**service_definition(settings))
-    watch = ServiceWatch(make_consul(settings.consul), SERVICE, wait="5s").start()
+    stub = StubInstance(SERVICE)
+    stub.start(client)
+    watch = ServiceWatch(make_consul(ConsulSettings.from_env(env={"CONSUL_HTTP_ADDR": agent.addr})), SERVICE, wait="5s")
+    watch.start()
     try:
-        eventually(lambda: _passing(client, watch, settings.instance_id), timeout=15, what="the stub passing")
-        yield stub, client, watch, settings.instance_id
+        eventually(lambda: _passing(client, watch, stub.instance_id), timeout=15, what="the stub passing")
+        yield stub, client, watch, stub.instance_id
     finally:
         watch.stop()
-        stub.stop()
+        stub.stop(client)
 
 
 def _passing(client, watch, instance_id):
@@ -96,18 +46,23 @@ def _passing(client, watch, instance_id):
 def test_one_failed_health_check_leaves_the_instance_passing_and_in_rotation(registered):
     stub, client, watch, instance_id = registered
     seen: list[tuple[str | None, list[str]]] = []
+    errors: list[BaseException] = []
     stop = threading.Event()
 
     def sample():
-        while not stop.is_set():
-            seen.append((check_status(client, instance_id), [i.id for i in watch.instances()]))
-            stop.wait(0.05)
+        # A failed Consul call ends the sampling: kept, so that a short `seen` fails the test rather than pass it.
+        try:
+            while not stop.is_set():
+                seen.append((check_status(client, instance_id), [i.id for i in watch.instances()]))
+                stop.wait(0.05)
+        except BaseException as exc:
+            errors.append(exc)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
         failed_from = time.monotonic()
-        stub.fail_next = 1
+        stub.health_fail_next = 1
 
         def failed_once_then_passed_twice():
             assert stub.answered_since(failed_from, 503) == 1
@@ -117,6 +72,8 @@ def test_one_failed_health_check_leaves_the_instance_passing_and_in_rotation(reg
     finally:
         stop.set()
         sampler.join(5)
+    assert not sampler.is_alive(), "the sampler did not stop"
+    assert errors == [], f"the sampler stopped on {errors[0]!r}"
     assert seen, "nothing sampled"
     flapped = [s for s in seen if s != ("passing", [instance_id])]
     assert flapped == [], f"the instance left passing or the rotation: {flapped[:3]}"
@@ -124,7 +81,7 @@ def test_one_failed_health_check_leaves_the_instance_passing_and_in_rotation(reg
 
 def test_failures_in_a_row_turn_the_instance_critical_and_out_of_rotation(registered, log_dir):
     stub, client, watch, instance_id = registered
-    stub.failing = True
+    stub.health_status = 503
     started = time.monotonic()
 
     def critical_and_out():

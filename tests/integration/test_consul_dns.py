@@ -1,55 +1,37 @@
 """Consul's DNS interface, on a real agent: an SRV query for a service lists exactly its passing instances.
 
-The instances are stubs registered with the product's service definition: two answer /health, one port has
-nobody listening, so its check goes critical.
+The instances are stubs (devstack.stubs.StubInstance) registered with the product's service definition: two
+answer /health, one port has nobody listening, so its check goes critical.
 """
 
 from __future__ import annotations
-
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dns.resolver
 import pytest
 
 from devstack import ConsulAgent, check_status, eventually, free_port
+from devstack.stubs import StubInstance
 from servicekit.registration import service_definition
 from servicekit.settings import Settings
 
 SERVICE = "logging-service"
 
 
-class _Healthy(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def agent(log_dir):
-    agent = ConsulAgent(log_dir, name="consul-dns").start()
-    yield agent
-    agent.stop()
+def healthy_stubs(own_agent):
+    """Start and register stub instances whose /health passes; all stopped afterwards."""
+    client = own_agent.client()
+    stubs: list[StubInstance] = []
 
-
-@pytest.fixture
-def healthy_servers():
-    servers = []
-
-    def start() -> int:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
-        threading.Thread(target=server.serve_forever, name="healthy-stub", daemon=True).start()
-        servers.append(server)
-        return server.server_address[1]
+    def start() -> StubInstance:
+        stub = StubInstance(SERVICE)
+        stub.start(client)
+        stubs.append(stub)
+        return stub
 
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    for stub in stubs:
+        stub.stop(client)
 
 
 def _srv_ports(agent: ConsulAgent, name: str) -> set[int]:
@@ -64,20 +46,20 @@ def _srv_ports(agent: ConsulAgent, name: str) -> set[int]:
     return {record.port for record in answer}
 
 
-def test_an_srv_query_lists_exactly_the_passing_instances(agent, healthy_servers):
+def test_an_srv_query_lists_exactly_the_passing_instances(own_agent, healthy_stubs):
+    agent = own_agent
     client = agent.client()
-    passing = {healthy_servers(), healthy_servers()}
-    dead = free_port()  # nobody listens: its check turns critical
-    ids = {}
-    for port in (*passing, dead):
-        settings = Settings(service_name=SERVICE, port=port)
-        client.agent.service.register(**service_definition(settings))
-        ids[port] = settings.instance_id
+    stubs = [healthy_stubs(), healthy_stubs()]
+    passing = {stub.port for stub in stubs}
+    ids = {stub.port: stub.instance_id for stub in stubs}
+    dead = Settings(service_name=SERVICE, port=free_port())  # nobody listens: its check turns critical
+    client.agent.service.register(**service_definition(dead))
+    ids[dead.port] = dead.instance_id
 
     def settled():
         assert {port: check_status(client, ids[port]) for port in ids} == {
             **{port: "passing" for port in passing},
-            dead: "critical",
+            dead.port: "critical",
         }
 
     eventually(settled, timeout=15, what="two stubs passing, one critical")

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from devstack import Load, check_status, isolated_agent, start_service, until, wait_passing
+from devstack import Load
 from devstack.stubs import StubInstance
 from servicekit.gunicorn_config import WORKER_SETTINGS
 from servicekit.outliers import BASE_EJECTION, CONSECUTIVE_FAILURES
@@ -24,29 +24,11 @@ CLIENTS = 4
 
 
 @pytest.fixture
-def one_bad_logging_instance(hazelcast_cluster, log_dir, request):
+def one_bad_logging_instance(facade_before):
     """A facade in front of two good logging stubs and one that answers 500 to every POST /logging."""
-    agent = isolated_agent(hazelcast_cluster, log_dir, name=f"consul-{request.node.name[:40]}")
-    client = agent.client()
     stubs = [StubInstance("logging-service"), StubInstance("logging-service"),
              StubInstance("logging-service", post_status=500), StubInstance("messages-service")]  # fmt: skip
-    started: list[StubInstance] = []
-    facade = None
-    try:
-        for stub in stubs:
-            started.append(stub.start(client))
-        for stub in stubs:
-            until(lambda stub=stub: check_status(client, stub.instance_id) == "passing",
-                  timeout=15, what=f"{stub.instance_id} passing")  # fmt: skip
-        facade = start_service("facade-service", agent, log_dir)
-        wait_passing(agent, facade)
-        yield facade, stubs
-    finally:
-        if facade is not None:
-            facade.proc.stop()
-        for stub in started:
-            stub.stop(client)
-        agent.stop()
+    return facade_before(stubs), stubs
 
 
 def readmissions(seconds: float) -> int:

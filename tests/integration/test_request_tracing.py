@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from devstack import ROOT, check_status, eventually, free_port, until
-from servicekit.registration import service_definition
+from devstack import ROOT, check_status, eventually, until
+from devstack.stubs import StubInstance
+from devstack.workers import on_every_worker
 from servicekit.request_id import parse_traceparent
-from servicekit.settings import Settings
 
 JSON = {"Content-Type": "application/json"}
 
@@ -93,64 +91,23 @@ def test_log_format_json_writes_parseable_lines_that_carry_the_request_id(own_st
         assert any(service.instance_id in hop for hop in hops), "\n".join(hops)
 
 
-class FailingLoggingInstance:
-    """A logging instance whose /health passes and whose POST /logging answers 500, registered in the
-    test's Consul like a real one; it keeps the headers of every POST it got."""
-
-    def __init__(self):
-        self.posts: list[dict[str, str]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self, status: int) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def do_GET(self) -> None:
-                self._answer(200)
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                stub.posts.append(dict(self.headers))
-                self._answer(500)
-
-            def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.settings = Settings(service_name="logging-service", port=self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, name="failing-logging", daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_retried_request_shows_every_attempt_and_each_instance_got_the_ids(own_stack):
     stack = own_stack(logging=1, messages=1)
     consul = stack.agent.client()
-    failing = FailingLoggingInstance()
+    # /health passes, every POST /logging answers 500; it keeps the headers of every call it got.
+    failing = StubInstance("logging-service", post_status=500)
+    failing_id = failing.instance_id
     try:
-        consul.agent.service.register(**service_definition(failing.settings))
-        failing_id = failing.settings.instance_id
+        failing.start(consul)
         # until, not eventually: a check that returns False would end eventually's wait at once.
         until(lambda: check_status(consul, failing_id) == "passing", 15, what="the stub passing")
 
-        def every_worker_sees_the_stub() -> bool:
-            # /health answers from one worker at a time; each worker has its own discovery cache.
-            for _ in range(6):
-                health = requests.get(f"{stack.facade.url}/health", timeout=5).json()
-                if failing_id not in health["details"]["discovery"]["logging-service"]["instances"]:
-                    return False
-            return True
+        def sees_the_stub(health: dict) -> None:
+            instances = health["details"]["discovery"]["logging-service"]["instances"]
+            assert failing_id in instances, instances
 
-        until(every_worker_sees_the_stub, 15, what="the facade's workers seeing the stub", interval=0.2)
+        # Each worker has its own discovery cache.
+        on_every_worker(stack.facade, sees_the_stub, timeout=15, what="the facade's workers seeing the stub")
         # Random picks: until one request went to the failing instance first (1 in 2 each time).
         for _ in range(20):
             rid, trace_id = f"retry-{uuid.uuid4().hex}", uuid.uuid4().hex
@@ -162,18 +119,17 @@ def test_a_retried_request_shows_every_attempt_and_each_instance_got_the_ids(own
                 timeout=10,
             )
             assert answer.status_code == 201, answer.text
-            if failing.posts and failing.posts[-1].get("X-Request-ID") == rid:
+            if failing.headers and failing.headers[-1].get("X-Request-ID") == rid:
                 break
         else:
             raise AssertionError("no request went to the failing instance in 20")
-        sent = parse_traceparent(failing.posts[-1]["traceparent"])
+        sent = parse_traceparent(failing.headers[-1]["traceparent"])
         assert sent is not None and sent.trace_id == trace_id
         logger = stack.logging[0]
-        eventually(lambda: _lines_with(logger, rid) and _lines_with(stack.messages[0], rid), 15, what="hops logged")
+        until(lambda: bool(_lines_with(logger, rid) and _lines_with(stack.messages[0], rid)), 15, what="hops logged")
         hops = _trace(rid, stack.log_dir)
-        failed = next(i for i, h in enumerate(hops) if f"{failing_id} failed (HTTP 500)" in h)
-        stored = next(i for i, h in enumerate(hops) if logger.instance_id in h and "stored" in h)
-        assert failed < stored, "\n".join(hops)
+        failed = next((i for i, h in enumerate(hops) if f"{failing_id} failed (HTTP 500)" in h), None)
+        stored = next((i for i, h in enumerate(hops) if logger.instance_id in h and "stored" in h), None)
+        assert failed is not None and stored is not None and failed < stored, "\n".join(hops)
     finally:
-        consul.agent.service.deregister(failing.settings.instance_id)
-        failing.close()
+        failing.stop(consul)

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from devstack import Load, check_status, isolated_agent, start_service, until, wait_passing
+from devstack import Load
 from devstack.stubs import StubInstance
 from servicekit.settings import Settings
 
@@ -20,29 +20,10 @@ POSTS = 420
 
 
 @pytest.fixture
-def one_warning_logging_instance(hazelcast_cluster, log_dir, request):
-    agent = isolated_agent(hazelcast_cluster, log_dir, name=f"consul-{request.node.name[:40]}")
-    client = agent.client()
+def one_warning_logging_instance(facade_before):
     stubs = [StubInstance("logging-service"), StubInstance("logging-service"),
              StubInstance("logging-service", health_status=429), StubInstance("messages-service")]  # fmt: skip
-    started: list[StubInstance] = []
-    facade = None
-    try:
-        for stub in stubs:
-            started.append(stub.start(client))
-        for stub in stubs:
-            state = "warning" if stub.health_status == 429 else "passing"
-            until(lambda stub=stub, state=state: check_status(client, stub.instance_id) == state,
-                  timeout=15, what=f"{stub.instance_id} {state}")  # fmt: skip
-        facade = start_service("facade-service", agent, log_dir)
-        wait_passing(agent, facade)
-        yield facade, stubs
-    finally:
-        if facade is not None:
-            facade.proc.stop()
-        for stub in started:
-            stub.stop(client)
-        agent.stop()
+    return facade_before(stubs), stubs
 
 
 def test_an_instance_in_warning_gets_about_its_warning_weights_share(one_warning_logging_instance):
