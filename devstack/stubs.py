@@ -25,6 +25,7 @@ from devstack.consul_agent import check_status
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.processes import free_port, until
 from devstack.stack import Service, isolated_agent, start_service, wait_passing
+from servicekit.id_format import HEADER, TRACEPARENT
 from servicekit.registration import service_definition
 from servicekit.settings import Settings
 
@@ -87,8 +88,13 @@ class _Server:
         with self._lock:
             return sum(call.startswith(prefix) for call in self.calls)
 
-    def start(self, client: consul.Consul, weights: dict[str, int] | None = None) -> _Server:
+    def serve(self) -> _Server:
+        """Answer calls, without registering in Consul (start does both)."""
         self._thread.start()
+        return self
+
+    def start(self, client: consul.Consul, weights: dict[str, int] | None = None) -> _Server:
+        self.serve()
         definition = service_definition(self.settings)
         if weights is not None:
             definition["weights"] = weights
@@ -161,6 +167,15 @@ class DelayProxy(_Server):
         self._local = threading.local()
         super().__init__(service)
 
+    @staticmethod
+    def _forwarded(headers) -> dict[str, str]:
+        """The body's type, and the request id and trace context, so the instance's lines carry the caller's id."""
+        forwarded = {"Content-Type": headers.get("Content-Type", "application/json")}
+        for name in (HEADER, TRACEPARENT):
+            if headers.get(name) is not None:
+                forwarded[name] = headers[name]
+        return forwarded
+
     def _handle(self, handler) -> None:
         self._count(handler)
         sent = handler.body() if handler.command == "POST" else None
@@ -174,7 +189,7 @@ class DelayProxy(_Server):
                 handler.command,
                 self.target + handler.path,
                 data=sent,
-                headers={"Content-Type": handler.headers.get("Content-Type", "application/json")},
+                headers=self._forwarded(handler.headers),
                 timeout=10,
             )
         except requests.RequestException as exc:

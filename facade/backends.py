@@ -152,10 +152,10 @@ class Backends:
     ) -> tuple[Instance, Any]:
         """Send to a random passing instance; after a failure, maybe try another one.
 
-        Another instance is tried after a refused connection at once (the first never saw the call), and
-        after a 5xx or a timeout only while the service's retry budget allows (servicekit/retry_budget):
-        a slow tier then gets at most a tenth more calls, not one more per call. A call whose read timed
-        out may still be running at the first instance, so it goes elsewhere only with
+        Another instance is tried at once after a refused connection or a split-brain refusal (the first
+        did nothing), and after a 5xx or a timeout only while the service's retry budget allows
+        (servicekit/retry_budget): a slow tier then gets at most a tenth more calls, not one more per call.
+        A call whose read timed out may still be running at the first instance, so it goes elsewhere only with
         `retry_after_timeout`, for calls whose work is small and safe to repeat (POST /logging: one
         put_if_absent by id); a read of the log is never doubled that way. The instance list comes from
         memory (no Consul call); the whole call, retries included, is bounded by the request deadline.
@@ -186,7 +186,8 @@ class Backends:
         def pause(state: RetryCallState) -> float:
             # The next untried instance at once; once every instance failed (a rolling restart the cache
             # has not seen yet), a short jittered pause before going round again.
-            if only is None and len(failed) < len(candidates()):
+            # `failed` may hold instances ejected since: only the candidates count.
+            if only is None and any(i.id not in failed for i in candidates()):
                 return 0.0
             return random.uniform(0.05, 0.2)
 
@@ -217,7 +218,9 @@ class Backends:
                             metrics.count_ejection(service, instance.id)
                         touched.append(exc.reached not in (Reached.NO, Reached.REFUSED))
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
-                        if last or exc.reached is Reached.NO:
+                        if last or exc.reached in (Reached.NO, Reached.REFUSED):
+                            # The instance did nothing (no connection, or writes refused for lack of
+                            # members): another one is tried at once, at no cost to the budget.
                             raise
                         if exc.reached is Reached.MAYBE_STILL_WORKING and not retry_after_timeout:
                             raise give_up(f"{service} did not answer in time") from None

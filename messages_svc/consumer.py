@@ -112,8 +112,13 @@ class Consumer:
             if not is_open:
                 log.info("stopped taking messages from the queue: this instance is leaving Consul")
                 return False
-            item = self._hz.queue().poll(POLL_TIMEOUT)
-            metrics.count_poll(took=item is not None)
+            try:
+                item = self._hz.queue().poll(POLL_TIMEOUT)
+            except (HazelcastError, HazelcastUnavailable):
+                # Retried by the loop (_poll); a split-brain refusal is a HazelcastError too.
+                metrics.count_poll("error")
+                raise
+            metrics.count_poll("empty" if item is None else "item")
             if item is None:
                 return None
             taken = queue_item.decode_item(item)

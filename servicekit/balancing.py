@@ -58,11 +58,13 @@ class RandomPick:
 
 class PowerOfTwoPick:
     """The power of two choices: two distinct random instances (drawn by weight), and of the two the one
-    with fewer calls outstanding from this process per unit of weight (outstanding / weight).
+    with the lower load once this call is added, per unit of weight ((outstanding + 1) / weight).
 
     A slow instance piles up outstanding calls and loses most draws, with no state beyond the counts the
-    caller keeps; with no outstanding calls it spreads like the weighted random pick. (Mitzenmacher; the
-    least-request balancer of Envoy and Finagle's P2C.)
+    caller keeps; with no outstanding calls it spreads like the weighted random pick. The + 1 counts the
+    call being placed: by outstanding / weight an idle weight-1 (warning) instance would beat a weight-10
+    one with a single call in flight. Two idle instances: the first draw, as the random pick would.
+    (Mitzenmacher; Envoy's weighted least request, Finagle's P2C.)
     """
 
     def __init__(self, rng: random.Random | None = None):
@@ -83,10 +85,12 @@ class PowerOfTwoPick:
         busy = outstanding or {}
 
         def load(instance: Instance) -> float:
-            return busy.get(instance.id, 0) / max(instance.weight, 1e-9)
+            return (busy.get(instance.id, 0) + 1) / max(instance.weight, 1e-9)
 
-        # A tie (both idle, the usual case on a quiet caller) goes to the first draw: then the share
-        # follows the weights, as with the random pick.
+        if not busy.get(first.id) and not busy.get(second.id):
+            # Both idle (the usual case on a quiet caller): the first draw, so the share follows the weights
+            # as with the random pick. By (0 + 1) / weight a light instance would never win an idle pair.
+            return first
         return second if load(second) < load(first) else first
 
 

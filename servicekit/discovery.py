@@ -1,7 +1,8 @@
 """Finding the instances of a service through Consul, with the weight of the state each one is in.
 
-`passing_instances` asks once. `ServiceWatch` keeps the answer current with Consul blocking queries on a
-background thread, so a request picks an instance from memory and makes no Consul call.
+`usable_instances` asks once (usable: passing or warning, never critical; `usable`). `ServiceWatch` keeps
+the answer current with Consul blocking queries on a background thread, so a request picks an instance from
+memory and makes no Consul call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import consul
 from tenacity import RetryCallState
 
 from .background import BackgroundLoop
+from .blocking_index import BlockingIndex
 from .errors import CONSUL_ERRORS, DiscoveryError
 
 log = logging.getLogger(__name__)
@@ -43,25 +45,36 @@ def _weight(entry: dict) -> int:
     return int(weights.get("Warning" if warning else "Passing", 1))
 
 
+def service_address(entry: dict) -> str:
+    """The address of an instance in a health (or catalog) entry: an empty service address means "the
+    node's address", as in Consul's own DNS answers."""
+    return entry["Service"]["Address"] or entry["Node"]["Address"]
+
+
+def usable(entry: dict) -> bool:
+    """The one definition of a usable instance: passing, or warning (it still serves, with its smaller
+    weight; Consul's DNS interface answers those too). Critical ones (maintenance mode included) are out."""
+    return not any(check["Status"] == "critical" for check in entry.get("Checks", ()))
+
+
 def _instances(entries: list[dict]) -> tuple[Instance, ...]:
     return tuple(
         Instance(
             id=entry["Service"]["ID"],
-            # An empty service address means "the node's address", as in Consul's own DNS answers.
-            address=entry["Service"]["Address"] or entry["Node"]["Address"],
+            address=service_address(entry),
             port=entry["Service"]["Port"],
             weight=_weight(entry),
         )
         for entry in entries
-        # Passing and warning ones: a warning instance still serves, with its smaller weight (Consul's
-        # DNS interface answers them too). Critical ones (maintenance mode included) are out.
-        if not any(check["Status"] == "critical" for check in entry.get("Checks", ()))
+        if usable(entry)
     )
 
 
-def passing_instances(client: consul.Consul, service: str) -> list[Instance]:
+def usable_instances(client: consul.Consul, service: str) -> list[Instance]:
+    """The usable instances of a service, asked once (a watch keeps them current: ServiceWatch)."""
     try:
-        _, entries = client.health.service(service, passing=True)
+        # Every instance, not Consul's passing filter (which drops warning ones too): `usable` decides.
+        _, entries = client.health.service(service, passing=False)
     except CONSUL_ERRORS as exc:
         raise DiscoveryError(f"Consul is unreachable: {exc}") from exc
     return list(_instances(entries))
@@ -121,10 +134,7 @@ class ServiceWatch:
         self._loaded = threading.Event()
         self._consul_error: str | None = None
         self._updated_at: float | None = None
-        # The index of the last answer, to notice one that goes backwards, and the index the next
-        # query sends (None after an error or a restart: start over with a query that answers at once).
-        self._last_index: int | None = None
-        self._index: int | None = None
+        self._index = BlockingIndex()
         self._loop = BackgroundLoop(f"watch-{service}", self._watch_once)
         # Jittered backoff on errors keeps many workers from hammering an agent that just came back.
         self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
@@ -177,11 +187,7 @@ class ServiceWatch:
             self._cache = replace(cache, stale_reason=reason)
 
     def _answered(self, index: int, found: tuple[Instance, ...]) -> None:
-        restarted = self._last_index is not None and index < self._last_index
-        self._last_index = index
-        # Consul's rules for blocking queries: start over when the index went backwards, and never send
-        # an index of 0 or less.
-        self._index = None if restarted or index <= 0 else index
+        restarted = self._index.answered(index)
         cache = self._cache
         if restarted:
             log.info("Consul's index for %s went backwards (the agent restarted); starting over", self.service)
@@ -215,16 +221,14 @@ class ServiceWatch:
             else:
                 log.warning("Consul is unreachable while watching %s: %s", self.service, exc)
         self._consul_error = "permission denied" if denied else type(exc).__name__
-        # The agent may come back restarted, with a lower index: a query for the old one would be held
-        # for the whole wait.
-        self._index = None
+        self._index.failed()
         self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
         self._tell(answered=False)
 
     def _watch_once(self) -> None:
         # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
         index, entries = self._query(
-            lambda: self._client.health.service(self.service, index=self._index, wait=self._wait)
+            lambda: self._client.health.service(self.service, index=self._index.next, wait=self._wait)
         )
         if self._consul_error is not None:
             log.info("Consul answers again; watching %s", self.service)

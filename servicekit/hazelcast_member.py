@@ -21,7 +21,7 @@ from typing import Any
 import consul
 
 from . import kvconfig, stack
-from .discovery import passing_instances
+from .discovery import usable_instances
 from .settings import SettingsError, instance_id, service_host
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ def heap() -> str:
 
 
 def join_list(client: consul.Consul) -> str:
-    """Whom a starting member asks to join: the members passing in Consul, which on several hosts are the
+    """Whom a starting member asks to join: the members usable in Consul (not critical), which on several hosts are the
     other hosts' members; the list in KV when none passes yet (the first members of a cluster)."""
-    registered = passing_instances(client, kvconfig.HAZELCAST_SERVICE)
+    registered = usable_instances(client, kvconfig.HAZELCAST_SERVICE)
     if registered:
         return ",".join(sorted(f"{i.address}:{i.port}" for i in registered))
     return kvconfig.get_value(client, kvconfig.KEY_MEMBERS)

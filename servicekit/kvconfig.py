@@ -8,7 +8,7 @@ from pathlib import Path
 
 import consul
 
-from .discovery import passing_instances
+from .discovery import usable_instances
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,13 @@ def get_value(client: consul.Consul, key: str) -> str:
 
 
 def load(client: consul.Consul) -> SharedConfig:
-    """Read the shared settings; the members are the passing `hazelcast` instances when there are any."""
-    registered = passing_instances(client, HAZELCAST_SERVICE)
+    """Read the shared settings; the members are the usable (not critical) `hazelcast` instances when there are any."""
+    registered = usable_instances(client, HAZELCAST_SERVICE)
     if registered:
         members = tuple(sorted(f"{i.address}:{i.port}" for i in registered))
     else:
         members = tuple(m.strip() for m in get_value(client, KEY_MEMBERS).split(",") if m.strip())
-        log.info("no passing %r service in Consul; using the members in KV", HAZELCAST_SERVICE)
+        log.info("no usable %r instance in Consul; using the members in KV", HAZELCAST_SERVICE)
     return SharedConfig(
         cluster_name=get_value(client, KEY_CLUSTER_NAME),
         members=members,

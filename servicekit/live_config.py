@@ -6,7 +6,7 @@ the `config/` prefix, so a change reaches every worker within milliseconds of th
 a Consul call. The value in the environment is the start value; the KV key, when present and valid, wins;
 when the key is deleted the start value comes back. A value that does not parse or cannot be applied is
 refused with a log line and the old value stays; `status()` (shown in /health) says what is applied, from
-which KV index, and what was refused.
+which KV index, the KV index of Consul's last answer, and what was refused.
 
 Which keys apply how is the table in README.md ("Configuration that applies live").
 """
@@ -25,6 +25,7 @@ from tenacity import RetryCallState
 
 from . import balancing
 from .background import BackgroundLoop
+from .blocking_index import BlockingIndex
 from .errors import CONSUL_ERRORS
 from .settings import forwarded_body_bytes
 
@@ -88,8 +89,7 @@ class LiveConfig:
         self._seen: dict[str, int | None] = {s.key: None for s in settings}
         self._refused: dict[str, dict] = {}
         self._index_applied: int | None = None
-        self._index: int | None = None
-        self._last_index: int | None = None
+        self._index = BlockingIndex()
         self._consul_error: str | None = None
         self._lock = threading.Lock()
         self._loaded = threading.Event()
@@ -111,6 +111,8 @@ class LiveConfig:
         with self._lock:
             return {
                 "index": self._index_applied,
+                # The X-Consul-Index of Consul's last answer: the values in force are current as of it.
+                "answered_index": self._index.last,
                 "values": {
                     key: {"value": a.value, "from": "env" if a.index is None else "kv", "index": a.index}
                     for key, a in self._applied.items()
@@ -121,7 +123,7 @@ class LiveConfig:
 
     def _watch_once(self) -> None:
         index, entries = self._query(
-            lambda: self._client.kv.get(PREFIX, recurse=True, index=self._index, wait=self._wait)
+            lambda: self._client.kv.get(PREFIX, recurse=True, index=self._index.next, wait=self._wait)
         )
         if self._consul_error is not None:
             log.info("Consul answers again; watching %s", PREFIX)
@@ -138,15 +140,11 @@ class LiveConfig:
             else:
                 log.warning("Consul is unreachable while watching %s (the values in force stay): %s", PREFIX, exc)
         self._consul_error = "permission denied" if denied else type(exc).__name__
-        # An agent that comes back restarted has a lower index: a query for the old one would be held.
-        self._index = None
+        self._index.failed()
 
     def answered(self, index: int, entries: list[dict]) -> None:
         """Apply what changed in one answer of Consul's (the X-Consul-Index and the entries under PREFIX)."""
-        restarted = self._last_index is not None and index < self._last_index
-        self._last_index = index
-        # Consul's rules for blocking queries: start over when the index went backwards, never send 0.
-        self._index = None if restarted or index <= 0 else index
+        self._index.answered(index)
         found = {entry["Key"]: entry for entry in entries}
         for key, setting in self._settings.items():
             entry = found.get(key)
@@ -218,6 +216,7 @@ def message_limit(app, max_body_bytes: int) -> LiveSetting:
     )
 
 
-def balancing_policy(use_policy: Callable[[str], None], start: str = balancing.DEFAULT_POLICY) -> LiveSetting:
-    """The balancing policy of a caller (facade.backends.Backends.use_policy)."""
+def balancing_policy(use_policy: Callable[[str], None], start: str) -> LiveSetting:
+    """The balancing policy of a caller (facade.backends.Backends.use_policy). `start` is the caller's
+    LB_POLICY, no default: a deleted key must bring back what the environment says, not `random`."""
     return LiveSetting(key=KEY_POLICY, start=start, parse=parse_policy, apply=use_policy)

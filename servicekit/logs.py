@@ -1,23 +1,37 @@
 """Logging setup: once per process, every line carrying the instance id, and the request id inside a request.
 
 LOG_FORMAT=text (the default): `TIME LEVEL [INSTANCE pid=N rid=REQUEST] LOGGER: MESSAGE`, the ` rid=...`
-only inside a request or a consumed item. LOG_FORMAT=json: one JSON object per line, for a log shipper.
-`./scripts/trace` reads both.
+only inside a request or a consumed item; TIME is UTC to the microsecond (`2026-11-29 16:00:00.123456Z`),
+so lines of different instances and hosts sort into the order they were written. LOG_FORMAT=json: one
+JSON object per line, for a log shipper. `./scripts/trace` reads both.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import logging.config
-import time
 from typing import Any
 
+# LOG_FORMAT's values, the default first (servicekit.settings checks the variable against them).
 LOG_FORMATS = ("text", "json")
 
 
+def utc_stamp(created: float) -> str:
+    """A record's time as the text format writes it: UTC, microseconds, a Z."""
+    return datetime.datetime.fromtimestamp(created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ")
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, its time in UTC to the microsecond (asctime would be local time, to the millisecond)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (stdlib's name)
+        return utc_stamp(record.created)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, request_id, service,
+    """One JSON object per line: time (UTC, ISO 8601, microseconds), level, logger, message, request_id, service,
     instance, pid, and the exception's text when there is one. A dozen lines of stdlib: no dependency."""
 
     def __init__(self, service: str = "", instance: str = ""):
@@ -26,9 +40,8 @@ class JsonFormatter(logging.Formatter):
         self.instance = instance
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line: dict[str, Any] = {
-            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -53,7 +66,8 @@ def logconfig(instance_id: str, level: str = "INFO", service: str = "", log_form
     else:
         tag = instance_id.replace("%", "%%")
         formatter = {
-            "format": f"%(asctime)s %(levelname)s [{tag} pid=%(process)d%(request_tag)s] %(name)s: %(message)s"
+            "()": TextFormatter,
+            "fmt": f"%(asctime)s %(levelname)s [{tag} pid=%(process)d%(request_tag)s] %(name)s: %(message)s",
         }
     return {
         "version": 1,

@@ -1,10 +1,10 @@
 """Taking an instance out of every caller's rotation without stopping it: Consul's maintenance mode.
 
 The agent adds a critical check (`_service_maintenance:<id>`, its Notes the reason) to the instance. Every
-watch (servicekit.discovery) asks for passing instances only, with a blocking query that the agent
-answers as soon as the check is added, so each facade worker drops the instance within milliseconds, while
-the instance itself keeps serving what it has and answers direct calls. Its own /health check runs on
-and stays passing underneath; disabling maintenance removes the extra check, and it is back.
+watch (servicekit.discovery) leaves critical instances out (servicekit.discovery.usable), and its
+blocking query is answered as soon as the check is added, so each facade worker drops the instance within
+milliseconds, while the instance itself keeps serving what it has and answers direct calls. Its own
+/health check runs on and stays passing underneath; disabling maintenance removes the extra check, and it is back.
 """
 
 from __future__ import annotations

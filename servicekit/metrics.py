@@ -105,9 +105,11 @@ class _Metrics:
             multiprocess_mode="livemin",
         )
         # The queue.
-        self.queue_offers = Counter("queue_offers", "Offers to the queue, by result (queued, full, error)", ["result"])
+        self.queue_offers = Counter(
+            "queue_offers", "Offers to the queue, by result (queued, full, no_quorum, error)", ["result"]
+        )
         self.queue_polls = Counter(
-            "queue_polls", "Polls of the queue by messages_svc, by result (item, empty)", ["result"]
+            "queue_polls", "Polls of the queue by messages_svc, by result (item, empty, error)", ["result"]
         )
 
 
@@ -181,8 +183,9 @@ def observe_queue_room(room: int) -> None:
     _queue_room().set(room)
 
 
-def count_poll(took: bool) -> None:
-    _metrics().queue_polls.labels("item" if took else "empty").inc()
+def count_poll(result: str) -> None:
+    """A poll of the queue by messages_svc: item, empty, or error (it failed, split-brain refusals included)."""
+    _metrics().queue_polls.labels(result).inc()
 
 
 def count_taken() -> None:
@@ -233,8 +236,9 @@ def _route() -> str:
 
 
 def install(app: Flask) -> None:
-    """Count every request of the app and serve GET /metrics. Installed before the other request hooks, so
-    the clock starts first and requests turned away by them (421) are counted too."""
+    """Count every request of the app and serve GET /metrics. Installed right after request_id's hook and
+    before the Host check, so the clock starts before the checks and requests they turn away (421) are
+    counted too."""
 
     @app.before_request
     def start_clock() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-from .request_id import valid_request_id
+from .id_format import valid_request_id
 
 
 class Item(NamedTuple):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import re
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping
@@ -26,48 +25,20 @@ from werkzeug.datastructures import Headers
 from . import tracing
 from .gunicorn_hooks import on_shutdown
 
-log = logging.getLogger(__name__)
+# The grammar lives in servicekit.id_format; its names stay importable from here.
+from .id_format import HEADER as HEADER
+from .id_format import MAX_LENGTH as MAX_LENGTH
+from .id_format import TRACEPARENT as TRACEPARENT
+from .id_format import TraceParent as TraceParent
+from .id_format import parse_traceparent as parse_traceparent
+from .id_format import valid_request_id as valid_request_id
 
-HEADER = "X-Request-ID"
-TRACEPARENT = "traceparent"
-MAX_LENGTH = 128
-# Letters, digits and a few separators: a uuid, a ULID, a trace id, "svc-123:4" all fit; spaces, quotes,
-# brackets, % and control characters (which would break a log line or a header) do not.
-_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{MAX_LENGTH}}}", re.ASCII)
-# W3C Trace Context, level 1: version-traceid-parentid-flags, lower-case hex only.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL)
+log = logging.getLogger(__name__)
 
 # No span for these (the ids are still echoed and logged).
 UNTRACED_PATHS = frozenset({"/health"})
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("request_context", default=None)
-
-
-def valid_request_id(value: str | None) -> bool:
-    return value is not None and _REQUEST_ID.fullmatch(value) is not None
-
-
-@dataclass(frozen=True)
-class TraceParent:
-    trace_id: str
-    parent_id: str
-    flags: str
-
-
-def parse_traceparent(value: str | None) -> TraceParent | None:
-    """The traceparent header as the spec reads it; None for anything it says to ignore."""
-    if value is None:
-        return None
-    match = _TRACEPARENT.fullmatch(value.strip())
-    if match is None:
-        return None
-    version, trace_id, parent_id, flags, rest = match.groups()
-    # Version ff is invalid; version 00 has exactly four fields; a later version may append "-...".
-    if version == "ff" or (version == "00" and rest is not None):
-        return None
-    if trace_id == "0" * 32 or parent_id == "0" * 16:
-        return None
-    return TraceParent(trace_id, parent_id, flags)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import balancing, stack
+from .logs import LOG_FORMATS
 
 VERSION = "0.1.0"
 
@@ -137,9 +138,9 @@ def _default_log_capacity() -> int:
 
 
 def _log_format(env: Mapping[str, str]) -> str:
-    raw = (env.get("LOG_FORMAT") or "text").strip().lower()
-    if raw not in ("text", "json"):
-        raise SettingsError(f"LOG_FORMAT must be text or json, got {raw!r}")
+    raw = (env.get("LOG_FORMAT") or LOG_FORMATS[0]).strip().lower()
+    if raw not in LOG_FORMATS:
+        raise SettingsError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {raw!r}")
     return raw
 
 
@@ -218,8 +219,8 @@ class Settings:
     service_name: str
     port: int
     host: str = "127.0.0.1"
-    # The host part of the instance id (instance_host()).
-    instance_host: str = field(default_factory=socket.gethostname)
+    # The host part of the instance id: instance_host(), INSTANCE_HOST included, as instance_id() reads it.
+    instance_host: str = field(default_factory=lambda: instance_host())
     consul: ConsulSettings = field(default_factory=ConsulSettings)
     # Connect and read timeouts for calls between services.
     connect_timeout: float = 0.5

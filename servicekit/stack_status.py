@@ -21,6 +21,7 @@ import consul
 import psutil
 import requests
 
+from .discovery import service_address
 from .errors import CONSUL_ERRORS
 from .metrics_files import METRICS_PATH
 
@@ -41,7 +42,7 @@ def _health_entries(client: consul.Consul) -> dict[str, list[dict]]:
 
 
 def _address(entry: dict) -> str:
-    return f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
+    return f"{service_address(entry)}:{entry['Service']['Port']}"
 
 
 def _health(entry: dict) -> str:

@@ -2,9 +2,10 @@
 
 Reads every log file under a directory (./scripts/up's STACK_LOG_DIR by default, or --logs DIR: a test's
 or a simulated host's), in both LOG_FORMATs (servicekit/logs.py), rotated files (`x.log.1`) included, and
-prints the records that carry the request id, oldest first, each with its service and instance: the
-facade, every logging instance the request reached (each attempt, retries included), the queue (the
-facade's "queued" line), and the consumer that took the item.
+prints the records that carry the request id, oldest first (the text format's stamps are UTC to the
+microsecond), each with its service and instance: the facade ("logged by ...; queueing it"), every logging
+instance the request reached (each attempt, retries included), and the consumer that took the item off the
+queue.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The text format of servicekit/logs.py: asctime (local time), level, [instance pid=N rid=ID], logger.
+# The text format of servicekit/logs.py: the time (UTC to the microsecond, `...:00.123456Z`; files written
+# before that have local time to the millisecond, `...:00,123`), level, [instance pid=N rid=ID], logger.
 _TEXT = re.compile(
-    r"(?P<date>\d{4}-\d\d-\d\d) (?P<clock>\d\d:\d\d:\d\d),(?P<ms>\d{3}) (?P<level>[A-Z]+) "
+    r"(?P<date>\d{4}-\d\d-\d\d) (?P<clock>\d\d:\d\d:\d\d)(?:\.(?P<us>\d{6})Z|,(?P<ms>\d{3})) (?P<level>[A-Z]+) "
     r"\[(?P<instance>\S+) pid=\d+(?: rid=(?P<rid>\S+))?\] (?P<logger>[^:\s]+): (?P<message>.*)",
     re.DOTALL,
 )
@@ -73,9 +75,12 @@ def parse_line(text: str, source: str = "", number: int = 0) -> Record | None:
     match = _TEXT.match(text)
     if match is None:
         return None
-    # asctime is the local time of the machine that wrote it.
-    local = datetime.datetime.strptime(f"{match['date']} {match['clock']}", "%Y-%m-%d %H:%M:%S")
-    at = local.timestamp() + int(match["ms"]) / 1000
+    clock = datetime.datetime.strptime(f"{match['date']} {match['clock']}", "%Y-%m-%d %H:%M:%S")
+    if match["us"] is not None:
+        at = clock.replace(tzinfo=datetime.UTC).timestamp() + int(match["us"]) / 1_000_000
+    else:
+        # An older line: the local time of the machine that wrote it, to the millisecond.
+        at = clock.timestamp() + int(match["ms"]) / 1000
     instance = match["instance"]
     return Record(
         at,

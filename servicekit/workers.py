@@ -11,7 +11,9 @@ a thread never waits for a client:
 - The loop parses the head with gunicorn's own parser, so it agrees with the thread on where the body
   starts and how it is framed. A Content-Length body, or a chunked one (followed by ChunkedBody, RFC 9112
   section 7.1), is buffered up to MAX_BODY_BYTES, the limit the apps enforce; a larger one is answered 413
-  by the loop, a head over MAX_HEADER_BYTES 431 and broken chunk framing 400, without a thread. A head the
+  by the loop, a head over MAX_HEADER_BYTES 431 and broken chunk framing 400, without a thread; such an
+  answer carries the request's X-Request-ID (as request_id would choose it from the head; a new one when
+  the head never parsed) and is counted in servicekit.metrics under the route "unmatched". A head the
   parser refuses goes to a thread, whose parser refuses it from the same bytes without reading more.
 - `Expect: 100-continue` gets its "100 Continue" from the loop, which then reads the body like any other.
   gunicorn's thread sends a second one before the final answer; clients must accept any number of 1xx
@@ -56,6 +58,8 @@ from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from . import metrics
+from .id_format import HEADER, request_id_for
 from .settings import max_body_bytes_from_env
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ GUNICORN_NAMES = {
 }
 GUNICORN_INSTANCE_ATTRIBUTES = {
     "gunicorn.http.message.Message": ("unreader", "version", "headers"),
+    "gunicorn.http.message.Request": ("method",),
     "gunicorn.workers.gthread.TConn": ("cfg", "sock", "client", "timeout", "parser", "data_ready"),
     "gunicorn.workers.gthread.ThreadWorker": ("poller", "keepalived_conns", "pending_conns", "nr_conns"),
 }
@@ -104,6 +109,10 @@ _HEAD_END = b"\r\n\r\n"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
+# The method label of a refusal whose request line was never parsed (a head over MAX_HEADER_BYTES).
+UNKNOWN_METHOD = "unknown"
+
+
 class Refused(Exception):
     """The loop answers the request itself, then closes the connection."""
 
@@ -112,13 +121,15 @@ class Refused(Exception):
         self.status = status
         self.error = error
 
-    def response(self) -> bytes:
-        """The JSON error every service answers with, as raw HTTP."""
+    def response(self, request_id: str) -> bytes:
+        """The JSON error every service answers with, as raw HTTP, with the request's id like every answer.
+        `request_id` was checked against the grammar (servicekit.id_format): it is safe in a header."""
         body = json.dumps({"error": self.error}).encode()
         head = (
             f"HTTP/1.1 {self.status.value} {self.status.phrase}\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n"
+            f"{HEADER}: {request_id}\r\n"
             "Connection: close\r\n\r\n"
         )
         return head.encode() + body
@@ -222,6 +233,13 @@ class PendingRequest:
         self._parsed = False
         self._end = 0
         self._chunked: ChunkedBody | None = None
+        # From the head once it parses: what a refusal by the loop answers and counts with.
+        self.method = UNKNOWN_METHOD
+        self.request_id: str | None = None
+
+    def id_for_answer(self) -> str:
+        """The id a refusal echoes: the request's own (servicekit.id_format), else a new one."""
+        return self.request_id or request_id_for(None, None)
 
     def feed(self, chunk: bytes) -> bool:
         """Add bytes from the client; True once a thread can have the request. Raises Refused."""
@@ -251,6 +269,11 @@ class PendingRequest:
             self._parsed = True
             return True
         self._parsed = True
+        self.method = request.method
+        self.request_id = request_id_for(
+            next((value for name, value in request.headers if name == "X-REQUEST-ID"), None),
+            next((value for name, value in request.headers if name == "TRACEPARENT"), None),
+        )
         body_start = len(self.data) - len(request.unreader.take_buffered())
         # gunicorn accepted the head: a Transfer-Encoding ends in chunked and comes without Content-Length.
         if any(name == "TRANSFER-ENCODING" for name, _ in request.headers):
@@ -379,8 +402,10 @@ class BufferingThreadWorker(ThreadWorker):
             complete = request.feed(chunk)
         except Refused as refusal:
             log.debug("refused a request from %s: %s", conn.client, refusal)
+            # Counted like the requests Flask answers, under the route no rule matched.
+            metrics.count_request(request.method, metrics.UNMATCHED, refusal.status.value, None)
             self._stop_reading(conn)
-            self._send(conn, refusal.response())
+            self._send(conn, refusal.response(request.id_for_answer()))
             self._linger(conn)
             return
         if request.continue_due:

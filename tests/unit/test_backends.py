@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from werkzeug.exceptions import NotFound
 
 from devstack import until
+from facade import backends as backends_module
 from facade import create_app
 from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
 from servicekit.discovery import Instance
@@ -358,7 +359,7 @@ REFUSED_WRITE = response(503, {"error": "the Hazelcast cluster has too few membe
 
 
 def test_a_write_refused_for_lack_of_members_is_tried_elsewhere_and_known_not_stored(closing):
-    # Another instance may reach the larger side of a split: it is tried, within the retry budget.
+    # Another instance may reach the larger side of a split: it is tried.
     for _ in range(10):
         http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=STORED)
         assert backends(http, 8081, 8082).log_message("id-1", "hello") == instance(8082).id
@@ -369,6 +370,21 @@ def test_a_write_refused_for_lack_of_members_is_tried_elsewhere_and_known_not_st
     assert answer.status_code == 503
     assert answer.json.get("logged", False) is False, answer.json
     assert queue.items == []
+
+
+def test_a_write_refused_for_lack_of_members_is_retried_whatever_the_budget_and_counts_towards_ejection():
+    # The refusing instance did nothing, like a refused connection: trying another costs no budget.
+    http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=STORED)
+    calling = backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="0", RETRY_BUDGET_RATIO="0")
+    for n in range(30):
+        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+    assert http.tried.count(8081) == 3, "three refusals in a row eject it all the same"
+    # Refused everywhere: MAX_ATTEMPTS still bounds the tries.
+    http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=REFUSED_WRITE)
+    with pytest.raises(Unavailable) as failed:
+        backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="0", RETRY_BUDGET_RATIO="0").log_message("id-1", "hello")
+    assert len(http.tried) <= MAX_ATTEMPTS
+    assert failed.value.public == f"every {LOGGING_SERVICE} instance failed"
 
 
 class RefusingQueue(FakeQueue):
@@ -413,3 +429,16 @@ def test_the_calls_in_flight_are_counted_per_instance_for_the_pick_and_forgotten
     assert calling.log_message("id-3", "hello") == instance(8082).id
     calling.log_message("id-4", "hello")
     assert seen[-1] == {}, "every call ended, the failed one too"
+
+
+def test_an_untried_instance_is_tried_at_once_after_an_instance_this_call_ejected(monkeypatch):
+    # The call that ejects 8081 (its third failure in a row) leaves it in the call's failures but out of
+    # the candidates: 8082, untried, is still next at once, with no pause.
+    pauses: list[tuple[float, float]] = []
+    monkeypatch.setattr(backends_module.random, "uniform", lambda a, b: pauses.append((a, b)) or 0.0)
+    http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
+    calling = backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="100")
+    for n in range(100):
+        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+    assert http.tried.count(8081) == 3
+    assert pauses == [], "a pause is for when every candidate failed this call"

@@ -82,3 +82,11 @@ def test_the_policies_are_known_by_name_and_random_is_the_default():
     assert isinstance(balancing.make("p2c"), PowerOfTwoPick)
     with pytest.raises(ValueError, match="p2c, random"):
         balancing.make("round-robin")
+
+
+def test_two_choices_prefer_a_heavy_instance_with_one_call_to_an_idle_light_one():
+    heavy, light = instances(10, 1)
+    # Weighted least request ((outstanding + 1) / weight): one call on a weight of 10 (0.2) is less
+    # loaded than the next call on a weight of 1 (1.0). By outstanding / weight the idle one (0) would win.
+    pick = PowerOfTwoPick(random.Random(6))
+    assert {pick((heavy, light), outstanding={heavy.id: 1}) for _ in range(100)} == {heavy}

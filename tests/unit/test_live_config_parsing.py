@@ -134,3 +134,14 @@ def test_a_new_worker_waits_for_the_live_config_before_it_takes_requests(caplog)
         gunicorn_hooks.post_worker_init(worker)
     assert waited == [gunicorn_hooks.LIVE_CONFIG_READY_TIMEOUT]
     assert "start values" in caplog.text
+
+
+def test_the_status_says_which_kv_index_the_worker_is_current_as_of_before_any_key_applies():
+    watch = _watch(_Target())
+    assert watch.status()["answered_index"] is None, "no answer yet"
+    watch.answered(10, [])  # no live key in KV: nothing applied, yet the worker is current as of index 10
+    assert watch.status()["index"] is None
+    assert watch.status()["answered_index"] == 10
+    watch.answered(12, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 12)])
+    watch.answered(15, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 12)])  # another key changed
+    assert (watch.status()["index"], watch.status()["answered_index"]) == (12, 15)

@@ -22,3 +22,13 @@ def test_what_the_facade_writes_the_consumer_reads_back_unchanged(message_id, ms
     item = encode(message_id, msg)
     assert json.loads(item) == {"id": message_id, "msg": msg}
     assert decode(item) == msg
+
+
+def test_the_item_format_loads_neither_flask_nor_tracing():
+    # The format needs the request id's grammar only, not the request hooks around it.
+    import subprocess
+    import sys
+
+    code = "import sys, servicekit.queue_item; print(sorted({'flask', 'servicekit.tracing'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -114,3 +114,20 @@ def test_the_default_log_capacity_is_half_the_heap_of_all_members_but_one_over_t
 def test_a_heap_that_java_would_not_take_is_refused(raw):
     with pytest.raises(SettingsError, match="HAZELCAST_HEAP"):
         java_size_bytes(raw)
+
+
+def test_settings_made_directly_take_instance_host_from_the_environment_like_instance_id(monkeypatch):
+    from servicekit.settings import instance_id
+
+    monkeypatch.setenv("INSTANCE_HOST", "box7")
+    made = Settings(service_name="logging-service", port=8081)
+    assert made.instance_id == instance_id("logging-service", 8081) == "logging-service-box7-8081"
+
+
+def test_log_format_accepts_exactly_the_formats_servicekit_logs_writes():
+    from servicekit import logs
+
+    for name in logs.LOG_FORMATS:
+        assert Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": name}).log_format == name
+    with pytest.raises(SettingsError, match="LOG_FORMAT must be one of text, json, got 'xml'"):
+        Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": "xml"})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from servicekit import trace_logs
 
 
@@ -55,3 +57,38 @@ def test_a_request_id_that_is_a_prefix_of_another_does_not_match_it():
 def test_the_script_says_when_nothing_carries_the_id(tmp_path, capsys):
     assert trace_logs.main(["nothing", "--logs", str(tmp_path)]) == 1
     assert "no log line carries request id nothing" in capsys.readouterr().err
+
+
+def _text_line(created: float, message: str, rid: str = "abc") -> str:
+    """A line as the services' text format (servicekit.logs.logconfig) writes it at `created`."""
+    import logging
+    from logging.config import DictConfigurator
+
+    from servicekit import logs
+
+    config = logs.logconfig("facade-service-box-8080", service="facade-service")
+    formatter = DictConfigurator(config).configure_formatter(config["formatters"]["instance"])
+    record = logging.LogRecord("facade.routes", logging.INFO, __file__, 1, message, None, None)
+    record.created = created
+    record.msecs = (created % 1) * 1000
+    record.request_tag = f" rid={rid}"
+    return formatter.format(record)
+
+
+CREATED = 1_795_968_000.123456  # 2026-11-29 16:00:00.123456 UTC
+
+
+def test_a_text_line_is_stamped_in_utc_to_the_microsecond_and_read_back_so():
+    line = _text_line(CREATED, "hello")
+    assert line.startswith("2026-11-29 16:00:00.123456Z INFO [facade-service-box-8080 pid="), line
+    record = trace_logs.parse_line(line)
+    assert record is not None and record.at == pytest.approx(CREATED, abs=1e-6)
+
+
+def test_lines_in_the_same_millisecond_of_two_files_come_out_in_time_order(tmp_path):
+    # The later line is the first of its file: a millisecond stamp would tie, and the line numbers decide.
+    (tmp_path / "a.log").write_text(_text_line(CREATED + 0.0004, "second") + "\n")
+    (tmp_path / "b.log").write_text(
+        _text_line(CREATED - 5, "earlier", rid="x") + "\n" + _text_line(CREATED + 0.0001, "first") + "\n"
+    )
+    assert [r.message for r in trace_logs.trace("abc", tmp_path)] == ["first", "second"]

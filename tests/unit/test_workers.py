@@ -45,11 +45,11 @@ def complete_at(*pieces: bytes) -> list[bool]:
     [
         ([b""], [False]),
         ([b"GET /health HTTP/1.1\r\nHost: x", b"\r\n\r\n"], [False, True]),
-        ([HEAD + b"Content-Length: 11\r\n\r\n{\"msg\": ", b"\"\"}"], [False, True]),
+        ([HEAD + b'Content-Length: 11\r\n\r\n{"msg": ', b'""}'], [False, True]),
         # A complete request with the start of the next behind it: the thread takes the first.
-        ([HEAD + b"content-length:11\r\n\r\n{\"msg\": \"\"}GET / HTTP/1.1\r\n"], [True]),
+        ([HEAD + b'content-length:11\r\n\r\n{"msg": ""}GET / HTTP/1.1\r\n'], [True]),
         ([CHUNKED, b"5\r\nhel", b"lo\r\n", b"0\r\n", b"\r\n"], [False, False, False, False, True]),
-        ([CHUNKED + b"5;name=\"value\"\r\nhello\r\n0\r\nX-Trailer: 1\r\n", b"\r\n"], [False, True]),
+        ([CHUNKED + b'5;name="value"\r\nhello\r\n0\r\nX-Trailer: 1\r\n', b"\r\n"], [False, True]),
         ([CHUNKED + b"0\r\n\r\nGET / HTTP/1.1\r\n"], [True]),
         ([b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", b"0\r\n\r\n"], [False, True]),
         # Heads gunicorn refuses go to a thread at once: its parser answers them without reading more.
@@ -60,8 +60,19 @@ def complete_at(*pieces: bytes) -> list[bool]:
         ([b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"], [True]),
     ],
     ids=[
-        "nothing", "head", "length", "pipelined", "chunked", "chunk-extension-and-trailer", "chunked-pipelined",
-        "gzip-chunked", "chunked-and-length", "identity", "two-lengths", "unknown-expectation", "bad-header",
+        "nothing",
+        "head",
+        "length",
+        "pipelined",
+        "chunked",
+        "chunk-extension-and-trailer",
+        "chunked-pipelined",
+        "gzip-chunked",
+        "chunked-and-length",
+        "identity",
+        "two-lengths",
+        "unknown-expectation",
+        "bad-header",
     ],
 )
 def test_a_request_is_complete_once_its_head_and_whole_body_are_in(pieces, complete):
@@ -85,8 +96,16 @@ def test_a_request_is_complete_once_its_head_and_whole_body_are_in(pieces, compl
         (b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEADER_BYTES + b"\r\n\r\n", 431),
     ],
     ids=[
-        "length-over-limit", "huge-length", "chunk-over-limit", "chunks-over-limit", "framing-over-limit",
-        "bad-chunk-size", "empty-chunk-size", "chunk-without-crlf", "endless-chunk-size", "endless-head",
+        "length-over-limit",
+        "huge-length",
+        "chunk-over-limit",
+        "chunks-over-limit",
+        "framing-over-limit",
+        "bad-chunk-size",
+        "empty-chunk-size",
+        "chunk-without-crlf",
+        "endless-chunk-size",
+        "endless-head",
         "long-head",
     ],
 )
@@ -94,9 +113,44 @@ def test_the_loop_refuses_what_no_thread_should_read(data, status):
     with pytest.raises(Refused) as refused:
         pending().feed(data)
     assert refused.value.status == status
-    head, body = refused.value.response().split(b"\r\n\r\n")
+    head, body = refused.value.response("rid-1").split(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 %d " % status) and b"Connection: close" in head
+    assert b"\r\nX-Request-ID: rid-1\r\n" in head + b"\r\n"
     assert body.startswith(b'{"error": "')
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(
+    ("headers", "answered_id"),
+    [
+        (b"X-Request-ID: client-42\r\n", "client-42"),
+        (b"traceparent: 00-%s-00f067aa0ba902b7-01\r\n" % TRACE_ID.encode(), TRACE_ID),
+        (b"X-Request-ID: client-42\r\ntraceparent: 00-%s-00f067aa0ba902b7-01\r\n" % TRACE_ID.encode(), "client-42"),
+        # Not echoed: it would go into a header and the log as sent.
+        (b"X-Request-ID: has space\r\n", None),
+        (b"", None),
+    ],
+    ids=["request-id", "traceparent", "both", "invalid-id", "none"],
+)
+def test_a_refusal_by_the_loop_carries_the_requests_id_as_flask_would_choose_it(headers, answered_id):
+    request = pending()
+    with pytest.raises(Refused):
+        request.feed(HEAD + headers + b"Content-Length: %d\r\n\r\n" % (LIMIT + 1))
+    assert request.method == "POST"
+    if answered_id is None:
+        assert re.fullmatch(r"[0-9a-f]{32}", request.id_for_answer())
+    else:
+        assert request.id_for_answer() == answered_id
+
+
+def test_a_head_too_large_to_parse_is_answered_with_a_new_id():
+    request = pending()
+    with pytest.raises(Refused):
+        request.feed(b"GET / HTTP/1.1\r\nX-Request-ID: client-42\r\nX: " + b"a" * MAX_HEADER_BYTES)
+    assert re.fullmatch(r"[0-9a-f]{32}", request.id_for_answer())
+    assert request.method == "unknown"
 
 
 def test_a_body_up_to_the_limit_is_taken():
