@@ -116,8 +116,13 @@ def markdown() -> str:
         "<!-- Written by ./scripts/hosts deploy-docs from conf/hosts/; edit the templates, not this file. -->\n",
         'The configuration below is what `./scripts/hosts up` runs on its simulated hosts (see "Several hosts" '
         "in the README), rendered from the same templates in `conf/hosts/` for real machines. "
-        "tests/integration/test_hosts.py runs it; tests/integration/test_deploy_configs.py has "
-        "`consul validate` accept every agent configuration shown here, with its ACL and TLS blocks.\n",
+        "tests/integration/test_hosts.py runs it, ACLs included: default deny, bootstrapped once, a policy and "
+        "token per agent and per service on each host made from the policies shown below, each service with its "
+        "own `CONSUL_HTTP_TOKEN` (devstack/host_acl.py); and TLS: a CA and a server certificate made by "
+        "`consul tls`, RPC verified by the servers, client agents' certificates by `auto_encrypt`, the HTTPS API "
+        "on the servers. tests/integration/test_deploy_configs.py also has `consul validate` accept every agent "
+        "configuration shown here, ACL and TLS blocks included. The simulation's services still call their "
+        "local agent over plain HTTP on 127.0.0.1:8500, as shown below.\n",
         f"Example machines: Consul servers {servers}; application hosts {apps}. The checkout lives in "
         f"`{LAYOUT.root}` with its virtualenv (`./scripts/install`), Consul's configuration in `{CONFIG_DIR}`, "
         f"its data in `/var/lib/consul`, the logs in `{LAYOUT.log_dir}`.\n",
@@ -170,7 +175,9 @@ def markdown() -> str:
         ),
         "Each service gets its token as `CONSUL_HTTP_TOKEN` (see the programs below). The member's service "
         "definition in `hazelcast.json` takes the hazelcast token as its `token` field, so the agent may "
-        "register it.\n",
+        "register it. The service policy reads the local agent (`agent_prefix`): a service asks it how many "
+        "nodes its cluster has and its own address, to warn when it registered a loopback address (in its log "
+        "and `/health`); py-consul sends no token on those two calls, so servicekit sends it itself.\n",
         "## TLS for Consul (auto_encrypt)\n",
         "Make a CA and one certificate for the servers, on one machine:\n",
         _code("sh", f"consul tls ca create\nconsul tls cert create -server -dc {DATACENTER}"),
@@ -187,10 +194,18 @@ def markdown() -> str:
         _code("ini", host_config.supervisor_config("app1", APPS["app1"], LAYOUT, app=True, autostart=True)),
         "## Each service's environment\n",
         _environment_table(),
+        "Each service also listens on `127.0.0.1` at its port when `SERVICE_HOST` is another address, so tools on "
+        "the host reach it there (`curl -s http://127.0.0.1:8080/facade`); Consul and the other hosts use the "
+        "registered address only.\n",
+        "A facade reached by a DNS name, or through a load balancer that passes the client's `Host` header on, "
+        "serves a request only under a name in `ALLOWED_HOSTS` (comma-separated; by default `localhost`, "
+        "`127.0.0.1` and `::1`, plus the bind address): add that name, e.g. "
+        "`ALLOWED_HOSTS=messages.example.com,localhost,127.0.0.1`, or every request through it gets "
+        "421 Misdirected Request (the guard against DNS rebinding).\n",
         "The simulation adds `HAZELCAST_HEAP` (256m members, to fit one machine), `LOG_CAPACITY_BYTES` "
         "(the log's capacity for that heap), `HAZELCAST_MERGE_DELAY_SECONDS=10` (a healed member merges back "
         "within a test) and `PYTHONPATH` (the checkout); on real hosts leave them to their defaults "
-        "(conf/stack.env, and Hazelcast's 5-minute merge delay).\n",
+        "(conf/stack.env, and Hazelcast's merge delays: 300 s after a member starts, then every 120 s).\n",
     ]
     return "\n".join(parts)
 

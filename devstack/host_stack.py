@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,13 +29,15 @@ from pathlib import Path
 
 import consul
 
-from devstack import deploy_doc, host_config
+from devstack import deploy_doc, host_acl, host_config
 from devstack.consul_agent import consul_binary
 from devstack.hosts import NETWORK, Hosts
 from devstack.processes import ROOT, VENV_BIN, eventually
 from servicekit import kvconfig
+from servicekit.consul_client import make_consul
 from servicekit.hazelcast_member import write_service_definitions
-from servicekit.settings import default_log_capacity_bytes, java_size_bytes
+from servicekit.registration import agent_members
+from servicekit.settings import ConsulAddress, ConsulSettings, default_log_capacity_bytes, java_size_bytes
 from servicekit.stack_status import service_health, status_table, wait_passing
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ class HostStack:
         self.hosts = Hosts(prefix)
         self.apps = tuple(f"app{i}" for i in range(1, apps + 1))
         self.heap = heap
+        self._tokens: host_acl.Tokens | None = None
         for i, name in enumerate(SERVERS, 1):
             self.hosts.addresses[name] = server_address(i)
         for i, name in enumerate(self.apps, 1):
@@ -115,6 +120,13 @@ class HostStack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    @property
+    def tokens(self) -> host_acl.Tokens:
+        """The ACL secrets (run_dir/acl.json): chosen once, kept with the servers' data."""
+        if self._tokens is None:
+            self._tokens = host_acl.Tokens(self.run_dir / "acl.json", self.names, self.apps)
+        return self._tokens
+
     def log_path(self, host: str, program: str) -> Path:
         return self.run_dir / host / "logs" / f"{program}.log"
 
@@ -125,17 +137,63 @@ class HostStack:
         servers = [self.addr(name) for name in SERVERS]
         layout = self.layout()
         for host in self.names:
-            at = layout.at(host)
+            at = dataclasses.replace(layout.at(host), tokens=self.tokens.of(host))
             app = host in self.apps
             for directory in (at.consul_dir, at.data_dir, at.log_dir):
                 Path(directory).mkdir(parents=True, exist_ok=True)
             config = host_config.consul_config(host, self.addr(host), servers, key, at.data_dir, server=not app)
             (Path(at.consul_dir) / "agent.hcl").write_text(config)
+            acl = host_config.render("consul-acl.hcl.tmpl", agent_token=self.tokens.agent[host])
+            _write_secret(Path(at.consul_dir) / "acl.hcl", acl)
+            self._write_tls(Path(at.consul_dir), server=not app)
             if app:
                 path = Path(at.consul_dir) / "hazelcast.json"
                 write_service_definitions(path, [host_config.HAZELCAST_PORT], self.addr(host), host)
+                # As docs/DEPLOY.md says: the member's definition carries the hazelcast token, so the agent
+                # may register it under default deny.
+                definitions = json.loads(path.read_text())
+                for service in definitions["services"]:
+                    service["token"] = at.tokens["hazelcast"]
+                _write_secret(path, json.dumps(definitions, indent=1))
             conf = host_config.supervisor_config(host, self.addr(host), at, app)
             (self.run_dir / host / "supervisord.conf").write_text(conf)
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.run_dir / "tls"
+
+    def tls_files(self) -> dict[str, Path]:
+        """The CA and the servers' certificate, made once with `consul tls` as docs/DEPLOY.md says."""
+        names = {
+            "ca": "consul-agent-ca.pem",
+            "ca-key": "consul-agent-ca-key.pem",
+            "cert": f"{host_config.DATACENTER}-server-consul-0.pem",
+            "key": f"{host_config.DATACENTER}-server-consul-0-key.pem",
+        }
+        files = {role: self.tls_dir / name for role, name in names.items()}
+        if not all(path.exists() for path in files.values()):
+            shutil.rmtree(self.tls_dir, ignore_errors=True)
+            self.tls_dir.mkdir(parents=True, mode=0o700)
+            for argv in (["ca", "create"], ["cert", "create", "-server", "-dc", host_config.DATACENTER]):
+                subprocess.run(
+                    [consul_binary(), "tls", *argv], cwd=self.tls_dir, capture_output=True, timeout=60, check=True
+                )
+        return files
+
+    def _write_tls(self, consul_dir: Path, server: bool) -> None:
+        """Every agent gets the CA; a server also its certificate and key. Client agents get theirs from the
+        servers (auto_encrypt)."""
+        files = self.tls_files()
+        for role in ("ca", "cert", "key") if server else ("ca",):
+            shutil.copyfile(files[role], consul_dir / files[role].name)
+            (consul_dir / files[role].name).chmod(0o600)
+        if server:
+            config = host_config.render(
+                "consul-tls-server.hcl.tmpl", config_dir=consul_dir, datacenter=host_config.DATACENTER
+            )
+        else:
+            config = host_config.render("consul-tls-client.hcl.tmpl", config_dir=consul_dir)
+        (consul_dir / "tls.hcl").write_text(config)
 
     def up(self, timeout: float = 600.0, progress: Callable[[str], None] = log.info) -> HostStack:
         """Every host made, every process started and passing in Consul; idempotent."""
@@ -151,10 +209,16 @@ class HostStack:
         self.write_config()
         for host in self.names:
             self.start_supervisor(host)
-        progress("starting the Consul servers and the client agents")
-        for host in self.names:
+        progress("starting the Consul servers")
+        for host in SERVERS:
             self.start(host, "consul")
         with self.hosts.entered():
+            eventually(self._assert_leader, deadline - time.monotonic(), interval=0.5, what="a Consul leader")
+            progress("ACLs: bootstrap (once), a policy and token per agent and per service")
+            self.ensure_acl(deadline - time.monotonic())
+            progress("starting the client agents")
+            for host in self.apps:
+                self.start(host, "consul")
             self.wait_consul(deadline - time.monotonic())
             progress(f"Consul leader {self.leader()}; seeding KV")
             self.seed_kv()
@@ -218,9 +282,19 @@ class HostStack:
         with self.hosts.entered():
             yield
 
-    def consul(self, host: str = "consul1", timeout: float = 5.0) -> consul.Consul:
-        """A client of `host`'s agent; call it inside entered()."""
-        return consul.Consul(host=self.addr(host), port=8500, connections_timeout=timeout)
+    def consul(self, host: str = "consul1", timeout: float = 5.0, token: str | None = None) -> consul.Consul:
+        """A client of `host`'s agent, with the management token unless told another; call it inside
+        entered()."""
+        address = ConsulAddress("http", self.addr(host), 8500)
+        return make_consul(ConsulSettings(address, token=token or self.tokens.management, timeout=timeout))
+
+    def ensure_acl(self, timeout: float) -> None:
+        """Bootstrapped, every policy and token made; a new leader may still refuse for a moment."""
+        base = f"http://{self.addr(SERVERS[0])}:8500"
+        eventually(lambda: host_acl.ensure(base, self.tokens), timeout, interval=1.0, what="the ACL tokens made")
+
+    def _assert_leader(self) -> None:
+        assert self.leader(), "no leader yet"
 
     def leader(self, host: str = "consul1") -> str:
         """The leader's RPC address (`127.100.0.12:8300`) as `host` sees it; empty while there is none."""
@@ -229,7 +303,7 @@ class HostStack:
     def wait_consul(self, timeout: float) -> None:
         def every_agent_alive() -> None:
             assert self.leader(), "no leader yet"
-            members = self.consul(timeout=2.0).agent.members()
+            members = agent_members(self.consul(timeout=2.0))
             alive = {m["Name"] for m in members if m["Status"] == 1}
             assert alive >= set(self.names), f"not alive yet: {sorted(set(self.names) - alive)}"
 
@@ -269,6 +343,23 @@ class HostStack:
         return self.hosts.down()
 
 
+def _write_secret(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def _failed_up(stack: HostStack, exc: BaseException, keep: bool) -> int:
+    """What failed, and no half-made simulation left running unless asked (or it ran before this `up`)."""
+    log.error("up failed: %s: %s", type(exc).__name__, str(exc).strip() or "(no message)")
+    log.error("logs: %s/<host>/logs/", stack.run_dir)
+    if keep:
+        log.error("the hosts are left running; ./scripts/hosts down removes them")
+    else:
+        removed = stack.down()
+        log.error("removed what it made (%d namespaces); --keep leaves them for a look", len(removed))
+    return 1
+
+
 def default_run_dir() -> Path:
     return Path(os.environ.get("HOSTS_RUN_DIR") or ROOT / "run" / "hosts")
 
@@ -294,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="make the hosts and start everything, until every instance passes")
     up.add_argument("--apps", type=int, default=3)
     up.add_argument("--prefix", default=os.environ.get("HOSTS_PREFIX", "hosts"))
+    up.add_argument("--keep", action="store_true", help="on a failure, leave the hosts running to look at them")
     sub.add_parser("status", help="hosts, processes and Consul health")
     sub.add_parser("down", help="kill every process and remove every namespace")
     run = sub.add_parser("run", help="run a command inside a host: run HOST -- CMD...")
@@ -314,11 +406,11 @@ def main(argv: list[str] | None = None) -> int:
             if previous.hosts.exists() and (previous.hosts.prefix, len(previous.apps)) != (args.prefix, args.apps):
                 raise SystemExit(f"a simulation of other hosts runs from {args.run_dir}: ./scripts/hosts down first")
         stack = HostStack(args.run_dir, args.prefix, args.apps)
+        ours = not stack.hosts.exists()
         try:
             stack.up(progress=lambda line: log.info("%s", line.strip()))
-        except (RuntimeError, AssertionError) as exc:
-            log.error("%s", exc)
-            return 1
+        except (Exception, KeyboardInterrupt) as exc:  # whatever it was, say it and clean up (below)
+            return _failed_up(stack, exc, keep=args.keep or not ours)
         sys.stdout.write("\nThe hosts are up.\n")
         for host in stack.names:
             sys.stdout.write(f"  {host:<8} {stack.addr(host)}\n")

@@ -15,7 +15,8 @@ for every host's address itself), and `route_localnet` lets the veth carry 127/8
 
 The bridge namespace has an address too (127.100.0.1, the operator's seat): `entered()` moves the calling
 thread into it, so a test's HTTP and Consul calls reach every host as from another machine on the network.
-A namespace's name carries the prefix, so `down(prefix)` finds what a crashed run left behind.
+A namespace's name carries the prefix, so `down(prefix)` finds what a crashed run left behind; prefixes and
+host names are letters and digits, so one prefix never matches another's namespaces (`hosts` and `hosts2`).
 """
 
 from __future__ import annotations
@@ -66,10 +67,24 @@ def kill_namespace(namespace: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def check_name(name: str, what: str = "a namespace prefix") -> str:
+    """Prefixes and host names are letters and digits only: a namespace is `<prefix>-<host>`, so with a "-"
+    in either, `hosts-b-app1` (prefix hosts-b) would also look like one of prefix `hosts`."""
+    if not name or len(name) > 20 or not (name.isascii() and name.isalnum()):
+        raise ValueError(f"{what} is a short name of letters and digits only, got {name!r}")
+    return name
+
+
+def owned(prefix: str, names: Sequence[str]) -> list[str]:
+    """The namespaces of `names` that belong to `prefix`: exactly `<prefix>-<host>`, a host without "-"."""
+    check_name(prefix)
+    return [name for name in names if "-" in name and name.rsplit("-", 1)[0] == prefix]
+
+
 def down(prefix: str) -> list[str]:
-    """Kill every process of every namespace named `<prefix>-...` and delete them; idempotent. Returns the
+    """Kill every process of every namespace named `<prefix>-<host>` and delete them; idempotent. Returns the
     namespaces it deleted."""
-    mine = [name for name in namespaces() if name.startswith(f"{prefix}-")]
+    mine = owned(prefix, namespaces())
     for name in mine:
         kill_namespace(name)
     for name in mine:
@@ -110,14 +125,12 @@ class Hosts:
     """The namespaces of one simulation; names are `<prefix>-<host>`, the bridge's `<prefix>-net`."""
 
     def __init__(self, prefix: str):
-        if not prefix or len(prefix) > 20 or not prefix.replace("-", "").isalnum():
-            raise ValueError(f"a namespace prefix is a short name of letters and digits, got {prefix!r}")
-        self.prefix = prefix
+        self.prefix = check_name(prefix)
         self.bridge = f"{prefix}-net"
         self.addresses: dict[str, str] = {}
 
     def namespace(self, host: str) -> str:
-        return f"{self.prefix}-{host}"
+        return f"{self.prefix}-{check_name(host, 'a host name')}"
 
     @staticmethod
     def veth(host: str) -> str:
@@ -130,16 +143,43 @@ class Hosts:
     def exists(self) -> bool:
         return self.bridge in namespaces()
 
+    @staticmethod
+    def _built(namespace: str, device: str, address: str) -> bool:
+        """The namespace's last step done: its device up with its address (not merely the namespace, which
+        a run that failed half-way leaves behind)."""
+        done = subprocess.run(
+            ["ip", "netns", "exec", namespace, "ip", "-4", "-o", "addr", "show", "dev", device, "up"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return done.returncode == 0 and f"inet {address}/" in done.stdout
+
+    @contextlib.contextmanager
+    def _building(self, namespace: str, device: str, address: str) -> Iterator[bool]:
+        """Yields whether to build; a namespace found half-built is deleted first, and one whose build fails
+        is deleted, so that the next run builds it whole."""
+        if namespace in namespaces():
+            if self._built(namespace, device, address):
+                yield False
+                return
+            kill_namespace(namespace)
+            _ip("netns", "delete", namespace)
+        _ip("netns", "add", namespace)
+        try:
+            yield True
+        except BaseException:
+            kill_namespace(namespace)
+            _ip("netns", "delete", namespace, check=False)
+            raise
+
     def create(self) -> Hosts:
         """The bridge namespace with its bridge and the operator's address."""
-        if self.exists():
-            return self
-        _ip("netns", "add", self.bridge)
-        self._loopback(self.bridge)
-        self._in(self.bridge, "ip", "link", "add", BRIDGE_DEVICE, "type", "bridge")
-        self._in(self.bridge, "ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE_DEVICE)
-        self._route_localnet(self.bridge, BRIDGE_DEVICE)
-        self._in(self.bridge, "ip", "link", "set", BRIDGE_DEVICE, "up")
+        with self._building(self.bridge, BRIDGE_DEVICE, BRIDGE_ADDRESS) as build:
+            if build:
+                self._loopback(self.bridge)
+                self._in(self.bridge, "ip", "link", "add", BRIDGE_DEVICE, "type", "bridge")
+                self._in(self.bridge, "ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE_DEVICE)
+                self._route_localnet(self.bridge, BRIDGE_DEVICE)
+                self._in(self.bridge, "ip", "link", "set", BRIDGE_DEVICE, "up")
         return self
 
     def add(self, host: str, address: str) -> str:
@@ -147,19 +187,21 @@ class Hosts:
         if not address.startswith(f"{NETWORK}.") or address == BRIDGE_ADDRESS:
             raise ValueError(f"host addresses come from {NETWORK}.0/24 (not {BRIDGE_ADDRESS}), got {address}")
         namespace = self.namespace(host)
-        self.addresses[host] = address
-        if namespace in namespaces():
-            return address
-        _ip("netns", "add", namespace)
-        self._loopback(namespace)
         veth = self.veth(host)
-        self._in(
-            self.bridge, "ip", "link", "add", veth, "type", "veth", "peer", "name", HOST_DEVICE, "netns", namespace
-        )
-        self._in(self.bridge, "ip", "link", "set", veth, "master", BRIDGE_DEVICE, "up")
-        self._in(namespace, "ip", "addr", "add", f"{address}/24", "dev", HOST_DEVICE)
-        self._route_localnet(namespace, HOST_DEVICE)
-        self._in(namespace, "ip", "link", "set", HOST_DEVICE, "up")
+        self.addresses[host] = address
+        with self._building(namespace, HOST_DEVICE, address) as build:
+            if build:
+                self._loopback(namespace)
+                # The bridge side of a pair whose host end went with a deleted namespace is gone too; one
+                # left by anything else would make the add below fail.
+                self._in(
+                    self.bridge, "ip", "link", "add", veth, "type", "veth", "peer", "name", HOST_DEVICE,
+                    "netns", namespace,
+                )  # fmt: skip
+                self._in(self.bridge, "ip", "link", "set", veth, "master", BRIDGE_DEVICE, "up")
+                self._in(namespace, "ip", "addr", "add", f"{address}/24", "dev", HOST_DEVICE)
+                self._route_localnet(namespace, HOST_DEVICE)
+                self._in(namespace, "ip", "link", "set", HOST_DEVICE, "up")
         return address
 
     def addr(self, host: str) -> str:
@@ -171,9 +213,7 @@ class Hosts:
     def hosts(self) -> list[str]:
         """The hosts that exist now, found by their namespaces."""
         start = len(self.prefix) + 1
-        return sorted(
-            name[start:] for name in namespaces() if name.startswith(f"{self.prefix}-") and name != self.bridge
-        )
+        return sorted(name[start:] for name in owned(self.prefix, namespaces()) if name != self.bridge)
 
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         """`argv` run inside the host: its network namespace, and a UTS namespace named after it, so a

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import logging
 import statistics
 import tempfile
 from pathlib import Path
@@ -24,6 +26,10 @@ import requests
 from devstack.stack import running_stack
 from servicekit import kvconfig
 from servicekit.log_entry import stamp_of
+
+log = logging.getLogger(__name__)
+# A stack of its own that just passed: its members answer at once, or something is wrong; never retry forever.
+CONNECT_TIMEOUT_SECONDS = 30.0
 
 
 def measure(posts: int, log_dir: Path) -> dict[str, float]:
@@ -36,7 +42,9 @@ def measure(posts: int, log_dir: Path) -> dict[str, float]:
                 ids.append(answer.json()["id"])
         config = kvconfig.load(stack.agent.client())
         client = hazelcast.HazelcastClient(
-            cluster_name=stack.cluster.cluster_name, cluster_members=stack.cluster.addresses
+            cluster_name=stack.cluster.cluster_name,
+            cluster_members=stack.cluster.addresses,
+            cluster_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         )
         try:
             entries = client.get_map(config.map_name).blocking().get_all(ids)
@@ -53,11 +61,12 @@ def measure(posts: int, log_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=500)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="order-margin-") as tmp:
-        print(measure(min(max(args.posts, 2), 5000), Path(tmp)))
+        log.info("%s", json.dumps(measure(min(max(args.posts, 2), 5000), Path(tmp))))
 
 
 if __name__ == "__main__":

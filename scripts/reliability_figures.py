@@ -76,19 +76,19 @@ FIGURES = [
            "holder after (s)", "./scripts/test tests/integration/test_scripts.py -k taken_port"),
     Figure("hosts-consul-leader", "new_leader_after_s", "several hosts: the Consul leader's host killed, a new "
            "leader after (s)", f"{HOSTS} -k leader"),
-    Figure("hosts-cut", "out_of_rotation_after_s", "several hosts: a host cut off under load, out of app1's "
-           "rotation after (s)", f"{HOSTS} -k cut"),
+    Figure("hosts-cut", "out_of_every_facade_after_s", "several hosts: a host cut off under load, out of every "
+           "other facade's rotation after (s)", f"{HOSTS} -k cut"),
     Figure("hosts-cut", "acknowledged", "host cut off: POSTs acknowledged", f"{HOSTS} -k cut"),
     Figure("hosts-cut", "acknowledged_lost", "host cut off: acknowledged lost", f"{HOSTS} -k cut"),
     Figure("hosts-cut", "failed", "host cut off: POSTs not acknowledged", f"{HOSTS} -k cut"),
-    Figure("hosts-heal", "back_in_rotation_after_s", "host cut off, then healed: back in rotation after (s), "
-           "no restart", f"{HOSTS} -k cut"),
+    Figure("hosts-heal", "back_in_every_facade_after_s", "host cut off, then healed: back in every other "
+           "facade's rotation after (s), no restart", f"{HOSTS} -k cut"),
     Figure("hosts-kill", "acknowledged", "several hosts: a host killed whole under load: POSTs acknowledged",
            f"{HOSTS} -k killed"),
     Figure("hosts-kill", "acknowledged_lost", "host killed whole: acknowledged lost", f"{HOSTS} -k killed"),
     Figure("hosts-kill", "failed", "host killed whole: POSTs not acknowledged", f"{HOSTS} -k killed"),
-    Figure("hosts-kill", "out_of_rotation_after_s", "host killed whole: out of app1's rotation after (s)",
-           f"{HOSTS} -k killed"),
+    Figure("hosts-kill", "out_of_every_facade_after_s", "host killed whole: out of every other facade's "
+           "rotation after (s)", f"{HOSTS} -k killed"),
     Figure("soak", "posts_acknowledged", "soak: POSTs acknowledged", SOAK),
     Figure("soak", "posts_failed", "soak: POSTs not acknowledged (facade dead, member kill)", SOAK),
     Figure("soak", "acknowledged_lost_from_log", "soak: acknowledged lost from the log", SOAK),

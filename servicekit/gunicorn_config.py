@@ -7,6 +7,7 @@ gunicorn reads its settings from the names the config file defines, so the file 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
@@ -14,6 +15,8 @@ from gunicorn.glogging import Logger
 
 from . import gunicorn_hooks, logs, metrics_files, request_id
 from .settings import Settings
+
+LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
 
 # The worker settings of every service, and of the bench's references (bench/gunicorn.conf.py), which
 # take them from here so the comparison stays like for like.
@@ -45,12 +48,25 @@ class AccessLogger(Logger):
                 super().access(resp, req, environ, request_time)
 
 
+def binds(settings: Settings) -> list[str]:
+    """The address the instance registers, and 127.0.0.1 on the same port when that is another address: a
+    tool on the host (`curl http://127.0.0.1:8080/facade`) reaches it as on a single-host stack. Consul and
+    the other hosts still use the registered address only."""
+    try:
+        address = ipaddress.ip_address(settings.host)
+    except ValueError:
+        return [settings.bind]  # a name: it may well resolve to 127.0.0.1, which cannot be bound twice
+    if address.version != 4 or address.is_unspecified or address == LOCALHOST:
+        return [settings.bind]
+    return [settings.bind, f"{LOCALHOST}:{settings.port}"]
+
+
 def base(settings: Settings) -> dict[str, Any]:
     """Bind address, worker settings and logging for an instance, without Consul hooks."""
     log_settings = {"service": settings.service_name, "log_format": settings.log_format}
     logs.configure(settings.instance_id, **log_settings)  # the master's lines before gunicorn sets up its loggers
     return {
-        "bind": settings.bind,
+        "bind": binds(settings),
         "logconfig_dict": logs.logconfig(settings.instance_id, **log_settings),
         "logger_class": AccessLogger,
         **WORKER_SETTINGS,

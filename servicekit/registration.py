@@ -3,31 +3,73 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import random
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 import consul
+from consul.callback import CB
 from tenacity import RetryCallState
 
-from . import background
+from . import background, metrics_files
 from .background import BackgroundLoop
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
-from .metrics_files import METRICS_PATH
 from .settings import Settings, host_name
 
 log = logging.getLogger(__name__)
 
-# What the master found wrong with its registration, for /health: set in when_ready, before the first worker
-# forks, so every worker inherits it.
-_warnings: list[str] = []
-_address_checked = False
+# What the master last found wrong with its registration, for /health. The master checks at every
+# registration and now and then (the keeper), long after the workers forked, so it writes what it found to a
+# file in the instance's own directory (metrics_files: the workers inherit its path) and the workers read it.
+WARNINGS_FILE = "registration-warnings.json"
+# How often the keeper asks again: an agent alone at boot may join its cluster later.
+ADDRESS_RECHECK_SECONDS = 10.0
+_warnings: tuple[str, ...] = ()
+_check_failed = False
+
+
+def _warnings_path() -> Path | None:
+    directory = os.environ.get(metrics_files.ENV)
+    return Path(directory) / WARNINGS_FILE if directory else None
 
 
 def warnings() -> tuple[str, ...]:
-    return tuple(_warnings)
+    """The master's latest finding: from its file in a gunicorn worker, from memory elsewhere."""
+    path = _warnings_path()
+    if path is None:
+        return _warnings
+    try:
+        return tuple(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as exc:
+        log.warning("could not read the registration warnings from %s: %s", path, exc)
+        return ()
+
+
+def _publish(found: tuple[str, ...]) -> None:
+    global _warnings
+    if found == _warnings:
+        return
+    _warnings = found
+    path = _warnings_path()
+    if path is None:
+        return
+    # Written whole (a rename): a worker never reads half of it.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{WARNINGS_FILE}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(list(found), f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write the registration warnings to %s: %s", path, exc)
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -35,6 +77,16 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return ipaddress.ip_address("127.0.0.1") if host_name(host) == "localhost" else None
+
+
+def agent_members(client: consul.Consul) -> list[dict]:
+    """/v1/agent/members with the client's token: py-consul's agent.members() (and agent.self()) send none,
+    and under default-deny ACLs the agent then lists no member at all (and refuses /self)."""
+    return client.http.get(CB.json(), "/v1/agent/members", headers=client.prepare_headers())
+
+
+def agent_self(client: consul.Consul) -> dict:
+    return client.http.get(CB.json(), "/v1/agent/self", headers=client.prepare_headers())
 
 
 def loopback_warning(settings: Settings, client: consul.Consul) -> str | None:
@@ -46,8 +98,8 @@ def loopback_warning(settings: Settings, client: consul.Consul) -> str | None:
     address = _address(settings.host)
     if address is None or not address.is_loopback:
         return None
-    nodes = len(client.agent.members())
-    if nodes <= 1 or _address(client.agent.self()["Member"]["Addr"]) == address:
+    nodes = len(agent_members(client))
+    if nodes <= 1 or _address(agent_self(client)["Member"]["Addr"]) == address:
         return None
     return (
         f"registered at {settings.host} with an agent in a {nodes}-node cluster: "
@@ -55,22 +107,29 @@ def loopback_warning(settings: Settings, client: consul.Consul) -> str | None:
     )
 
 
-def _check_address(settings: Settings, client: consul.Consul) -> None:
-    """Once per process, at the first registration: one more call, bounded by the Consul timeout."""
-    global _address_checked
-    if _address_checked:
-        return
-    _address_checked = True
+def check_address(settings: Settings, client: consul.Consul) -> None:
+    """At each registration and now and then after (the keeper): two calls to the local agent, each bounded
+    by the Consul timeout. Says so in the log when the finding changes, not at every check."""
+    global _check_failed
     try:
         warning = loopback_warning(settings, client)
     except CONSUL_ERRORS as exc:
-        log.warning(
-            "could not ask Consul how many nodes its cluster has (%s); the registered address is unchecked", exc
-        )
+        if not _check_failed:
+            log.warning(
+                "could not ask Consul how many nodes its cluster has (%s; the token needs agent:read and "
+                "node:read); the registered address is unchecked",
+                exc,
+            )
+        _check_failed = True
         return
-    if warning is not None:
-        log.warning("%s; set SERVICE_HOST to this host's address", warning)
-        _warnings.append(warning)
+    _check_failed = False
+    found = () if warning is None else (warning,)
+    if found != _warnings:
+        if warning is not None:
+            log.warning("%s; set SERVICE_HOST to this host's address", warning)
+        else:
+            log.info("the registered address %s is reachable from the agent's cluster now", settings.host)
+    _publish(found)
 
 
 def service_definition(settings: Settings) -> dict:
@@ -83,7 +142,7 @@ def service_definition(settings: Settings) -> dict:
         "port": settings.port,
         "tags": [f"v{settings.version}"],
         # Prometheus' consul_sd_configs reads it (the README's scrape config): the address and port are the service's.
-        "meta": {"version": settings.version, "metrics_path": METRICS_PATH},
+        "meta": {"version": settings.version, "metrics_path": metrics_files.METRICS_PATH},
         # Callers pick by these (servicekit.balancing): an instance in warning gets a small share, not none.
         "weights": {"Passing": settings.weight_passing, "Warning": settings.weight_warning},
         "check": {
@@ -118,7 +177,7 @@ def register(settings: Settings, client: consul.Consul | None = None) -> bool:
         log.warning("registering with Consul failed: %s", exc)
         return False
     log.info("registered %s at %s with Consul %s", settings.instance_id, settings.bind, settings.consul.url)
-    _check_address(settings, client)
+    check_address(settings, client)
     return True
 
 
@@ -151,6 +210,7 @@ class RegistrationKeeper:
         self._refused_wait = background.backoff(background.MAX_RETRY_REFUSED)
         self._error_wait = background.backoff()
         self._check = self._loop.retrying(CONSUL_ERRORS, on_retry=self._say_why, wait=self._wait_after)
+        self._address_checked_at = time.monotonic()
         os.register_at_fork(
             before=self._busy.acquire,
             after_in_parent=self._busy.release,
@@ -189,6 +249,10 @@ class RegistrationKeeper:
                     "%s is not registered with Consul (agent restarted?); registering", self._settings.instance_id
                 )
                 register(self._settings, client=self._client)
+                self._address_checked_at = time.monotonic()
+            elif time.monotonic() - self._address_checked_at >= ADDRESS_RECHECK_SECONDS:
+                self._address_checked_at = time.monotonic()
+                check_address(self._settings, self._client)
 
     def _wait_after(self, retry_state: RetryCallState) -> float:
         refused = retry_state.outcome is not None and isinstance(

@@ -14,5 +14,6 @@ def test_deploy_doc_shows_every_agent_configuration_it_validates():
     text = deploy_doc.markdown()
     for config in deploy_doc.agent_configs().values():
         assert config.strip() in text
-    for needed in ("bootstrap_expect = 3", "encrypt", "auto_encrypt", "consul acl bootstrap", "8301/tcp+udp"):
+    for needed in ("bootstrap_expect = 3", "encrypt", "auto_encrypt", "consul acl bootstrap", "8301/tcp+udp",
+                   "ALLOWED_HOSTS", "421", "agent_prefix"):  # fmt: skip
         assert needed in text

@@ -19,6 +19,17 @@ class Agent:
     def self(self):
         return {"Member": {"Addr": self.own_address}}
 
+    # What servicekit.registration calls: the agent's endpoints with the client's token.
+    @property
+    def http(self):
+        return self
+
+    def prepare_headers(self):
+        return {}
+
+    def get(self, callback, path, headers=None):
+        return self.members() if path == "/v1/agent/members" else self.self()
+
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.100.0.9", "::1", "localhost"])
 def test_a_loopback_address_warns_only_with_other_nodes(host):
