@@ -327,18 +327,27 @@ def out_of_every_facade(stack: HostStack, host: str, since: float) -> float:
     return time.monotonic() - since
 
 
+def fault_under_load(sim, tag: str, fault, after: int, max_requests: int, max_seconds: float):
+    """2 clients POST to app1's facade; after 60 answers `fault("app3")`, then `after` more answers once
+    app3 is out of every other facade's rotation. Returns the finished load, the answers served before
+    that point, and the seconds from the fault to out of rotation."""
+    url = sim.facade_url("app1")
+    run = uuid.uuid4().hex[:6]
+    load = Load(lambda s, n: post(url, f"{tag}-{run}-{n}", s), clients=2, max_requests=max_requests,
+                max_seconds=max_seconds)  # fmt: skip
+    with load:
+        load.wait_for(60, timeout=60)
+        fault("app3")
+        dropped_after = out_of_every_facade(sim, "app3", time.monotonic())
+        served = len(load.snapshot())
+        load.wait_for(served + after, timeout=after)
+    return load, served, dropped_after
+
+
 def test_a_host_killed_whole_loses_nothing_acknowledged(sim, log_dir):
     with sim.entered():
         url = sim.facade_url("app1")
-        run = uuid.uuid4().hex[:6]
-        load = Load(lambda s, n: post(url, f"kill-{run}-{n}", s), clients=2, max_requests=1500, max_seconds=90)
-        with load:
-            load.wait_for(60, timeout=60)
-            sim.hosts.kill("app3")
-            killed_at = time.monotonic()
-            dropped_after = out_of_every_facade(sim, "app3", killed_at)
-            served = len(load.snapshot())
-            load.wait_for(served + 60, timeout=60)
+        load, _, dropped_after = fault_under_load(sim, "kill", sim.hosts.kill, 60, 1500, 90)
         acked, lost = acknowledged_lost(sim, load, url)
         failed = load.failures()
         record(log_dir, "hosts-kill", {
@@ -363,14 +372,7 @@ def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes
         url = sim.facade_url("app1")
         pid_before = sim.supervisorctl("app3", "pid", "logging").stdout.strip()
         run = uuid.uuid4().hex[:6]
-        load = Load(lambda s, n: post(url, f"cut-{run}-{n}", s), clients=2, max_requests=2000, max_seconds=120)
-        with load:
-            load.wait_for(60, timeout=60)
-            sim.hosts.cut("app3")
-            cut_at = time.monotonic()
-            dropped_after = out_of_every_facade(sim, "app3", cut_at)
-            served = len(load.snapshot())
-            load.wait_for(served + 90, timeout=90)
+        load, served, dropped_after = fault_under_load(sim, "cut", sim.hosts.cut, 90, 2000, 120)
         after_drop = load.snapshot()[served:]
         acked, lost = acknowledged_lost(sim, load, url)
         failed_after_drop = [o for o in after_drop if not o.ok]
