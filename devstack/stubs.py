@@ -3,7 +3,8 @@ product's own service definition (an HTTP check on /health), that fail or slow d
 from outside the product, for the tests and the bench.
 
 - `StubInstance`: answers as a logging or messages instance would, with a chosen status for POSTs, a delay,
-  and a chosen /health status (429 makes Consul's HTTP check `warning`), or a few failed /health answers.
+  and a chosen /health status (429 makes Consul's HTTP check `warning`), or a few failed /health answers;
+  or reads each POST whole and drops the connection without answering, as a worker killed mid-request.
 - `DelayProxy`: forwards every call to a real instance after a fixed delay, registered in its place.
 - `stubbed_facade`: a real facade under gunicorn, in a Consul agent of its own, in front of stub instances.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -111,13 +114,25 @@ class _Server:
 class StubInstance(_Server):
     """Answers as a logging or messages instance would: POST echoes the body with `post_status`, GET an
     empty last page, each after `delay` seconds; /health answers `health_status` at once, or 503 while
-    `health_fail_next` > 0 (one fewer each time).
+    `health_fail_next` > 0 (one fewer each time). With `drop_posts`, it reads each POST whole and closes the
+    connection without answering: "close" as a worker killed while it handled the request (the kernel sends
+    FIN: the caller reads "Remote end closed connection without response"), "reset" with an RST.
 
     It keeps the headers of every call but /health (`headers`), every /health answer with its time
     (`answered_since`), and how many calls it is still answering (`busy`)."""
 
-    def __init__(self, service: str, post_status: int = 201, delay: float = 0.0, health_status: int = 200):
+    def __init__(
+        self,
+        service: str,
+        post_status: int = 201,
+        delay: float = 0.0,
+        health_status: int = 200,
+        drop_posts: str | None = None,
+    ):
+        if drop_posts not in (None, "close", "reset"):
+            raise ValueError(f"drop_posts must be None, 'close' or 'reset', not {drop_posts!r}")
         self.post_status = post_status
+        self.drop_posts = drop_posts
         self.delay = delay
         self.health_status = health_status
         self.health_fail_next = 0
@@ -141,6 +156,9 @@ class StubInstance(_Server):
         try:
             sent = handler.body()
             time.sleep(self.delay)
+            if handler.command == "POST" and self.drop_posts is not None:
+                self._drop(handler)
+                return
             if handler.command == "POST":
                 status = self.post_status
                 body = {**json.loads(sent), "created": True} if status < 400 else {"error": "stub failure"}
@@ -150,6 +168,13 @@ class StubInstance(_Server):
         finally:
             with self._lock:
                 self.busy -= 1
+
+    def _drop(self, handler) -> None:
+        handler.close_connection = True
+        if self.drop_posts == "reset":
+            # Linger 0: close() sends RST instead of FIN.
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            handler.connection.close()
 
     def answered_since(self, since: float, status: int) -> int:
         """How many /health answers with `status` it gave after `since` (time.monotonic())."""
