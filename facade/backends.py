@@ -15,6 +15,7 @@ from typing import Any
 import requests
 from hazelcast.errors import SplitBrainProtectionError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 from werkzeug.exceptions import NotFound
 
 from servicekit import balancing, metrics, queue_item, request_id, tracing
@@ -49,8 +50,8 @@ Send = Callable[[Instance, tuple[float, float]], requests.Response]
 class Reached(enum.Enum):
     """How far a failed call got at the instance, which decides whether another instance may be tried."""
 
-    NO = "no"  # the connection was refused or never set up: the instance saw nothing
-    DONE = "done"  # it answered (5xx, or a body that is not JSON): its work is over
+    NO = "no"  # the connection was refused or never set up: the request never went out
+    DONE = "done"  # it answered (5xx, or a body that is not JSON), or dropped the connection: its work is over
     MAYBE_STILL_WORKING = "maybe still working"  # the read timed out: it may still be on it
     REFUSED = "refused"  # it answered 503 {"stored": false}: it did nothing, and another instance may do it
 
@@ -59,9 +60,21 @@ class Reached(enum.Enum):
         # ConnectTimeout is a ConnectionError too; ReadTimeout is not.
         if isinstance(exc, requests.ReadTimeout):
             return Reached.MAYBE_STILL_WORKING
-        if isinstance(exc, requests.ConnectionError):
+        if isinstance(exc, requests.ConnectTimeout) or _never_sent(exc):
             return Reached.NO
+        # Among them a connection closed or reset after the request went out ("Connection aborted": a worker
+        # killed mid-request), which may well have been served.
         return Reached.DONE
+
+
+def _never_sent(exc: Exception) -> bool:
+    """A connection that could not be made (refused, unreachable, a name that does not resolve): requests
+    wraps urllib3's NewConnectionError in a MaxRetryError. Any other ConnectionError may have carried the
+    request."""
+    cause = exc.args[0] if isinstance(exc, requests.ConnectionError) and exc.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    return isinstance(cause, NewConnectionError)
 
 
 def _says_not_stored(response: requests.Response) -> bool:
@@ -83,7 +96,8 @@ class InstanceFailed(Exception):
 
 class CallFailed(Unavailable):
     """No instance answered usefully. `maybe_done`: one of them may have done the work all the same (it
-    answered 5xx, or its read timed out), so a write may have landed."""
+    answered 5xx, its read timed out, or it dropped the connection after the request went out), so a write
+    may have landed."""
 
     def __init__(self, public: str, detail: str, maybe_done: bool):
         super().__init__(public, detail)
@@ -152,8 +166,9 @@ class Backends:
     ) -> tuple[Instance, Any]:
         """Send to a random passing instance; after a failure, maybe try another one.
 
-        Another instance is tried at once after a refused connection or a split-brain refusal (the first
-        did nothing), and after a 5xx or a timeout only while the service's retry budget allows
+        Another instance is tried at once after a connection that could not be made or a split-brain refusal
+        (the first did nothing), and after a 5xx, a timeout or a connection dropped once the request was sent
+        (the first may have done it) only while the service's retry budget allows
         (servicekit/retry_budget): a slow tier then gets at most a tenth more calls, not one more per call.
         A call whose read timed out may still be running at the first instance, so it goes elsewhere only with
         `retry_after_timeout`, for calls whose work is small and safe to repeat (POST /logging: one

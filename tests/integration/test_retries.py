@@ -1,4 +1,5 @@
-"""Retries that cannot multiply the load: a slow logging instance under load, counted at the instances.
+"""Retries that cannot multiply the load: a slow logging instance under load, and instances that drop the
+connection after reading the request, counted at the instances.
 
 The logging and messages instances here are stubs in the test process, registered in a Consul agent of
 the test's own like real ones (the product's service definition, an HTTP check on /health): they count
@@ -11,6 +12,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import requests
 
 from devstack import Load, until
 from devstack.stubs import StubInstance
@@ -53,3 +55,18 @@ def test_a_slow_logging_instance_gets_no_more_calls_than_a_tenth_over_the_reques
     assert sum(s.count("GET") for s in logging_stubs) == gets
     assert slow.count() > 0, "the slow instance was in rotation"
     assert len(load.succeeded()) >= requests_sent / 2, "the quick instances still answered"
+
+
+def test_a_logging_instance_that_drops_the_post_it_read_makes_logged_null_and_costs_the_retry_budget(facade_before):
+    # Both logging instances read the whole POST, then close the connection without answering, as a worker
+    # killed mid-request does: each may have stored the message. A budget of one retry per window.
+    dropping = [StubInstance("logging-service", drop_posts="close") for _ in range(2)]
+    facade = facade_before(
+        [*dropping, StubInstance("messages-service")], env={"RETRY_BUDGET_MINIMUM": "1", "RETRY_BUDGET_RATIO": "0"}
+    )
+    answer = requests.post(f"{facade.url}/facade", json={"msg": f"dropped-{uuid.uuid4()}"}, timeout=TIMEOUT)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["logged"] is None, f"the logging instances may have stored it: {answer.text}"
+    assert answer.json()["queued"] is False, answer.text
+    assert answer.json()["error"] == "logging-service failed and its retry budget is spent", answer.text
+    assert [s.count("POST") for s in dropping] == [1, 1], "the first try and the one retry the budget allows"

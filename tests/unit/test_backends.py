@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -13,12 +14,22 @@ import pytest
 import requests
 from hazelcast.errors import SplitBrainProtectionError
 from prometheus_client import REGISTRY
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from werkzeug.exceptions import NotFound
 
 from devstack import until
+from devstack.stubs import StubInstance
 from facade import backends as backends_module
 from facade import create_app
-from facade.backends import LOGGING_SERVICE, MAX_ATTEMPTS, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
+from facade.backends import (
+    LOGGING_SERVICE,
+    MAX_ATTEMPTS,
+    MESSAGES_SERVICE,
+    QUEUE_ROOM_MARGIN,
+    Backends,
+    CallFailed,
+    Reached,
+)
 from servicekit.discovery import Instance
 from servicekit.paging import MessagesCursor
 from servicekit.settings import Settings
@@ -86,6 +97,14 @@ STORED = response(201, {"stored": True})
 BROKEN = response(500, {"error": "internal error"})
 
 
+def refused() -> requests.ConnectionError:
+    """What requests raises for a refused connection (test_only_a_connect_that_failed_is_not_reached
+    checks it against a real one): the request never went out."""
+    return requests.ConnectionError(
+        MaxRetryError(None, "/logging", NewConnectionError(None, "Failed to establish a new connection: refused"))
+    )
+
+
 def backends(http: ScriptedHttp, *ports: int, **env: str) -> Backends:
     return Backends(Settings.from_env("facade-service", 8080, env=env), FixedDiscovery(*ports), session=http)
 
@@ -96,7 +115,7 @@ def backends(http: ScriptedHttp, *ports: int, **env: str) -> Backends:
         BROKEN,
         response(503, "<html>busy</html>"),
         requests.ReadTimeout("slow"),
-        requests.ConnectionError("refused"),
+        refused(),
         response(200, "not json"),
     ],
 )
@@ -203,10 +222,65 @@ def test_a_4xx_does_not_count_towards_an_ejection():
 
 
 def test_a_refused_connection_is_retried_whatever_the_budget():
-    http = ScriptedHttp(p8081=requests.ConnectionError("refused"), p8082=STORED)
+    http = ScriptedHttp(p8081=refused(), p8082=STORED)
     calling = backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="0", RETRY_BUDGET_RATIO="0")
     for n in range(50):
         assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+
+
+def post_error(port: int) -> requests.RequestException:
+    """The exception a real POST to the port raises."""
+    with pytest.raises(requests.RequestException) as failed:
+        requests.post(f"http://127.0.0.1:{port}/logging", json={"id": "id-1", "msg": "hello"}, timeout=5)
+    return failed.value
+
+
+def test_only_a_connect_that_failed_is_not_reached():
+    # A port bound and held by this test, never listening: the connection is refused.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        real = post_error(closed.getsockname()[1])
+    assert Reached.of(real) is Reached.NO
+    assert Reached.of(refused()) is Reached.NO, "the scripted refusal of these tests is a real one"
+    timed_out = requests.ConnectTimeout(MaxRetryError(None, "/logging", ConnectTimeoutError(None, "timed out")))
+    assert Reached.of(timed_out) is Reached.NO
+
+
+def dropped(how: str) -> requests.ConnectionError:
+    """The exception a real POST raises when the instance read it whole, then closed the connection ("close",
+    as a worker killed mid-request) or reset it ("reset")."""
+    stub = StubInstance(LOGGING_SERVICE, drop_posts=how).serve()
+    try:
+        error = post_error(stub.port)
+    finally:
+        stub.server.shutdown()
+        stub.server.server_close()
+    assert stub.count("POST") == 1, "the instance read the request"
+    assert isinstance(error, requests.ConnectionError)
+    return error
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_connection_dropped_after_the_request_was_sent_may_have_been_served(how):
+    error = dropped(how)
+    assert Reached.of(error) is not Reached.NO, "the instance had the request: it may have stored it"
+    # So another instance is tried only within the retry budget, and the call says it may be done.
+    http = ScriptedHttp(p8081=error, p8082=error)
+    with pytest.raises(CallFailed) as failed:
+        backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="0", RETRY_BUDGET_RATIO="0").log_message("id-1", "hello")
+    assert len(http.tried) == 1, f"a retry outside the budget: {http.tried}"
+    assert failed.value.maybe_done
+    assert failed.value.public == f"{LOGGING_SERVICE} failed and its retry budget is spent"
+
+
+def test_a_post_whose_logging_connections_dropped_answers_logged_null_and_queues_nothing(closing):
+    error = dropped("close")
+    http = ScriptedHttp(p8081=error, p8082=error)
+    queue = FakeQueue(room=10)
+    answer = facade_with(closing, http, queue).post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 503
+    assert answer.json["logged"] is None and answer.json["queued"] is False, answer.json
+    assert queue.items == []
 
 
 def test_the_retries_stop_at_the_request_deadline():
