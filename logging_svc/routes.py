@@ -16,6 +16,8 @@ from servicekit.web import (
     require_string,
 )
 
+from .store import AnotherMessageStored
+
 bp = Blueprint("logging", __name__)
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,11 @@ def add_message():
     # The id is the map key: one spelling per message, or a retried POST could store it twice.
     if canonical != message_id:
         raise BadInput("field 'id' must be a UUID in its canonical lower-case form")
-    created = _log().add(message_id, msg)
+    try:
+        created = _log().add(message_id, msg)
+    except AnotherMessageStored:
+        log.warning("message %s refused: another message is already stored under its id", message_id)
+        raise
     # One line per attempt that reached this instance: a retried request shows on each instance it reached.
     log.info("message %s %s", message_id, "stored" if created else "was already stored")
     return jsonify(id=message_id, msg=msg, created=created), 201 if created else 200

@@ -13,6 +13,7 @@ from hazelcast import predicate
 from hazelcast.aggregator import min_
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastError, SplitBrainProtectionError
+from werkzeug.exceptions import Conflict
 
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
@@ -42,13 +43,26 @@ class WritesRefused(Unavailable):
         )
 
 
+class AnotherMessageStored(Conflict):
+    """The id already holds another message: nothing was stored, and the entry is left as it is.
+
+    409, not the 200 "already stored" of a retry: that would tell the caller its message is in the log when
+    another one is (the facade derives ids from Idempotency-Keys, so a key reused with another message meets
+    here once its kept answer is gone). The answer does not show the stored message: an id made from a key
+    is only as secret as the key, and the caller that sent the first message has it."""
+
+    def __init__(self, message_id: str):
+        super().__init__(f"another message is already stored under id {message_id}: nothing was stored")
+
+
 class MessageLog(Protocol):
     @property
     def ready(self) -> bool: ...
 
     def add(self, message_id: str, msg: str) -> bool:
-        """Store once by id; True when this call stored it, False when the id was already there. LogFull,
-        storing nothing, when the message would take the log past its capacity."""
+        """Store once by id; True when this call stored it, False when the id already held this message.
+        AnotherMessageStored when it held another one; LogFull, storing nothing, when the message would
+        take the log past its capacity."""
 
     def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
         """Up to `limit` messages after `after` (from the oldest when None), oldest first, and the cursor
@@ -219,13 +233,16 @@ class HazelcastMessageLog:
         if held + cost > self.capacity_bytes:
             raise LogFull(f"the log holds {held} of {self.capacity_bytes} bytes; {message_id} needs {cost}")
         try:
-            created = self._hz.map().put_if_absent(message_id, entry) is None
+            found = self._hz.map().put_if_absent(message_id, entry)
         except SplitBrainProtectionError as exc:
             # Checked on the partition owner before the write; the client does not retry it.
             raise WritesRefused(str(exc)) from None
-        if created:
+        if found is None:
             self.size.grew(cost)
-        return created
+            return True
+        if message_of(convert_json_entry(found)) != msg:
+            raise AnotherMessageStored(message_id)
+        return False
 
     def status(self) -> dict:
         """For /health: the size last seen (not read from the cluster: a health check must stay cheap)."""

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from logging_svc import create_app
-from logging_svc.store import STAMP_DIGITS, cut_page, encode
+from logging_svc.store import STAMP_DIGITS, AnotherMessageStored, cut_page, encode
 from servicekit.settings import Settings
 from servicekit.web import MAX_JSON_DEPTH
 
@@ -17,6 +17,8 @@ class MemoryLog:
 
     def add(self, message_id, msg):
         if message_id in self.entries:
+            if self.entries[message_id] != msg:
+                raise AnotherMessageStored(message_id)
             return False
         self.entries[message_id] = msg
         return True
@@ -52,6 +54,15 @@ def test_post_stores_once_by_id(client, log):
     replay = client.post("/logging", json=body)
     assert replay.status_code == 200 and replay.json["created"] is False
     assert client.get("/logging").json == {"messages": ["hi"], "next": None}
+
+
+def test_an_id_that_holds_another_message_is_a_409_that_names_the_id_and_not_the_stored_text(client, log):
+    message_id = str(uuid.uuid4())
+    assert client.post("/logging", json={"id": message_id, "msg": "pay 10"}).status_code == 201
+    other = client.post("/logging", json={"id": message_id, "msg": "pay 9999"})
+    assert other.status_code == 409
+    assert other.json == {"error": f"another message is already stored under id {message_id}: nothing was stored"}
+    assert log.messages() == ["pay 10"]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from logging_svc import create_app
 from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered, stamp_of
+from servicekit.log_entry import message_of
 from servicekit.settings import Settings
 
 
@@ -150,3 +151,43 @@ class RecordingHazelcast(CounterHazelcast):
 
     def put_if_absent(self, key, value):
         self.stored.append(value)
+
+
+class OneMap(CounterHazelcast):
+    """The log's map as put_if_absent sees it: what the id already held comes back, and every call is counted."""
+
+    def __init__(self, counter):
+        super().__init__(counter)
+        self.entries: dict[str, object] = {}
+        self.calls = 0
+
+    def map(self):
+        return self
+
+    def put_if_absent(self, key, value):
+        self.calls += 1
+        found = self.entries.get(key)
+        if found is None:
+            self.entries[key] = value
+        return found
+
+
+def test_an_id_that_holds_another_message_is_a_409_that_stores_nothing_and_keeps_the_first():
+    hz = OneMap(FakeCounter())
+    store = HazelcastMessageLog(hz, capacity_bytes=1 << 40)
+    client = create_app(Settings.from_env("logging-service", 8081, env={}), message_log=store).test_client()
+    message_id = str(uuid.uuid4())
+    assert client.post("/logging", json={"id": message_id, "msg": "pay 10"}).status_code == 201
+    other = client.post("/logging", json={"id": message_id, "msg": "pay 9999"})
+    assert other.status_code == 409, other.json
+    assert "another message" in other.json["error"]
+    assert "pay 10" not in other.get_data(as_text=True), "the stored text is not shown"
+    again = client.post("/logging", json={"id": message_id, "msg": "pay 10"})
+    assert again.status_code == 200 and again.json["created"] is False
+    assert [message_of(e) for e in hz.entries.values()] == ["pay 10"]
+    assert hz.calls == 3, "one put_if_absent per POST: its answer is what is compared"
+    # An entry written as JSON before the string encoding compares by its message too.
+    old_id = str(uuid.uuid4())
+    hz.entries[old_id] = HazelcastJsonValue({"msg": "from before", "ts": 2})
+    assert client.post("/logging", json={"id": old_id, "msg": "from before"}).status_code == 200
+    assert client.post("/logging", json={"id": old_id, "msg": "from after"}).status_code == 409
