@@ -142,12 +142,14 @@ def sent_fields(body: bytes) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-# One id twice: stored once (201), then kept as it was (200).
+# One id again and again: stored once (201), then kept as it was, for the same message (200) and for
+# another one (409).
 REPLAYED_ID = str(uuid.uuid4())
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(body=bodies)
+@example(body=json.dumps({"id": REPLAYED_ID, "msg": "first"}).encode())
 @example(body=json.dumps({"id": REPLAYED_ID, "msg": "first"}).encode())
 @example(body=json.dumps({"id": REPLAYED_ID, "msg": "second"}).encode())
 @example(body=json.dumps({"id": REPLAYED_ID.upper(), "msg": "upper"}).encode())
@@ -161,7 +163,7 @@ def test_logging_service_stores_exactly_what_it_acknowledges(watched, log_map, b
     response = requests.post(
         f"{target.url}/logging", data=body, headers={"Content-Type": "application/json"}, timeout=TIMEOUT
     )
-    assert response.status_code in (200, 201, 400, 413), response.text
+    assert response.status_code in (200, 201, 400, 409, 413), response.text
     event(f"HTTP {response.status_code}")
     assert set(response.json()) == ({"error"} if response.status_code >= 400 else {"id", "msg", "created"})
     if response.status_code == 201:
@@ -171,9 +173,14 @@ def test_logging_service_stores_exactly_what_it_acknowledges(watched, log_map, b
         assert log_map.get(sent_id)[STAMP_DIGITS:] == sent["msg"]
         assert log_map.size() == size_before + 1
     elif response.status_code == 200:
-        # Already there: the first message and its stamp are kept.
+        # Already there with this message: the first stamp is kept.
         assert stored_before is not None and log_map.get(sent_id) == stored_before
+        assert stored_before[STAMP_DIGITS:] == sent["msg"]
         assert log_map.size() == size_before
+    elif response.status_code == 409:
+        # Already there with another message, which is kept as it was.
+        assert stored_before is not None and stored_before[STAMP_DIGITS:] != sent["msg"]
+        assert log_map.get(sent_id) == stored_before and log_map.size() == size_before
     else:
         assert log_map.size() == size_before
         if sent_id is not None:
