@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -102,6 +103,16 @@ class CallFailed(Unavailable):
     def __init__(self, public: str, detail: str, maybe_done: bool):
         super().__init__(public, detail)
         self.maybe_done = maybe_done
+
+
+class AnotherMessageLogged(Exception):
+    """logging_svc refused the message: its id already holds another one (409). Nothing was stored."""
+
+
+@dataclass(frozen=True)
+class Logged:
+    by: str  # the logging instance that answered
+    created: bool  # it stored the message; False: the id already held it
 
 
 class Backends:
@@ -292,16 +303,20 @@ class Backends:
             log.warning("%s failed (%s)", instance.id, reason)
             raise InstanceFailed(reason, reached) from exc
 
-    def log_message(self, message_id: str, msg: str) -> str:
-        """Store the message through one logging instance; returns that instance's id."""
-        instance, _ = self._call(
-            LOGGING_SERVICE,
-            lambda i, timeout: self._http.post(
-                f"{i.url}/logging", json={"id": message_id, "msg": msg}, timeout=timeout
-            ),
-            retry_after_timeout=True,
-        )
-        return instance.id
+    def log_message(self, message_id: str, msg: str) -> Logged:
+        """Store the message through one logging instance. AnotherMessageLogged when the id holds another
+        message: the log's answer for every instance (they share it), so no other one is tried."""
+
+        def send(instance: Instance, timeout: tuple[float, float]) -> requests.Response:
+            response = self._http.post(f"{instance.url}/logging", json={"id": message_id, "msg": msg}, timeout=timeout)
+            if response.status_code == 409:
+                log.warning("%s: another message is logged under id %s", instance.id, message_id)
+                raise AnotherMessageLogged(message_id)
+            return response
+
+        instance, body = self._call(LOGGING_SERVICE, send, retry_after_timeout=True)
+        # Only logging_svc's explicit word counts as "this call stored it" (facade/idempotency.py relies on it).
+        return Logged(instance.id, created=isinstance(body, dict) and body.get("created") is True)
 
     def check_queue_room(self) -> None:
         """Refuse before anything is stored when the queue is full (max-size in conf/hazelcast.xml): the

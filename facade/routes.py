@@ -18,30 +18,39 @@ from servicekit.web import (
 )
 
 from . import idempotency
-from .backends import CallFailed
+from .backends import AnotherMessageLogged, CallFailed
 from .idempotency import Answer
 
 bp = Blueprint("facade", __name__)
 log = logging.getLogger(__name__)
 
 
-def _log_and_queue(message_id: str, msg: str) -> Answer:
+def _log_and_queue(message_id: str, msg: str, claim: idempotency.Claim | None) -> Answer:
     """201 when the message is in the log and on the queue; a 503 whose body says what was done when only
     part of it was; an exception (answered by the error handlers) when nothing was stored: among them a full
-    queue (503 with Retry-After, looked at before the log write) and a full log (507)."""
+    queue (503 with Retry-After, looked at before the log write) and a full log (507). With a `claim` (an
+    Idempotency-Key), the offer follows facade/idempotency.py's rule."""
     backends = current_app.extensions["backends"]
     backends.check_queue_room()
     # The facade's hops in ./scripts/trace, written before each step: the consumer may take the item
     # before the offer returns.
     log.info("message %s: logging it", message_id)
     try:
-        logged_by = backends.log_message(message_id, msg)
+        logged = backends.log_message(message_id, msg)
     except CallFailed as exc:
         if not exc.maybe_done:
             raise
         # An instance that timed out or failed may still have written it: "logged" is not known.
         return Answer(503, {"error": exc.public, "id": message_id, "logged": None, "queued": False})
-    log.info("message %s logged by %s; queueing it", message_id, logged_by)
+    if claim is not None:
+        if not claim.may_offer_after(logged.created):
+            # An earlier request with the key logged it, and nothing says whether it was queued.
+            error = "the message was logged by an earlier request with this key; whether it was queued is not known"
+            return Answer(503, {"error": error, "id": message_id, "logged": True, "queued": None})
+        if not current_app.extensions["answers"].offering(claim):
+            error = "the message is logged but could not be queued"
+            return Answer(503, {"error": error, "id": message_id, "logged": True, "queued": False})
+    log.info("message %s logged by %s; queueing it", message_id, logged.by)
     try:
         backends.queue_message(message_id, msg)
     except (Unavailable, HazelcastUnavailable):
@@ -52,7 +61,7 @@ def _log_and_queue(message_id: str, msg: str) -> Answer:
         # Sent, but no answer came back: it may be on the queue.
         error = "the message is logged; whether it was queued is not known"
         return Answer(503, {"error": error, "id": message_id, "logged": True, "queued": None})
-    return Answer(201, {"id": message_id, "msg": msg, "logged_by": logged_by})
+    return Answer(201, {"id": message_id, "msg": msg, "logged_by": logged.by})
 
 
 @bp.post("/facade")
@@ -61,32 +70,33 @@ def post_message():
     key = idempotency.key_of(request.headers.get(idempotency.HEADER))
     msg = require_message(read_json_object(request))
     if key is None:
-        answer = _log_and_queue(str(uuid.uuid4()), msg)
-        return _answered(answer)
+        return _answered(_log_and_queue(str(uuid.uuid4()), msg, None))
     answers: idempotency.AnswerStore = current_app.extensions["answers"]
-    fingerprint = idempotency.fingerprint(msg)
     try:
-        first = answers.claim(key, fingerprint)
+        claim = answers.claim(key, idempotency.fingerprint(msg))
     except idempotency.KeyReused:
         return jsonify(error=f"this {idempotency.HEADER} came with another message"), 422
     except idempotency.KeyInFlight:
         return jsonify(error=f"a request with this {idempotency.HEADER} is being answered; retry later"), 409
-    if first is not None:
-        return jsonify(first.body), first.status, {"Idempotent-Replayed": "true"}
+    if isinstance(claim, Answer):
+        return _answered(claim)
     try:
-        answer = _log_and_queue(idempotency.message_id(key), msg)
+        answer = _log_and_queue(idempotency.message_id(key), msg, claim)
+    except AnotherMessageLogged:
+        answers.forget(claim)
+        error = f"this {idempotency.HEADER} came with another message: the log holds a different one under its id"
+        return jsonify(error=error), 422
     except BaseException:
-        answers.release(key)
+        # Raised before any offer (the offer's own errors are answers): the key keeps its message.
+        answers.answered(claim, None)
         raise
-    if answer.status == 201:
-        answers.keep(key, fingerprint, answer)
-    else:
-        # Only a complete answer is kept: a retry with the key finishes the work, under the same id.
-        answers.release(key)
+    answers.answered(claim, answer)
     return _answered(answer)
 
 
 def _answered(answer: Answer):
+    if answer.replayed:
+        return jsonify(answer.body), answer.status, {"Idempotent-Replayed": "true"}
     if answer.status != 201:
         log.warning("answering %s: %s", answer.status, answer.body)
     return jsonify(answer.body), answer.status

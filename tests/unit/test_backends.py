@@ -123,7 +123,7 @@ def test_a_failed_instance_is_retried_on_another_one(failure):
     # Whichever the random pick tries first, the call ends at the one instance that works.
     for _ in range(20):
         http = ScriptedHttp(p8081=failure, p8082=failure, p8083=STORED)
-        assert backends(http, *PORTS).log_message("id-1", "hello") == instance(8083).id
+        assert backends(http, *PORTS).log_message("id-1", "hello").by == instance(8083).id
         assert http.tried[-1] == 8083
         assert len(http.tried) == len(set(http.tried)), f"an instance was tried twice: {http.tried}"
 
@@ -189,7 +189,7 @@ def test_an_instance_that_fails_three_times_in_a_row_is_left_out_for_a_while():
         "upstream_ejections_total", {"service": LOGGING_SERVICE, "instance": instance(8081).id}
     )
     for n in range(100):
-        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+        assert calling.log_message(f"id-{n}", "hello").by == instance(8082).id
     assert http.tried.count(8081) == 3
     assert (
         REGISTRY.get_sample_value(
@@ -225,7 +225,7 @@ def test_a_refused_connection_is_retried_whatever_the_budget():
     http = ScriptedHttp(p8081=refused(), p8082=STORED)
     calling = backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="0", RETRY_BUDGET_RATIO="0")
     for n in range(50):
-        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+        assert calling.log_message(f"id-{n}", "hello").by == instance(8082).id
 
 
 def post_error(port: int) -> requests.RequestException:
@@ -436,7 +436,7 @@ def test_a_write_refused_for_lack_of_members_is_tried_elsewhere_and_known_not_st
     # Another instance may reach the larger side of a split: it is tried.
     for _ in range(10):
         http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=STORED)
-        assert backends(http, 8081, 8082).log_message("id-1", "hello") == instance(8082).id
+        assert backends(http, 8081, 8082).log_message("id-1", "hello").by == instance(8082).id
     # Refused everywhere: a 503 that says nothing was logged (no "logged": null, which means "not known").
     http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=REFUSED_WRITE)
     queue = FakeQueue(room=10)
@@ -451,7 +451,7 @@ def test_a_write_refused_for_lack_of_members_is_retried_whatever_the_budget_and_
     http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=STORED)
     calling = backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="0", RETRY_BUDGET_RATIO="0")
     for n in range(30):
-        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+        assert calling.log_message(f"id-{n}", "hello").by == instance(8082).id
     assert http.tried.count(8081) == 3, "three refusals in a row eject it all the same"
     # Refused everywhere: MAX_ATTEMPTS still bounds the tries.
     http = ScriptedHttp(p8081=REFUSED_WRITE, p8082=REFUSED_WRITE)
@@ -494,13 +494,13 @@ def test_the_calls_in_flight_are_counted_per_instance_for_the_pick_and_forgotten
     first.start()
     try:
         until(lambda: http.tried == [8081], timeout=5, what="the first call sent")
-        assert calling.log_message("id-2", "hello") == instance(8082).id
+        assert calling.log_message("id-2", "hello").by == instance(8082).id
         assert seen[-1] == {instance(8081).id: 1}
     finally:
         release.set()
         first.join(5)
     http.by_port[8081] = requests.ConnectionError("reset")
-    assert calling.log_message("id-3", "hello") == instance(8082).id
+    assert calling.log_message("id-3", "hello").by == instance(8082).id
     calling.log_message("id-4", "hello")
     assert seen[-1] == {}, "every call ended, the failed one too"
 
@@ -513,6 +513,6 @@ def test_an_untried_instance_is_tried_at_once_after_an_instance_this_call_ejecte
     http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
     calling = backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="100")
     for n in range(100):
-        assert calling.log_message(f"id-{n}", "hello") == instance(8082).id
+        assert calling.log_message(f"id-{n}", "hello").by == instance(8082).id
     assert http.tried.count(8081) == 3
     assert pauses == [], "a pause is for when every candidate failed this call"

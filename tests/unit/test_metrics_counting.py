@@ -61,7 +61,7 @@ def test_every_attempt_failure_and_retry_is_counted_by_instance():
     first_tries = {"logging-a-1": 0, "logging-b-2": 0}
     for _ in range(20):
         before = value("upstream_attempts_total", service=LOGGING_SERVICE, instance="logging-a-1")
-        assert backends.log_message("id", "hello") == "logging-b-2"
+        assert backends.log_message("id", "hello").by == "logging-b-2"
         first_tries[
             "logging-a-1"
             if value("upstream_attempts_total", service=LOGGING_SERVICE, instance="logging-a-1") > before
