@@ -158,8 +158,7 @@ class _Master:
         self._left = True
         if not self._intake.close():
             log.warning(
-                "a take from the queue did not end within %.0f s (a worker busy in it); "
-                "leaving Consul anyway",
+                "a take from the queue did not end within %.0f s (a worker busy in it); leaving Consul anyway",
                 INTAKE_CLOSE_TIMEOUT,
             )
         self._keeper.stop()
