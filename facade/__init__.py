@@ -28,11 +28,18 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
     if hz is None:
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)
-    # Started here, in the worker: threads do not survive gunicorn's fork.
-    discovery = Discovery(
-        make_consul(settings.consul), [LOGGING_SERVICE, MESSAGES_SERVICE], observe=metrics.observe_watch
-    ).start()
+    backends: Backends
+
+    def heard(service: str, instances: int, answered: bool, registered: frozenset[str] | None) -> None:
+        metrics.observe_watch(service, instances, answered, registered)
+        if registered is not None:
+            backends.forget_gone(service, registered)
+
+    # Started here, in the worker (threads do not survive gunicorn's fork), once the backends that it tells
+    # which instances left Consul exist.
+    discovery = Discovery(make_consul(settings.consul), [LOGGING_SERVICE, MESSAGES_SERVICE], observe=heard)
     backends = Backends(settings, discovery, hz)
+    discovery.start()
     on_shutdown(app, backends.close)
     live = live_config.LiveConfig(
         make_consul(settings.consul),

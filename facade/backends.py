@@ -159,6 +159,11 @@ class Backends:
         self._pick = balancing.make(name)
         log.info("balancing by the %s policy", name)
 
+    def forget_gone(self, service: str, registered: frozenset[str]) -> None:
+        """Consul listed `registered` for `service` (its discovery watch's answer): what this worker keeps of
+        any other instance goes, so instances that come and go leave nothing behind."""
+        self._outliers[service].forget_all_but(registered)
+
     def close(self) -> None:
         self._reads.shutdown(wait=False, cancel_futures=True)
         self._discovery.close()

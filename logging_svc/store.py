@@ -97,9 +97,9 @@ def convert_json_entry(entry: str | HazelcastJsonValue) -> str:
 
 
 def cut_page(entries: list[str], after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
-    """The page in `entries` (sorted, from the cursor's stamp on, at most limit + seen + 1 of them): the
-    `seen` entries of the cursor's stamp the walk already returned are dropped, and one entry past the
-    page says whether there is a next one."""
+    """The page in `entries` (sorted, from the cursor's stamp on: the entries of that stamp, then up to
+    limit + 1 more): the `seen` entries of the cursor's stamp the walk already returned are dropped, and
+    one entry past the page says whether there is a next one."""
     if after is not None:
         already = 0
         while already < min(after.seen, len(entries)) and stamp_of(entries[already]) == after.stamp:
@@ -250,15 +250,33 @@ class HazelcastMessageLog:
 
     def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
         log_map = self._hz.map()
-        start = after.stamp if after is not None else self._oldest_stamp(log_map)
-        if start is None:
+        oldest = self._oldest_stamp(log_map)
+        if oldest is None:
             return [], None
-        want = limit + 1 + (after.seen if after is not None else 0)
+        if after is None:
+            # A first page's window also takes in anything older than the oldest entry this worker found (a
+            # write stamped before it that landed after it was read): an index lookup that matches nothing
+            # when there is none.
+            found = self._read_from(log_map, 0, oldest, limit + 1)
+            if found:
+                self._oldest = stamp_of(found[0])
+            return cut_page(found, None, limit)
+        # The cursor's own stamp is read on its own, so skipping its `seen` entries costs what that stamp
+        # holds (a few at most: one worker never stamps two entries alike), whatever `seen` says; the rest
+        # is read from the next stamp on, for what the page still needs. A cursor older than the oldest
+        # entry reads from there, as a first page does, instead of widening windows across an empty past.
+        shared = predicate.between("this", stamp_bound(after.stamp), stamp_bound(after.stamp + 1))
+        found = sorted(log_map.values(predicate.paging(shared, after.seen + limit + 1)))
+        want = limit + 1 - max(len(found) - after.seen, 0)
+        if want > 0:
+            found += self._read_from(log_map, after.stamp + 1, max(after.stamp + 1, oldest), want)
+        return cut_page(found, after, limit)
+
+    def _read_from(self, log_map, low: int, start: int, want: int) -> list[str]:
+        """Up to `want` entries from stamp `low` on, sorted, a window at a time; the first window ends one
+        width after `start`."""
         found: list[str] = []
-        # A first page's window also takes in anything older than the oldest entry this worker found (a
-        # write stamped before it that landed after it was read): an index lookup that matches nothing
-        # when there is none.
-        low, width = (start if after is not None else 0), self._width
+        width = self._width
         high = start + width
         now = time.time_ns()
         while len(found) < want:
@@ -275,9 +293,7 @@ class HazelcastMessageLog:
             low, high = high, high + width
         if len(found) == want:
             self._width = max(2 * (stamp_of(found[-1]) - start), MIN_WINDOW_NS)
-        if after is None and found:
-            self._oldest = stamp_of(found[0])
-        return cut_page(found, after, limit)
+        return found
 
     def _oldest_stamp(self, log_map) -> int | None:
         if self._oldest is None:

@@ -35,38 +35,58 @@ class MessageStore:
     def __init__(self, kept: int = 20_000):
         self._lock = threading.Lock()
         self.kept = kept
-        self._messages: list[str] = []
-        # The number of self._messages[0].
+        # A ring of up to `kept` slots, the oldest message at self._head: at the cap a message takes the
+        # oldest one's slot, O(1) under the lock GET /messages takes (a list's `del [0]` moved every message
+        # kept), and a page is at most two slices of it.
+        self._ring: list[str] = []
+        self._head = 0
+        # The number of the oldest message.
         self._first = time.time_ns() // 1000
         self.let_go = 0
 
     def append(self, msg: str) -> None:
         with self._lock:
-            self._messages.append(msg)
-            if len(self._messages) > self.kept:
-                # The oldest goes; its number with it, so every other message keeps its number.
-                del self._messages[0]
-                self._first += 1
-                self.let_go += 1
+            if len(self._ring) < self.kept:
+                self._ring.append(msg)
+                return
+            # The oldest goes; its number with it, so every other message keeps its number.
+            self._ring[self._head] = msg
+            self._head = (self._head + 1) % self.kept
+            self._first += 1
+            self.let_go += 1
+
+    def _slice(self, start: int, stop: int) -> list[str]:
+        """The messages from the `start`th oldest to before the `stop`th, in order; under the lock."""
+        held = len(self._ring)
+        stop = min(stop, held)
+        if start >= stop:
+            return []
+        # The ring wraps only once it is full, and then its slots number `held`.
+        low, high = self._head + start, self._head + stop
+        if high <= held:
+            return self._ring[low:high]
+        if low >= held:
+            return self._ring[low - held : high - held]
+        return self._ring[low:] + self._ring[: high - held]
 
     def snapshot(self) -> list[str]:
         with self._lock:
-            return list(self._messages)
+            return self._slice(0, len(self._ring))
 
     def page(self, after: int | None, limit: int) -> tuple[list[str], int | None]:
         """Up to `limit` messages numbered after `after` (from the oldest kept when None or when those are
         gone), and the number to pass as `after` for the next page: None when this page reached the newest."""
         with self._lock:
             start = 0 if after is None else max(after + 1 - self._first, 0)
-            page = self._messages[start : start + limit]
+            page = self._slice(start, start + limit)
             last = self._first + start + len(page) - 1
-            more = start + limit < len(self._messages)
+            more = start + limit < len(self._ring)
         return page, last if more else None
 
     def status(self) -> dict:
         """For /health: how many it holds, at most keeps, and let go so far."""
         with self._lock:
-            return {"held": len(self._messages), "kept": self.kept, "let_go": self.let_go}
+            return {"held": len(self._ring), "kept": self.kept, "let_go": self.let_go}
 
 
 class Consumer:

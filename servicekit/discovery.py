@@ -89,8 +89,10 @@ def usable_instances(client: consul.Consul, service: str) -> list[Instance]:
 STALE_LIMIT = 30.0
 
 # Told what a watch knows after each answer from Consul and each failed query: (service, instances a request
-# would pick from, whether Consul answered). The facade's metrics (servicekit.metrics.observe_watch).
-Observer = Callable[[str, int, bool], None]
+# would pick from, whether Consul answered, the ids of every instance Consul listed in its last answer, in
+# any state; None before the first). The facade's metrics (servicekit.metrics.observe_watch) and what it
+# keeps per instance, which it forgets for the instances that left Consul.
+Observer = Callable[[str, int, bool, frozenset[str] | None], None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class _Cache:
     stale_since_wall: float | None = None  # time.time(), for people
     # Why they are stale: Consul is unreachable, or an agent restarted and has not seen them register yet.
     stale_reason: str | None = None
+    # Every instance Consul listed, critical ones included: an instance missing here left Consul.
+    registered: frozenset[str] | None = None
 
 
 class ServiceWatch:
@@ -179,14 +183,16 @@ class ServiceWatch:
                     len(cache.instances),
                     self._stale_limit,
                 )
-            self._cache = _Cache(cache.instances, time.monotonic(), time.time(), reason)
+            self._cache = replace(
+                cache, stale_since=time.monotonic(), stale_since_wall=time.time(), stale_reason=reason
+            )
         elif cache.instances and not self._usable(cache):
             log.error("%s for %.0f s; dropping the last known %s instances", reason, self._stale_limit, self.service)
             self._cache = replace(cache, instances=(), stale_reason=reason)
         else:
             self._cache = replace(cache, stale_reason=reason)
 
-    def _answered(self, index: int, found: tuple[Instance, ...]) -> None:
+    def _answered(self, index: int, found: tuple[Instance, ...], registered: frozenset[str]) -> None:
         restarted = self._index.answered(index)
         cache = self._cache
         if restarted:
@@ -202,14 +208,15 @@ class ServiceWatch:
                     log.info("%s instances: %s", self.service, listed)
                 else:
                     log.error("Consul reports no passing %s instance; requests that need one get 503", self.service)
-            self._cache = _Cache(found)
+            self._cache = _Cache(found, registered=registered)
         self._updated_at = time.monotonic()
         self._loaded.set()
         self._tell(answered=True)
 
     def _tell(self, answered: bool) -> None:
         if self._observe is not None:
-            self._observe(self.service, len(self._usable(self._cache)), answered)
+            cache = self._cache
+            self._observe(self.service, len(self._usable(cache)), answered, cache.registered)
 
     def _failed(self, retry_state: RetryCallState) -> None:
         assert retry_state.outcome is not None
@@ -233,7 +240,7 @@ class ServiceWatch:
         if self._consul_error is not None:
             log.info("Consul answers again; watching %s", self.service)
             self._consul_error = None
-        self._answered(int(index or 0), _instances(entries))
+        self._answered(int(index or 0), _instances(entries), frozenset(e["Service"]["ID"] for e in entries))
 
 
 _RESTARTED = "the Consul agent restarted"

@@ -21,9 +21,14 @@ gunicorn's other master signals, as they meet a Consul registration:
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import logging
 import multiprocessing
+import os
 import signal
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,59 +43,76 @@ SHUTDOWN_KEY = "servicekit.on_shutdown"
 # How long the master waits for takes in progress once it closed the intake. Longer than a consumer's
 # poll timeout (messages_svc.consumer.POLL_TIMEOUT, 1 s), so a take that is waiting on the queue ends.
 INTAKE_CLOSE_TIMEOUT = 3.0
+# How often close() looks again while takes are in progress (flock has no timeout of its own).
+_CLOSE_POLL = 0.01
 
 
 class Intake:
     """The master's word to its workers: "take no more work from shared queues", with their answer.
 
-    Made in the master before the first fork, so every worker shares it (multiprocessing primitives
-    live in shared memory). An Event alone would not do: a consumer that checked it a moment before
-    the master set it may still be inside a poll that takes an item after the instance left Consul. So
-    each take holds the intake open, and `close` waits until no take is in progress.
+    Made in the master before the first fork, so every worker shares it. A flag alone would not do: a
+    consumer that checked it a moment before the master set it may still be inside a poll that takes an
+    item after the instance left Consul. So each take holds a shared lock (flock) on a file the master
+    opened, and `close` sets the flag, then waits until it can lock the file exclusively: until no take is in
+    progress. The kernel drops the locks of a process that dies, so a worker killed at any moment, inside a
+    take or not, leaves nothing held. (A multiprocessing Condition and a count of takes did: a worker killed
+    while it held the Condition's lock stopped every later take of every worker, for good.)
     """
 
     def __init__(self):
-        ctx = multiprocessing.get_context("fork")
-        self._closed = ctx.Event()
-        self._takes = ctx.Value("i", 0, lock=False)
-        self._changed = ctx.Condition()
+        # Unlinked from the start (nothing is left on disk however the master ends); each process opens it
+        # again through /proc for locks of its own: a flock belongs to an open file, which a fork shares.
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open as long as the intake)
+        self._closed = multiprocessing.get_context("fork").RawValue(ctypes.c_bool, False)
+        self._local = threading.local()
+
+    def _open(self):
+        return open(f"/proc/self/fd/{self._file.fileno()}", "rb", buffering=0)
+
+    def _lock_file(self):
+        """This thread's own open file (made again after a fork: the parent's would share its locks)."""
+        held = getattr(self._local, "file", None)
+        if held is None or held[0] != os.getpid():
+            held = self._local.file = (os.getpid(), self._open())
+        return held[1]
 
     @contextmanager
     def taking(self) -> Iterator[bool]:
         """Hold the intake open for one take (a poll and what is done with its item). Yields False, and
-        holds nothing, once the intake is closed."""
-        with self._changed:
-            if self._closed.is_set():
-                is_open = False
-            else:
-                is_open = True
-                self._takes.value += 1
+        holds nothing, once the intake is closed. One at a time in a thread: the lock is the thread's."""
+        lock = self._lock_file()
+        # The flag is read after the lock is taken; close() sets it before it tries the lock, so a take
+        # either sees it or is waited for.
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if self._closed.value:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            yield False
+            return
         try:
-            yield is_open
+            yield True
         finally:
-            if is_open:
-                with self._changed:
-                    self._takes.value -= 1
-                    self._changed.notify_all()
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
     def close(self, timeout: float = INTAKE_CLOSE_TIMEOUT) -> bool:
-        """Refuse new takes; wait for those in progress. False when some did not end in `timeout`.
-
-        Set before the lock is taken, the flag is still seen by every take that starts later (they check
-        it under the lock). Bounded, because a worker killed inside a take never gives it back.
-        """
+        """Refuse new takes; wait for those in progress. False when some did not end in `timeout` (a worker
+        busy: one killed holds nothing)."""
         deadline = time.monotonic() + timeout
-        self._closed.set()
-        if not self._changed.acquire(timeout=timeout):
-            return False
-        try:
-            return self._changed.wait_for(lambda: self._takes.value == 0, max(0.0, deadline - time.monotonic()))
-        finally:
-            self._changed.release()
+        self._closed.value = True
+        with self._open() as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(_CLOSE_POLL)
+                    continue
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                return True
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._closed.value
 
 
 _intake: Intake | None = None
@@ -136,8 +158,7 @@ class _Master:
         self._left = True
         if not self._intake.close():
             log.warning(
-                "a take from the queue did not end within %.0f s (a worker busy, or killed while taking); "
-                "leaving Consul anyway",
+                "a take from the queue did not end within %.0f s (a worker busy in it); leaving Consul anyway",
                 INTAKE_CLOSE_TIMEOUT,
             )
         self._keeper.stop()

@@ -40,13 +40,28 @@ class Refused(ValueError):
     """A value the service will not apply; the message says why, for the log and /health."""
 
 
+# A KV value may hold up to 512 KB; the log and /health show its start and its length.
+SHOWN_CHARS = 100
+
+
+def _shown(raw: str) -> str:
+    return repr(raw) if len(raw) <= SHOWN_CHARS else f"{raw[:SHOWN_CHARS]!r}... ({len(raw)} characters)"
+
+
 def parse_max_message_chars(raw: str, max_body_bytes: int) -> int:
     """A positive whole number of code points whose forwarded body still fits MAX_BODY_BYTES, which is fixed
     at start (the gunicorn worker enforces it before the app sees a request)."""
     text = raw.strip()
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise Refused(f"must be a positive whole number, got {raw!r}")
-    value = int(text)
+    if not (text.isascii() and text.isdigit()):
+        raise Refused(f"must be a positive whole number, got {_shown(raw)}")
+    # int() refuses more than 4,300 digits (CPython's guard against quadratic conversions); a number with
+    # more digits than MAX_BODY_BYTES cannot fit it anyway.
+    digits = text.lstrip("0")
+    if len(digits) > len(str(max_body_bytes)):
+        raise Refused(f"a number of {len(digits)} digits cannot fit MAX_BODY_BYTES ({max_body_bytes})")
+    value = int(digits or "0")
+    if value < 1:
+        raise Refused(f"must be a positive whole number, got {_shown(raw)}")
     needed = forwarded_body_bytes(value)
     if needed > max_body_bytes:
         raise Refused(f"{value} characters need MAX_BODY_BYTES of at least {needed} (it is {max_body_bytes})")
@@ -158,7 +173,7 @@ class LiveConfig:
             if entry is None:
                 self._absent(setting, index)
             else:
-                self._present(setting, entry)
+                self._present(setting, entry, index)
         self._loaded.set()
 
     def _absent(self, setting: LiveSetting, index: int) -> None:
@@ -170,16 +185,19 @@ class LiveConfig:
         log.info("%s was deleted; back to the start value %r", setting.key, setting.start)
         self._apply(setting, setting.start, None, index)
 
-    def _present(self, setting: LiveSetting, entry: dict) -> None:
-        modify_index = int(entry["ModifyIndex"])
-        if self._seen[setting.key] == modify_index:
-            return
-        self._seen[setting.key] = modify_index
-        raw = (entry.get("Value") or b"").decode("utf-8", errors="replace")
+    def _present(self, setting: LiveSetting, entry: dict, index: int) -> None:
+        raw = ""
         try:
+            modify_index = int(entry["ModifyIndex"])
+            if self._seen[setting.key] == modify_index:
+                return
+            self._seen[setting.key] = modify_index
+            index = modify_index
+            raw = (entry.get("Value") or b"").decode("utf-8", errors="replace")
             value = setting.parse(raw)
-        except Refused as exc:
-            self._refuse(setting, raw, str(exc), modify_index)
+        # Whatever goes wrong with one key refuses that key alone: the answer's other keys still apply.
+        except Exception as exc:
+            self._refuse(setting, raw, exc, index)
             return
         self._apply(setting, value, modify_index, modify_index, raw)
 
@@ -187,8 +205,8 @@ class LiveConfig:
         old = self._applied[setting.key].value
         try:
             setting.apply(value)
-        except ValueError as exc:
-            self._refuse(setting, raw, str(exc), index)
+        except Exception as exc:
+            self._refuse(setting, raw, exc, index)
             return
         with self._lock:
             self._applied[setting.key] = _Applied(value, source)
@@ -197,12 +215,23 @@ class LiveConfig:
         if value != old:
             log.info("applied %s = %r (was %r) from KV index %d", setting.key, value, old, index)
 
-    def _refuse(self, setting: LiveSetting, raw: str, reason: str, index: int) -> None:
+    def _refuse(self, setting: LiveSetting, raw: str, exc: Exception, index: int) -> None:
         kept = self._applied[setting.key].value
-        log.error("refusing %s = %r at KV index %d: %s; keeping %r", setting.key, raw, index, reason, kept)
+        # A ValueError (Refused among them) is a value the setting rejects; anything else is a bug, logged
+        # with its traceback.
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        log.error(
+            "refusing %s = %s at KV index %d: %s; keeping %r",
+            setting.key,
+            _shown(raw),
+            index,
+            reason,
+            kept,
+            exc_info=not isinstance(exc, ValueError),
+        )
         with self._lock:
             self._refused[setting.key] = {
-                "value": raw,
+                "value": raw if len(raw) <= SHOWN_CHARS else _shown(raw),
                 "reason": reason,
                 "index": index,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,8 +1,9 @@
 """What the services count, and `GET /metrics` in Prometheus' text format.
 
-Every service: requests and their latency by method, route and status. The facade: its calls to the other
-services' instances (attempts, failures, retries, ejections), what its discovery watches know, the queue
-offers and the queue's room as last seen. messages_svc: its polls and the items it took.
+Every service: requests and their latency by method (the known ones; any other is `other`), route and
+status. The facade: its calls to the other services' instances (attempts, failures, retries, ejections;
+served for the instances Consul lists), what its discovery watches know, the queue offers and the queue's
+room as last seen. messages_svc: its polls and the items it took.
 
 Under gunicorn the values are in files, one set per worker, that a scrape adds up (prometheus-client's
 multiprocess mode; servicekit.metrics_files says where they live and why the master sets that up).
@@ -38,6 +39,13 @@ if TYPE_CHECKING:
 
 # A request no route matched (404, 405): one label value, whatever the path, so a scanner cannot add series.
 UNMATCHED = "unmatched"
+# The same for the method: gunicorn takes any 3 to 20 upper-case letters as one (300 made-up methods added
+# 5,418 exposition lines), so only those of RFC 9110, and PATCH (RFC 5789), are labelled as they are.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+OTHER_METHOD = "other"
+# The method of a refusal whose request line was never parsed (servicekit.workers: a head too large).
+UNKNOWN_METHOD = "unknown"
+_METHOD_LABELS = KNOWN_METHODS | {UNKNOWN_METHOD}
 LAST_ANSWER = "discovery_last_answer_timestamp_seconds"
 WATCH_AGE = "discovery_watch_age_seconds"
 
@@ -120,6 +128,7 @@ def _metrics() -> _Metrics:
 
 def count_request(method: str, route: str, status: int, seconds: float | None) -> None:
     m = _metrics()
+    method = method if method in _METHOD_LABELS else OTHER_METHOD
     m.http_requests.labels(method, route, str(status)).inc()
     if seconds is not None:
         m.http_latency.labels(method, route, str(status)).observe(seconds)
@@ -142,12 +151,20 @@ def count_ejection(service: str, instance: str) -> None:
     _metrics().upstream_ejections.labels(service, instance).inc()
 
 
-def observe_watch(service: str, instances: int, answered: bool) -> None:
-    """What a discovery watch knows, after each answer from Consul (`answered`) or failed query."""
+# The instance ids Consul last listed for each service this process watches (every state, critical
+# included), as its watches heard them: the `upstream_*` series of any other instance are not served.
+_registered: dict[str, frozenset[str]] = {}
+
+
+def observe_watch(service: str, instances: int, answered: bool, registered: frozenset[str] | None = None) -> None:
+    """What a discovery watch knows, after each answer from Consul (`answered`) or failed query, and the
+    instances registered as of its last answer (None before the first)."""
     m = _metrics()
     m.discovery_instances.labels(service).set(instances)
     if answered:
         m.discovery_last_answer.labels(service).set(time.time())
+    if registered is not None:
+        _registered[service] = registered
 
 
 def count_offer(result: str) -> None:
@@ -209,8 +226,30 @@ def _with_watch_age(metrics: Iterator[Metric]) -> Iterator[Metric]:
             yield age
 
 
+def _without_departed(metrics: Iterator[Metric]) -> Iterator[Metric]:
+    """The metrics, less the `upstream_*` samples of instances that left Consul.
+
+    They are left out here rather than removed: in multiprocess mode a series lives in the file of every
+    worker that counted it, and prometheus-client can neither delete it from another worker's file nor
+    from a dead worker's (whose counts must stay in the totals). The scraping worker's watches know what
+    Consul lists, as every worker's do within milliseconds of a change; a service none of them has heard
+    about yet is served whole. An instance that registers again (the same id: same host and port) is back
+    at the next scrape, with the counts it had."""
+    registered = dict(_registered)
+    for metric in metrics:
+        if metric.name.startswith("upstream_"):
+            metric.samples = [
+                sample
+                for sample in metric.samples
+                if sample.labels.get("service") not in registered
+                or sample.labels.get("instance") in registered[sample.labels["service"]]
+            ]
+        yield metric
+
+
 class _Scrape:
-    """One scrape's collector: the workers' files (or this process's registry), with the watches' ages."""
+    """One scrape's collector: the workers' files (or this process's registry), with the watches' ages,
+    without the series of instances that left Consul."""
 
     def __init__(self, multiprocess: bool):
         self._multiprocess = multiprocess
@@ -219,7 +258,7 @@ class _Scrape:
         from prometheus_client import REGISTRY, multiprocess
 
         source = multiprocess.MultiProcessCollector(None) if self._multiprocess else REGISTRY
-        return _with_watch_age(iter(source.collect()))
+        return _with_watch_age(_without_departed(iter(source.collect())))
 
 
 def exposition() -> bytes:

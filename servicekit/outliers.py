@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .discovery import Instance
@@ -116,6 +116,13 @@ class OutlierDetector:
         limit = min(len(instances) - 1, max(1, math.floor(self._share * len(instances))))
         kept_out = {instance_id for _, instance_id in sorted(ejected)[: max(limit, 0)]}
         return tuple(i for i in instances if i.id not in kept_out)
+
+    def forget_all_but(self, registered: Collection[str]) -> None:
+        """Drop what is known of the instances not in `registered` (those Consul lists): one that left is
+        not called again, and one that comes back (a restart, under the same id) starts afresh."""
+        with self._lock:
+            for instance_id in [i for i in self._records if i not in registered]:
+                del self._records[instance_id]
 
     def ejected(self) -> list[str]:
         with self._lock:

@@ -109,10 +109,6 @@ _HEAD_END = b"\r\n\r\n"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
-# The method label of a refusal whose request line was never parsed (a head over MAX_HEADER_BYTES).
-UNKNOWN_METHOD = "unknown"
-
-
 class Refused(Exception):
     """The loop answers the request itself, then closes the connection."""
 
@@ -234,7 +230,7 @@ class PendingRequest:
         self._end = 0
         self._chunked: ChunkedBody | None = None
         # From the head once it parses: what a refusal by the loop answers and counts with.
-        self.method = UNKNOWN_METHOD
+        self.method = metrics.UNKNOWN_METHOD
         self.request_id: str | None = None
 
     def id_for_answer(self) -> str:

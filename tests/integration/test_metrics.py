@@ -15,6 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import ROOT, Load, eventually, prometheus_counter
+from devstack.stubs import StubInstance
 
 TIMEOUT = 10
 POSTS = 60
@@ -170,3 +171,70 @@ def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_s
         share = 100 * attempts[service.instance_id] / sum(attempts.values())
         assert row[5] == f"{share:.0f}%", (row, attempts)
     assert rows[stack.facade.instance_id][4:] == [str(POSTS), "100%"], rows[stack.facade.instance_id]
+
+
+def exposition_lines(url: str) -> int:
+    response = requests.get(f"{url}/metrics", timeout=TIMEOUT)
+    assert response.status_code == 200
+    return len(response.text.splitlines())
+
+
+def test_made_up_http_methods_add_no_series_to_the_scrape(facade_before):
+    facade = facade_before([StubInstance("logging-service"), StubInstance("messages-service")])
+    made_up = ["X" + "".join(chr(ord("A") + (n // 26**k) % 26) for k in range(3)) for n in range(301)]
+    with requests.Session() as session:
+        # gunicorn takes any 3 to 20 upper-case letters as a method; one first, so `other` has its series.
+        assert session.request(made_up[0], f"{facade.url}/facade", timeout=TIMEOUT).status_code == 405
+        exposition_lines(facade.url)  # so that GET /metrics has its series before the count starts
+        before = exposition_lines(facade.url)
+        for method in made_up[1:]:
+            assert session.request(method, f"{facade.url}/facade", timeout=TIMEOUT).status_code == 405
+    after = exposition_lines(facade.url)
+    # Before: 300 methods added 5,418 lines on the default stack (issue 18).
+    assert after == before, f"{after - before} exposition lines for 300 made-up methods"
+    other = total(scrape(facade.url), "http_requests_total", lambda labels: labels.get("method") == "other")
+    assert other == 301
+
+
+def upstream_instances(url: str, service: str) -> set[str]:
+    return {
+        labels["instance"]
+        for name, samples in scrape(url).items()
+        if name.startswith("upstream_")
+        for labels, _ in samples
+        if labels.get("service") == service
+    }
+
+
+def test_the_upstream_series_of_an_instance_that_left_consul_go_and_come_back_with_it(own_stack):
+    stack = own_stack(logging=2, messages=1)
+    with requests.Session() as session:
+        for n in range(40):
+            assert session.post(stack.url, json={"msg": f"series-{n}"}, timeout=TIMEOUT).status_code == 201
+    both = {service.instance_id for service in stack.logging}
+    assert upstream_instances(stack.facade.url, "logging-service") == both
+    leaving, staying = stack.logging
+
+    leaving.proc.send_signal(signal.SIGTERM)  # it leaves Consul at once, then drains
+
+    def gone() -> None:
+        # Every scrape, whichever worker answers it.
+        for _ in range(4):
+            assert upstream_instances(stack.facade.url, "logging-service") == {staying.instance_id}
+
+    eventually(gone, 15, what="the series of the instance that left Consul to leave the scrape")
+    leaving.proc.stop()
+    stack.replace(leaving)  # the same port, so the same instance id
+    stack.wait_all_passing()
+
+    def back() -> None:
+        for _ in range(4):
+            assert upstream_instances(stack.facade.url, "logging-service") == both
+
+    eventually(back, 15, what="the series of the instance that came back")
+    attempts = total(
+        scrape(stack.facade.url),
+        "upstream_attempts_total",
+        lambda labels: labels.get("instance") == leaving.instance_id,
+    )
+    assert attempts >= 1, "it came back with the counts it had"

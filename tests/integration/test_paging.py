@@ -8,9 +8,14 @@ import time
 import uuid
 
 import requests
+from hazelcast.aggregator import count
 
 from devstack import eventually
 from devstack.load import Load
+from logging_svc.store import HazelcastMessageLog
+from servicekit import kvconfig
+from servicekit.log_entry import encode
+from servicekit.paging import LogCursor
 
 TIMEOUT = 10
 WALK_SECONDS = 60
@@ -77,3 +82,63 @@ def test_a_messages_cursor_reads_the_instance_that_made_it_to_the_end(stack):
         walked += body["messages"]
         cursor = body["messages_next"]
     assert walked == held and len(held) > 3
+
+
+class CountedMap:
+    """The real log map; for each paged read, how many entries its predicate matched on the members (what
+    the read cost them: they sort every match, then cut the page) and how many came back."""
+
+    def __init__(self, log_map):
+        self._map = log_map
+        self.matched: list[int] = []
+        self.shipped: list[int] = []
+
+    def values(self, paging):
+        self.matched.append(self._map.aggregate(count(), paging._internal_predicate))
+        found = self._map.values(paging)
+        self.shipped.append(len(found))
+        return found
+
+    def aggregate(self, aggregator):
+        return self._map.aggregate(aggregator)
+
+
+class Connected:
+    connected = True
+
+    def __init__(self, log_map):
+        self._map = log_map
+
+    def map(self):
+        return self._map
+
+
+def test_a_crafted_log_cursor_reads_a_page_not_the_whole_log(own_stack, hz_client):
+    stack = own_stack(logging=1, messages=1)
+    log_map = hz_client.get_map(kvconfig.load(stack.agent.client()).map_name).blocking()
+    stored = 3000
+    first = time.time_ns() - 3600 * 10**9
+    stamps = [first + n * 10**6 for n in range(stored)]
+    for start in range(0, stored, 500):
+        log_map.put_all({str(uuid.uuid4()): encode(f"m{n:05d}", stamps[n]) for n in range(start, start + 500)})
+    crafted = {
+        "00000000000000000000.999999999": ["m00000", "m00001"],
+        f"{stamps[1500]:020d}.999999999": ["m01501", "m01502"],
+        f"{stamps[-1]:020d}.999999999": [],
+    }
+    for after, expected in crafted.items():
+        response = requests.get(stack.url, params={"limit": 2, "after": after}, timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        assert response.json()["logging"] == expected, after
+
+    # The same reads through logging_svc's store in this process, on the same members and index, counted.
+    counted = CountedMap(log_map)
+    store = HazelcastMessageLog(Connected(counted), capacity_bytes=1 << 40)
+    store.page(None, 2)  # a worker's first window spans a second (1,000 entries here); then it has learned
+    for after, expected in crafted.items():
+        counted.matched.clear()
+        counted.shipped.clear()
+        assert store.page(LogCursor.decode(after), 2)[0] == expected
+        figures = (after, sum(counted.matched), sum(counted.shipped), counted.matched)
+        # The cursor's own stamp (one entry here), then the page and one more, read in a few windows.
+        assert sum(counted.matched) <= 12 and sum(counted.shipped) <= 1 + 3, figures

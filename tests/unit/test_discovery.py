@@ -216,3 +216,23 @@ def test_an_instance_registered_without_weights_weighs_one(consul_stub, watch):
     del bare["Service"]["Weights"]
     consul_stub.reply(("100", [bare]))
     assert [i.weight for i in watch.instances()] == [1]
+
+
+def test_the_watch_tells_which_instances_consul_lists_critical_ones_included_and_keeps_them_through_a_restart(
+    consul_stub,
+):
+    told: list[tuple[int, bool, frozenset[str] | None]] = []
+    watch = ServiceWatch(consul_stub, SERVICE, observe=lambda service, n, answered, registered: told.append(
+        (n, answered, registered))).start()  # fmt: skip
+    try:
+        critical = entry(8083, checks=("critical",))
+        consul_stub.reply(("100", [entry(8081), entry(8082), critical]))
+        assert told[-1] == (2, True, frozenset({f"{SERVICE}-8081", f"{SERVICE}-8082", f"{SERVICE}-8083"}))
+        consul_stub.reply(answer(104, 8082))  # 8081 and 8083 left Consul
+        assert told[-1] == (1, True, frozenset({f"{SERVICE}-8082"}))
+        consul_stub.reply(requests.ConnectionError("agent stopping"))
+        consul_stub.reply(answer(12))  # a restarted agent knows nothing yet: not a sign that 8082 left
+        assert told[-1][2] == frozenset({f"{SERVICE}-8082"})
+    finally:
+        watch.stop()
+        consul_stub.close()

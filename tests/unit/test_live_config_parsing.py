@@ -46,14 +46,17 @@ class _Target:
         self.applied: list[int] = []
 
 
-def _watch(target: _Target) -> LiveConfig:
-    setting = LiveSetting(
+def _limit(target: _Target) -> LiveSetting:
+    return LiveSetting(
         key=live_config.KEY_MAX_MESSAGE_CHARS,
         start=4096,
         parse=lambda raw: live_config.parse_max_message_chars(raw, BODY),
         apply=target.applied.append,
     )
-    return LiveConfig(client=None, settings=[setting])  # type: ignore[arg-type]  # no call is made
+
+
+def _watch(target: _Target) -> LiveConfig:
+    return LiveConfig(client=None, settings=[_limit(target)])  # type: ignore[arg-type]  # no call is made
 
 
 def test_a_watch_applies_a_changed_value_once_and_reports_its_index():
@@ -145,3 +148,58 @@ def test_the_status_says_which_kv_index_the_worker_is_current_as_of_before_any_k
     watch.answered(12, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 12)])
     watch.answered(15, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 12)])  # another key changed
     assert (watch.status()["index"], watch.status()["answered_index"]) == (12, 15)
+
+
+def test_a_message_limit_of_thousands_of_digits_is_refused_not_an_error():
+    # int() refuses more than 4,300 digits with a plain ValueError, which is not a refusal.
+    with pytest.raises(Refused, match="MAX_BODY_BYTES"):
+        live_config.parse_max_message_chars("9" * 5000, BODY)
+    assert live_config.parse_max_message_chars("0" * 4999 + "7", BODY) == 7  # leading zeros, a number that fits
+    with pytest.raises(Refused, match="positive whole number"):
+        live_config.parse_max_message_chars("0" * 5000, BODY)
+
+
+def _two_keys(first: LiveSetting) -> tuple[LiveConfig, list[str]]:
+    """A watch of `first`, then of the balancing policy: what the policy key applied is returned."""
+    applied: list[str] = []
+    policy = LiveSetting(
+        key=live_config.KEY_POLICY, start="random", parse=live_config.parse_policy, apply=applied.append
+    )
+    return LiveConfig(client=None, settings=[first, policy]), applied  # type: ignore[arg-type]
+
+
+def test_a_value_of_thousands_of_digits_is_refused_and_the_other_key_of_the_answer_still_applies():
+    target = _Target()
+    watch, policies = _two_keys(_limit(target))
+    huge = "9" * 5000
+    watch.answered(9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, huge, 8), _entry(live_config.KEY_POLICY, "p2c", 9)])
+    assert target.applied == [] and policies == ["p2c"]
+    status = watch.status()
+    assert status["values"][live_config.KEY_POLICY] == {"value": "p2c", "from": "kv", "index": 9}
+    refused = status["refused"][live_config.KEY_MAX_MESSAGE_CHARS]
+    assert refused["index"] == 8 and "MAX_BODY_BYTES" in refused["reason"]
+    assert len(refused["value"]) < 300, "a value that long is shown cut, with its length"
+    assert watch.wait_loaded(0)
+
+
+@pytest.mark.parametrize("where", ["parse", "apply"])
+def test_any_failure_of_one_key_is_its_refusal_and_never_stops_another_key(where, caplog):
+    def broken(_value):
+        raise RuntimeError("not what anyone expected")
+
+    setting = LiveSetting(
+        key=live_config.KEY_MAX_MESSAGE_CHARS,
+        start=4096,
+        parse=broken if where == "parse" else int,
+        apply=broken if where == "apply" else (lambda value: None),
+    )
+    watch, policies = _two_keys(setting)
+    with caplog.at_level(logging.ERROR, logger="servicekit.live_config"):
+        watch.answered(
+            9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 8), _entry(live_config.KEY_POLICY, "p2c", 9)]
+        )
+    assert policies == ["p2c"]
+    status = watch.status()
+    assert status["values"][live_config.KEY_MAX_MESSAGE_CHARS] == {"value": 4096, "from": "env", "index": None}
+    assert "not what anyone expected" in status["refused"][live_config.KEY_MAX_MESSAGE_CHARS]["reason"]
+    assert "Traceback" in caplog.text, "an unexpected failure is logged with where it came from"

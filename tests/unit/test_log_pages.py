@@ -155,3 +155,28 @@ def test_an_entry_older_than_the_oldest_a_worker_found_is_on_the_first_page():
     assert store.page(None, 3)[0] == ["m0", "m1", "m2"]
     log_map.entries.insert(0, encode("late", NOW - 2 * HOUR_NS))
     assert store.page(None, 3)[0] == ["late", "m0", "m1"]
+
+
+@pytest.mark.parametrize("seen", [1, 999_999_999])
+def test_a_crafted_cursor_costs_what_its_page_holds_not_what_the_log_holds(seen):
+    entries = [encode(f"m{i:06d}", NOW - HOUR_NS + i * 10**6) for i in range(20_000)]
+    log_map = RecordingMap(entries)
+    store = HazelcastMessageLog(Connected(log_map), capacity_bytes=1 << 40)
+    store.page(None, 10)  # the first window of a worker spans a second; then it learns the log's density
+    middle = int(entries[10_000][:20])
+    # Before the oldest entry (what `after=00000000000000000000.999999999` says), in the middle, at the end.
+    for cursor, expected in [(LogCursor(0, seen), entries[:10]), (LogCursor(middle, seen), entries[10_001:10_011])]:
+        log_map.matched.clear()
+        page, following = store.page(cursor, 10)
+        assert page == [e[20:] for e in expected] and following is not None
+        assert sum(log_map.matched) <= 4 * 11, (cursor, log_map.matched)
+    log_map.matched.clear()
+    assert store.page(LogCursor(int(entries[-1][:20]), seen), 10) == ([], None)
+    assert sum(log_map.matched) <= 4 * 11, log_map.matched
+
+
+def test_a_cursor_that_claims_more_of_a_stamp_than_it_holds_goes_on_after_that_stamp():
+    entries = sorted(encode(f"m{i}", s) for i, s in enumerate([NOW - HOUR_NS] * 5 + [NOW - HOUR_NS + 1] * 3))
+    store = HazelcastMessageLog(Connected(RecordingMap(entries)), capacity_bytes=1 << 40)
+    assert store.page(LogCursor(NOW - HOUR_NS, 2), 2) == ([e[20:] for e in entries[2:4]], LogCursor(NOW - HOUR_NS, 4))
+    assert store.page(LogCursor(NOW - HOUR_NS, 999), 4) == ([e[20:] for e in entries[5:]], None)

@@ -146,3 +146,56 @@ def test_traffic_counts_every_route_but_health_checks_and_scrapes():
     assert lines[1][3:] == ["passing", "30", "75%"]
     assert lines[2][3:] == ["passing", "10", "25%"]
     assert lines[3][3:] == ["critical", "-", "-"]
+
+
+def made_up_methods(count: int) -> list[str]:
+    """Methods gunicorn accepts (3 to 20 upper-case letters) that no RFC defines."""
+    return ["X" + "".join(chr(ord("A") + (n // 26**k) % 26) for k in range(3)) for n in range(count)]
+
+
+def test_made_up_methods_are_counted_as_other_and_add_no_series():
+    app = Flask(__name__)
+    configure_app(app, SETTINGS)
+    app.add_url_rule("/items/<name>", "item", lambda name: "ok")
+    client = app.test_client()
+    assert client.open("/items/a", method="BREW").status_code == 405
+    other = value("http_requests_total", method="other", route=metrics.UNMATCHED, status="405")
+    lines = len(metrics.exposition().splitlines())
+    for method in made_up_methods(300):
+        assert client.open("/items/a", method=method).status_code == 405
+    assert len(metrics.exposition().splitlines()) == lines, "a made-up method made series of its own"
+    assert value("http_requests_total", method="other", route=metrics.UNMATCHED, status="405") == other + 300
+    unknown = value("http_requests_total", method="unknown", route=metrics.UNMATCHED, status="431")
+    metrics.count_request("unknown", metrics.UNMATCHED, 431, None)  # the worker's loop: a head it could not parse
+    assert value("http_requests_total", method="unknown", route=metrics.UNMATCHED, status="431") == unknown + 1
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"):
+        client.open("/items/a", method=method)
+        assert value("http_requests_total", method=method, route="/items/<name>", status="200") or value(
+            "http_requests_total", method=method, route=metrics.UNMATCHED, status="405"
+        ), method
+
+
+def upstream_instances(service: str) -> set[str]:
+    return {
+        sample.labels["instance"]
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        if family.name.startswith("upstream_")
+        for sample in family.samples
+        if sample.labels.get("service") == service
+    }
+
+
+def test_an_instance_that_left_consul_leaves_the_scrape_and_comes_back_with_its_counts():
+    service = "left-consul-service"
+    for instance in ("a", "b"):
+        metrics.count_attempt(service, instance, retry=True)
+        metrics.count_failure(service, instance, "HTTP 500")
+        metrics.count_ejection(service, instance)
+    assert upstream_instances(service) == {"a", "b"}, "before any answer of Consul's, nothing is left out"
+    metrics.observe_watch(service, 1, answered=True, registered=frozenset({"b", "c"}))
+    assert upstream_instances(service) == {"b"}
+    metrics.observe_watch(service, 0, answered=False)  # Consul unreachable: what it said last still holds
+    assert upstream_instances(service) == {"b"}
+    metrics.observe_watch(service, 2, answered=True, registered=frozenset({"a", "b"}))
+    assert upstream_instances(service) == {"a", "b"}
+    assert value("upstream_attempts_total", service=service, instance="a") == 1

@@ -116,3 +116,47 @@ def test_when_every_instance_is_ejected_all_of_them_are_used():
     fail(outliers, B, 3)
     assert ids(outliers.usable(pair)) == {B}, "one of two may be out, the other stays"
     assert ids(outliers.usable(INSTANCES[:1])) == {A}, "a lone instance is never ejected from its own list"
+
+
+def test_an_instance_that_left_consul_is_forgotten_and_starts_afresh_when_it_returns():
+    clock = Clock()
+    outliers = detector(clock)
+    fail(outliers, A, 3)
+    clock.now += 2.0
+    fail(outliers, A)  # let back in, failed at once: ejected again, for twice as long
+    fail(outliers, B)
+    assert outliers.ejected() == [A]
+    outliers.forget_all_but({B, C, D})
+    assert outliers.ejected() == []
+    fail(outliers, A, 2)
+    assert outliers.ejected() == [], "its failures before it left are forgotten"
+    fail(outliers, A)
+    clock.now += 2.0
+    assert outliers.ejected() == [], "ejected for the first time again, not the third"
+    fail(outliers, B, 2)
+    assert outliers.ejected() == [B], "what the others owe is kept"
+
+
+def test_the_records_of_instances_that_came_and_went_do_not_pile_up():
+    outliers = detector(Clock())
+    for n in range(10_000):
+        outliers.failed(f"logging-service-gone-{n}", "HTTP 500")
+    fail(outliers, A)
+    outliers.forget_all_but({A})
+    assert set(outliers._records) == {A}
+
+
+def test_the_facade_forgets_the_ejections_of_instances_that_left_consul():
+    from facade.backends import LOGGING_SERVICE, MESSAGES_SERVICE, Backends
+    from servicekit.settings import Settings
+
+    class Watched:
+        def status(self) -> dict:
+            return {LOGGING_SERVICE: {}, MESSAGES_SERVICE: {}}
+
+    backends = Backends(Settings.from_env("facade-service", 8080, env={}), Watched())  # type: ignore[arg-type]
+    for service in (LOGGING_SERVICE, MESSAGES_SERVICE):
+        fail(backends._outliers[service], A, 3)
+    backends.forget_gone(LOGGING_SERVICE, frozenset({B}))
+    assert backends.status()[LOGGING_SERVICE]["ejected"] == []
+    assert backends.status()[MESSAGES_SERVICE]["ejected"] == [A], "only the service Consul answered for"
