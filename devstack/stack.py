@@ -59,7 +59,8 @@ def start_service(
         f"{package}-{port}",
         [str(VENV_BIN / "gunicorn"), "-c", str(root / package / "gunicorn.conf.py")],
         log_dir / f"{package}-{port}.log",
-        env={"PORT": str(port), "CONSUL_HTTP_ADDR": agent.addr, **(env or {})},
+        # Each instance's metrics in the test run's own directory, never in a shared one.
+        env={"PORT": str(port), "CONSUL_HTTP_ADDR": agent.addr, "METRICS_DIR": str(log_dir / "metrics"), **(env or {})},
         cwd=root,
     ).start()
     return Service(name, port, proc)

@@ -4,6 +4,7 @@ across a worker's death, and a scrape costs Consul nothing."""
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import ROOT, Load, eventually, prometheus_counter
+from devstack import ROOT, Load, eventually, free_port, prometheus_counter, start_service
+from servicekit.settings import instance_id
 
 TIMEOUT = 10
 POSTS = 60
@@ -170,3 +173,35 @@ def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_s
         share = 100 * attempts[service.instance_id] / sum(attempts.values())
         assert row[5] == f"{share:.0f}%", (row, attempts)
     assert rows[stack.facade.instance_id][4:] == [str(POSTS), "100%"], rows[stack.facade.instance_id]
+
+
+@pytest.mark.parametrize("planted", ["another user's directory", "a symlink"])
+def test_an_instance_refuses_a_metrics_directory_that_is_not_its_own_and_does_not_start(
+    planted, consul_agent, log_dir, tmp_path
+):
+    """Another local user who made the instance's metrics directory first (or a symlink in its place) would
+    have the master create and truncate files where that user chooses: the instance says so and exits."""
+    port = free_port()
+    base = tmp_path / "metrics"
+    base.mkdir(mode=0o700)
+    path = base / instance_id("logging-service", port)
+    target = tmp_path / "where-the-other-user-points"
+    target.mkdir()
+    if planted == "a symlink":
+        path.symlink_to(target)
+        said = "is a symbolic link"
+    else:
+        path.mkdir(mode=0o700)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        said = "belongs to nobody"
+    service = start_service("logging-service", consul_agent, log_dir, port=port, env={"METRICS_DIR": str(base)})
+    try:
+        assert service.proc.popen.wait(30) == 1, service.proc.tail()
+    finally:
+        service.proc.stop()
+    log_text = service.proc.log_path.read_text()
+    assert said in log_text and str(path) in log_text, service.proc.tail()
+    assert list(target.iterdir()) == []
+    assert planted == "a symlink" or list(path.iterdir()) == []
+    assert service.instance_id not in consul_agent.client().agent.services()
