@@ -1,5 +1,6 @@
-"""Where an instance's metrics live: the directory its gunicorn workers write them to, and the path they are
-served on (`METRICS_PATH`, also in the instance's Consul meta so that Prometheus finds it).
+"""Where an instance's metrics live: the directory its gunicorn workers write them to, and the port and
+path they are served on (METRICS_PORT and `METRICS_PATH`, in the instance's Consul meta as `metrics_port`
+and `metrics_path`, so that Prometheus, `./scripts/status --traffic` and the tests find them).
 
 Each worker has its own memory, so prometheus-client's multiprocess mode keeps every value in a file per
 worker process under PROMETHEUS_MULTIPROC_DIR, and a scrape, answered by any one worker, adds up the files
@@ -23,6 +24,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from . import stack
 from .private_files import private_dir
@@ -32,6 +34,23 @@ log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PATH = "/metrics"
+
+
+def meta(settings: Settings) -> dict[str, str]:
+    """What the instance's Consul registration says of its metrics (servicekit.registration)."""
+    return {"metrics_path": METRICS_PATH, "metrics_port": str(settings.metrics_port)}
+
+
+def metrics_url(service: Mapping[str, Any], node_address: str = "") -> str | None:
+    """An instance's metrics URL from its Consul entry (a health or catalog entry's `Service`, or an agent's
+    service): its address (the node's when it registered none) and the port and path of its meta. None
+    without a `metrics_path` (a Hazelcast member); at the service's own port when it has no `metrics_port`
+    (a revision from before the metrics had a port of their own: the bench's baselines)."""
+    found = service.get("Meta") or {}
+    if not found.get("metrics_path"):
+        return None
+    address = service.get("Address") or node_address
+    return f"http://{address}:{found.get('metrics_port') or service['Port']}{found['metrics_path']}"
 
 
 def directory(settings: Settings, env: Mapping[str, str] | None = None) -> Path:

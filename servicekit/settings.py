@@ -71,6 +71,22 @@ def host_name(raw: str) -> str:
     return name
 
 
+# A Host header: a name, an IPv4 address or a bracketed IPv6 address, and an optional port.
+_HOST_HEADER = re.compile(r"(?P<name>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?", re.ASCII | re.IGNORECASE)
+
+
+def host_is_accepted(host: str, accepted: frozenset[str]) -> bool:
+    """Whether a Host header ("name", "name:port", "[v6]:port") names one of the accepted hosts, on any port
+    (the public port's check in servicekit.web, and the metrics port's in servicekit.metrics)."""
+    match = _HOST_HEADER.fullmatch(host)
+    if match is None:
+        return False
+    try:
+        return host_name(match["name"]) in accepted
+    except ValueError:
+        return False
+
+
 def _host_names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -135,6 +151,12 @@ def default_log_capacity_bytes(heap_bytes: int, members: int) -> int:
 def _default_log_capacity() -> int:
     values = stack.values()
     return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
+
+
+def default_metrics_port(port: int) -> int:
+    """Where an instance on `port` serves its metrics unless METRICS_PORT says: a fixed distance above it
+    (conf/stack.env), so the metrics ports move with the instances' (and with STACK_PORT_OFFSET)."""
+    return port + int(stack.values()["METRICS_PORT_OFFSET"])
 
 
 def _log_format(env: Mapping[str, str]) -> str:
@@ -270,9 +292,16 @@ class Settings:
     weight_warning: int = 1
     # LOG_FORMAT: "text" (one line a record, for people) or "json" (one object a line, for log shippers).
     log_format: str = "text"
+    # GET /metrics is served here, on the instance's address, not on its public port: the metrics name
+    # instances and hosts. 0: the port plus METRICS_PORT_OFFSET (conf/stack.env).
+    metrics_port: int = 0
     version: str = VERSION
 
     def __post_init__(self) -> None:
+        if not self.metrics_port:
+            object.__setattr__(self, "metrics_port", default_metrics_port(self.port))
+        if self.metrics_port == self.port:
+            raise SettingsError(f"METRICS_PORT must differ from PORT ({self.port}): /metrics stays off the public port")
         if self.lb_policy not in balancing.POLICIES:
             known = ", ".join(sorted(balancing.POLICIES))
             raise SettingsError(f"LB_POLICY must be one of {known}, got {self.lb_policy!r}")
@@ -308,6 +337,7 @@ class Settings:
             weight_passing=_int(env, "WEIGHT_PASSING", 10, minimum=1),
             weight_warning=_int(env, "WEIGHT_WARNING", 1),
             log_format=_log_format(env),
+            metrics_port=_int(env, "METRICS_PORT", 0, minimum=1),
             check_failures_before_critical=_int(env, "CHECK_FAILURES_BEFORE_CRITICAL", 2, minimum=1),
             check_success_before_passing=_int(env, "CHECK_SUCCESS_BEFORE_PASSING", 2, minimum=1),
         )

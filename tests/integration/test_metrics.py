@@ -16,7 +16,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import ROOT, Load, eventually, free_port, prometheus_counter, start_service
+from devstack import ROOT, Load, eventually, free_port, metrics_url, prometheus_counter, start_service
 from servicekit.settings import instance_id
 
 TIMEOUT = 10
@@ -24,9 +24,16 @@ POSTS = 60
 GETS = 10
 
 
-def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """sample name -> [(labels, value)] of one instance's /metrics."""
-    response = requests.get(f"{url}/metrics", timeout=TIMEOUT)
+def scrape(agent, service) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """sample name -> [(labels, value)] of one instance's /metrics, found as Prometheus finds it: through
+    the instance's Consul meta."""
+    url = metrics_url(agent, service)
+    assert url is not None, f"{service.instance_id} registered no metrics"
+    return scrape_url(url)
+
+
+def scrape_url(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    response = requests.get(url, timeout=TIMEOUT)
     assert response.status_code == 200, response.text[:300]
     assert response.headers["Content-Type"].startswith("text/plain"), response.headers["Content-Type"]
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -69,7 +76,7 @@ def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_
             assert response.status_code == 200, response.text
 
     def facade_counted() -> dict:
-        facade = scrape(stack.facade.url)
+        facade = scrape(stack.agent, stack.facade)
         assert total(facade, "http_requests_total", route("POST", "/facade")) == POSTS
         assert total(facade, "http_requests_total", route("GET", "/facade")) == GETS
         return facade
@@ -85,7 +92,7 @@ def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_
     }
     assert sum(attempts.values()) == POSTS + GETS, attempts
     for service in stack.logging:
-        served = scrape(service.url)
+        served = scrape(stack.agent, service)
         assert total(served, "http_requests_total", lambda labels: labels.get("route") == "/logging") == attempts.get(
             service.instance_id, 0
         ), service.instance_id
@@ -99,7 +106,7 @@ def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_
 
     # The consumer took every message the facade queued.
     def consumed() -> None:
-        messages = scrape(stack.messages[0].url)
+        messages = scrape(stack.agent, stack.messages[0])
         assert total(messages, "queue_items_taken_total") == POSTS
         assert total(messages, "queue_polls_total") >= POSTS
 
@@ -126,13 +133,14 @@ def test_a_scrape_makes_no_consul_call_and_consul_knows_where_to_scrape(own_stac
     for service in stack.instances:
         meta = services[service.instance_id]["Meta"]
         assert meta.get("metrics_path") == "/metrics", meta
-        assert requests.get(f"{service.url}{meta['metrics_path']}", timeout=TIMEOUT).status_code == 200
+        assert meta.get("metrics_port") == str(service.metrics_port), meta
 
-    scrapes = 20 * len(stack.instances)
+    urls = [metrics_url(stack.agent, service) for service in stack.instances]
+    scrapes = 20 * len(urls)
     before = prometheus_counter(stack.agent, "consul_http_")
     started = time.monotonic()
     for n in range(scrapes):
-        scrape(stack.instances[n % len(stack.instances)].url)
+        scrape_url(urls[n % len(urls)])
     elapsed = time.monotonic() - started
     added = prometheus_counter(stack.agent, "consul_http_") - before
     # A scrape that asked Consul anything would add one call each. What runs anyway in the meantime: each
@@ -146,7 +154,7 @@ def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_s
     with requests.Session() as session:
         for n in range(POSTS):
             assert session.post(stack.url, json={"msg": f"share-{n}"}, timeout=TIMEOUT).status_code == 201
-    facade = scrape(stack.facade.url)
+    facade = scrape(stack.agent, stack.facade)
     attempts = {
         labels["instance"]: value for labels, value in facade["upstream_attempts_total"] if logging_service(labels)
     }
@@ -205,3 +213,22 @@ def test_an_instance_refuses_a_metrics_directory_that_is_not_its_own_and_does_no
     assert list(target.iterdir()) == []
     assert planted == "a symlink" or list(path.iterdir()) == []
     assert service.instance_id not in consul_agent.client().agent.services()
+
+
+def test_metrics_are_served_on_the_port_in_consul_meta_and_not_on_the_public_port(own_stack):
+    """The metrics name instances and hosts, which no client of the public port may learn; Prometheus finds
+    the metrics port in each instance's Consul meta."""
+    stack = own_stack(logging=1, messages=1)
+    registered = stack.agent.client().agent.services()
+    for service in stack.instances:
+        meta = registered[service.instance_id]["Meta"]
+        assert meta.get("metrics_port") not in (None, str(service.port)), meta
+        public = requests.get(f"{service.url}/metrics", timeout=TIMEOUT)
+        assert public.status_code == 404 and set(public.json()) == {"error"}, public.text[:300]
+        assert service.instance_id not in public.text
+        url = f"http://{registered[service.instance_id]['Address']}:{meta['metrics_port']}{meta['metrics_path']}"
+        scraped = requests.get(url, timeout=TIMEOUT)
+        assert scraped.status_code == 200 and "http_requests_total" in scraped.text, scraped.text[:300]
+    # The 404s were counted like any unknown route, on the public port's own counters.
+    facade = scrape(stack.agent, stack.facade)
+    assert total(facade, "http_requests_total", route("GET", "unmatched")) >= 1
