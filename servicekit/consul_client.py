@@ -19,6 +19,8 @@ def make_consul(settings: ConsulSettings) -> consul.Consul:
         scheme=settings.address.scheme,
         token=settings.token,
         connections_timeout=settings.timeout,
+        # Given, so that CONSUL_HTTP_SSL_VERIFY, which py-consul reads when it is None, cannot turn checks off.
+        verify=settings.ca_file or True,
     )
     client.token = settings.token
     return client

@@ -9,6 +9,7 @@ import socket
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import balancing, stack
 from .logs import LOG_FORMATS
@@ -212,6 +213,22 @@ class ConsulAddress:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+def _token(env: Mapping[str, str]) -> str | None:
+    """CONSUL_HTTP_TOKEN_FILE's content when it is set, as Consul's own API client reads it (the file wins
+    over CONSUL_HTTP_TOKEN): a token in a file of mode 0600 is out of every configuration file and of the
+    process's environment. Else CONSUL_HTTP_TOKEN."""
+    path = env.get("CONSUL_HTTP_TOKEN_FILE")
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"CONSUL_HTTP_TOKEN_FILE names {path}, which cannot be read: {exc.strerror}") from None
+        if not token:
+            raise SettingsError(f"CONSUL_HTTP_TOKEN_FILE names {path}, which is empty")
+        return token
+    return env.get("CONSUL_HTTP_TOKEN") or None
+
+
 @dataclass(frozen=True)
 class ConsulSettings:
     """How to reach the local Consul agent: all a tool needs, without a service name or port of its own."""
@@ -220,15 +237,19 @@ class ConsulSettings:
     token: str | None = field(default=None, repr=False)
     # Every Consul call is bounded: an agent that stops answering must not hang a request or a boot.
     timeout: float = 2.0
+    # The CA that signed the agent's HTTPS certificate (an https CONSUL_HTTP_ADDR); None: the system's.
+    ca_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConsulSettings:
-        """Consul's own variable names (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN), plus CONSUL_TIMEOUT."""
+        """Consul's own variable names (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE,
+        CONSUL_CACERT), plus CONSUL_TIMEOUT."""
         env = os.environ if env is None else env
         return cls(
             address=ConsulAddress.parse(env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"),
-            token=env.get("CONSUL_HTTP_TOKEN") or None,
+            token=_token(env),
             timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
+            ca_file=env.get("CONSUL_CACERT") or None,
         )
 
     @property

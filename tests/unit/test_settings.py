@@ -145,3 +145,17 @@ def test_metrics_have_a_port_of_their_own_that_moves_with_the_instance_and_is_in
         Settings.from_env("logging-service", 8081, env={"METRICS_PORT": "8081"})
     meta = service_definition(default)["meta"]
     assert meta["metrics_port"] == "9081" and meta["metrics_path"] == "/metrics"
+
+
+def test_a_token_file_is_read_and_wins_over_the_token_variable_as_in_consul(tmp_path):
+    path = tmp_path / "logging.token"
+    path.write_text("from-the-file\n")
+    env = {"CONSUL_HTTP_TOKEN_FILE": str(path), "CONSUL_HTTP_TOKEN": "from-the-environment"}
+    assert ConsulSettings.from_env(env).token == "from-the-file"
+    assert ConsulSettings.from_env({"CONSUL_HTTP_TOKEN": "from-the-environment"}).token == "from-the-environment"
+    with pytest.raises(SettingsError, match="CONSUL_HTTP_TOKEN_FILE names .*missing.token, which cannot be read"):
+        ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "missing.token")})
+    (tmp_path / "empty.token").write_text("\n")
+    with pytest.raises(SettingsError, match="which is empty"):
+        ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "empty.token")})
+    assert ConsulSettings.from_env({"CONSUL_CACERT": "/etc/consul.d/ca.pem"}).ca_file == "/etc/consul.d/ca.pem"
