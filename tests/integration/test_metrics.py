@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -232,3 +233,18 @@ def test_metrics_are_served_on_the_port_in_consul_meta_and_not_on_the_public_por
     # The 404s were counted like any unknown route, on the public port's own counters.
     facade = scrape(stack.agent, stack.facade)
     assert total(facade, "http_requests_total", route("GET", "unmatched")) >= 1
+
+
+def test_an_instance_whose_metrics_port_is_taken_says_so_and_does_not_start(consul_agent, log_dir):
+    """Rather than run, and register, with metrics that nobody can scrape."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        service = start_service("logging-service", consul_agent, log_dir, env={"METRICS_PORT": str(taken)})
+        try:
+            assert service.proc.popen.wait(30) == 1, service.proc.tail()
+        finally:
+            service.proc.stop()
+    assert f"cannot serve the metrics on 127.0.0.1:{taken} (METRICS_PORT)" in service.proc.log_path.read_text()
+    assert service.instance_id not in consul_agent.client().agent.services()
