@@ -216,7 +216,8 @@ class HostStack:
 
     @property
     def ca_file(self) -> Path:
-        return self.tls_files()["ca"]
+        """The simulation's CA certificate (`up` makes it: see tls_files)."""
+        return self.tls_dir / "consul-agent-ca.pem"
 
     def ca_bundle(self, refresh: bool = False) -> Path:
         """The CAs the agents' HTTPS certificates come from: the simulation's, which signed the servers', and
