@@ -27,6 +27,7 @@ from devstack import (
     eventually,
     free_port,
     isolated_agent,
+    metrics_url,
     prometheus_counter,
 )
 from servicekit import kvconfig
@@ -172,8 +173,12 @@ def run_counted(system: System, url: str, connections: int, seconds: float, **kw
 
 def facade_counted(system: System) -> float | None:
     """The requests the facade counted in its /metrics (every route but /health and /metrics), summed over
-    its workers; None when it has no /metrics (a baseline revision from before it)."""
-    response = requests.get(f"{system.stack.facade.url}/metrics", timeout=5)
+    its workers, found through its Consul meta; None when it has no /metrics (a baseline revision from
+    before it)."""
+    url = metrics_url(system.agent, system.stack.facade)
+    if url is None:
+        return None
+    response = requests.get(url, timeout=5)
     if response.status_code == 404:
         return None
     response.raise_for_status()

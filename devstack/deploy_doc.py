@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 
 from devstack import host_config
-from devstack.host_config import DATACENTER, HAZELCAST_PORT, SERVICE_PORTS, Layout, render
+from devstack.host_config import DATACENTER, HAZELCAST_PORT, SERVICE_PORTS, Layout, render, secret_files
 from devstack.processes import ROOT
+from servicekit.settings import default_metrics_port
 
 DOC = ROOT / "docs" / "DEPLOY.md"
 CONFIG_DIR = "/etc/consul.d"
@@ -27,7 +28,8 @@ LAYOUT = Layout(
     data_dir="/var/lib/consul",
     log_dir="/var/log/messages",
     run_dir="/run/messages",
-    tokens={program: f"<{program} token of app1>" for program in ("hazelcast", *SERVICE_PORTS)},
+    token_dir="/etc/messages/tokens",
+    metrics_dir="/var/lib/messages/metrics",
 )
 
 
@@ -40,13 +42,26 @@ def agent_configs(config_dir: str = CONFIG_DIR) -> dict[str, str]:
             "consul1", SERVERS["consul1"], servers, GOSSIP_KEY, "/var/lib/consul", server=True
         ),
         "server-acl.hcl": render("consul-acl.hcl.tmpl", agent_token="<agent token of consul1>"),
-        "server-tls.hcl": render("consul-tls-server.hcl.tmpl", config_dir=config_dir, datacenter=DATACENTER),
+        "server-tls.hcl": render(
+            "consul-tls-server.hcl.tmpl", config_dir=config_dir, datacenter=DATACENTER, address=SERVERS["consul1"]
+        ),
         "client.hcl": host_config.consul_config(
             "app1", APPS["app1"], servers, GOSSIP_KEY, "/var/lib/consul", server=False
         ),
         "client-acl.hcl": render("consul-acl.hcl.tmpl", agent_token="<agent token of app1>"),
-        "client-tls.hcl": render("consul-tls-client.hcl.tmpl", config_dir=config_dir),
+        "client-tls.hcl": render("consul-tls-client.hcl.tmpl", config_dir=config_dir, address=APPS["app1"]),
     }
+
+
+def secrets_table() -> str:
+    """Every file of docs/DEPLOY.md that holds a secret, with its owner and mode (host_config.secret_files,
+    which the simulation writes and its tests check)."""
+    rows = {path: ("the Consul servers", user) for path, user in secret_files(LAYOUT, app=False).items()}
+    for path, user in secret_files(LAYOUT, app=True).items():
+        rows[path] = ("every host" if path in rows else "application hosts", user)
+    lines = ["| File | On | Owner | Mode |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{path}` | {where} | `{user}` | `0600` |" for path, (where, user) in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _code(language: str, text: str) -> str:
@@ -59,10 +74,10 @@ def _ports_table() -> str:
         ("8301/tcp+udp", "every host", "every host", "Consul LAN gossip (membership, failure detection)"),
         ("8302/tcp+udp", "servers", "servers of other datacenters", "Consul WAN gossip: only with several datacenters"),
         (
-            "8500/tcp",
-            "the host itself",
+            "8501/tcp",
+            "operators",
             "each host",
-            "Consul HTTP API: services use 127.0.0.1:8500; open it to the operators' network only (8501 with TLS)",
+            "Consul HTTPS API; plain HTTP (8500) listens on 127.0.0.1 only, for the host's own services and tools",
         ),  # fmt: skip
         ("8600/tcp+udp", "the host itself", "each host", "Consul DNS, if used"),
         (
@@ -84,6 +99,12 @@ def _ports_table() -> str:
             "messages_svc (facade to messages)",
         ),  # fmt: skip
         (f"{SERVICE_PORTS['facade']}/tcp", "users, load balancer", "application hosts", "the facade"),
+        (
+            ", ".join(f"{default_metrics_port(port)}/tcp" for port in sorted(SERVICE_PORTS.values())),
+            "Prometheus",
+            "application hosts",
+            "each service's metrics (`METRICS_PORT`, its port plus 1000, in its Consul meta as `metrics_port`)",
+        ),
     ]
     lines = ["| Port | From | To | What |", "| --- | --- | --- | --- |"]
     lines += [f"| {port} | {source} | {target} | {what} |" for port, source, target, what in rows]
@@ -100,7 +121,10 @@ def _environment_table() -> str:
         "HAZELCAST_PARTITION_GROUPS": "`host`: a backup never sits on the same host as its primary",
         "PORT": f"the service's port (logging {SERVICE_PORTS['logging']}, messages {SERVICE_PORTS['messages']}, "
         f"facade {SERVICE_PORTS['facade']}); a member's is {HAZELCAST_PORT}",
-        "CONSUL_HTTP_TOKEN": "the program's own ACL token (see ACLs)",
+        "METRICS_DIR": "where its gunicorn workers keep their metrics, one 0700 directory per instance in it "
+        "(`logging-service-app1-8081/`), which the instance makes and refuses when another user did",
+        "CONSUL_HTTP_TOKEN_FILE": "the file with the program's own ACL token (see ACLs and the files that hold "
+        "secrets); never `CONSUL_HTTP_TOKEN` inline",
     }
     lines = ["| Variable | On app1 (logging) | Why |", "| --- | --- | --- |"]
     lines += [f"| `{name}` | `{value}` | {why.get(name, '')} |" for name, value in env.items()]
@@ -117,12 +141,15 @@ def markdown() -> str:
         'The configuration below is what `./scripts/hosts up` runs on its simulated hosts (see "Several hosts" '
         "in the README), rendered from the same templates in `conf/hosts/` for real machines. "
         "tests/integration/test_hosts.py runs it, ACLs included: default deny, bootstrapped once, a policy and "
-        "token per agent and per service on each host made from the policies shown below, each service with its "
-        "own `CONSUL_HTTP_TOKEN` (devstack/host_acl.py); and TLS: a CA and a server certificate made by "
-        "`consul tls`, RPC verified by the servers, client agents' certificates by `auto_encrypt`, the HTTPS API "
-        "on the servers. tests/integration/test_deploy_configs.py also has `consul validate` accept every agent "
-        "configuration shown here, ACL and TLS blocks included. The simulation's services still call their "
-        "local agent over plain HTTP on 127.0.0.1:8500, as shown below.\n",
+        "token per agent and per service on each host made from the policies shown below, each program with its "
+        "own token in a file of its own (`CONSUL_HTTP_TOKEN_FILE`, devstack/host_acl.py); TLS: a CA and a server "
+        "certificate made by `consul tls`, RPC verified by the servers, client agents' certificates by "
+        "`auto_encrypt`, the HTTPS API on every agent's address, which the tooling uses; and least privilege: "
+        "the programs run as unprivileged users and every secret is in a file of mode 0600 of the user that "
+        "reads it (tests/integration/test_host_security.py checks both on running hosts). "
+        "tests/integration/test_deploy_configs.py also has `consul validate` accept every agent "
+        "configuration shown here, ACL and TLS blocks included. The services call their local agent over plain "
+        "HTTP on 127.0.0.1:8500, which is all the plain HTTP an agent serves.\n",
         f"Example machines: Consul servers {servers}; application hosts {apps}. The checkout lives in "
         f"`{LAYOUT.root}` with its virtualenv (`./scripts/install`), Consul's configuration in `{CONFIG_DIR}`, "
         f"its data in `/var/lib/consul`, the logs in `{LAYOUT.log_dir}`.\n",
@@ -137,6 +164,34 @@ def markdown() -> str:
         "- Consul KV holds the shared settings (`consul/kv/`): seed them once, from any host, with "
         "`CONSUL_HTTP_TOKEN=<management token> python -m servicekit.ops seed-kv --members "
         f"{','.join(f'{a}:{HAZELCAST_PORT}' for a in APPS.values())}`.\n",
+        "## Users, and what keeps root\n",
+        "Two system users, without a home or a login shell: `consul` runs the Consul agent, `messages` the "
+        "Hazelcast member and the services (`user=` in each supervisor program below):\n",
+        _code(
+            "sh",
+            "sudo useradd --system --user-group --no-create-home --home-dir /nonexistent "
+            "--shell /usr/sbin/nologin consul\n"
+            "sudo useradd --system --user-group --no-create-home --home-dir /nonexistent "
+            "--shell /usr/sbin/nologin messages",
+        ),
+        "No program needs a capability: every port is above 1024. Only supervisord runs as root, to start each "
+        "program as its user; in the simulation `./scripts/hosts` also needs root, to make the network "
+        "namespaces and these users. The directories, each of mode 0700 and of its user: "
+        f"`{CONFIG_DIR}` and `/var/lib/consul` (`consul`), `{LAYOUT.token_dir}` and `{LAYOUT.metrics_dir}` "
+        "(`messages`); the checkout and its virtualenv stay root's, readable by all:\n",
+        _code(
+            "sh",
+            f"sudo install -d -m 0700 -o consul -g consul {CONFIG_DIR} /var/lib/consul\n"
+            f"sudo install -d -m 0700 -o messages -g messages {LAYOUT.token_dir} {LAYOUT.metrics_dir}",
+        ),
+        "### Files that hold secrets\n",
+        "Each of these is of mode 0600 and of the user that reads it, from the moment it exists: make it empty "
+        "with its owner and mode, then fill it in (an editor that writes in place keeps both), e.g. "
+        f"`sudo install -m 0600 -o consul -g consul /dev/null {CONFIG_DIR}/acl.hcl && sudoedit "
+        f"{CONFIG_DIR}/acl.hcl`. Never write one and chmod it after: it is readable by anyone in between. "
+        "The token files hold the token alone. No secret is in `supervisord.conf` or in a process's environment "
+        "(`/proc/<pid>/environ`).\n",
+        secrets_table(),
         "## Ports to open between hosts\n",
         _ports_table(),
         "## The gossip key\n",
@@ -144,10 +199,10 @@ def markdown() -> str:
         "`consul keygen`, and put the same value in every agent's `encrypt` (servers and clients). The "
         "simulation makes it on its first start and keeps it in its run directory (`gossip.key`).\n",
         "## Consul servers\n",
-        f"`{CONFIG_DIR}/server.hcl` on consul1 (on consul2 and consul3 only `node_name` and the addresses change):\n",
+        f"`{CONFIG_DIR}/agent.hcl` on consul1 (on consul2 and consul3 only `node_name` and the addresses change):\n",
         _code("hcl", configs["server.hcl"]),
         "## Consul client agents\n",
-        f"`{CONFIG_DIR}/client.hcl` on app1:\n",
+        f"`{CONFIG_DIR}/agent.hcl` on app1:\n",
         _code("hcl", configs["client.hcl"]),
         "## ACLs: a token per agent and per service\n",
         f"Add to every agent its `{CONFIG_DIR}/acl.hcl`, with the agent's own token; on app1:\n",
@@ -173,24 +228,32 @@ def markdown() -> str:
             'consul acl token create -description "logging-service on app1" '
             "-policy-name service-logging-service",
         ),
-        "Each service gets its token as `CONSUL_HTTP_TOKEN` (see the programs below). The member's service "
-        "definition in `hazelcast.json` takes the hazelcast token as its `token` field, so the agent may "
-        "register it. The service policy reads the local agent (`agent_prefix`): a service asks it how many "
+        f"Each program gets its token in its own file, `{LAYOUT.token_dir}/<program>.token` (`hazelcast`, "
+        "`logging`, `messages`, `facade`), named by `CONSUL_HTTP_TOKEN_FILE` (see the programs below). The "
+        "member's service definition in `hazelcast.json` takes the hazelcast token as its `token` field, so the "
+        "agent may register it. The service policy reads the local agent (`agent_prefix`): a service asks it how many "
         "nodes its cluster has and its own address, to warn when it registered a loopback address (in its log "
         "and `/health`); py-consul sends no token on those two calls, so servicekit sends it itself.\n",
         "## TLS for Consul (auto_encrypt)\n",
-        "Make a CA and one certificate for the servers, on one machine:\n",
-        _code("sh", f"consul tls ca create\nconsul tls cert create -server -dc {DATACENTER}"),
+        "Make a CA and one certificate for the servers, naming each server's address (so that a client of the "
+        "HTTPS API can check it), on one machine, with a umask that keeps the keys 0600 from the start:\n",
+        _code(
+            "sh",
+            "umask 077\nconsul tls ca create\nconsul tls "
+            + " ".join(host_config.server_cert_command(SERVERS.values())),
+        ),
         f"Copy `consul-agent-ca.pem` to every host and the server certificate and key to the servers, into "
-        f"`{CONFIG_DIR}`. Servers add (`{CONFIG_DIR}/tls.hcl`):\n",
+        f"`{CONFIG_DIR}`, as the user `consul` reads them (`sudo install -m 0600 -o consul -g consul "
+        f"dc1-server-consul-0-key.pem {CONFIG_DIR}/`, and the same for the others). Keep the CA's key "
+        f"(`consul-agent-ca-key.pem`) off the hosts. Servers add (`{CONFIG_DIR}/tls.hcl`):\n",
         _code("hcl", configs["server-tls.hcl"]),
-        "Client agents get their certificates from the servers (`auto_encrypt`) and add:\n",
+        "Client agents get their certificates from the servers (`auto_encrypt`, naming the host's address) and add:\n",
         _code("hcl", configs["client-tls.hcl"]),
         "## The processes of a host\n",
-        "One supervisord per host (`supervisord.conf`, the programs of app1 below); on a Consul server only "
-        "the `consul` program. The order matters on a first start: the agent, then the member, then the "
-        "services (`supervisorctl start consul`, `... hazelcast`, `... logging messages facade`); systemd units "
-        "with the same commands and environment, ordered with `After=`, do the same.\n",
+        "One supervisord per host (`supervisord.conf`, the programs of app1 below, each with its `user=`); on a "
+        "Consul server only the `consul` program. The order matters on a first start: the agent, then the "
+        "member, then the services (`supervisorctl start consul`, `... hazelcast`, `... logging messages "
+        "facade`); systemd units with the same commands and environment, ordered with `After=`, do the same.\n",
         _code("ini", host_config.supervisor_config("app1", APPS["app1"], LAYOUT, app=True, autostart=True)),
         "## Each service's environment\n",
         _environment_table(),

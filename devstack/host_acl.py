@@ -18,7 +18,8 @@ from pathlib import Path
 
 import requests
 
-from devstack.host_config import render
+from devstack.host_config import TOKEN_PROGRAMS, render
+from servicekit.private_files import write_private
 
 # The programs of an application host that talk to Consul, and the service each registers.
 PROGRAM_SERVICES = {
@@ -27,6 +28,7 @@ PROGRAM_SERVICES = {
     "messages": "messages-service",
     "facade": "facade-service",
 }
+assert tuple(PROGRAM_SERVICES) == TOKEN_PROGRAMS
 TIMEOUT = 10.0
 
 
@@ -57,29 +59,25 @@ class Tokens:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"management": self.management, "agent": self.agent, "programs": self.programs}))
-        tmp.chmod(0o600)
-        tmp.replace(self.path)
-
-    def of(self, host: str) -> dict[str, str]:
-        """CONSUL_HTTP_TOKEN by program, for one host's supervisor configuration."""
-        return dict(self.programs.get(host, {}))
+        write_private(
+            self.path, json.dumps({"management": self.management, "agent": self.agent, "programs": self.programs})
+        )
 
 
 class AclError(RuntimeError):
     pass
 
 
-def _call(method: str, url: str, token: str | None, body: dict | None = None) -> requests.Response:
+def _call(method: str, url: str, token: str | None, ca_file: Path, body: dict | None = None) -> requests.Response:
+    """One call over HTTPS, checked against the simulation's CA: the tokens never cross the network in clear."""
     headers = {"X-Consul-Token": token} if token else {}
-    return requests.request(method, url, json=body, headers=headers, timeout=TIMEOUT)
+    return requests.request(method, url, json=body, headers=headers, timeout=TIMEOUT, verify=str(ca_file))
 
 
-def bootstrap(base: str, tokens: Tokens) -> str:
+def bootstrap(base: str, tokens: Tokens, ca_file: Path) -> str:
     """The management token: bootstrapped now, or the one kept from the first start."""
     if tokens.management is None:
-        response = _call("PUT", f"{base}/v1/acl/bootstrap", None)
+        response = _call("PUT", f"{base}/v1/acl/bootstrap", None, ca_file)
         if response.status_code == 403:
             raise AclError(
                 f"consul acl bootstrap failed ({response.status_code}: {response.text.strip()}); a simulation "
@@ -91,24 +89,27 @@ def bootstrap(base: str, tokens: Tokens) -> str:
     return tokens.management
 
 
-def ensure(base: str, tokens: Tokens) -> None:
-    """Every policy and token of the simulation known to Consul; what exists already is left alone."""
-    management = bootstrap(base, tokens)
-    response = _call("GET", f"{base}/v1/acl/policies", management)
+def ensure(base: str, tokens: Tokens, ca_file: Path) -> None:
+    """Every policy and token of the simulation known to Consul (`base`: a server's HTTPS API); what exists
+    already is left alone."""
+    management = bootstrap(base, tokens, ca_file)
+    response = _call("GET", f"{base}/v1/acl/policies", management, ca_file)
     response.raise_for_status()
     existing = {policy["Name"] for policy in response.json()}
     wanted = [agent_policy(node) for node in tokens.agent]
     wanted += [service_policy(service) for service in PROGRAM_SERVICES.values()]
     for name, rules in wanted:
         if name not in existing:
-            _call("PUT", f"{base}/v1/acl/policy", management, {"Name": name, "Rules": rules}).raise_for_status()
+            _call(
+                "PUT", f"{base}/v1/acl/policy", management, ca_file, {"Name": name, "Rules": rules}
+            ).raise_for_status()
     secrets = [(f"agent {node}", agent_policy(node)[0], secret) for node, secret in tokens.agent.items()]
     for host, programs in tokens.programs.items():
         for program, secret in programs.items():
             service = PROGRAM_SERVICES[program]
             secrets.append((f"{service} on {host}", service_policy(service)[0], secret))
     for description, policy, secret in secrets:
-        if _call("GET", f"{base}/v1/acl/token/self", secret).status_code == 200:
+        if _call("GET", f"{base}/v1/acl/token/self", secret, ca_file).status_code == 200:
             continue
         body = {"SecretID": secret, "Description": description, "Policies": [{"Name": policy}]}
-        _call("PUT", f"{base}/v1/acl/token", management, body).raise_for_status()
+        _call("PUT", f"{base}/v1/acl/token", management, ca_file, body).raise_for_status()

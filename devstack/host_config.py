@@ -2,13 +2,20 @@
 the Consul agent (server or client), and the host's processes as supervisor programs with each one's
 environment. The simulated hosts (devstack.host_stack) run exactly this; docs/DEPLOY.md
 (devstack.deploy_doc) shows it rendered for real machines, so the documented configuration is the tested one.
+
+Least privilege: supervisord runs as root only to start each program as its own unprivileged user (`user=`):
+the Consul agent as CONSUL_USER, the member and the services as SERVICE_USER. No program needs a capability
+(every port is above 1024). Every secret is in a file of mode 0600 owned by the user that reads it
+(`secret_files`), never in supervisord.conf or a process's environment: the agent's gossip key and token
+in its configuration directory, each program's Consul token in a file of its own (CONSUL_HTTP_TOKEN_FILE).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from devstack.processes import ROOT
@@ -16,6 +23,9 @@ from servicekit import stack
 
 TEMPLATES = ROOT / "conf" / "hosts"
 DATACENTER = "dc1"
+# What `consul tls cert create -server -dc dc1` names the servers' certificate and key.
+SERVER_CERT = f"{DATACENTER}-server-consul-0.pem"
+SERVER_KEY = f"{DATACENTER}-server-consul-0-key.pem"
 CONSUL_HTTP_ADDR = "127.0.0.1:8500"
 HAZELCAST_PORT = stack.port("HAZELCAST_PORT")
 # Each application host runs one instance of each service, on the single-host stack's first port.
@@ -25,6 +35,10 @@ SERVICE_PORTS = {
     "facade": stack.port("FACADE_PORT"),
 }
 SERVICE_APPS = {"logging": "logging_svc", "messages": "messages_svc", "facade": "facade"}
+# The programs of an application host that talk to Consul, each with a token of its own.
+TOKEN_PROGRAMS = ("hazelcast", *SERVICE_PORTS)
+CONSUL_USER = "consul"
+SERVICE_USER = "messages"
 
 
 def render(template: str, **values: object) -> str:
@@ -48,30 +62,47 @@ class Layout:
     data_dir: str
     log_dir: str
     run_dir: str
+    # Each program's Consul token, in <token_dir>/<program>.token, and the services' metrics (METRICS_DIR).
+    token_dir: str
+    metrics_dir: str
     # Added to every program's environment (the simulation's small heaps).
     extra_env: Mapping[str, str] = field(default_factory=dict)
-    # A program's own Consul ACL token (CONSUL_HTTP_TOKEN), by program name: none in the simulation.
-    tokens: Mapping[str, str] = field(default_factory=dict)
+    consul_user: str = CONSUL_USER
+    service_user: str = SERVICE_USER
 
     def at(self, host: str) -> Layout:
         """This layout with {host} filled in."""
-        return Layout(
-            root=self.root,
-            venv_bin=self.venv_bin,
-            consul_bin=self.consul_bin,
-            consul_dir=self.consul_dir.format(host=host),
-            data_dir=self.data_dir.format(host=host),
-            log_dir=self.log_dir.format(host=host),
-            run_dir=self.run_dir.format(host=host),
-            extra_env=self.extra_env,
-            tokens=self.tokens,
-        )
+        paths = ("consul_dir", "data_dir", "log_dir", "run_dir", "token_dir", "metrics_dir")
+        return dataclasses.replace(self, **{name: getattr(self, name).format(host=host) for name in paths})
+
+    def token_file(self, program: str) -> str:
+        return f"{self.token_dir}/{program}.token"
 
     def environment(self, program: str, host: str, address: str, port: int | None) -> dict[str, str]:
         env = service_environment(host, address, port, self.extra_env)
-        if program in self.tokens:
-            env["CONSUL_HTTP_TOKEN"] = self.tokens[program]
+        if program in SERVICE_PORTS:
+            env["METRICS_DIR"] = self.metrics_dir
+        if program in TOKEN_PROGRAMS:
+            env["CONSUL_HTTP_TOKEN_FILE"] = self.token_file(program)
         return env
+
+    def user(self, program: str) -> str:
+        return self.consul_user if program == "consul" else self.service_user
+
+
+def secret_files(layout: Layout, app: bool) -> dict[str, str]:
+    """Every file of a host that holds a secret, with the user that owns it; each is of mode 0600. The agent's
+    configuration holds the gossip key (`agent.hcl`) and the agent's token (`acl.hcl`); a server's, the TLS
+    key its certificate goes with; an application host's, the member's definition with the hazelcast token
+    (`hazelcast.json`), and each program's token file."""
+    consul, service = layout.consul_user, layout.service_user
+    files = {f"{layout.consul_dir}/agent.hcl": consul, f"{layout.consul_dir}/acl.hcl": consul}
+    if app:
+        files[f"{layout.consul_dir}/hazelcast.json"] = consul
+        files.update({layout.token_file(program): service for program in TOKEN_PROGRAMS})
+    else:
+        files[f"{layout.consul_dir}/{SERVER_KEY}"] = consul
+    return files
 
 
 def consul_config(node: str, address: str, servers: Sequence[str], gossip_key: str, data_dir: str, server: bool) -> str:
@@ -84,6 +115,15 @@ def consul_config(node: str, address: str, servers: Sequence[str], gossip_key: s
         gossip_key=gossip_key,
         data_dir=data_dir,
     )
+
+
+def server_cert_command(addresses: Iterable[str]) -> list[str]:
+    """`consul tls` arguments for the servers' one certificate, naming each server's address, so that the
+    HTTPS API on those addresses can be checked against the CA (besides server.<dc>.consul and localhost)."""
+    argv = ["cert", "create", "-server", "-dc", DATACENTER]
+    for address in addresses:
+        argv += ["-additional-ipaddress", address]
+    return argv
 
 
 def service_environment(host: str, address: str, port: int | None, extra: Mapping[str, str]) -> dict[str, str]:
@@ -110,6 +150,7 @@ def program(name: str, command: str, env: Mapping[str, str], priority: int, layo
         "program.conf.tmpl",
         name=name,
         command=command,
+        user=layout.user(name),
         environment=_supervisor_env(env),
         priority=priority,
         stopsignal=options.get("stopsignal", "TERM"),

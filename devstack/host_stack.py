@@ -10,17 +10,26 @@ service, every host a network namespace of devstack.hosts, its processes run by 
 Addresses: the servers are 127.100.0.11-13, the application hosts 127.100.0.21 on. The run directory
 (HOSTS_RUN_DIR, by default run/hosts) keeps each host's configuration, Consul data and logs, the gossip key
 and simulation.json, which names the namespace prefix (HOSTS_PREFIX, by default `hosts`) for later calls.
+
+As on real machines (docs/DEPLOY.md), each host's programs run as the unprivileged users of
+devstack.host_config (made here, once, on this machine), every secret is in a file of mode 0600 owned by
+the user that reads it, written that way from the start (servicekit.private_files), and this tooling
+talks to the agents over HTTPS with the simulation's CA: their plain HTTP port answers on loopback only.
+Root is needed for the namespaces and the users, and by each host's supervisord, to start its programs
+as their users.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
+import pwd
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -28,14 +37,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import consul
+import requests
 
 from devstack import deploy_doc, host_acl, host_config
 from devstack.consul_agent import consul_binary
 from devstack.hosts import NETWORK, Hosts
 from devstack.processes import ROOT, VENV_BIN, eventually
-from servicekit import kvconfig
+from servicekit import kvconfig, stack
 from servicekit.consul_client import make_consul
-from servicekit.hazelcast_member import write_service_definitions
+from servicekit.hazelcast_member import service_definitions
+from servicekit.private_files import write_private
 from servicekit.registration import agent_members
 from servicekit.settings import ConsulAddress, ConsulSettings, default_log_capacity_bytes, java_size_bytes
 from servicekit.stack_status import service_health, status_table, wait_passing
@@ -43,6 +54,7 @@ from servicekit.stack_status import service_health, status_table, wait_passing
 log = logging.getLogger(__name__)
 
 SERVERS = ("consul1", "consul2", "consul3")
+HTTPS_PORT = 8501
 SERVICES = ("logging-service", "messages-service", "facade-service")
 # Members of a small heap: the machine is shared by every host of the simulation.
 DEFAULT_HEAP = "256m"
@@ -100,6 +112,8 @@ class HostStack:
             data_dir=str(self.run_dir / "{host}" / "data"),
             log_dir=str(self.run_dir / "{host}" / "logs"),
             run_dir=str(self.run_dir / "{host}"),
+            token_dir=str(self.run_dir / "{host}" / "tokens"),
+            metrics_dir=str(self.run_dir / "{host}" / "metrics"),
             extra_env={
                 "HAZELCAST_HEAP": self.heap,
                 # A member cut off and healed merges back within seconds, not Hazelcast's default 5 minutes.
@@ -116,8 +130,7 @@ class HostStack:
         path = self.run_dir / "gossip.key"
         if not path.exists():
             done = subprocess.run([consul_binary(), "keygen"], capture_output=True, text=True, timeout=30, check=True)
-            path.write_text(done.stdout.strip() + "\n")
-            path.chmod(0o600)
+            write_private(path, done.stdout.strip() + "\n")
         return path.read_text().strip()
 
     @property
@@ -130,31 +143,45 @@ class HostStack:
     def log_path(self, host: str, program: str) -> Path:
         return self.run_dir / host / "logs" / f"{program}.log"
 
+    def token_path(self, host: str, program: str) -> Path:
+        return Path(self.layout().at(host).token_file(program))
+
     # -- bringing it up ------------------------------------------------------------------------------------
 
     def write_config(self) -> None:
         key = self.gossip_key()
         servers = [self.addr(name) for name in SERVERS]
         layout = self.layout()
+        consul_user = system_user(layout.consul_user)
+        service_user = system_user(layout.service_user)
         for host in self.names:
-            at = dataclasses.replace(layout.at(host), tokens=self.tokens.of(host))
+            at = layout.at(host)
             app = host in self.apps
-            for directory in (at.consul_dir, at.data_dir, at.log_dir):
-                Path(directory).mkdir(parents=True, exist_ok=True)
+            Path(at.log_dir).mkdir(parents=True, exist_ok=True)
+            # The agent's configuration and data are its user's alone; a run of an older version left them root's.
+            consul_dir = owned_dir(Path(at.consul_dir), consul_user)
+            owned_dir(Path(at.data_dir), consul_user, recursive=True)
+
+            def secret(path: Path, text: str, user: pwd.struct_passwd = consul_user) -> None:
+                write_private(path, text, uid=user.pw_uid, gid=user.pw_gid)
+
             config = host_config.consul_config(host, self.addr(host), servers, key, at.data_dir, server=not app)
-            (Path(at.consul_dir) / "agent.hcl").write_text(config)
-            acl = host_config.render("consul-acl.hcl.tmpl", agent_token=self.tokens.agent[host])
-            _write_secret(Path(at.consul_dir) / "acl.hcl", acl)
-            self._write_tls(Path(at.consul_dir), server=not app)
+            secret(consul_dir / "agent.hcl", config)
+            secret(
+                consul_dir / "acl.hcl", host_config.render("consul-acl.hcl.tmpl", agent_token=self.tokens.agent[host])
+            )
+            self._write_tls(host, consul_dir, secret)
             if app:
-                path = Path(at.consul_dir) / "hazelcast.json"
-                write_service_definitions(path, [host_config.HAZELCAST_PORT], self.addr(host), host)
+                path = consul_dir / "hazelcast.json"
                 # As docs/DEPLOY.md says: the member's definition carries the hazelcast token, so the agent
                 # may register it under default deny.
-                definitions = json.loads(path.read_text())
-                for service in definitions["services"]:
-                    service["token"] = at.tokens["hazelcast"]
-                _write_secret(path, json.dumps(definitions, indent=1))
+                (definition,) = service_definitions([host_config.HAZELCAST_PORT], self.addr(host), host)
+                definition["token"] = self.tokens.programs[host]["hazelcast"]
+                secret(path, json.dumps({"services": [definition]}, indent=1))
+                owned_dir(Path(at.token_dir), service_user)
+                for program in host_config.TOKEN_PROGRAMS:
+                    secret(Path(at.token_file(program)), self.tokens.programs[host][program] + "\n", service_user)
+                owned_dir(Path(at.metrics_dir), service_user)
             conf = host_config.supervisor_config(host, self.addr(host), at, app)
             (self.run_dir / host / "supervisord.conf").write_text(conf)
 
@@ -163,37 +190,67 @@ class HostStack:
         return self.run_dir / "tls"
 
     def tls_files(self) -> dict[str, Path]:
-        """The CA and the servers' certificate, made once with `consul tls` as docs/DEPLOY.md says."""
+        """The CA and the servers' certificate, made once with `consul tls` as docs/DEPLOY.md says, naming
+        every server's address. `consul tls` writes its keys as the umask allows: under 077, 0600 from the
+        start (with the usual 022 the CA's key was 0644)."""
         names = {
             "ca": "consul-agent-ca.pem",
             "ca-key": "consul-agent-ca-key.pem",
-            "cert": f"{host_config.DATACENTER}-server-consul-0.pem",
-            "key": f"{host_config.DATACENTER}-server-consul-0-key.pem",
+            "cert": host_config.SERVER_CERT,
+            "key": host_config.SERVER_KEY,
         }
         files = {role: self.tls_dir / name for role, name in names.items()}
-        if not all(path.exists() for path in files.values()):
+        addresses = self.tls_dir / "server-addresses"
+        wanted = " ".join(self.addr(server) for server in SERVERS)
+        made = addresses.read_text() if addresses.exists() else ""
+        if made != wanted or not all(path.exists() for path in files.values()):
             shutil.rmtree(self.tls_dir, ignore_errors=True)
             self.tls_dir.mkdir(parents=True, mode=0o700)
-            for argv in (["ca", "create"], ["cert", "create", "-server", "-dc", host_config.DATACENTER]):
+            for argv in (["ca", "create"], host_config.server_cert_command(self.addr(s) for s in SERVERS)):
                 subprocess.run(
-                    [consul_binary(), "tls", *argv], cwd=self.tls_dir, capture_output=True, timeout=60, check=True
-                )
+                    [consul_binary(), "tls", *argv], cwd=self.tls_dir, capture_output=True, timeout=60, check=True,
+                    preexec_fn=lambda: os.umask(0o077),
+                )  # fmt: skip
+            addresses.write_text(wanted)
         return files
 
-    def _write_tls(self, consul_dir: Path, server: bool) -> None:
+    @property
+    def ca_file(self) -> Path:
+        """The simulation's CA certificate (`up` makes it: see tls_files)."""
+        return self.tls_dir / "consul-agent-ca.pem"
+
+    def ca_bundle(self, refresh: bool = False) -> Path:
+        """The CAs the agents' HTTPS certificates come from: the simulation's, which signed the servers', and
+        Consul's own Connect CA, which signs the certificates client agents get by auto_encrypt (asked of a
+        server, over HTTPS checked against the first). Call it inside entered()."""
+        path = self.tls_dir / "ca-bundle.pem"
+        if refresh or not path.exists():
+            url = f"https://{self.addr(SERVERS[0])}:{HTTPS_PORT}/v1/connect/ca/roots"
+            response = requests.get(url, verify=str(self.ca_file), timeout=10)
+            response.raise_for_status()
+            roots = response.json()["Roots"] or []
+            assert roots, "the leader has no Connect CA yet"
+            pems = [self.ca_file.read_text(), *(root["RootCert"] for root in roots)]
+            write_private(path, "".join(pem.strip() + "\n" for pem in pems))
+        return path
+
+    def _write_tls(self, host: str, consul_dir: Path, secret: Callable[[Path, str], None]) -> None:
         """Every agent gets the CA; a server also its certificate and key. Client agents get theirs from the
         servers (auto_encrypt)."""
         files = self.tls_files()
+        server = host in SERVERS
         for role in ("ca", "cert", "key") if server else ("ca",):
-            shutil.copyfile(files[role], consul_dir / files[role].name)
-            (consul_dir / files[role].name).chmod(0o600)
+            secret(consul_dir / files[role].name, files[role].read_text())
         if server:
             config = host_config.render(
-                "consul-tls-server.hcl.tmpl", config_dir=consul_dir, datacenter=host_config.DATACENTER
+                "consul-tls-server.hcl.tmpl",
+                config_dir=consul_dir,
+                datacenter=host_config.DATACENTER,
+                address=self.addr(host),
             )
         else:
-            config = host_config.render("consul-tls-client.hcl.tmpl", config_dir=consul_dir)
-        (consul_dir / "tls.hcl").write_text(config)
+            config = host_config.render("consul-tls-client.hcl.tmpl", config_dir=consul_dir, address=self.addr(host))
+        secret(consul_dir / "tls.hcl", config)
 
     def up(self, timeout: float = 600.0, progress: Callable[[str], None] = log.info) -> HostStack:
         """Every host made, every process started and passing in Consul; idempotent."""
@@ -214,6 +271,7 @@ class HostStack:
             self.start(host, "consul")
         with self.hosts.entered():
             eventually(self._assert_leader, deadline - time.monotonic(), interval=0.5, what="a Consul leader")
+            eventually(lambda: self.ca_bundle(refresh=True), 60, interval=0.5, what="Consul's Connect CA roots")
             progress("ACLs: bootstrap (once), a policy and token per agent and per service")
             self.ensure_acl(deadline - time.monotonic())
             progress("starting the client agents")
@@ -250,12 +308,22 @@ class HostStack:
         if self.supervisor_alive(host):
             return
         (self.run_dir / host / "supervisord.sock").unlink(missing_ok=True)
-        done = self.hosts.run(
-            host, [str(VENV_BIN / "supervisord"), "-c", str(self.run_dir / host / "supervisord.conf")]
-        )
+        # The programs get their tokens from their files: none of the caller's (`sudo -E`) reaches them.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP_")}
+        supervisord = [str(VENV_BIN / "supervisord"), "-c", str(self.run_dir / host / "supervisord.conf")]
+        argv = ["sh", "-c", f'{reachable(self._needed_paths())} exec "$@"', "sh", *supervisord]
+        done = self.hosts.run(host, argv, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"supervisord on {host} did not start: {done.stderr.strip()}")
         eventually(lambda: self._assert_supervisor(host), 30, interval=0.2, what=f"supervisord on {host}")
+
+    def _needed_paths(self) -> list[Path]:
+        """What the programs run or read: the checkout, its virtualenv and the Python under it, the tools,
+        the run directory, java."""
+        java = shutil.which("java")
+        paths = [ROOT, VENV_BIN.parent, Path(sys.base_prefix), stack.tools_dir(), self.run_dir]
+        paths += [Path(os.path.realpath(java)).parent] if java else []
+        return [Path(os.path.realpath(path)) for path in paths]
 
     def _assert_supervisor(self, host: str) -> None:
         assert self.supervisor_alive(host), f"supervisord on {host} does not answer"
@@ -283,15 +351,19 @@ class HostStack:
             yield
 
     def consul(self, host: str = "consul1", timeout: float = 5.0, token: str | None = None) -> consul.Consul:
-        """A client of `host`'s agent, with the management token unless told another; call it inside
-        entered()."""
-        address = ConsulAddress("http", self.addr(host), 8500)
-        return make_consul(ConsulSettings(address, token=token or self.tokens.management, timeout=timeout))
+        """A client of `host`'s agent over HTTPS, with the management token unless told another; call it
+        inside entered()."""
+        address = ConsulAddress("https", self.addr(host), HTTPS_PORT)
+        ca = self.ca_file if host in SERVERS else self.ca_bundle()
+        settings = ConsulSettings(address, token=token or self.tokens.management, timeout=timeout, ca_file=str(ca))
+        return make_consul(settings)
 
     def ensure_acl(self, timeout: float) -> None:
         """Bootstrapped, every policy and token made; a new leader may still refuse for a moment."""
-        base = f"http://{self.addr(SERVERS[0])}:8500"
-        eventually(lambda: host_acl.ensure(base, self.tokens), timeout, interval=1.0, what="the ACL tokens made")
+        base = f"https://{self.addr(SERVERS[0])}:{HTTPS_PORT}"
+        eventually(
+            lambda: host_acl.ensure(base, self.tokens, self.ca_file), timeout, interval=1.0, what="the ACL tokens made"
+        )
 
     def _assert_leader(self) -> None:
         assert self.leader(), "no leader yet"
@@ -343,9 +415,66 @@ class HostStack:
         return self.hosts.down()
 
 
-def _write_secret(path: Path, text: str) -> None:
-    path.write_text(text)
-    path.chmod(0o600)
+def reachable(paths: list[Path]) -> str:
+    """Shell commands that let the programs' unprivileged users reach `paths` where a directory above one
+    lets no other user through: a Python installed under /root (mode 0700, as pyenv installs it on this
+    kind of machine). Run in the host's mount namespace (`ip netns exec` gives each command one of its
+    own, a slave of the machine's, so nothing here reaches the machine): each such directory is covered
+    with an empty tmpfs, and the paths under it are bound back at their own place. The programs see
+    nothing else of it; the machine's directories keep their modes. Empty when every path is reachable.
+    On real hosts (docs/DEPLOY.md) the checkout and its Python are where every user may read them."""
+    blocked: dict[Path, list[Path]] = {}
+    for path in sorted(set(paths)):
+        if any(path.is_relative_to(p) for ps in blocked.values() for p in ps):
+            continue
+        for ancestor in (*reversed(path.parents), path):
+            if not ancestor.exists():
+                break
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                if ancestor != path:
+                    blocked.setdefault(ancestor, []).append(path)
+                break
+    steps = []
+    for n, (ancestor, inside) in enumerate(blocked.items()):
+        staged = [f"/tmp/.reach-{os.getpid()}-{n}-{i}" for i in range(len(inside))]
+        for path, stage in zip(inside, staged, strict=True):
+            steps += [f"mkdir -p {shlex.quote(stage)}", f"mount --bind {shlex.quote(str(path))} {shlex.quote(stage)}"]
+        steps.append(f"mount -t tmpfs -o mode=0755,size=1m reach {shlex.quote(str(ancestor))}")
+        for path, stage in zip(inside, staged, strict=True):
+            steps += [
+                f"mkdir -p {shlex.quote(str(path))}",
+                f"mount --move {shlex.quote(stage)} {shlex.quote(str(path))}",
+            ]
+            steps.append(f"rmdir {shlex.quote(stage)}")
+    return "".join(f"{step} && " for step in steps)
+
+
+def system_user(name: str) -> pwd.struct_passwd:
+    """The unprivileged user `name`, made when this machine has none (a system user without a home or a
+    login shell, as a package would make it)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    done = subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+         "--shell", "/usr/sbin/nologin", name],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    try:
+        return pwd.getpwnam(name)  # also when another simulation made it meanwhile (useradd then fails)
+    except KeyError:
+        raise RuntimeError(f"could not make the user {name}: {done.stderr.strip()}") from None
+
+
+def owned_dir(path: Path, user: pwd.struct_passwd, recursive: bool = False) -> Path:
+    """`path` a directory of mode 0700 of `user`'s (and, `recursive`, everything in it)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for directory, _, names in os.walk(path) if recursive else [(str(path), [], [])]:
+        for name in [directory, *(os.path.join(directory, n) for n in names)]:
+            os.lchown(name, user.pw_uid, user.pw_gid)
+    path.chmod(0o700)
+    return path
 
 
 def _failed_up(stack: HostStack, exc: BaseException, keep: bool) -> int:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from devstack.consul_agent import ConsulAgent, check_status
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port
+from servicekit import metrics_files
 from servicekit.settings import instance_id
 
 SERVICES = {
@@ -29,6 +30,7 @@ class Service:
     name: str
     port: int
     proc: Proc
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -55,14 +57,29 @@ def start_service(
     """
     port = port or free_port()
     package = SERVICES[name]
+    env = {
+        "PORT": str(port),
+        "CONSUL_HTTP_ADDR": agent.addr,
+        # Its metrics in the test run's own directory, never in a shared one, and on a free port.
+        "METRICS_DIR": str(log_dir / "metrics"),
+        "METRICS_PORT": str(free_port()),
+        **(env or {}),
+    }
     proc = Proc(
         f"{package}-{port}",
         [str(VENV_BIN / "gunicorn"), "-c", str(root / package / "gunicorn.conf.py")],
         log_dir / f"{package}-{port}.log",
-        env={"PORT": str(port), "CONSUL_HTTP_ADDR": agent.addr, **(env or {})},
+        env=env,
         cwd=root,
     ).start()
-    return Service(name, port, proc)
+    return Service(name, port, proc, int(env["METRICS_PORT"]))
+
+
+def metrics_url(agent: ConsulAgent, service: Service) -> str | None:
+    """Where `service` serves its metrics, as its registration in `agent` says (as Prometheus finds it);
+    None when it registered no metrics path."""
+    registered = agent.client().agent.services()[service.instance_id]
+    return metrics_files.metrics_url(registered)
 
 
 def wait_passing(agent: ConsulAgent, service: Service, timeout: float = 60.0) -> Service:

@@ -60,15 +60,19 @@ consul_bin() {
 }
 
 # Each program of the stack and the ports it binds, the way scripts/supervisord.conf starts it: one
-# line a process, "group:process port...", the consul line first.
+# line a process, "group:process port...", the consul line first. A service instance binds its port and
+# its metrics port (the port plus METRICS_PORT_OFFSET, as servicekit.settings computes it).
 program_ports() {
   echo "consul $CONSUL_HTTP_PORT $CONSUL_SERVER_PORT $CONSUL_SERF_LAN_PORT $CONSUL_SERF_LAN_PORT/udp" \
     "$CONSUL_SERF_WAN_PORT $CONSUL_SERF_WAN_PORT/udp $CONSUL_GRPC_PORT $CONSUL_DNS_PORT $CONSUL_DNS_PORT/udp"
-  local program group first count port
+  local program group first count port metrics
   for program in hazelcast logging messages facade; do
     group=services; [ "$program" != hazelcast ] || group=hazelcast
     first=${program^^}_PORT count=${program^^}_INSTANCES
-    for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do echo "$group:$program-$port $port"; done
+    for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do
+      metrics=" $((port + METRICS_PORT_OFFSET))"; [ "$group" = services ] || metrics=
+      echo "$group:$program-$port $port$metrics"
+    done
   done
 }
 # The ports of one program's instances, e.g. `instance_ports hazelcast` -> 5701 5702 5703.

@@ -1,7 +1,8 @@
 """gunicorn server hooks shared by the three services.
 
 The master registers the instance once (`when_ready`, after the socket is bound), keeps it registered,
-and deregisters it once; workers never talk to Consul's agent endpoints.
+and deregisters it once; workers never talk to Consul's agent endpoints. Before it registers, it serves
+the instance's metrics on their own port (servicekit.metrics), until it exits.
 
 Stopping happens in this order, whatever the signal: the workers stop taking work from shared queues
 (the master closes the `Intake` and waits for takes in progress), the master leaves Consul, on SIGTERM
@@ -32,9 +33,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
-from . import metrics_files, registration
+from . import metrics, metrics_files, registration
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +142,22 @@ class _Master:
         self._graceful_stop = server.handle_term
         self._quick_stops = {"INT": server.handle_int, "QUIT": server.handle_quit}
         self._reload = server.handle_hup
+        self._metrics: WSGIServer | None = None
 
     def start(self, server) -> None:
+        # Bound before the registration names the port; an instance that cannot serve its metrics stops
+        # (gunicorn prints a RuntimeError from a start hook and exits 1) rather than run unseen.
+        try:
+            self._metrics = metrics.serve(
+                self._settings.host, self._settings.metrics_port, self._settings.accepted_host_names
+            )
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot serve the metrics on {self._settings.host}:{self._settings.metrics_port} (METRICS_PORT): {exc}"
+            ) from exc
+        log.info(
+            "metrics at http://%s:%d%s", self._settings.host, self._settings.metrics_port, metrics_files.METRICS_PATH
+        )
         # One try here, so a missing agent never holds up the boot; the keeper retries with backoff.
         if not registration.register(self._settings):
             log.error("not registered with Consul at %s yet; retrying in the background", self._settings.consul.url)
@@ -163,6 +182,13 @@ class _Master:
             )
         self._keeper.stop()
         registration.deregister(self._settings)
+
+    def stop_serving_metrics(self) -> None:
+        """After the workers stopped (`on_exit`): nothing is left to count."""
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
 
     def _handle_term(self) -> None:
         log.info("SIGTERM: leaving Consul, draining for %.1f s before the workers stop", self._settings.drain_seconds)
@@ -215,6 +241,7 @@ def registration_hooks(settings: Settings):
         master = getattr(server, _MASTER_KEY, None)
         if master is not None:
             master.leave()
+            master.stop_serving_metrics()
         metrics_files.remove()
 
     return when_ready, on_exit

@@ -1,4 +1,4 @@
-"""What the services count, and `GET /metrics` in Prometheus' text format.
+"""What the services count, and `GET /metrics` in Prometheus' text format, on a port of its own.
 
 Every service: requests and their latency by method (the known ones; any other is `other`), route and
 status. The facade: its calls to the other services' instances (attempts, failures, retries, ejections;
@@ -12,6 +12,12 @@ Without PROMETHEUS_MULTIPROC_DIR (an app made in a test process) they are in thi
 A scrape reads only those files and this process's clock: no Consul call, no Hazelcast call. What the
 watches and the queue check know is written when they learn it, not asked for at scrape time.
 
+The metrics name instances and hosts, which the public port never tells a client, so they are served on
+the instance's metrics port (METRICS_PORT, in its Consul meta as `metrics_port`), by a small HTTP server
+thread in the gunicorn master (`serve`, started in `when_ready`): the master reads the workers' files like
+any one of them would, and a thread of the master is not copied into the workers it forks. On the public
+port, /metrics is an unknown route (404).
+
 Gauges are written by every worker, so each says how its values combine (`multiprocess_mode`):
 - the instance counts and the watches' last answers: `livemin`, the worst view of any live worker (the
   worker whose watch is the most behind is the one that sends requests to the wrong instances); a dead
@@ -23,15 +29,18 @@ Gauges are written by every worker, so each says how its values combine (`multip
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Flask, Response, g, request
 
-from .metrics_files import ENV, METRICS_PATH
+from .metrics_files import ENV
+from .settings import host_is_accepted
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -261,12 +270,46 @@ class _Scrape:
         return _with_watch_age(_without_departed(iter(source.collect())))
 
 
-def exposition() -> bytes:
-    from prometheus_client import CollectorRegistry, generate_latest
+def _registry(multiprocess: bool) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry
 
-    registry: CollectorRegistry = CollectorRegistry(auto_describe=False)
-    registry.register(_Scrape(_metrics().multiprocess))
-    return generate_latest(registry)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(multiprocess))
+    return registry
+
+
+def exposition() -> bytes:
+    """This process's view in Prometheus' text format: the workers' files under gunicorn, else its memory."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(_registry(_metrics().multiprocess))
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """A scrape every few seconds is not news (wsgiref writes every request to stderr)."""
+
+
+def serve(host: str, port: int, accepted_hosts: frozenset[str]) -> WSGIServer:
+    """Serve GET /metrics on `host`:`port` from a named daemon thread; in the gunicorn master, which makes no
+    metric of its own (so it never writes a file) and reads the workers'. A request for a Host not in
+    `accepted_hosts` is a 421, as on the public port (DNS rebinding). `shutdown()` stops it; OSError when
+    the port cannot be bound."""
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    scrape = make_wsgi_app(_registry(bool(os.environ.get(ENV))))
+
+    def app(environ, start_response):
+        # A browser always sends Host; a request without one cannot come through a rebound name.
+        if "HTTP_HOST" in environ and not host_is_accepted(environ["HTTP_HOST"], accepted_hosts):
+            start_response("421 Misdirected Request", [("Content-Type", "application/json")])
+            return [json.dumps({"error": "this server does not answer for that host name"}).encode()]
+        return scrape(environ, start_response)
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name=f"metrics-{port}", daemon=True).start()
+    return server
 
 
 def _route() -> str:
@@ -275,9 +318,8 @@ def _route() -> str:
 
 
 def install(app: Flask) -> None:
-    """Count every request of the app and serve GET /metrics. Installed right after request_id's hook and
-    before the Host check, so the clock starts before the checks and requests they turn away (421) are
-    counted too."""
+    """Count every request of the app. Installed right after request_id's hook and before the Host check, so
+    the clock starts before the checks and requests they turn away (421) are counted too."""
 
     @app.before_request
     def start_clock() -> None:
@@ -289,15 +331,3 @@ def install(app: Flask) -> None:
         seconds = None if started is None else time.perf_counter() - started
         count_request(request.method, _route(), response.status_code, seconds)
         return response
-
-    app.register_blueprint(bp)
-
-
-bp = Blueprint("metrics", __name__)
-
-
-@bp.get(METRICS_PATH)
-def metrics() -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    return Response(exposition(), content_type=CONTENT_TYPE_LATEST)

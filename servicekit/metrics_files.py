@@ -1,5 +1,6 @@
-"""Where an instance's metrics live: the directory its gunicorn workers write them to, and the path they are
-served on (`METRICS_PATH`, also in the instance's Consul meta so that Prometheus finds it).
+"""Where an instance's metrics live: the directory its gunicorn workers write them to, and the port and
+path they are served on (METRICS_PORT and `METRICS_PATH`, in the instance's Consul meta as `metrics_port`
+and `metrics_path`, so that Prometheus, `./scripts/status --traffic` and the tests find them).
 
 Each worker has its own memory, so prometheus-client's multiprocess mode keeps every value in a file per
 worker process under PROMETHEUS_MULTIPROC_DIR, and a scrape, answered by any one worker, adds up the files
@@ -9,6 +10,11 @@ library, and the workers (forked later, loading the app after the fork) inherit 
 never imports prometheus_client at import time. The client's documentation asks for a directory wiped
 before each start: the master empties its own instance's directory in `when_ready`, before the first fork
 (not on a HUP: the workers it replaces keep their counts).
+
+The directory lives under the instance's run directory, never in a shared one such as /tmp: the master
+creates and truncates files there, so a directory another local user made first, or a symlink, would let
+that user choose where (servicekit.private_files). It is made 0700 by the instance, and an existing one
+that is not the instance's own is refused: the instance stops with an error that names it.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from . import stack
+from .private_files import private_dir
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,13 +36,32 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PATH = "/metrics"
 
 
-def directory(settings: Settings, env: dict[str, str] | None = None) -> Path:
+def meta(settings: Settings) -> dict[str, str]:
+    """What the instance's Consul registration says of its metrics (servicekit.registration)."""
+    return {"metrics_path": METRICS_PATH, "metrics_port": str(settings.metrics_port)}
+
+
+def metrics_url(service: Mapping[str, Any], node_address: str = "") -> str | None:
+    """An instance's metrics URL from its Consul entry (a health or catalog entry's `Service`, or an agent's
+    service): its address (the node's when it registered none) and the port and path of its meta. None
+    without a `metrics_path` (a Hazelcast member); at the service's own port when it has no `metrics_port`
+    (a revision from before the metrics had a port of their own: the bench's baselines)."""
+    found = service.get("Meta") or {}
+    if not found.get("metrics_path"):
+        return None
+    address = service.get("Address") or node_address
+    return f"http://{address}:{found.get('metrics_port') or service['Port']}{found['metrics_path']}"
+
+
+def directory(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
     """`METRICS_DIR/<instance id>`, one per instance: two instances sharing a directory would count each
-    other's requests, and each would wipe the other's at start. METRICS_DIR defaults to a folder of this
-    user's in the system's temporary directory."""
-    env = dict(os.environ) if env is None else env
-    base = env.get("METRICS_DIR") or os.path.join(tempfile.gettempdir(), f"servicekit-metrics-{os.getuid()}")
-    return Path(base) / settings.instance_id
+    other's requests, and each would wipe the other's at start. METRICS_DIR defaults to `metrics/` in the
+    run directory of ./scripts/up (STACK_RUN_DIR, by default run/ in the checkout), for an instance started
+    by hand too: the checkout belongs to whoever cloned it, unlike /tmp, and the instance id, with its
+    port, keeps such an instance apart from the stack's."""
+    env = os.environ if env is None else env
+    base = Path(env["METRICS_DIR"]) if env.get("METRICS_DIR") else stack.run_dir(env) / "metrics"
+    return base / settings.instance_id
 
 
 def use(settings: Settings) -> Path:
@@ -45,11 +73,15 @@ def use(settings: Settings) -> Path:
 
 
 def reset() -> None:
-    """Empty the directory and make it again; in the master before the first fork (`when_ready`): files left
-    by an earlier run of the same instance would be counted again."""
-    path = Path(os.environ[ENV])
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, mode=0o700)
+    """Make the directory, or check that the existing one is the instance's own (UnsafePath otherwise), and
+    empty it; in the master before the first fork (`when_ready`): files left by an earlier run of the same
+    instance would be counted again."""
+    path = private_dir(Path(os.environ[ENV]), "the metrics directory (METRICS_DIR/<instance id>)")
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def remove() -> None:

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import consul
@@ -34,6 +33,7 @@ import psutil
 from . import hazelcast_member, kvconfig, maintenance, stack
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
+from .private_files import write_private
 from .settings import ConsulAddress, ConsulSettings, SettingsError
 from .stack_status import (
     PortUse,
@@ -138,11 +138,8 @@ def read_env_file(path: Path) -> dict[str, str | None]:
 def write_env(args: argparse.Namespace) -> int:
     path = Path(args.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates the file readable by this user only (it holds the token); the rename makes it whole.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump({name: os.environ.get(name) or None for name in PROGRAM_ENV}, f)
-    os.replace(tmp, path)
+    # It holds the token: readable by this user only, from the start.
+    write_private(path, json.dumps({name: os.environ.get(name) or None for name in PROGRAM_ENV}))
     return 0
 
 
@@ -169,21 +166,19 @@ def check_ports(args: argparse.Namespace) -> int:
     return 1 if taken else 0
 
 
-def _run_dir() -> Path:
-    return Path(os.environ.get("STACK_RUN_DIR") or stack.ROOT / "run")
-
-
 def orphans(args: argparse.Namespace) -> int:
-    found = orphan_processes(_run_dir())
+    found = orphan_processes(stack.run_dir())
     if not found:
         return 0
     if not args.stop:
         for proc in found:
             sys.stdout.write(f"{describe(proc.pid)}\n")
         return 0
-    log.info("stopping %d processes that a supervisord of %s started and no longer looks after", len(found), _run_dir())
+    log.info(
+        "stopping %d processes that a supervisord of %s started and no longer looks after", len(found), stack.run_dir()
+    )
     stop_processes(found)
-    left = orphan_processes(_run_dir())
+    left = orphan_processes(stack.run_dir())
     if left:
         log.error("still running: %s", ", ".join(describe(p.pid) for p in left))
         return 1
@@ -196,7 +191,7 @@ def stale_env(args: argparse.Namespace) -> int:
     restarting the members for it would lose the map and the queue; the agent does not use it."""
     wanted = read_env_file(Path(args.path))
     stale = set()
-    for proc in stack_processes(_run_dir()):
+    for proc in stack_processes(stack.run_dir()):
         try:
             env = proc.environ()
         except psutil.Error:

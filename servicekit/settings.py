@@ -9,6 +9,7 @@ import socket
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import balancing, stack
 from .logs import LOG_FORMATS
@@ -69,6 +70,22 @@ def host_name(raw: str) -> str:
     if not _DNS_NAME.fullmatch(name):
         raise ValueError(f"{raw!r} is not a host name or address")
     return name
+
+
+# A Host header: a name, an IPv4 address or a bracketed IPv6 address, and an optional port.
+_HOST_HEADER = re.compile(r"(?P<name>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?", re.ASCII | re.IGNORECASE)
+
+
+def host_is_accepted(host: str, accepted: frozenset[str]) -> bool:
+    """Whether a Host header ("name", "name:port", "[v6]:port") names one of the accepted hosts, on any port
+    (the public port's check in servicekit.web, and the metrics port's in servicekit.metrics)."""
+    match = _HOST_HEADER.fullmatch(host)
+    if match is None:
+        return False
+    try:
+        return host_name(match["name"]) in accepted
+    except ValueError:
+        return False
 
 
 def _host_names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -137,6 +154,12 @@ def _default_log_capacity() -> int:
     return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
 
 
+def default_metrics_port(port: int) -> int:
+    """Where an instance on `port` serves its metrics unless METRICS_PORT says: a fixed distance above it
+    (conf/stack.env), so the metrics ports move with the instances' (and with STACK_PORT_OFFSET)."""
+    return port + int(stack.values()["METRICS_PORT_OFFSET"])
+
+
 def _log_format(env: Mapping[str, str]) -> str:
     raw = (env.get("LOG_FORMAT") or LOG_FORMATS[0]).strip().lower()
     if raw not in LOG_FORMATS:
@@ -190,6 +213,22 @@ class ConsulAddress:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+def _token(env: Mapping[str, str]) -> str | None:
+    """CONSUL_HTTP_TOKEN_FILE's content when it is set, as Consul's own API client reads it (the file wins
+    over CONSUL_HTTP_TOKEN): a token in a file of mode 0600 is out of every configuration file and of the
+    process's environment. Else CONSUL_HTTP_TOKEN."""
+    path = env.get("CONSUL_HTTP_TOKEN_FILE")
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"CONSUL_HTTP_TOKEN_FILE names {path}, which cannot be read: {exc.strerror}") from None
+        if not token:
+            raise SettingsError(f"CONSUL_HTTP_TOKEN_FILE names {path}, which is empty")
+        return token
+    return env.get("CONSUL_HTTP_TOKEN") or None
+
+
 @dataclass(frozen=True)
 class ConsulSettings:
     """How to reach the local Consul agent: all a tool needs, without a service name or port of its own."""
@@ -198,15 +237,19 @@ class ConsulSettings:
     token: str | None = field(default=None, repr=False)
     # Every Consul call is bounded: an agent that stops answering must not hang a request or a boot.
     timeout: float = 2.0
+    # The CA that signed the agent's HTTPS certificate (an https CONSUL_HTTP_ADDR); None: the system's.
+    ca_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConsulSettings:
-        """Consul's own variable names (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN), plus CONSUL_TIMEOUT."""
+        """Consul's own variable names (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE,
+        CONSUL_CACERT), plus CONSUL_TIMEOUT."""
         env = os.environ if env is None else env
         return cls(
             address=ConsulAddress.parse(env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"),
-            token=env.get("CONSUL_HTTP_TOKEN") or None,
+            token=_token(env),
             timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
+            ca_file=env.get("CONSUL_CACERT") or None,
         )
 
     @property
@@ -270,9 +313,16 @@ class Settings:
     weight_warning: int = 1
     # LOG_FORMAT: "text" (one line a record, for people) or "json" (one object a line, for log shippers).
     log_format: str = "text"
+    # GET /metrics is served here, on the instance's address, not on its public port: the metrics name
+    # instances and hosts. 0: the port plus METRICS_PORT_OFFSET (conf/stack.env).
+    metrics_port: int = 0
     version: str = VERSION
 
     def __post_init__(self) -> None:
+        if not self.metrics_port:
+            object.__setattr__(self, "metrics_port", default_metrics_port(self.port))
+        if self.metrics_port == self.port:
+            raise SettingsError(f"METRICS_PORT must differ from PORT ({self.port}): /metrics stays off the public port")
         if self.lb_policy not in balancing.POLICIES:
             known = ", ".join(sorted(balancing.POLICIES))
             raise SettingsError(f"LB_POLICY must be one of {known}, got {self.lb_policy!r}")
@@ -308,6 +358,7 @@ class Settings:
             weight_passing=_int(env, "WEIGHT_PASSING", 10, minimum=1),
             weight_warning=_int(env, "WEIGHT_WARNING", 1),
             log_format=_log_format(env),
+            metrics_port=_int(env, "METRICS_PORT", 0, minimum=1),
             check_failures_before_critical=_int(env, "CHECK_FAILURES_BEFORE_CRITICAL", 2, minimum=1),
             check_success_before_passing=_int(env, "CHECK_SUCCESS_BEFORE_PASSING", 2, minimum=1),
         )

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import string
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,13 @@ def ports(program: str) -> list[int]:
 
 def hazelcast_version() -> str:
     return values()["HAZELCAST_VERSION"]
+
+
+def run_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where ./scripts/up keeps its state (supervisord's socket, the programs' env file, the instances'
+    metrics): STACK_RUN_DIR, by default run/ in the checkout."""
+    env = os.environ if env is None else env
+    return Path(env.get("STACK_RUN_DIR") or ROOT / "run")
 
 
 def tools_dir() -> Path:

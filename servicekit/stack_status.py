@@ -23,7 +23,7 @@ import requests
 
 from .discovery import service_address
 from .errors import CONSUL_ERRORS
-from .metrics_files import METRICS_PATH
+from .metrics_files import METRICS_PATH, metrics_url
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def wait_passing(
 
 # --- Traffic: each instance's requests, from its own /metrics, next to its health.
 
-# Not traffic: Consul's health checks and the scrapes themselves.
+# Not traffic: Consul's health checks, and the scrapes of a revision that served /metrics on its public port
+# (the bench's baselines); the metrics port counts nothing.
 NOT_TRAFFIC = frozenset({"/health", METRICS_PATH})
 
 
@@ -125,11 +126,11 @@ def served_requests(text: str) -> float:
 
 
 def _served(entry: dict, timeout: float) -> float | None:
-    path = (entry["Service"].get("Meta") or {}).get("metrics_path")
-    if not path:
+    url = metrics_url(entry["Service"], entry["Node"]["Address"])
+    if url is None:
         return None
     try:
-        response = requests.get(f"http://{_address(entry)}{path}", timeout=timeout)
+        response = requests.get(url, timeout=timeout)
         response.raise_for_status()
         return served_requests(response.text)
     except (requests.RequestException, ValueError) as exc:

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMe
 
 from . import metrics, paging, registration, request_id
 from .errors import HazelcastUnavailable
-from .settings import Settings, host_name
+from .settings import Settings, host_is_accepted
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ MAX_JSON_DEPTH = 32
 # What changes the nesting depth: a bracket, a quote (strings do not count), an escape (so an escaped
 # quote does not end a string). A plain alternation: linear, whatever the input.
 _JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
-# A Host header: a name, an IPv4 address or a bracketed IPv6 address, and an optional port.
-_HOST_HEADER = re.compile(r"(?P<name>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?", re.ASCII | re.IGNORECASE)
 
 
 class BadInput(ValueError):
@@ -185,17 +183,6 @@ def install_error_handlers(app: Flask) -> None:
     def unexpected(exc: Exception):
         log.error("unhandled error", exc_info=exc)
         return _error(500, "internal error")
-
-
-def host_is_accepted(host: str, accepted: frozenset[str]) -> bool:
-    """Whether a Host header ("name", "name:port", "[v6]:port") names one of the accepted hosts, on any port."""
-    match = _HOST_HEADER.fullmatch(host)
-    if match is None:
-        return False
-    try:
-        return host_name(match["name"]) in accepted
-    except ValueError:
-        return False
 
 
 def install_host_check(app: Flask, accepted: frozenset[str]) -> None:

@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from devstack import ConsulAgent, HazelcastCluster, Service, eventually, read_all, start_service, wait_passing
-
 from servicekit import kvconfig
+from servicekit.consul_client import make_consul
+from servicekit.settings import ConsulAddress, ConsulSettings
 
 TIMEOUT = 10
 
@@ -160,3 +161,18 @@ def test_a_missing_or_wrong_token_is_a_clear_log_line_and_no_crash_loop(acl_agen
     assert "Traceback" not in log_text
     if wrong:
         assert wrong not in log_text
+
+
+def test_an_explicit_token_wins_over_consul_http_token_in_the_environment(acl_agent, monkeypatch):
+    """`sudo -E ./scripts/hosts ...` keeps the caller's CONSUL_HTTP_TOKEN: a client made for the management
+    token must still send the management token (py-consul alone prefers the environment's)."""
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", acl_agent.service_token)
+    address = ConsulAddress("http", "127.0.0.1", acl_agent.http_port)
+    admin = make_consul(ConsulSettings(address, token=acl_agent.master_token, timeout=TIMEOUT))
+    key = f"test/explicit-token/{uuid.uuid4().hex[:8]}"
+    assert admin.kv.put(key, "written with the management token")  # the service token may not write here
+    admin.kv.delete(key)
+    # And a client made without a token sends none, whatever the environment holds.
+    anonymous = make_consul(ConsulSettings(address, token=None, timeout=TIMEOUT))
+    with pytest.raises(consul.ACLPermissionDenied):
+        anonymous.kv.get("config/hazelcast/members")

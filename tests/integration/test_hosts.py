@@ -195,7 +195,9 @@ def test_consul_denies_what_no_token_allows_and_each_service_runs_with_its_own_t
     for host in APPS:
         conf = (sim.run_dir / host / "supervisord.conf").read_text()
         for program, token in sim.tokens.programs[host].items():
-            assert f'CONSUL_HTTP_TOKEN="{token}"' in conf, (host, program)
+            path = sim.token_path(host, program)
+            assert path.read_text().strip() == token and token not in conf, (host, program)
+            assert f'CONSUL_HTTP_TOKEN_FILE="{path}"' in conf, (host, program)
 
 
 def test_consul_servers_serve_https_with_the_simulations_ca_and_client_agents_hold_auto_encrypt_certificates(sim):

@@ -9,7 +9,7 @@ import socket
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import wait_passing
+from devstack import metrics_url, wait_passing
 from servicekit.workers import MAX_HEADER_BYTES
 
 TIMEOUT = 10
@@ -31,9 +31,9 @@ def header(answer: bytes, name: str) -> str | None:
     return found.group(1).strip() if found else None
 
 
-def refusals(url: str) -> dict[tuple[str, str], float]:
+def refusals(agent, service) -> dict[tuple[str, str], float]:
     """(method, status) -> count of http_requests_total under the route "unmatched"."""
-    text = requests.get(f"{url}/metrics", timeout=TIMEOUT).text
+    text = requests.get(metrics_url(agent, service), timeout=TIMEOUT).text
     return {
         (s.labels["method"], s.labels["status"]): s.value
         for family in text_string_to_metric_families(text)
@@ -57,4 +57,4 @@ def test_a_body_or_head_the_loop_refuses_is_answered_with_the_request_id_and_cou
     assert re.fullmatch(r"[0-9a-f]{32}", header(head_too_large, "X-Request-ID") or ""), "a new id"
 
     # Counted before the answer is sent, in whichever worker's file; the scrape adds the workers up.
-    assert refusals(service.url) == {("POST", "413"): 1, ("unknown", "431"): 1}
+    assert refusals(consul_agent, service) == {("POST", "413"): 1, ("unknown", "431"): 1}

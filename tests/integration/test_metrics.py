@@ -4,27 +4,38 @@ across a worker's death, and a scrape costs Consul nothing."""
 from __future__ import annotations
 
 import os
+import pwd
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import ROOT, Load, eventually, prometheus_counter
+from devstack import ROOT, Load, eventually, free_port, metrics_url, prometheus_counter, start_service
 from devstack.stubs import StubInstance
+from servicekit.settings import instance_id
 
 TIMEOUT = 10
 POSTS = 60
 GETS = 10
 
 
-def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """sample name -> [(labels, value)] of one instance's /metrics."""
-    response = requests.get(f"{url}/metrics", timeout=TIMEOUT)
+def scrape(agent, service) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """sample name -> [(labels, value)] of one instance's /metrics, found as Prometheus finds it: through
+    the instance's Consul meta."""
+    url = metrics_url(agent, service)
+    assert url is not None, f"{service.instance_id} registered no metrics"
+    return scrape_url(url)
+
+
+def scrape_url(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    response = requests.get(url, timeout=TIMEOUT)
     assert response.status_code == 200, response.text[:300]
     assert response.headers["Content-Type"].startswith("text/plain"), response.headers["Content-Type"]
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -67,7 +78,7 @@ def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_
             assert response.status_code == 200, response.text
 
     def facade_counted() -> dict:
-        facade = scrape(stack.facade.url)
+        facade = scrape(stack.agent, stack.facade)
         assert total(facade, "http_requests_total", route("POST", "/facade")) == POSTS
         assert total(facade, "http_requests_total", route("GET", "/facade")) == GETS
         return facade
@@ -83,7 +94,7 @@ def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_
     }
     assert sum(attempts.values()) == POSTS + GETS, attempts
     for service in stack.logging:
-        served = scrape(service.url)
+        served = scrape(stack.agent, service)
         assert total(served, "http_requests_total", lambda labels: labels.get("route") == "/logging") == attempts.get(
             service.instance_id, 0
         ), service.instance_id
@@ -97,7 +108,7 @@ def test_the_counters_add_up_to_the_requests_sent_and_survive_a_dead_worker(own_
 
     # The consumer took every message the facade queued.
     def consumed() -> None:
-        messages = scrape(stack.messages[0].url)
+        messages = scrape(stack.agent, stack.messages[0])
         assert total(messages, "queue_items_taken_total") == POSTS
         assert total(messages, "queue_polls_total") >= POSTS
 
@@ -124,13 +135,14 @@ def test_a_scrape_makes_no_consul_call_and_consul_knows_where_to_scrape(own_stac
     for service in stack.instances:
         meta = services[service.instance_id]["Meta"]
         assert meta.get("metrics_path") == "/metrics", meta
-        assert requests.get(f"{service.url}{meta['metrics_path']}", timeout=TIMEOUT).status_code == 200
+        assert meta.get("metrics_port") == str(service.metrics_port), meta
 
-    scrapes = 20 * len(stack.instances)
+    urls = [metrics_url(stack.agent, service) for service in stack.instances]
+    scrapes = 20 * len(urls)
     before = prometheus_counter(stack.agent, "consul_http_")
     started = time.monotonic()
     for n in range(scrapes):
-        scrape(stack.instances[n % len(stack.instances)].url)
+        scrape_url(urls[n % len(urls)])
     elapsed = time.monotonic() - started
     added = prometheus_counter(stack.agent, "consul_http_") - before
     # A scrape that asked Consul anything would add one call each. What runs anyway in the meantime: each
@@ -144,7 +156,7 @@ def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_s
     with requests.Session() as session:
         for n in range(POSTS):
             assert session.post(stack.url, json={"msg": f"share-{n}"}, timeout=TIMEOUT).status_code == 201
-    facade = scrape(stack.facade.url)
+    facade = scrape(stack.agent, stack.facade)
     attempts = {
         labels["instance"]: value for labels, value in facade["upstream_attempts_total"] if logging_service(labels)
     }
@@ -173,8 +185,79 @@ def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_s
     assert rows[stack.facade.instance_id][4:] == [str(POSTS), "100%"], rows[stack.facade.instance_id]
 
 
+@pytest.mark.parametrize("planted", ["another user's directory", "a symlink"])
+def test_an_instance_refuses_a_metrics_directory_that_is_not_its_own_and_does_not_start(
+    planted, consul_agent, log_dir, tmp_path
+):
+    """Another local user who made the instance's metrics directory first (or a symlink in its place) would
+    have the master create and truncate files where that user chooses: the instance says so and exits."""
+    port = free_port()
+    base = tmp_path / "metrics"
+    base.mkdir(mode=0o700)
+    path = base / instance_id("logging-service", port)
+    target = tmp_path / "where-the-other-user-points"
+    target.mkdir()
+    if planted == "a symlink":
+        path.symlink_to(target)
+        said = "is a symbolic link"
+    else:
+        path.mkdir(mode=0o700)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        said = "belongs to nobody"
+    service = start_service("logging-service", consul_agent, log_dir, port=port, env={"METRICS_DIR": str(base)})
+    try:
+        assert service.proc.popen.wait(30) == 1, service.proc.tail()
+    finally:
+        service.proc.stop()
+    log_text = service.proc.log_path.read_text()
+    assert said in log_text and str(path) in log_text, service.proc.tail()
+    assert list(target.iterdir()) == []
+    assert planted == "a symlink" or list(path.iterdir()) == []
+    assert service.instance_id not in consul_agent.client().agent.services()
+
+
+def test_metrics_are_served_on_the_port_in_consul_meta_and_not_on_the_public_port(own_stack):
+    """The metrics name instances and hosts, which no client of the public port may learn; Prometheus finds
+    the metrics port in each instance's Consul meta."""
+    stack = own_stack(logging=1, messages=1)
+    registered = stack.agent.client().agent.services()
+    for service in stack.instances:
+        meta = registered[service.instance_id]["Meta"]
+        assert meta.get("metrics_port") not in (None, str(service.port)), meta
+        public = requests.get(f"{service.url}/metrics", timeout=TIMEOUT)
+        assert public.status_code == 404 and set(public.json()) == {"error"}, public.text[:300]
+        assert service.instance_id not in public.text
+        url = f"http://{registered[service.instance_id]['Address']}:{meta['metrics_port']}{meta['metrics_path']}"
+        scraped = requests.get(url, timeout=TIMEOUT)
+        assert scraped.status_code == 200 and "http_requests_total" in scraped.text, scraped.text[:300]
+    # The 404s were counted like any unknown route, on the public port's own counters.
+    facade = scrape(stack.agent, stack.facade)
+    assert total(facade, "http_requests_total", route("GET", "unmatched")) >= 1
+
+
+def test_an_instance_whose_metrics_port_is_taken_says_so_and_does_not_start(consul_agent, log_dir):
+    """Rather than run, and register, with metrics that nobody can scrape."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        service = start_service("logging-service", consul_agent, log_dir, env={"METRICS_PORT": str(taken)})
+        try:
+            assert service.proc.popen.wait(30) == 1, service.proc.tail()
+        finally:
+            service.proc.stop()
+    assert f"cannot serve the metrics on 127.0.0.1:{taken} (METRICS_PORT)" in service.proc.log_path.read_text()
+    assert service.instance_id not in consul_agent.client().agent.services()
+
+
+def own_metrics(service) -> str:
+    """The metrics URL of a service the test started (its port is the one devstack gave it)."""
+    return f"http://127.0.0.1:{service.metrics_port}/metrics"
+
+
 def exposition_lines(url: str) -> int:
-    response = requests.get(f"{url}/metrics", timeout=TIMEOUT)
+    response = requests.get(url, timeout=TIMEOUT)
     assert response.status_code == 200
     return len(response.text.splitlines())
 
@@ -185,21 +268,23 @@ def test_made_up_http_methods_add_no_series_to_the_scrape(facade_before):
     with requests.Session() as session:
         # gunicorn takes any 3 to 20 upper-case letters as a method; one first, so `other` has its series.
         assert session.request(made_up[0], f"{facade.url}/facade", timeout=TIMEOUT).status_code == 405
-        exposition_lines(facade.url)  # so that GET /metrics has its series before the count starts
-        before = exposition_lines(facade.url)
+        exposition_lines(own_metrics(facade))  # a first scrape, so the count starts from a settled exposition
+        before = exposition_lines(own_metrics(facade))
         for method in made_up[1:]:
             assert session.request(method, f"{facade.url}/facade", timeout=TIMEOUT).status_code == 405
-    after = exposition_lines(facade.url)
+    after = exposition_lines(own_metrics(facade))
     # Before: 300 methods added 5,418 lines on the default stack (issue 18).
     assert after == before, f"{after - before} exposition lines for 300 made-up methods"
-    other = total(scrape(facade.url), "http_requests_total", lambda labels: labels.get("method") == "other")
+    other = total(
+        scrape_url(own_metrics(facade)), "http_requests_total", lambda labels: labels.get("method") == "other"
+    )
     assert other == 301
 
 
 def upstream_instances(url: str, service: str) -> set[str]:
     return {
         labels["instance"]
-        for name, samples in scrape(url).items()
+        for name, samples in scrape_url(url).items()
         if name.startswith("upstream_")
         for labels, _ in samples
         if labels.get("service") == service
@@ -212,7 +297,7 @@ def test_the_upstream_series_of_an_instance_that_left_consul_go_and_come_back_wi
         for n in range(40):
             assert session.post(stack.url, json={"msg": f"series-{n}"}, timeout=TIMEOUT).status_code == 201
     both = {service.instance_id for service in stack.logging}
-    assert upstream_instances(stack.facade.url, "logging-service") == both
+    assert upstream_instances(own_metrics(stack.facade), "logging-service") == both
     leaving, staying = stack.logging
 
     leaving.proc.send_signal(signal.SIGTERM)  # it leaves Consul at once, then drains
@@ -220,7 +305,7 @@ def test_the_upstream_series_of_an_instance_that_left_consul_go_and_come_back_wi
     def gone() -> None:
         # Every scrape, whichever worker answers it.
         for _ in range(4):
-            assert upstream_instances(stack.facade.url, "logging-service") == {staying.instance_id}
+            assert upstream_instances(own_metrics(stack.facade), "logging-service") == {staying.instance_id}
 
     eventually(gone, 15, what="the series of the instance that left Consul to leave the scrape")
     leaving.proc.stop()
@@ -229,11 +314,11 @@ def test_the_upstream_series_of_an_instance_that_left_consul_go_and_come_back_wi
 
     def back() -> None:
         for _ in range(4):
-            assert upstream_instances(stack.facade.url, "logging-service") == both
+            assert upstream_instances(own_metrics(stack.facade), "logging-service") == both
 
     eventually(back, 15, what="the series of the instance that came back")
     attempts = total(
-        scrape(stack.facade.url),
+        scrape_url(own_metrics(stack.facade)),
         "upstream_attempts_total",
         lambda labels: labels.get("instance") == leaving.instance_id,
     )

@@ -27,17 +27,19 @@ import requests
 
 from devstack import ROOT, consul_binary, eventually, record
 from servicekit import hazelcast_member, stack, stack_status
+from servicekit.settings import default_metrics_port
 from servicekit.stack_status import PortUse, port_is_free
 
 SCRIPTS = ROOT / "scripts"
 PROGRAM_PORTS = {program: stack.ports(program) for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")}
 CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER", "SERF_LAN", "SERF_WAN", "GRPC", "DNS")]
-DEFAULT_PORTS = [port for ports in PROGRAM_PORTS.values() for port in ports] + CONSUL_PORTS
+METRICS_PORTS = [default_metrics_port(p) for program in ("LOGGING", "MESSAGES", "FACADE") for p in PROGRAM_PORTS[program]]
+DEFAULT_PORTS = [port for ports in PROGRAM_PORTS.values() for port in ports] + METRICS_PORTS + CONSUL_PORTS
 UDP_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("SERF_LAN", "SERF_WAN", "DNS")]
 
 
 def free_offset() -> int:
-    """An offset that puts every port of the stack on a free port between 12701 and 31602."""
+    """An offset that puts every port of the stack on a free port between 12701 and 32085."""
     for _ in range(200):
         offset = random.randrange(7000, 23000)
         uses = [PortUse("p", p + offset) for p in DEFAULT_PORTS]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from devstack import deploy_doc
+import configparser
+import re
+
+from devstack import deploy_doc, host_config
 
 
 def test_deploy_doc_is_up_to_date_with_the_templates():
@@ -17,3 +20,34 @@ def test_deploy_doc_shows_every_agent_configuration_it_validates():
     for needed in ("bootstrap_expect = 3", "encrypt", "auto_encrypt", "consul acl bootstrap", "8301/tcp+udp",
                    "ALLOWED_HOSTS", "421", "agent_prefix"):  # fmt: skip
         assert needed in text
+
+
+def test_every_program_runs_as_an_unprivileged_user_and_no_secret_is_in_its_configuration():
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(host_config.supervisor_config("app1", "192.0.2.21", deploy_doc.LAYOUT, app=True))
+    users = {section.removeprefix("program:"): parser[section]["user"] for section in parser.sections()
+             if section.startswith("program:")}  # fmt: skip
+    assert users == {"consul": "consul", "hazelcast": "messages", "logging": "messages", "messages": "messages",
+                     "facade": "messages"}  # fmt: skip
+    for program in host_config.TOKEN_PROGRAMS:
+        env = parser[f"program:{program}"]["environment"]
+        assert f'CONSUL_HTTP_TOKEN_FILE="/etc/messages/tokens/{program}.token"' in env, env
+        assert "CONSUL_HTTP_TOKEN=" not in env
+    assert "token of" not in host_config.supervisor_config("app1", "192.0.2.21", deploy_doc.LAYOUT, app=True)
+
+
+def test_every_file_the_doc_shows_with_a_secret_is_listed_0600_and_owned_by_the_user_that_reads_it():
+    text = deploy_doc.markdown()
+    rows = re.findall(r"^\| `([^`]+)` \| [^|]+ \| `([^`]+)` \| `([0-7]+)` \|$", text, re.MULTILINE)
+    listed = {path: (owner, mode) for path, owner, mode in rows}
+    config_dir = deploy_doc.CONFIG_DIR
+    # The agent reads its configuration directory: the gossip key, its token, a server's TLS key, the
+    # member's definition with the hazelcast token. Each program reads its own token file.
+    expected = {f"{config_dir}/{name}": "consul" for name in ("agent.hcl", "acl.hcl", host_config.SERVER_KEY,
+                                                                "hazelcast.json")}  # fmt: skip
+    expected.update({f"/etc/messages/tokens/{p}.token": "messages" for p in host_config.TOKEN_PROGRAMS})
+    assert listed == {path: (owner, "0600") for path, owner in expected.items()}
+    # The files shown with a secret in them are shown under those names.
+    for shown in re.findall(r"`(/etc/consul\.d/[^`]+)` on (?:consul1|app1)", text):
+        assert shown in listed, shown
+    assert "umask 077" in text and "install -m 0600 -o consul" in text

@@ -11,7 +11,8 @@ from servicekit import hazelcast_member, kvconfig
 
 LAYOUT = Layout(
     root="/opt/app", venv_bin="/opt/app/.venv/bin", consul_bin="/usr/bin/consul", consul_dir="/etc/consul.d",
-    data_dir="/var/lib/consul", log_dir="/var/log/app/{host}", run_dir="/run/app",
+    data_dir="/var/lib/consul", log_dir="/var/log/app/{host}", run_dir="/run/app", token_dir="/etc/app/{host}",
+    metrics_dir="/var/lib/app/metrics",
 )  # fmt: skip
 
 

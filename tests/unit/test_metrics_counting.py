@@ -11,6 +11,7 @@ from flask import Flask
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack import free_port
 from facade.backends import LOGGING_SERVICE, Backends
 from servicekit import metrics
 from servicekit.discovery import Instance
@@ -102,11 +103,23 @@ def test_requests_are_counted_by_route_not_by_path_and_served_as_prometheus_text
     assert value("http_requests_total", method="GET", route="/items/<name>", status="200") == before + 3
     assert value("http_requests_total", method="GET", route=metrics.UNMATCHED, status="404") == unmatched + 1
 
-    scraped = client.get("/metrics")
+    # The app itself has no /metrics: they name instances and hosts, and are served on a port of their own.
+    assert client.get("/metrics").status_code == 404
+    assert value("http_requests_total", method="GET", route=metrics.UNMATCHED, status="404") == unmatched + 2
+    server = metrics.serve("127.0.0.1", free_port(), SETTINGS.accepted_host_names)
+    try:
+        scraped = requests.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5)
+        rebound = requests.get(
+            f"http://127.0.0.1:{server.server_port}/metrics", headers={"Host": "attacker.example"}, timeout=5
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
     assert scraped.status_code == 200
-    assert scraped.content_type.startswith("text/plain")
-    names = {family.name for family in text_string_to_metric_families(scraped.get_data(as_text=True))}
+    assert scraped.headers["Content-Type"].startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(scraped.text)}
     assert {"http_requests", "http_request_duration_seconds"} <= names
+    assert rebound.status_code == 421 and set(rebound.json()) == {"error"}
 
 
 def test_a_watch_s_age_is_derived_at_scrape_time_from_its_last_answer():

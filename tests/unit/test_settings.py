@@ -131,3 +131,31 @@ def test_log_format_accepts_exactly_the_formats_servicekit_logs_writes():
         assert Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": name}).log_format == name
     with pytest.raises(SettingsError, match="LOG_FORMAT must be one of text, json, got 'xml'"):
         Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": "xml"})
+
+
+def test_metrics_have_a_port_of_their_own_that_moves_with_the_instance_and_is_in_its_meta():
+    from servicekit.registration import service_definition
+
+    default = Settings.from_env("logging-service", 8081, env={})
+    assert default.metrics_port == 9081
+    assert Settings.from_env("logging-service", 8081, env={"PORT": "18082"}).metrics_port == 19082
+    assert Settings.from_env("logging-service", 8081, env={"METRICS_PORT": "7001"}).metrics_port == 7001
+    assert Settings(service_name="facade-service", port=8080).metrics_port == 9080
+    with pytest.raises(SettingsError, match="METRICS_PORT must differ from PORT"):
+        Settings.from_env("logging-service", 8081, env={"METRICS_PORT": "8081"})
+    meta = service_definition(default)["meta"]
+    assert meta["metrics_port"] == "9081" and meta["metrics_path"] == "/metrics"
+
+
+def test_a_token_file_is_read_and_wins_over_the_token_variable_as_in_consul(tmp_path):
+    path = tmp_path / "logging.token"
+    path.write_text("from-the-file\n")
+    env = {"CONSUL_HTTP_TOKEN_FILE": str(path), "CONSUL_HTTP_TOKEN": "from-the-environment"}
+    assert ConsulSettings.from_env(env).token == "from-the-file"
+    assert ConsulSettings.from_env({"CONSUL_HTTP_TOKEN": "from-the-environment"}).token == "from-the-environment"
+    with pytest.raises(SettingsError, match="CONSUL_HTTP_TOKEN_FILE names .*missing.token, which cannot be read"):
+        ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "missing.token")})
+    (tmp_path / "empty.token").write_text("\n")
+    with pytest.raises(SettingsError, match="which is empty"):
+        ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "empty.token")})
+    assert ConsulSettings.from_env({"CONSUL_CACERT": "/etc/consul.d/ca.pem"}).ca_file == "/etc/consul.d/ca.pem"
