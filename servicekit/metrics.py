@@ -57,6 +57,7 @@ UNKNOWN_METHOD = "unknown"
 _METHOD_LABELS = KNOWN_METHODS | {UNKNOWN_METHOD}
 LAST_ANSWER = "discovery_last_answer_timestamp_seconds"
 WATCH_AGE = "discovery_watch_age_seconds"
+REGISTERED = "discovery_registered"
 
 T = TypeVar("T")
 _making = threading.RLock()
@@ -121,6 +122,15 @@ class _Metrics:
             ["service"],
             multiprocess_mode="livemin",
         )
+        # 1 for each instance a worker's watch last heard Consul list (critical ones included), 0 once it left.
+        # The scrape is answered by the master, which watches nothing: this is how it learns from the
+        # workers which `upstream_*` series to serve (_without_departed). Not served itself.
+        self.discovery_registered = Gauge(
+            REGISTERED,
+            "Whether a worker's watch last heard Consul list the instance (the most over the live workers)",
+            ["service", "instance"],
+            multiprocess_mode="livemax",
+        )
         # The queue.
         self.queue_offers = Counter(
             "queue_offers", "Offers to the queue, by result (queued, full, no_quorum, error)", ["result"]
@@ -161,7 +171,7 @@ def count_ejection(service: str, instance: str) -> None:
 
 
 # The instance ids Consul last listed for each service this process watches (every state, critical
-# included), as its watches heard them: the `upstream_*` series of any other instance are not served.
+# included), as its watches heard them; written to the discovery_registered gauge when they change.
 _registered: dict[str, frozenset[str]] = {}
 
 
@@ -173,6 +183,11 @@ def observe_watch(service: str, instances: int, answered: bool, registered: froz
     if answered:
         m.discovery_last_answer.labels(service).set(time.time())
     if registered is not None:
+        before = _registered.get(service, frozenset())
+        for gone in before - registered:
+            m.discovery_registered.labels(service, gone).set(0)
+        for new in registered - before:
+            m.discovery_registered.labels(service, new).set(1)
         _registered[service] = registered
 
 
@@ -240,12 +255,22 @@ def _without_departed(metrics: Iterator[Metric]) -> Iterator[Metric]:
 
     They are left out here rather than removed: in multiprocess mode a series lives in the file of every
     worker that counted it, and prometheus-client can neither delete it from another worker's file nor
-    from a dead worker's (whose counts must stay in the totals). The scraping worker's watches know what
-    Consul lists, as every worker's do within milliseconds of a change; a service none of them has heard
-    about yet is served whole. An instance that registers again (the same id: same host and port) is back
-    at the next scrape, with the counts it had."""
-    registered = dict(_registered)
-    for metric in metrics:
+    from a dead worker's (whose counts must stay in the totals). What Consul lists comes from the workers'
+    watches through the discovery_registered gauge (the scrape is answered by the master, which watches
+    nothing): an instance some live worker's watch lists is served; a service no watch has heard about
+    yet is served whole. An instance that registers again (the same id: same host and port) is back at
+    the next scrape, with the counts it had."""
+    collected = list(metrics)
+    registered: dict[str, set[str]] = {}
+    for metric in collected:
+        if metric.name == REGISTERED:
+            for sample in metric.samples:
+                listed = registered.setdefault(sample.labels["service"], set())
+                if sample.value > 0:
+                    listed.add(sample.labels["instance"])
+    for metric in collected:
+        if metric.name == REGISTERED:
+            continue  # the master's means, not a figure for people: one series per instance ever seen
         if metric.name.startswith("upstream_"):
             metric.samples = [
                 sample
