@@ -61,3 +61,12 @@ def test_no_call_is_retried_or_waited_for_longer_than_a_request_waits():
     # A logging_svc thread is free again when the facade's read of it gives up.
     assert settings.read_timeout >= hz.Hazelcast(settings).call_timeout
     assert hz.REDO_OPERATION is False, "an offer sent again would queue a message twice"
+
+
+def test_a_write_on_a_cut_off_member_is_never_acknowledged_within_what_a_request_waits():
+    """A write waits for its backup on another host; cut off, none comes, and the member answers all the same
+    after the backup timeout. logging_svc must have given up before then, or it would acknowledge an entry
+    that only the cut-off side holds."""
+    backup_timeout = float(member_property("hazelcast.operation.backup.timeout.millis")) / 1000
+    settings = Settings.from_env("logging-service", 8081, env={})
+    assert backup_timeout > hz.Hazelcast(settings).call_timeout
