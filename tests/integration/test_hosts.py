@@ -591,7 +591,24 @@ def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes
         url = sim.facade_url("app1")
         pid_before = sim.supervisorctl("app3", "pid", "logging").stdout.strip()
         run = uuid.uuid4().hex[:6]
-        load, served, dropped_after = fault_under_load(sim, "cut", sim.hosts.cut, 90, 2000, 120)
+        # A client on app3 itself goes on posting to app3's facade: what the cut-off side acknowledges must
+        # survive the merge too.
+        inside_url = sim.facade_url("app3")
+        inside = Load(lambda s, n: post(inside_url, f"inside-{run}-{n}", s), clients=1, max_requests=300,
+                      max_seconds=MEMBERS_DETECT_S + 10)  # fmt: skip
+
+        started: list[Load] = []
+
+        def cut_and_post_inside(host: str) -> None:
+            sim.hosts.cut(host)
+            with hosts_module.entered_namespace(sim.hosts.namespace(host)):
+                started.append(inside.start())  # its thread stays in app3's namespace
+
+        try:
+            load, served, dropped_after = fault_under_load(sim, "cut", cut_and_post_inside, 90, 2000, 120)
+        finally:
+            for running in started:
+                running.finish()
         after_drop = load.snapshot()[served:]
         acked = acknowledged(load)
         lost = not_in_log(url, acked)
@@ -602,6 +619,7 @@ def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes
             "failed": len(load.failures()),
             "failed_after_out_of_rotation": len(failed_after_drop),
             "out_of_every_facade_after_s": round(dropped_after, 2),
+            "inside_the_cut_host": dict(collections.Counter(o.kind for o in inside.snapshot())),
         })  # fmt: skip
         assert acked and lost == [], f"{len(lost)} of {len(acked)} acknowledged POSTs not in the log: {lost[:5]}"
         assert not [o for o in after_drop if o.ok and host_of(o.body["logged_by"]) == "app3"]
@@ -623,12 +641,14 @@ def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes
         assert sim.supervisorctl("app3", "pid", "logging").stdout.strip() == pid_before
         # app3's member merged back into the cluster: what app3 stores now, the other hosts read.
         assert f"healed-{run}" in read_all(url, "logging")
+        acked |= acknowledged(inside)
         lost = not_in_log(url, acked)
         # Every messages instance holds what it consumed, app3's (cut off, not killed) too.
         missing, twice = consumed_exactly_once(sim, acked, held=APPS)
     record(log_dir, "hosts-heal", {
         "back_in_every_facade_after_s": round(back_after, 2),
         "first_post_logged_by_the_healed_host_after_s": round(served_after, 2),
+        "acknowledged_inside_the_cut_host": len(acknowledged(inside)),
         "acknowledged_lost": len(set(lost) | set(missing)),
         "acknowledged_not_in_log_after_the_merge": len(lost),
         "acknowledged_not_consumed": len(missing),
