@@ -25,7 +25,7 @@ import hazelcast
 import pytest
 import requests
 
-from devstack import Load, eventually, read_all, record
+from devstack import Load, eventually, host_config, read_all, record
 from devstack import hosts as hosts_module
 from devstack.host_stack import SERVERS, HostStack
 from devstack.hosts import Hosts
@@ -591,9 +591,9 @@ def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes
         url = sim.facade_url("app1")
         pid_before = sim.supervisorctl("app3", "pid", "logging").stdout.strip()
         run = uuid.uuid4().hex[:6]
-        # A client on app3 itself goes on posting to app3's facade: what the cut-off side acknowledges must
-        # survive the merge too.
-        inside_url = sim.facade_url("app3")
+        # A client on app3 itself goes on posting to app3's facade (on the host's 127.0.0.1: its own address
+        # went down with its link): what the cut-off side acknowledges must survive the merge too.
+        inside_url = f"http://127.0.0.1:{host_config.SERVICE_PORTS['facade']}/facade"
         inside = Load(lambda s, n: post(inside_url, f"inside-{run}-{n}", s), clients=1, max_requests=300,
                       max_seconds=MEMBERS_DETECT_S + 10)  # fmt: skip
 
