@@ -101,8 +101,6 @@ FIGURES = [
            f"{HOSTS} -k killed"),
     Figure("hosts-kill", "acknowledged_lost", "host killed whole: acknowledged lost (not in the log, or not "
            "consumed)", f"{HOSTS} -k killed"),
-    Figure("hosts-kill", "taken_by_a_poll_under_way_at_the_kill", "host killed whole: acknowledged, taken by a "
-           "poll under way at the kill, lost with it", f"{HOSTS} -k killed"),
     Figure("hosts-kill", "consumed_twice", "host killed whole: acknowledged and consumed twice", f"{HOSTS} -k killed"),
     Figure("hosts-kill", "failed", "host killed whole: POSTs not acknowledged", f"{HOSTS} -k killed"),
     Figure("hosts-kill", "out_of_every_facade_after_s", "host killed whole: out of every other facade's "
