@@ -78,6 +78,8 @@ class HostStack:
         self.apps = tuple(f"app{i}" for i in range(1, apps + 1))
         self.heap = heap
         self._tokens: host_acl.Tokens | None = None
+        # time.monotonic() when up() last saw every instance passing (issue 18's cut comes within a minute).
+        self.up_at = float("nan")
         for i, name in enumerate(SERVERS, 1):
             self.hosts.addresses[name] = server_address(i)
         for i, name in enumerate(self.apps, 1):
@@ -290,6 +292,7 @@ class HostStack:
                     self.start(host, program)
             expected = {service: len(self.apps) for service in SERVICES}
             self.wait_passing(expected, deadline - time.monotonic(), progress)
+        self.up_at = time.monotonic()
         return self
 
     def supervisorctl(self, host: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:

@@ -15,7 +15,8 @@ from typing import Any
 
 import requests
 from hazelcast.errors import SplitBrainProtectionError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.stop import stop_base
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from werkzeug.exceptions import NotFound
 
@@ -46,6 +47,24 @@ QUEUE_ROOM_FRESH = 0.5
 QUEUE_ROOM_MARGIN = 1000
 
 Send = Callable[[Instance, tuple[float, float]], requests.Response]
+# The least a Hazelcast call of a request is given, however little of its deadline is left: a healthy
+# member answers in a few milliseconds.
+MIN_CALL_TIME = 0.05
+
+
+class stop_at(stop_base):  # noqa: N801 - named like tenacity's own stops
+    """Stop at a moment of time.monotonic(): the request's deadline (stop_after_delay counts from the first
+    attempt, which may come after the request's other steps)."""
+
+    def __init__(self, give_up_at: float):
+        self.give_up_at = give_up_at
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self.give_up_at
+
+
+def time_left(give_up_at: float) -> float:
+    return max(give_up_at - time.monotonic(), MIN_CALL_TIME)
 
 
 class Reached(enum.Enum):
@@ -177,8 +196,18 @@ class Backends:
                 found[service]["ejected"] = outliers.ejected()
         return found
 
+    def deadline(self) -> float:
+        """When a request that starts now must be answered (time.monotonic()): REQUEST_DEADLINE from now.
+        A POST's steps (the queue's room, the log, the offer) share one."""
+        return time.monotonic() + self._deadline
+
     def _call(
-        self, service: str, send: Send, retry_after_timeout: bool = False, only: str | None = None
+        self,
+        service: str,
+        send: Send,
+        retry_after_timeout: bool = False,
+        only: str | None = None,
+        give_up_at: float | None = None,
     ) -> tuple[Instance, Any]:
         """Send to a random passing instance; after a failure, maybe try another one.
 
@@ -189,11 +218,12 @@ class Backends:
         A call whose read timed out may still be running at the first instance, so it goes elsewhere only with
         `retry_after_timeout`, for calls whose work is small and safe to repeat (POST /logging: one
         put_if_absent by id); a read of the log is never doubled that way. The instance list comes from
-        memory (no Consul call); the whole call, retries included, is bounded by the request deadline.
-        `only` names the one instance that may answer (a cursor of its own).
+        memory (no Consul call); the whole call, retries included, ends by `give_up_at` (the request's
+        deadline, from now when not given). `only` names the one instance that may answer (a cursor of its own).
         """
         failed: dict[str, str] = {}
-        give_up_at = time.monotonic() + self._deadline
+        if give_up_at is None:
+            give_up_at = self.deadline()
         budget = self._budgets[service]
         budget.first_try()
         outliers = self._outliers[service]
@@ -229,7 +259,7 @@ class Backends:
 
         retrying = Retrying(
             retry=retry_if_exception_type(InstanceFailed),
-            stop=stop_after_attempt(MAX_ATTEMPTS) | stop_after_delay(self._deadline),
+            stop=stop_after_attempt(MAX_ATTEMPTS) | stop_at(give_up_at),
             wait=pause,
             reraise=True,
         )
@@ -308,7 +338,7 @@ class Backends:
             log.warning("%s failed (%s)", instance.id, reason)
             raise InstanceFailed(reason, reached) from exc
 
-    def log_message(self, message_id: str, msg: str) -> Logged:
+    def log_message(self, message_id: str, msg: str, give_up_at: float | None = None) -> Logged:
         """Store the message through one logging instance. AnotherMessageLogged when the id holds another
         message: the log's answer for every instance (they share it), so no other one is tried."""
 
@@ -319,11 +349,11 @@ class Backends:
                 raise AnotherMessageLogged(message_id)
             return response
 
-        instance, body = self._call(LOGGING_SERVICE, send, retry_after_timeout=True)
+        instance, body = self._call(LOGGING_SERVICE, send, retry_after_timeout=True, give_up_at=give_up_at)
         # Only logging_svc's explicit word counts as "this call stored it" (facade/idempotency.py relies on it).
         return Logged(instance.id, created=isinstance(body, dict) and body.get("created") is True)
 
-    def check_queue_room(self) -> None:
+    def check_queue_room(self, give_up_at: float | None = None) -> None:
         """Refuse before anything is stored when the queue is full (max-size in conf/hazelcast.xml): the
         consumers are that far behind. One call to the queue's member, remaining_capacity, skipped while the
         last answer is fresh and far from the bound."""
@@ -333,7 +363,8 @@ class Backends:
         now = time.monotonic()
         if now - self._queue_room_at < QUEUE_ROOM_FRESH and self._queue_room > QUEUE_ROOM_MARGIN:
             return
-        self._queue_room = self._hazelcast.queue().remaining_capacity()
+        queue = self._hazelcast.queue(time_left(give_up_at or self.deadline()))
+        self._queue_room = queue.remaining_capacity()
         self._queue_room_at = now
         metrics.observe_queue_room(self._queue_room)
         if self._queue_room <= 0:
@@ -341,13 +372,14 @@ class Backends:
                 "the message queue is full", retry_after=QUEUE_FULL_RETRY_AFTER, logged=False, queued=False
             )
 
-    def queue_message(self, message_id: str, msg: str) -> None:
+    def queue_message(self, message_id: str, msg: str, give_up_at: float | None = None) -> None:
         """Put the message on the queue messages_svc consumes."""
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
         try:
-            queued = self._hazelcast.queue().offer(queue_item.encode(message_id, msg, request_id.current_id()))
+            queue = self._hazelcast.queue(time_left(give_up_at or self.deadline()))
+            queued = queue.offer(queue_item.encode(message_id, msg, request_id.current_id()))
         except SplitBrainProtectionError as exc:
             metrics.count_offer("no_quorum")
             # Refused by the queue's member before it took the item: certainly not queued.

@@ -9,6 +9,7 @@ from hazelcast.errors import HazelcastError
 from servicekit.errors import HazelcastUnavailable
 from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.web import (
+    RETRY_AFTER,
     Unavailable,
     health_response,
     read_cursor,
@@ -31,12 +32,14 @@ def _log_and_queue(message_id: str, msg: str, claim: idempotency.Claim | None) -
     queue (503 with Retry-After, looked at before the log write) and a full log (507). With a `claim` (an
     Idempotency-Key), the offer follows facade/idempotency.py's rule."""
     backends = current_app.extensions["backends"]
-    backends.check_queue_room()
+    # One deadline for every step: a member that does not answer holds no POST past REQUEST_DEADLINE.
+    give_up_at = backends.deadline()
+    backends.check_queue_room(give_up_at)
     # The facade's hops in ./scripts/trace, written before each step: the consumer may take the item
     # before the offer returns.
     log.info("message %s: logging it", message_id)
     try:
-        logged = backends.log_message(message_id, msg)
+        logged = backends.log_message(message_id, msg, give_up_at)
     except CallFailed as exc:
         if not exc.maybe_done:
             raise
@@ -52,7 +55,7 @@ def _log_and_queue(message_id: str, msg: str, claim: idempotency.Claim | None) -
             return Answer(503, {"error": error, "id": message_id, "logged": True, "queued": False})
     log.info("message %s logged by %s; queueing it", message_id, logged.by)
     try:
-        backends.queue_message(message_id, msg)
+        backends.queue_message(message_id, msg, give_up_at)
     except (Unavailable, HazelcastUnavailable):
         # Refused before it was sent (not connected) or by a full queue: certainly not queued.
         error = "the message is logged but could not be queued"
@@ -95,11 +98,14 @@ def post_message():
 
 
 def _answered(answer: Answer):
+    headers = {}
     if answer.replayed:
-        return jsonify(answer.body), answer.status, {"Idempotent-Replayed": "true"}
-    if answer.status != 201:
+        headers["Idempotent-Replayed"] = "true"
+    elif answer.status != 201:
         log.warning("answering %s: %s", answer.status, answer.body)
-    return jsonify(answer.body), answer.status
+    if answer.status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER)
+    return jsonify(answer.body), answer.status, headers
 
 
 @bp.get("/facade")

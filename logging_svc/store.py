@@ -17,7 +17,7 @@ from werkzeug.exceptions import Conflict
 
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
-from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast
+from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast, wait
 from servicekit.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
 from servicekit.paging import LogCursor
 from servicekit.web import InsufficientStorage, Unavailable
@@ -182,15 +182,29 @@ class LogSize:
         """Send what this worker stored since the last sync, and read the whole log's size."""
         with self._lock:
             unsent, self._unsent = self._unsent, 0
+        added = None
+
+        def give_back_if_failed(done) -> None:
+            if done.exception() is not None:
+                self._give_back(unsent)
+
         try:
-            total = self._hz.log_size_counter().add_and_get(unsent).result()
+            added = self._hz.log_size_counter().add_and_get(unsent)
+            total = wait(added, self._hz.call_timeout)
         except BaseException:
-            with self._lock:
-                self._unsent += unsent
+            if added is None:
+                self._give_back(unsent)
+            else:
+                # Given up on (wait's timeout), the add may still land: it is sent again only if it fails.
+                added.add_done_callback(give_back_if_failed)
             raise
         with self._lock:
             self._bytes = max(self._bytes, total)
         self._synced.set()
+
+    def _give_back(self, unsent: int) -> None:
+        with self._lock:
+            self._unsent += unsent
 
     def _sync_step(self) -> None:
         if self._hz.connected:

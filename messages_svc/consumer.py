@@ -133,7 +133,7 @@ class Consumer:
                 log.info("stopped taking messages from the queue: this instance is leaving Consul")
                 return False
             try:
-                item = self._hz.queue().poll(POLL_TIMEOUT)
+                item = self._hz.consumer_queue().poll(POLL_TIMEOUT)
             except (HazelcastError, HazelcastUnavailable):
                 # Retried by the loop (_poll); a split-brain refusal is a HazelcastError too.
                 metrics.count_poll("error")

@@ -77,15 +77,31 @@ FIGURES = [
     Figure("hosts-consul-leader", "new_leader_after_s", "several hosts: the Consul leader's host killed, a new "
            "leader after (s)", f"{HOSTS} -k leader"),
     Figure("hosts-cut", "out_of_every_facade_after_s", "several hosts: a host cut off under load, out of every "
-           "other facade's rotation after (s)", f"{HOSTS} -k cut"),
-    Figure("hosts-cut", "acknowledged", "host cut off: POSTs acknowledged", f"{HOSTS} -k cut"),
-    Figure("hosts-cut", "acknowledged_lost", "host cut off: acknowledged lost", f"{HOSTS} -k cut"),
-    Figure("hosts-cut", "failed", "host cut off: POSTs not acknowledged", f"{HOSTS} -k cut"),
+           "other facade's rotation after (s)", f"{HOSTS} -k cut_off"),
+    Figure("hosts-cut", "acknowledged", "host cut off: POSTs acknowledged", f"{HOSTS} -k cut_off"),
+    Figure("hosts-cut", "failed", "host cut off: POSTs not acknowledged", f"{HOSTS} -k cut_off"),
+    Figure("hosts-heal", "acknowledged_lost", "host cut off, then healed: acknowledged lost (not in the log, or "
+           "not consumed)", f"{HOSTS} -k cut_off"),
+    Figure("hosts-heal", "consumed_twice", "host cut off, then healed: acknowledged and consumed twice",
+           f"{HOSTS} -k cut_off"),
+    Figure("hosts-heal", "acknowledged_inside_the_cut_host", "host cut off: acknowledged by the cut-off host's "
+           "own facade", f"{HOSTS} -k cut_off"),
     Figure("hosts-heal", "back_in_every_facade_after_s", "host cut off, then healed: back in every other "
-           "facade's rotation after (s), no restart", f"{HOSTS} -k cut"),
+           "facade's rotation after (s), no restart", f"{HOSTS} -k cut_off"),
+    Figure("hosts-cut-posts", "failed", "queue owner's host cut right after up: POSTs through another host "
+           "failed (503)", f"{HOSTS} -k after_a_cut"),
+    Figure("hosts-cut-posts", "slowest_s", "queue owner's host cut: slowest POST (s)", f"{HOSTS} -k after_a_cut"),
+    Figure("hosts-cut-posts", "last_failure_ended_after_s", "queue owner's host cut: last failure ended after "
+           "(s)", f"{HOSTS} -k after_a_cut"),
+    Figure("hosts-cut-posts-consumed", "acknowledged_not_consumed", "queue owner's host cut: acknowledged not "
+           "consumed", f"{HOSTS} -k after_a_cut"),
+    Figure("hosts-cut-posts-consumed", "consumed_twice", "queue owner's host cut: consumed twice",
+           f"{HOSTS} -k after_a_cut"),
     Figure("hosts-kill", "acknowledged", "several hosts: a host killed whole under load: POSTs acknowledged",
            f"{HOSTS} -k killed"),
-    Figure("hosts-kill", "acknowledged_lost", "host killed whole: acknowledged lost", f"{HOSTS} -k killed"),
+    Figure("hosts-kill", "acknowledged_lost", "host killed whole: acknowledged lost (not in the log, or not "
+           "consumed)", f"{HOSTS} -k killed"),
+    Figure("hosts-kill", "consumed_twice", "host killed whole: acknowledged and consumed twice", f"{HOSTS} -k killed"),
     Figure("hosts-kill", "failed", "host killed whole: POSTs not acknowledged", f"{HOSTS} -k killed"),
     Figure("hosts-kill", "out_of_every_facade_after_s", "host killed whole: out of every other facade's "
            "rotation after (s)", f"{HOSTS} -k killed"),

@@ -14,6 +14,7 @@ import logging
 import os
 import string
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,15 @@ JAVA_MODULE_OPTS = [
     "--add-opens",
     "jdk.management/com.sun.management.internal=ALL-UNNAMED",
 ]
+
+
+def member_property(name: str, config: Path = MEMBER_CONFIG) -> str:
+    """A property the member configuration sets (`hazelcast.max.no.heartbeat.seconds`): what the clients'
+    timeouts are chosen against (servicekit/hz.py) and the tests measure from."""
+    for element in ET.parse(config).getroot().iter("{http://www.hazelcast.com/schema/config}property"):
+        if element.get("name") == name and element.text is not None:
+            return element.text.strip()
+    raise KeyError(f"{config} sets no property {name!r}")
 
 
 def heap() -> str:

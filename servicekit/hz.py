@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import hazelcast
-from hazelcast.errors import HazelcastError
+from hazelcast.errors import HazelcastError, OperationTimeoutError
+from hazelcast.future import Future
 from hazelcast.lifecycle import LifecycleState
 from tenacity import RetryCallState
 
@@ -19,8 +21,29 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The client's own default is 120 s per operation; a request should fail long before that.
+# The client's timeouts, chosen against the members' detection (conf/hazelcast.xml: a heartbeat every 1 s, a
+# member silent for 10 s dropped) and a request's deadline (REQUEST_DEADLINE, 5 s); docs/RELIABILITY.md,
+# "A host cut off", has the measurements.
+#
+# The client pings a connection it has written nothing to for HEARTBEAT_INTERVAL, and closes one it has read
+# nothing from for HEARTBEAT_TIMEOUT (its defaults: 5 s and 60 s). A call sent to a member that went silent
+# (its host cut off) waits for that close, whatever its invocation timeout: with 60 s, a worker whose cluster
+# view came from the cut member learnt of its loss a minute late, and sent every call for the member's
+# partitions to it meanwhile (issue 18: every POST timed out for 50 s). 7 s closes the connection 7 to 8 s
+# after the member's last answer, before the members drop it (10 to 11 s), so the client listens to a
+# survivor when the new member list and partition table come out. Below that, a member's pause (a GC, a
+# loaded machine) would cost its clients their connection for nothing: a healthy member answers the 1 s
+# pings. Requests never wait for it: every call is bounded by call_timeout (or the request's deadline).
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_TIMEOUT = 7.0
+# How long the client retries a call that failed in a way it may retry (no connection, a partition
+# migrating, a member gone; the client's default is 120 s). No request waits longer than REQUEST_DEADLINE, so
+# no call's retries need to. It bounds nothing else: a call that was sent waits for an answer or a close.
 INVOCATION_TIMEOUT = 5.0
+# The client never sends a write again after its connection closed (its default, made explicit): the
+# facade's queue offer must not be repeated (a second item), nor the log size's add (counted twice). The
+# facade retries a logging call itself, at another instance, by id.
+REDO_OPERATION = False
 # The client retries the cluster with a backoff that grows to 30 s by default; on loopback a retry is
 # cheap, and a service should be back within seconds of the cluster.
 RETRY_MAX_BACKOFF = 2.0
@@ -32,15 +55,48 @@ _WAITING_POLL = 0.5
 _CONFIG_ERRORS = (DiscoveryError, kvconfig.ConfigError, *CONSUL_ERRORS)
 
 
+def wait(future: Future, timeout: float) -> Any:
+    """The future's result, or OperationTimeoutError when none came within `timeout` s: the client itself
+    waits for a call sent to a silent member until its heartbeat closes the connection (HEARTBEAT_TIMEOUT).
+    The call is not cancelled: it may still be done later, and its result is then dropped."""
+    answered = threading.Event()
+    future.add_done_callback(lambda _: answered.set())
+    if not answered.wait(timeout):
+        raise OperationTimeoutError(f"no answer from the Hazelcast cluster within {timeout:.2f} s")
+    return future.result()
+
+
+class Bounded:
+    """A proxy (map, queue) whose calls wait at most `timeout` s for their answer: the library's blocking
+    proxy, with a bound (wait above)."""
+
+    def __init__(self, proxy: Any, timeout: float):
+        self._proxy = proxy
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._proxy, name)
+        if not callable(method):
+            return method
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            return wait(method(*args, **kwargs), self._timeout)
+
+        return bounded
+
+
 class Hazelcast:
     """Owns one client per worker process. Threads do not survive a fork, so create it after the fork.
 
     Connecting runs on a named daemon thread: gunicorn boots even while Consul or the cluster is down,
-    and /health answers 503 until the client is connected.
+    and /health answers 503 until the client is connected. Every call waits at most `call_timeout` (or what
+    its caller passes): as long as another service waits for this one (HTTP_READ_TIMEOUT), so a request
+    thread is free again when its caller gives up, even while a member does not answer.
     """
 
     def __init__(self, settings: Settings):
         self._settings = settings
+        self.call_timeout = settings.read_timeout
         self._connected = threading.Event()
         self._client: hazelcast.HazelcastClient | None = None
         self.config: kvconfig.SharedConfig | None = None
@@ -94,13 +150,19 @@ class Hazelcast:
                 cluster_name=config.cluster_name,
                 cluster_members=list(config.members),
                 async_start=True,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 invocation_timeout=INVOCATION_TIMEOUT,
+                redo_operation=REDO_OPERATION,
                 backup_ack_to_client_enabled=False,
                 retry_max_backoff=RETRY_MAX_BACKOFF,
                 lifecycle_listeners=[self._on_state],
             )
             self._waiting_since = time.monotonic()
-        if self._connected.is_set() or self._loop.wait(_WAITING_POLL):
+        if self._connected.is_set():
+            self._create_proxies(self._client, config)
+            return False
+        if self._loop.wait(_WAITING_POLL):
             return False
         if time.monotonic() - self._waiting_since >= self._next_report:
             log.warning(
@@ -112,28 +174,53 @@ class Hazelcast:
             self._next_report += WAITING_LOG_INTERVAL
         return None
 
+    @staticmethod
+    def _create_proxies(client: hazelcast.HazelcastClient, config: kvconfig.SharedConfig) -> None:
+        """Every proxy a service uses, made here rather than by a request. The client makes a proxy once, on
+        first use, with a call to the cluster that nothing bounds (ProxyManager._create_proxy): a worker
+        whose first POST came while a member was silent held its thread until the heartbeat closed the
+        connection. Made here, a request finds it made; one that could not be made now (too few members:
+        split-brain protection) is made by its first use, as before."""
+        for make in (
+            lambda: client.get_map(config.map_name),
+            lambda: client.get_map(f"{config.map_name}.idempotency"),
+            lambda: client.get_queue(config.queue_name),
+            lambda: client.get_pn_counter(f"{config.map_name}-bytes"),
+        ):
+            try:
+                make()
+            except HazelcastError as exc:
+                log.warning("could not create a Hazelcast proxy yet (its first use will): %s", exc)
+
     def _ready(self) -> tuple[hazelcast.HazelcastClient, kvconfig.SharedConfig]:
         # No config yet means Consul KV could not be read: as unavailable as a cluster that is down.
         if self._client is None or self.config is None or not self._connected.is_set():
             raise HazelcastUnavailable("not connected to the Hazelcast cluster")
         return self._client, self.config
 
-    def map(self):
+    def map(self, timeout: float | None = None) -> Bounded:
         client, config = self._ready()
-        return client.get_map(config.map_name).blocking()
+        return Bounded(client.get_map(config.map_name), timeout or self.call_timeout)
 
-    def idempotency_map(self):
+    def idempotency_map(self, timeout: float | None = None) -> Bounded:
         """The facade's Idempotency-Key answers, in a map named after the log's (facade/idempotency.py)."""
         client, config = self._ready()
-        return client.get_map(f"{config.map_name}.idempotency").blocking()
+        return Bounded(client.get_map(f"{config.map_name}.idempotency"), timeout or self.call_timeout)
 
-    def queue(self):
+    def queue(self, timeout: float | None = None) -> Bounded:
+        client, config = self._ready()
+        return Bounded(client.get_queue(config.queue_name), timeout or self.call_timeout)
+
+    def consumer_queue(self):
+        """The queue for the consumer's polls, which wait for their answer however long (until the heartbeat
+        closes a silent member's connection): a poll given up on could still take an item, which nobody
+        would keep. The consumer's thread holds no request."""
         client, config = self._ready()
         return client.get_queue(config.queue_name).blocking()
 
     def log_size_counter(self):
         """The log's size in bytes (logging_svc.store.LogSize), a PN counter named after the map; its
-        calls answer futures, so a POST need not wait for the increment."""
+        calls answer futures (bound a wait for one with `wait`)."""
         client, config = self._ready()
         return client.get_pn_counter(f"{config.map_name}-bytes")
 

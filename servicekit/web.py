@@ -29,6 +29,11 @@ MAX_JSON_DEPTH = 32
 _JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 
+# Retry-After (seconds) of every 503 that does not know better: what failed (an instance, a member) is
+# failed over within seconds (a silent member is dropped in 10 s), and a retry may reach another instance.
+RETRY_AFTER = 1
+
+
 class BadInput(ValueError):
     """The request body is not what the endpoint takes; the message is safe to show the client."""
 
@@ -36,9 +41,9 @@ class BadInput(ValueError):
 class Unavailable(RuntimeError):
     """A dependency is down. `public` goes to the client ("every logging-service instance failed");
     `detail` (instance ids, addresses, library errors) goes to the log only. `retry_after` (seconds) becomes
-    the Retry-After header, when the wait is known; `fields` go into the body beside the error."""
+    the Retry-After header; `fields` go into the body beside the error."""
 
-    def __init__(self, public: str, detail: str = "", retry_after: int | None = None, **fields: Any):
+    def __init__(self, public: str, detail: str = "", retry_after: int = RETRY_AFTER, **fields: Any):
         super().__init__(f"{public}: {detail}" if detail else public)
         self.public = public
         self.retry_after = retry_after
@@ -155,8 +160,7 @@ def install_error_handlers(app: Flask) -> None:
     def unavailable(exc: Unavailable):
         log.warning("answering 503: %s", exc)
         response = jsonify(error=exc.public, **exc.fields)
-        if exc.retry_after is not None:
-            response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers["Retry-After"] = str(exc.retry_after)
         return response, 503
 
     @app.errorhandler(InsufficientStorage)
@@ -169,7 +173,7 @@ def install_error_handlers(app: Flask) -> None:
     def hazelcast_unavailable(exc: Exception):
         # The library's messages name members and internals; the client only needs to know it may retry.
         log.warning("answering 503: %s: %s", type(exc).__name__, exc)
-        return _error(503, "the Hazelcast cluster is unavailable")
+        return jsonify(error="the Hazelcast cluster is unavailable"), 503, {"Retry-After": str(RETRY_AFTER)}
 
     @app.errorhandler(BadGateway)
     def bad_gateway(exc: BadGateway):

@@ -13,6 +13,7 @@ import urllib.parse
 import pytest
 import requests
 from hazelcast.errors import SplitBrainProtectionError
+from hazelcast.future import Future
 from prometheus_client import REGISTRY
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from werkzeug.exceptions import NotFound
@@ -31,6 +32,7 @@ from facade.backends import (
     Reached,
 )
 from servicekit.discovery import Instance
+from servicekit.hz import Bounded
 from servicekit.paging import MessagesCursor
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, Unavailable
@@ -376,7 +378,7 @@ class QueueHazelcast:
     def __init__(self, queue: FakeQueue):
         self._queue = queue
 
-    def queue(self):
+    def queue(self, timeout: float | None = None):
         return self._queue
 
 
@@ -469,8 +471,62 @@ class RefusingQueue(FakeQueue):
 def test_an_offer_refused_for_lack_of_members_is_known_not_queued(closing):
     http = ScriptedHttp(p8081=STORED, p8082=STORED)
     answer = facade_with(closing, http, RefusingQueue(room=10)).post("/facade", json={"msg": "hello"})
-    assert answer.status_code == 503
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
     assert answer.json["logged"] is True and answer.json["queued"] is False, answer.json
+
+
+class SilentQueue:
+    """A queue whose member does not answer (its host cut off): its futures stay pending."""
+
+    def remaining_capacity(self) -> Future:
+        return Future()
+
+    def offer(self, item: str) -> Future:
+        return Future()
+
+
+class SilentHazelcast:
+    connected = True
+
+    def queue(self, timeout: float | None = None):
+        assert timeout is not None, "a request's call to the queue is bounded by what is left of its deadline"
+        return Bounded(SilentQueue(), timeout)
+
+
+def silent_queue_facade(closing, http: ScriptedHttp):
+    settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1",
+                                                               "REQUEST_DEADLINE": "0.6"})  # fmt: skip
+    hz = SilentHazelcast()
+    app = closing(create_app(settings, hz=hz))
+    app.extensions["backends"] = Backends(settings, FixedDiscovery(8081, 8082), hazelcast=hz, session=http)
+    return app.test_client()
+
+
+def test_a_queue_member_that_does_not_answer_holds_a_post_no_longer_than_its_deadline(closing):
+    http = ScriptedHttp(p8081=STORED, p8082=STORED)
+    client = silent_queue_facade(closing, http)
+    started = time.monotonic()
+    answer = client.post("/facade", json={"msg": "hello"})
+    assert time.monotonic() - started < 0.6 + 0.3
+    # The room could not be asked: nothing was stored, and the client may try again.
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    assert answer.json == {"error": "the Hazelcast cluster is unavailable"} and http.tried == []
+
+
+def test_a_slow_log_write_leaves_the_offer_what_is_left_of_the_deadline(closing):
+    def slow():
+        time.sleep(0.4)
+        return STORED
+
+    http = ScriptedHttp(p8081=slow, p8082=slow)
+    client = silent_queue_facade(closing, http)
+    backends = client.application.extensions["backends"]
+    backends._queue_room, backends._queue_room_at = 10 * QUEUE_ROOM_MARGIN, time.monotonic() + 60  # known, fresh
+    started = time.monotonic()
+    answer = client.post("/facade", json={"msg": "hello"})
+    assert time.monotonic() - started < 0.6 + 0.3, "0.4 s to log, then only what was left for the offer"
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    assert answer.json["logged"] is True and answer.json["queued"] is None, answer.json
 
 
 def test_the_calls_in_flight_are_counted_per_instance_for_the_pick_and_forgotten_when_done():

@@ -44,7 +44,7 @@ class RecordingHazelcast:
     def __init__(self):
         self.offered: list[str] = []
 
-    def queue(self):
+    def queue(self, timeout: float | None = None):
         return self
 
     def offer(self, item: str) -> bool:

@@ -28,7 +28,7 @@ class ConnectedHazelcast:
     def __init__(self, queue):
         self._queue = queue
 
-    def queue(self):
+    def consumer_queue(self):
         return self._queue
 
 

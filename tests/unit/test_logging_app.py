@@ -124,7 +124,7 @@ def test_a_post_while_consul_kv_cannot_be_read_is_a_503_not_a_traceback(closing)
     settings = Settings.from_env("logging-service", 8081, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
     app = closing(create_app(settings))
     response = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
-    assert response.status_code == 503
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.json == {"error": "the Hazelcast cluster is unavailable"}
 
 

@@ -4,7 +4,8 @@ import uuid
 
 import pytest
 from hazelcast.core import HazelcastJsonValue
-from hazelcast.errors import HazelcastError, SplitBrainProtectionError
+from hazelcast.errors import HazelcastError, OperationTimeoutError, SplitBrainProtectionError
+from hazelcast.future import Future
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -38,33 +39,39 @@ def test_entry_cost_is_at_least_what_a_member_was_measured_to_use():
     assert entry_cost(key, encode("x" * 100, 1)) <= 526 * 1.1
 
 
-class Done:
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        if isinstance(self.value, Exception):
-            raise self.value
-        return self.value
+def done(value) -> Future:
+    future: Future = Future()
+    if isinstance(value, Exception):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+    return future
 
 
 class FakeCounter:
-    """A PN counter replica that answers `total` (which may lag what was added), or raises `error`."""
+    """A PN counter replica that answers `total` (which may lag what was added), or raises `error`; with
+    `silent`, its answers are the futures in `pending`, answered when the test says."""
 
     def __init__(self):
         self.total = 0
         self.added: list[int] = []
         self.error: Exception | None = None
+        self.silent = False
+        self.pending: list[Future] = []
 
     def add_and_get(self, delta):
         if self.error:
-            return Done(self.error)
+            return done(self.error)
         self.added.append(delta)
-        return Done(self.total)
+        if self.silent:
+            self.pending.append(Future())
+            return self.pending[-1]
+        return done(self.total)
 
 
 class CounterHazelcast:
     connected = True
+    call_timeout = 0.05
 
     def __init__(self, counter):
         self.counter = counter
@@ -90,6 +97,28 @@ def test_the_log_size_seen_never_goes_back_and_a_failed_sync_keeps_what_was_not_
     counter.total = 5000
     size.sync()
     assert size.seen == 5000 and counter.added[-1] == 0
+
+
+def test_a_sync_whose_member_does_not_answer_gives_up_and_sends_its_bytes_again_only_if_the_add_failed():
+    counter = FakeCounter()
+    size = LogSize(CounterHazelcast(counter))
+    size.sync()
+    counter.silent = True
+    size.grew(300)
+    with pytest.raises(OperationTimeoutError):
+        size.sync()  # the member is silent: the wait ends at call_timeout, the add may still land
+    counter.pending[-1].set_result(300)  # ...and it did: not sent again
+    counter.silent = False
+    size.sync()
+    assert counter.added == [0, 300, 0]
+    counter.silent = True
+    size.grew(50)
+    with pytest.raises(OperationTimeoutError):
+        size.sync()
+    counter.pending[-1].set_exception(HazelcastError("member gone"))  # ...and it did not: sent again
+    counter.silent = False
+    size.sync()
+    assert counter.added == [0, 300, 0, 50, 50]
 
 
 class RefusingMap:

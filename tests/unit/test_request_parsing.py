@@ -118,7 +118,7 @@ class RecordingHazelcast:
     def __init__(self):
         self.offered: list[str] = []
 
-    def queue(self):
+    def queue(self, timeout: float | None = None):
         return self
 
     def remaining_capacity(self) -> int:

@@ -1,0 +1,72 @@
+"""The Hazelcast client's timeouts, against the members' detection time, and the bound on every call's wait
+(servicekit/hz.py). The futures are the library's own; nothing here talks to a member."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hazelcast.errors import HazelcastError, OperationTimeoutError
+from hazelcast.future import Future
+
+from servicekit import hz
+from servicekit.hazelcast_member import member_property
+from servicekit.settings import Settings
+
+
+class SilentMap:
+    """A map whose member does not answer (its host cut off): the futures it hands out stay pending."""
+
+    def __init__(self):
+        self.name = "silent"
+        self.sent: list[Future] = []
+
+    def get(self, key):
+        self.sent.append(Future())
+        return self.sent[-1]
+
+
+def test_a_call_that_gets_no_answer_gives_up_at_its_timeout():
+    proxy = hz.Bounded(SilentMap(), timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(OperationTimeoutError):
+        proxy.get("k")
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert proxy.name == "silent", "what is not a call is passed through"
+
+
+def test_an_answer_within_the_timeout_is_returned_and_a_failure_raised():
+    answered: Future = Future()
+    answered.set_result("v")
+    assert hz.wait(answered, 0.1) == "v"
+    failed: Future = Future()
+    failed.set_exception(HazelcastError("member gone"))
+    with pytest.raises(HazelcastError, match="member gone"):
+        hz.wait(failed, 0.1)
+
+
+def test_the_client_leaves_a_silent_member_before_the_members_drop_it():
+    """After a cut, the members publish a new member list and partition table once they drop the silent
+    member; a client still listening to that member would miss them (issue 18: a minute of failed POSTs)."""
+    members_drop_after = float(member_property("hazelcast.max.no.heartbeat.seconds"))
+    # The client closes a connection it read nothing from for HEARTBEAT_TIMEOUT, looked at every interval.
+    assert members_drop_after > hz.HEARTBEAT_TIMEOUT + hz.HEARTBEAT_INTERVAL
+    # ...and not for a pause a healthy member makes: it answers the pings every interval.
+    assert hz.HEARTBEAT_TIMEOUT >= 5 * hz.HEARTBEAT_INTERVAL
+
+
+def test_no_call_is_retried_or_waited_for_longer_than_a_request_waits():
+    settings = Settings.from_env("logging-service", 8081, env={})
+    assert settings.request_deadline >= hz.INVOCATION_TIMEOUT
+    # A logging_svc thread is free again when the facade's read of it gives up.
+    assert settings.read_timeout >= hz.Hazelcast(settings).call_timeout
+    assert hz.REDO_OPERATION is False, "an offer sent again would queue a message twice"
+
+
+def test_a_write_on_a_cut_off_member_is_never_acknowledged_within_what_a_request_waits():
+    """A write waits for its backup on another host; cut off, none comes, and the member answers all the same
+    after the backup timeout. logging_svc must have given up before then, or it would acknowledge an entry
+    that only the cut-off side holds."""
+    backup_timeout = float(member_property("hazelcast.operation.backup.timeout.millis")) / 1000
+    settings = Settings.from_env("logging-service", 8081, env={})
+    assert backup_timeout > hz.Hazelcast(settings).call_timeout
