@@ -195,12 +195,12 @@ class World:
         app.extensions["answers"] = AnswerStore(self, WINDOW, LEASE, clock=self.clock)
         self.client = app.test_client()
 
-    def idempotency_map(self):
+    def idempotency_map(self, timeout: float | None = None):
         if self.map_down:
             raise HazelcastUnavailable("the Hazelcast cluster is unavailable")
         return self.map
 
-    def queue(self):
+    def queue(self, timeout: float | None = None):
         return self.queue_
 
     def post(self, msg: str, key: str = "K"):
