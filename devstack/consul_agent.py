@@ -11,7 +11,8 @@ from pathlib import Path
 import consul
 import requests
 
-from devstack.processes import ROOT, Proc, eventually, free_port
+from devstack.ports import free_port
+from devstack.processes import ROOT, Proc, eventually
 from servicekit.stack_status import aggregate_status
 
 log = logging.getLogger(__name__)

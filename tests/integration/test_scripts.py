@@ -1,8 +1,8 @@
 """The operator scripts themselves: ./scripts/up, ./scripts/down and ./scripts/install, run for real.
 
 Every stack here has its own run and log directories (STACK_RUN_DIR, STACK_LOG_DIR) and its own ports
-(STACK_PORT_OFFSET, chosen so that all of them are free and below the kernel's ephemeral range, where
-the other tests' free ports come from): a default stack of ./scripts/up runs undisturbed beside them.
+(STACK_PORT_OFFSET, chosen so that devstack.ports reserves every one of them, as it does the other tests'
+free ports): a default stack of ./scripts/up, or another run of the tests, runs undisturbed beside them.
 Whatever a test leaves running is found by the socket supervisord wrote into its programs' environment
 and killed.
 """
@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from devstack import ROOT, consul_binary, eventually, record
+from devstack.ports import reserve_all
 from servicekit import hazelcast_member, stack, stack_status
 from servicekit.stack_status import PortUse, port_is_free
 
@@ -33,16 +34,14 @@ SCRIPTS = ROOT / "scripts"
 PROGRAM_PORTS = {program: stack.ports(program) for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")}
 CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER", "SERF_LAN", "SERF_WAN", "GRPC", "DNS")]
 DEFAULT_PORTS = [port for ports in PROGRAM_PORTS.values() for port in ports] + CONSUL_PORTS
-UDP_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("SERF_LAN", "SERF_WAN", "DNS")]
 
 
 def free_offset() -> int:
-    """An offset that puts every port of the stack on a free port between 12701 and 31602."""
+    """An offset that puts every port of the stack on a port between 12701 and 31602 that devstack.ports
+    reserves for this process (free for TCP and UDP, outside the ephemeral range, no other run's)."""
     for _ in range(200):
         offset = random.randrange(7000, 23000)
-        uses = [PortUse("p", p + offset) for p in DEFAULT_PORTS]
-        uses += [PortUse("p", p + offset, socket.SOCK_DGRAM) for p in UDP_PORTS]
-        if all(port_is_free(use) for use in uses):
+        if reserve_all(p + offset for p in DEFAULT_PORTS):
             return offset
     raise RuntimeError("no free port offset found")
 
