@@ -60,9 +60,11 @@ def agent_port_flags(version: tuple[int, int, int], ports: dict[str, int]) -> li
 
 
 class ConsulAgent:
-    def __init__(self, log_dir: Path, name: str = "consul"):
+    def __init__(self, log_dir: Path, name: str | None = None):
+        """`name` names the log file; by default `consul-<http port>`, which no other agent of any worker has."""
         binary = consul_binary()
         self.http_port = free_port()
+        name = name or f"consul-{self.http_port}"
         self.ports = {flag: free_port() for flag in ("dns", "serf-lan", "serf-wan", "server", "grpc")}
         self.ports["http"] = self.http_port
         self.proc = Proc(

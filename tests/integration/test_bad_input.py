@@ -30,6 +30,10 @@ from logging_svc.store import STAMP_DIGITS
 from servicekit import kvconfig
 from servicekit.workers import CLIENT_TIMEOUT, CONTINUE
 
+# One worker for the module: its tests share `watched` (that worker's session stack, checked whole after
+# the module).
+pytestmark = pytest.mark.xdist_group("bad_input")
+
 TIMEOUT = 10
 # Bounded so the run stays well under a minute on 2 cores; the counts are in docs/RELIABILITY.md.
 FUZZ_EXAMPLES = 60

@@ -19,6 +19,9 @@ from devstack import ConsulAgent, HazelcastCluster, Service, eventually, read_al
 
 from servicekit import kvconfig
 
+# One worker for the module: its tests share `acl_agent`, which every worker would build again.
+pytestmark = pytest.mark.xdist_group("consul_acl")
+
 TIMEOUT = 10
 
 # The rules in Consul's JSON form (py-consul sends `rules` JSON-encoded).

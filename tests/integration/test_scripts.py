@@ -153,6 +153,10 @@ def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir
 # --- returns as soon as everything passes, so each test stands on its own.
 
 
+# The tests of script_stack in one worker, one after the other: in several, each would start a stack of its own.
+SHARES_THE_SCRIPT_STACK = pytest.mark.xdist_group("script_stack")
+
+
 @pytest.fixture(scope="module")
 def script_stack(tmp_path_factory):
     dirs = StackDirs(tmp_path_factory.mktemp("script-stack"), free_offset())
@@ -189,6 +193,7 @@ def programs(dirs: StackDirs) -> set[str]:
                          for port in ports}
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_stack):
     result = up(script_stack)
@@ -203,6 +208,7 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
     assert requests.post(facade, json={"msg": "through up"}, timeout=10).status_code == 201
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack):
     up(script_stack)
@@ -222,6 +228,7 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
     up(script_stack)  # back to token-a for the next test
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(script_stack):
     up(script_stack)
@@ -232,6 +239,7 @@ def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(sc
     assert program_pids(script_stack) == before
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
     up(script_stack)
@@ -250,6 +258,7 @@ def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_t
     assert all(psutil.Process(pid).ppid() == supervisor for pid in after.values())
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
     up(script_stack)
@@ -267,6 +276,7 @@ def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(sc
     assert "nothing is running" in again.stdout, output(again)
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
     """The members are service definitions the agent loads at start: a dev agent forgets what was
