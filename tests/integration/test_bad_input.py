@@ -39,7 +39,6 @@ TIMEOUT = 10
 FUZZ_EXAMPLES = 60
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,
-    deadline=5000,
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
@@ -150,7 +149,7 @@ def sent_fields(body: bytes) -> dict:
 REPLAYED_ID = str(uuid.uuid4())
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=FUZZ_EXAMPLES, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(body=bodies)
 @example(body=json.dumps({"id": REPLAYED_ID, "msg": "first"}).encode())
 @example(body=json.dumps({"id": REPLAYED_ID, "msg": "second"}).encode())
