@@ -1,7 +1,8 @@
 """The dev stack: real Consul, Hazelcast and gunicorn processes on free loopback ports, for the tests,
 ./scripts/bench, ./scripts/soak and the figure scripts.
 
-- `devstack.processes`: a child process with its own log and process group, free ports, `eventually`.
+- `devstack.processes`: a child process with its own log and process group, `eventually`.
+- `devstack.ports`: free ports outside the ephemeral range, reserved across processes (xdist workers, runs).
 - `devstack.consul_agent`: a Consul dev agent with every port its own, the agent's counters.
 - `devstack.hazelcast_cluster`: Hazelcast members configured from Consul KV, as ./scripts/up does.
 - `devstack.stack`: service instances under gunicorn, a whole stack built at once and stopped at once.
@@ -22,7 +23,8 @@ from devstack.figures import record, replace_block
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.load import Load, Outcome, passing_to_first_request
 from devstack.pages import read_all
-from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port, until
+from devstack.ports import free_port
+from devstack.processes import ROOT, VENV_BIN, Proc, eventually, until
 from devstack.stack import (
     SERVICES,
     Service,

@@ -11,7 +11,8 @@ from pathlib import Path
 import consul
 import requests
 
-from devstack.processes import ROOT, Proc, eventually, free_port
+from devstack.ports import free_port
+from devstack.processes import ROOT, Proc, eventually
 from servicekit.stack_status import aggregate_status
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,11 @@ def agent_port_flags(version: tuple[int, int, int], ports: dict[str, int]) -> li
 
 
 class ConsulAgent:
-    def __init__(self, log_dir: Path, name: str = "consul"):
+    def __init__(self, log_dir: Path, name: str | None = None):
+        """`name` names the log file; by default `consul-<http port>`, which no other agent of any worker has."""
         binary = consul_binary()
         self.http_port = free_port()
+        name = name or f"consul-{self.http_port}"
         self.ports = {flag: free_port() for flag in ("dns", "serf-lan", "serf-wan", "server", "grpc")}
         self.ports["http"] = self.http_port
         self.proc = Proc(

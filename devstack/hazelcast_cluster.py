@@ -12,7 +12,8 @@ from pathlib import Path
 import consul
 
 from devstack.consul_agent import ConsulAgent
-from devstack.processes import ROOT, Proc, eventually, free_port
+from devstack.ports import free_port
+from devstack.processes import ROOT, Proc, eventually
 from servicekit import kvconfig
 from servicekit.hazelcast_member import DEFAULT_JAR, hazelcast_member_command
 

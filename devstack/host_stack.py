@@ -329,7 +329,12 @@ class HostStack:
         return [Path(os.path.realpath(path)) for path in paths]
 
     def _assert_supervisor(self, host: str) -> None:
-        assert self.supervisor_alive(host), f"supervisord on {host} does not answer"
+        try:
+            alive = self.supervisor_alive(host)
+        except subprocess.TimeoutExpired:
+            # supervisorctl slower than its 10 s on a loaded machine: asked again until the wait's deadline.
+            alive = False
+        assert alive, f"supervisord on {host} does not answer"
 
     def start(self, host: str, program: str) -> None:
         done = self.supervisorctl(host, "start", program)

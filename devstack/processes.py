@@ -1,11 +1,10 @@
-"""Child processes with a log file and a process group of their own, free loopback ports, and waits with
-a deadline."""
+"""Child processes with a log file and a process group of their own, and waits with a deadline (free ports:
+devstack.ports)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,12 +42,6 @@ def until(condition: Callable[[], bool], timeout: float, what: str, interval: fl
         assert condition(), what
 
     eventually(check, timeout=timeout, interval=interval, what=what)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

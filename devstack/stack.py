@@ -13,7 +13,8 @@ from pathlib import Path
 
 from devstack.consul_agent import ConsulAgent, check_status
 from devstack.hazelcast_cluster import HazelcastCluster
-from devstack.processes import ROOT, VENV_BIN, Proc, eventually, free_port
+from devstack.ports import free_port
+from devstack.processes import ROOT, VENV_BIN, Proc, eventually
 from servicekit import metrics_files
 from servicekit.settings import instance_id
 

@@ -26,7 +26,8 @@ import requests
 
 from devstack.consul_agent import check_status
 from devstack.hazelcast_cluster import HazelcastCluster
-from devstack.processes import free_port, until
+from devstack.ports import free_port
+from devstack.processes import until
 from devstack.stack import Service, isolated_agent, start_service, wait_passing
 from servicekit.id_format import HEADER, TRACEPARENT
 from servicekit.registration import service_definition

@@ -1,25 +1,61 @@
 """Infrastructure fixtures: real processes on free loopback ports, so the suite runs beside ./scripts/up.
 
 Each run writes its process logs under tests/.logs/<run>/; a failing test names the log to read.
+
+The suite runs in pytest-xdist workers (`-n`, `--dist loadgroup` in pyproject.toml): each worker is a
+session of its own, with its own Consul agent, Hazelcast cluster and `stack`, started when its first test
+asks for them. Tests marked with the same `xdist_group` run in one worker, one after the other: the tests
+of a module that share a module-scoped fixture (or each worker would build it), and those that must not
+overlap each other (see the README's Tests section).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import hazelcast
 import pytest
+from hypothesis import HealthCheck, settings
 
 from devstack import ROOT, ConsulAgent, HazelcastCluster, Service, Stack, build_stack, isolated_agent, start_service
 from devstack.stubs import StubInstance, stubbed_facade
 
+# Hypothesis times each example (a deadline, 200 ms unless a test sets one) and its data generation
+# (too_slow): on 2 cores shared by the suite's workers, one example stretched past them (3 s against a deadline
+# of 2 s, 18 ms when run again) fails a run with "Unreliable test timings" and says nothing about the code.
+# So no test sets a deadline; the requests a property test makes have timeouts of their own.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
+
+# The run's directory under tests/.logs/, named once by the process that starts the run: the xdist workers
+# it spawns inherit the variable, so every worker writes into the same directory.
+RUN_LOGS = "TESTS_RUN_LOGS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        os.environ[RUN_LOGS] = str(ROOT / "tests" / ".logs" / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def xdist_groups(item: pytest.Item) -> set[str]:
+    return {str(m.args[0] if m.args else m.kwargs.get("name")) for m in item.iter_markers("xdist_group")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """xdist joins the names of a test's xdist_group marks into a group of their own, which would split the
+    test from the groups it was meant to share a worker with: one group per test, at most."""
+    several = {item.nodeid: sorted(xdist_groups(item)) for item in items if len(xdist_groups(item)) > 1}
+    if several:
+        raise pytest.UsageError(f"tests in more than one xdist_group: {several}")
+
 
 @pytest.fixture(scope="session")
 def log_dir() -> Path:
-    path = ROOT / "tests" / ".logs" / time.strftime("%Y%m%d-%H%M%S")
+    path = Path(os.environ[RUN_LOGS])
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -20,6 +20,9 @@ from servicekit import kvconfig
 from servicekit.consul_client import make_consul
 from servicekit.settings import ConsulAddress, ConsulSettings
 
+# One worker for the module: its tests share `acl_agent`, which every worker would build again.
+pytestmark = pytest.mark.xdist_group("consul_acl")
+
 TIMEOUT = 10
 
 # The rules in Consul's JSON form (py-consul sends `rules` JSON-encoded).

@@ -14,6 +14,9 @@ import requests
 
 from devstack import ROOT, Load, eventually, record
 
+# One worker for the module: its tests share `drain_stack`, which every worker would build again.
+pytestmark = pytest.mark.xdist_group("drain")
+
 TIMEOUT = 10
 MAINTENANCE_CHECK = "_service_maintenance:"
 

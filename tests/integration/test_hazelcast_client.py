@@ -50,5 +50,8 @@ def test_after_a_burst_of_concurrent_calls_a_single_get_does_not_wait_for_the_po
         return time.perf_counter() - started
 
     latencies = [one_get() for _ in range(50)]
-    # The median, not the maximum: a loaded 2-core machine can delay any single call.
-    assert statistics.median(latencies) < POLL_SECONDS / 2, sorted(latencies)
+    # The first quartile, not the maximum nor the median: on 2 cores busy with the suite's other workers,
+    # half the calls can wait longer than the poll for a core (a median of 20 ms, its fastest calls under
+    # 1 ms). A lost wakeup makes nearly every call wait out the poll; only a call that another event (a
+    # heartbeat) happens to wake can be quicker.
+    assert statistics.quantiles(latencies, n=4)[0] < POLL_SECONDS / 2, sorted(latencies)

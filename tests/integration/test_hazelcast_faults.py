@@ -23,6 +23,10 @@ from devstack import read_all, start_service, wait_passing
 from servicekit import queue_item
 from servicekit.hz import WAITING_LOG_INTERVAL
 
+# One worker for the module: its tests share `faults` (a whole stack of its own), which every worker would
+# build again.
+pytestmark = pytest.mark.xdist_group("hazelcast_faults")
+
 TIMEOUT = 10
 
 

@@ -35,6 +35,9 @@ from servicekit.hazelcast_member import member_property
 from servicekit.registration import agent_self, loopback_warning
 from servicekit.settings import Settings
 
+# One worker for the module: its tests share the simulation `sim`, which every worker would build again.
+pytestmark = pytest.mark.xdist_group("hosts")
+
 APPS = ("app1", "app2", "app3")
 
 
@@ -168,6 +171,32 @@ def test_a_failed_up_says_what_failed_and_removes_what_it_made_unless_kept(keep,
 
 def _equal(actual, expected) -> None:
     assert actual == expected, f"{actual!r} != {expected!r}"
+
+
+def test_two_simulations_on_the_same_addresses_at_once_each_reach_only_their_own_hosts(started, tmp_path):
+    """Each simulation is a network of its own (its bridge lives in its own namespace), so two of them, a run's
+    and another run's or ./scripts/hosts's, may use the same addresses of 127.100.0.0/24 side by side."""
+    sims = {name: Hosts(f"hi{uuid.uuid4().hex[:6]}") for name in ("one", "two")}
+    try:
+        for name, hosts in sims.items():
+            hosts.create()
+            hosts.add("a", "127.100.0.21")
+            hosts.add("b", "127.100.0.22")
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "who").write_text(name)
+            started(hosts.command("b", ["python3", "-m", "http.server", "--bind", "127.100.0.22", "--directory",
+                                        str(tmp_path / name), "8000"]))  # fmt: skip
+
+        def who(hosts: Hosts) -> str:
+            return hosts.run("a", ["curl", "-s", "-m", "2", "http://127.100.0.22:8000/who"]).stdout
+
+        for name, hosts in sims.items():
+            eventually(lambda hosts=hosts, name=name: _equal(who(hosts), name), 20, interval=0.2, what=f"{name}'s b")
+            with hosts.entered():
+                assert requests.get("http://127.100.0.22:8000/who", timeout=2).text == name
+    finally:
+        for hosts in sims.values():
+            hosts.down()
 
 
 def test_posts_to_one_facade_are_logged_on_several_hosts_and_gets_read_other_hosts(sim):

@@ -14,6 +14,9 @@ from devstack.stubs import StubInstance
 from devstack.workers import on_every_worker
 from servicekit import live_config
 
+# One worker for the module: its tests share `live_stack`, which every worker would build again.
+pytestmark = pytest.mark.xdist_group("live_config")
+
 TIMEOUT = 10
 
 

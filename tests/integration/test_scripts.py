@@ -1,8 +1,8 @@
 """The operator scripts themselves: ./scripts/up, ./scripts/down and ./scripts/install, run for real.
 
 Every stack here has its own run and log directories (STACK_RUN_DIR, STACK_LOG_DIR) and its own ports
-(STACK_PORT_OFFSET, chosen so that all of them are free and below the kernel's ephemeral range, where
-the other tests' free ports come from): a default stack of ./scripts/up runs undisturbed beside them.
+(STACK_PORT_OFFSET, chosen so that devstack.ports reserves every one of them, as it does the other tests'
+free ports): a default stack of ./scripts/up, or another run of the tests, runs undisturbed beside them.
 Whatever a test leaves running is found by the socket supervisord wrote into its programs' environment
 and killed.
 """
@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from devstack import ROOT, consul_binary, eventually, record
+from devstack.ports import reserve_all
 from servicekit import hazelcast_member, stack, stack_status
 from servicekit.settings import default_metrics_port
 from servicekit.stack_status import PortUse, port_is_free
@@ -33,18 +34,18 @@ from servicekit.stack_status import PortUse, port_is_free
 SCRIPTS = ROOT / "scripts"
 PROGRAM_PORTS = {program: stack.ports(program) for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")}
 CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER", "SERF_LAN", "SERF_WAN", "GRPC", "DNS")]
-METRICS_PORTS = [default_metrics_port(p) for program in ("LOGGING", "MESSAGES", "FACADE") for p in PROGRAM_PORTS[program]]
+METRICS_PORTS = [
+    default_metrics_port(port) for program in ("LOGGING", "MESSAGES", "FACADE") for port in PROGRAM_PORTS[program]
+]
 DEFAULT_PORTS = [port for ports in PROGRAM_PORTS.values() for port in ports] + METRICS_PORTS + CONSUL_PORTS
-UDP_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("SERF_LAN", "SERF_WAN", "DNS")]
 
 
 def free_offset() -> int:
-    """An offset that puts every port of the stack on a free port between 12701 and 32085."""
+    """An offset that puts every port of the stack on a port between 12701 and 32085 that devstack.ports
+    reserves for this process (free for TCP and UDP, outside the ephemeral range, no other run's)."""
     for _ in range(200):
         offset = random.randrange(7000, 23000)
-        uses = [PortUse("p", p + offset) for p in DEFAULT_PORTS]
-        uses += [PortUse("p", p + offset, socket.SOCK_DGRAM) for p in UDP_PORTS]
-        if all(port_is_free(use) for use in uses):
+        if reserve_all(p + offset for p in DEFAULT_PORTS):
             return offset
     raise RuntimeError("no free port offset found")
 
@@ -156,6 +157,10 @@ def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir
 # --- returns as soon as everything passes, so each test stands on its own.
 
 
+# The tests of script_stack in one worker, one after the other: in several, each would start a stack of its own.
+SHARES_THE_SCRIPT_STACK = pytest.mark.xdist_group("script_stack")
+
+
 @pytest.fixture(scope="module")
 def script_stack(tmp_path_factory):
     dirs = StackDirs(tmp_path_factory.mktemp("script-stack"), free_offset())
@@ -192,6 +197,7 @@ def programs(dirs: StackDirs) -> set[str]:
                          for port in ports}
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_stack):
     result = up(script_stack)
@@ -206,6 +212,7 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
     assert requests.post(facade, json={"msg": "through up"}, timeout=10).status_code == 201
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack):
     up(script_stack)
@@ -225,6 +232,7 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
     up(script_stack)  # back to token-a for the next test
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(script_stack):
     up(script_stack)
@@ -235,6 +243,7 @@ def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(sc
     assert program_pids(script_stack) == before
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
     up(script_stack)
@@ -253,6 +262,7 @@ def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_t
     assert all(psutil.Process(pid).ppid() == supervisor for pid in after.values())
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
     up(script_stack)
@@ -270,6 +280,7 @@ def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(sc
     assert "nothing is running" in again.stdout, output(again)
 
 
+@SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
     """The members are service definitions the agent loads at start: a dev agent forgets what was

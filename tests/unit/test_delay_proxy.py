@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
+from devstack import free_port
 from devstack.stubs import DelayProxy
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -30,7 +31,7 @@ def test_the_proxy_forwards_the_request_id_and_traceparent():
         def log_message(self, format: str, *args) -> None:  # noqa: A002
             pass
 
-    target = ThreadingHTTPServer(("127.0.0.1", 0), Target)
+    target = ThreadingHTTPServer(("127.0.0.1", free_port()), Target)
     threading.Thread(target=target.serve_forever, daemon=True).start()
     proxy = DelayProxy("logging-service", f"http://127.0.0.1:{target.server_address[1]}", delay=0.0)
     proxy.serve()

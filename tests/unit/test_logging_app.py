@@ -76,6 +76,8 @@ def test_an_id_that_holds_another_message_is_a_409_that_names_the_id_and_not_the
         (b'{"id": "%s", "msg": ""}' % str(uuid.uuid4()).encode(), 400),
         (b'{"id": "%s", "msg": "%s"}' % (str(uuid.uuid4()).encode(), b"x" * 2000), 413),
     ],
+    # Names that do not change with the ids: every xdist worker must collect the same tests.
+    ids=["not-json", "not-utf8", "not-object", "id-not-uuid", "msg-not-string", "msg-empty", "too-large"],
 )
 def test_bad_input_stores_nothing(client, log, data, status):
     response = client.post("/logging", data=data, content_type="application/json")

@@ -16,7 +16,7 @@ from servicekit.settings import Settings, SettingsError, forwarded_body_bytes
 from servicekit.web import MAX_JSON_DEPTH, BadInput, configure_app, nesting_exceeds, read_json_object, require_message
 
 # Bounded: these run in every ./scripts/test on a 2-core machine.
-BOUNDED = settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+BOUNDED = settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -129,7 +129,7 @@ class RecordingHazelcast:
         return True
 
 
-@settings(max_examples=150, deadline=2000)
+@settings(max_examples=150)
 @given(body=st.one_of(st.binary(max_size=512), json_values.map(lambda v: json.dumps(v).encode())))
 @example(body=json.dumps({"msg": "x" * 4097}).encode())
 @example(body=b"[" * 5000)
