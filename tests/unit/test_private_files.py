@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -99,7 +98,9 @@ def test_an_instance_keeps_its_metrics_under_the_run_directory_not_in_tmp(tmp_pa
     settings = Settings.from_env("logging-service", 8081, env={"INSTANCE_HOST": "h"})
     default = metrics_files.directory(settings, env={})
     assert default == stack.ROOT / "run" / "metrics" / "logging-service-h-8081"
-    assert not default.is_relative_to(tempfile.gettempdir())
+    # Under the checkout's run directory, wherever the checkout is (CI clones it into /tmp): never in a
+    # directory every local user shares.
+    assert default.parent.parent == stack.ROOT / "run"
     moved = metrics_files.directory(settings, env={"STACK_RUN_DIR": str(tmp_path)})
     assert moved == tmp_path / "metrics" / "logging-service-h-8081"
     chosen = metrics_files.directory(settings, env={"METRICS_DIR": str(tmp_path / "m")})
