@@ -15,7 +15,7 @@ from devstack.consul_agent import ConsulAgent
 from devstack.postgres import PostgresServer
 from devstack.processes import ROOT, Proc, eventually, free_port
 from servicekit import kvconfig
-from servicekit.hazelcast_member import DEFAULT_JAR, STORE_JARS, hazelcast_member_command
+from servicekit.hazelcast_member import DEFAULT_JAR, STORE_JARS, hazelcast_member_command, store_mode
 
 MAP_NAME = "messages-log"
 QUEUE_NAME = "messages-queue"
@@ -38,7 +38,8 @@ class HazelcastCluster:
         self.agent = agent
         # None: conf/stack.env's HAZELCAST_HEAP, as ./scripts/up.
         self.heap = heap
-        self.store = store
+        # HAZELCAST_STORE=off switches the store off here as in ./scripts/up: what the log was before it.
+        self.store = store if store_mode() == "postgres" else None
         self.log_dir = log_dir
         self.ports = [free_port() for _ in range(size)]
         self.cluster_name = f"test-{uuid.uuid4().hex[:8]}"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+import tempfile
 from pathlib import Path
 
 import consul
@@ -16,7 +17,8 @@ class PostgresServer:
     """Its cluster lives in `home` (beside the test's logs): stopped and started again, it keeps its data."""
 
     def __init__(self, home: Path, log_dir: Path, port: int | None = None, name: str = "postgres"):
-        self.cluster = postgres.Cluster(home.resolve(), port or free_port())
+        socket_dir = Path(tempfile.mkdtemp(prefix="pg-"))
+        self.cluster = postgres.Cluster(home.resolve(), port or free_port(), socket_path=socket_dir)
         self.log_dir = log_dir
         self.name = name
         self.proc: Proc | None = None

@@ -89,6 +89,8 @@ class Cluster:
     port: int
     database: str = "messages"
     user: str = "messages"
+    # A socket's path holds at most 107 bytes: a deep `home` (the tests') puts its socket elsewhere.
+    socket_path: Path | None = None
 
     @property
     def data(self) -> Path:
@@ -96,7 +98,7 @@ class Cluster:
 
     @property
     def socket_dir(self) -> Path:
-        return self.home / "socket"
+        return self.socket_path or self.home / "socket"
 
     @property
     def password_file(self) -> Path:
@@ -127,7 +129,7 @@ class Cluster:
         if self.data.exists():
             shutil.rmtree(self.data)  # a half-made cluster from an interrupted init
         for path in (self.data, self.socket_dir):
-            path.mkdir(mode=0o700)
+            path.mkdir(mode=0o700, exist_ok=True)
             if os.geteuid() == 0:
                 owner = pwd.getpwnam("postgres")
                 os.chown(path, owner.pw_uid, owner.pw_gid)
