@@ -13,6 +13,7 @@ TCP connections (the members') are checked with scram-sha-256 and accepted on 12
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
@@ -20,6 +21,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +100,13 @@ class Cluster:
 
     @property
     def socket_dir(self) -> Path:
-        return self.socket_path or self.home / "socket"
+        if self.socket_path is not None:
+            return self.socket_path
+        inside = self.home / "socket"
+        if len(f"{inside}/.s.PGSQL.{self.port}") <= 107:
+            return inside
+        # Too deep for a socket: a directory of its own in /tmp, named after the cluster.
+        return Path(tempfile.gettempdir()) / f"pg-{hashlib.sha256(str(self.home).encode()).hexdigest()[:12]}"
 
     @property
     def password_file(self) -> Path:
@@ -129,7 +137,7 @@ class Cluster:
         if self.data.exists():
             shutil.rmtree(self.data)  # a half-made cluster from an interrupted init
         for path in (self.data, self.socket_dir):
-            path.mkdir(mode=0o700, exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=path != self.data)
             if os.geteuid() == 0:
                 owner = pwd.getpwnam("postgres")
                 os.chown(path, owner.pw_uid, owner.pw_gid)
@@ -137,25 +145,18 @@ class Cluster:
             _write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
         _write_private(self.pgpass, f"*:*:{self.database}:{self.user}:{self.password()}\n")
         # The bootstrap superuser is `postgres`, reached through the private socket only.
-        subprocess.run(
+        done = subprocess.run(
             self.as_owner(
-                [
-                    str(bin_dir() / "initdb"),
-                    "-D",
-                    str(self.data),
-                    "-U",
-                    "postgres",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                ]
+                [str(bin_dir() / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--locale=C",
+                 "--auth-local=trust", "--auth-host=scram-sha-256"]
             ),
-            check=True,
-            capture_output=True,
-            timeout=COMMAND_TIMEOUT,
-        )
+            capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise MigrationError(
+                f"initdb failed in {self.data} (as root, it runs as the postgres user, which must reach that"
+                f" directory): {done.stderr.strip()}"
+            )
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write("\n# servicekit/postgres.py\n")
             conf.writelines(f"{name} = {value}\n" for name, value in SERVER_SETTINGS.items())
@@ -198,7 +199,18 @@ class Cluster:
 
     def ready(self) -> bool:
         done = subprocess.run(
-            [str(bin_dir() / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(self.port), "-t", "2"],
+            [
+                str(bin_dir() / "pg_isready"),
+                "-q",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-t",
+                "2",
+                "-U",
+                "postgres",
+            ],
             capture_output=True,
             timeout=10,
         )
@@ -324,7 +336,11 @@ def _cluster(args) -> Cluster:
 
 
 def _init(args) -> int:
-    _cluster(args).init()
+    try:
+        _cluster(args).init()
+    except MigrationError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 

@@ -118,9 +118,17 @@ def output(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
+def reachable_dir(prefix: str) -> Path:
+    """A directory for a stack under the checkout: the postgres user, which runs the stack's database, must
+    reach its run directory, and pytest's /tmp directories are 0700."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir=ROOT / "tests" / ".logs"))
+    home.chmod(0o755)
+    return home
+
+
 @pytest.fixture
-def stack_dirs(tmp_path):
-    dirs = StackDirs(tmp_path, free_offset())
+def stack_dirs():
+    dirs = StackDirs(reachable_dir("stack-"), free_offset())
     yield dirs
     try:
         if dirs.supervisord() or dirs.processes():
@@ -162,8 +170,8 @@ def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir
 
 
 @pytest.fixture(scope="module")
-def script_stack(tmp_path_factory):
-    dirs = StackDirs(tmp_path_factory.mktemp("script-stack"), free_offset())
+def script_stack():
+    dirs = StackDirs(reachable_dir("script-stack-"), free_offset())
     yield dirs
     try:
         result = dirs.run("down", timeout=150)
@@ -172,8 +180,8 @@ def script_stack(tmp_path_factory):
         dirs.kill_everything()
 
 
-def up(stack: StackDirs, **extra: str) -> subprocess.CompletedProcess:
-    result = stack.run("up", **extra)
+def up(stack: StackDirs, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+    result = stack.run("up", timeout, **extra)
     assert result.returncode == 0, f"{output(result)}\nlogs in {stack.log_dir}"
     return result
 
@@ -403,11 +411,8 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
 
 
 @pytest.fixture(scope="module")
-def durable_stack(tmp_path_factory):
-    # Under the checkout, not /tmp: the postgres user must reach the run directory (pytest's /tmp is 0700).
-    home = Path(tempfile.mkdtemp(prefix="durable-", dir=ROOT / "tests" / ".logs"))
-    home.chmod(0o755)
-    dirs = StackDirs(home, free_offset())
+def durable_stack():
+    dirs = StackDirs(reachable_dir("durable-"), free_offset())
     yield dirs
     try:
         print(output(dirs.run("down", timeout=150)))
@@ -438,9 +443,9 @@ def assert_counted(dirs: StackDirs, expected: int) -> None:
             assert health["details"]["log"]["bytes"] == expected, (port, health["details"]["log"], expected)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(durable_stack):
-    up(durable_stack)
+    up(durable_stack, timeout=600)
     run = uuid.uuid4().hex[:8]
     for n in range(150):
         answer = requests.post(facade_url(durable_stack), json={"msg": f"kept-{run}-{n}"}, timeout=15)
@@ -449,17 +454,17 @@ def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the
     assert [m for m in before if m.startswith(f"kept-{run}-")] == [f"kept-{run}-{n}" for n in range(150)]
     result = durable_stack.run("down", timeout=150)
     assert result.returncode == 0, output(result)
-    up(durable_stack)
-    after = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 30, what="the log read after up")
+    up(durable_stack, timeout=600)
+    after = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read after up")
     assert after == before, f"{len(after)} messages after down and up, {len(before)} before"
-    eventually(lambda: assert_counted(durable_stack, stored_size(durable_stack)), 30, interval=0.5,
+    eventually(lambda: assert_counted(durable_stack, stored_size(durable_stack)), 60, interval=0.5,
                what="the log's size rebuilt from the store")  # fmt: skip
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
     """Every process of the stack, supervisord and PostgreSQL included, killed at once with SIGKILL."""
-    up(durable_stack)
+    up(durable_stack, timeout=600)
     run = uuid.uuid4().hex[:8]
     url = facade_url(durable_stack)
     with Load(lambda s, n: s.post(url, json={"msg": f"cut-{run}-{n}"}, timeout=15), clients=4, max_requests=2000,
@@ -472,23 +477,23 @@ def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
     acknowledged = [o.body["msg"] for o in load.snapshot() if o.status == 201]
     assert len(acknowledged) >= 100
     eventually(lambda: _assert(durable_stack.processes() == []), 15, what="every process of the stack gone")
-    up(durable_stack)
-    after = eventually(lambda: read_all(url, "logging"), 30, what="the log read after up")
+    up(durable_stack, timeout=600)
+    after = eventually(lambda: read_all(url, "logging"), 120, what="the log read after up")
     lost = set(acknowledged) - set(after)
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged messages lost: {sorted(lost)[:5]}"
     mine = [m for m in after if m.startswith(f"cut-{run}-")]
     assert len(mine) == len(set(mine)), "a message logged twice"
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)
 def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable_stack):
-    up(durable_stack)
+    up(durable_stack, timeout=600)
     newer = postgres.known_version() + 1
     database(durable_stack).psql(f"INSERT INTO schema_version (version, name) VALUES ({newer}, 'from newer code')",
                                  user="messages")  # fmt: skip
     try:
         assert durable_stack.run("down", timeout=150).returncode == 0
-        result = durable_stack.run("up")
+        result = durable_stack.run("up", timeout=600)
         assert result.returncode != 0, output(result)
         assert f"schema version {newer}, newer than this checkout's" in result.stderr, output(result)
         assert not [p for p in program_pids(durable_stack) if p.startswith("hazelcast-")], output(result)
@@ -496,12 +501,12 @@ def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable
         database(durable_stack).psql(f"DELETE FROM schema_version WHERE version = {newer}", user="messages")
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)
 def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
-    up(durable_stack)
+    up(durable_stack, timeout=600)
     assert requests.post(facade_url(durable_stack), json={"msg": "to be purged"}, timeout=15).status_code == 201
     result = durable_stack.run_args(["down", "--purge"], timeout=150)
     assert result.returncode == 0, output(result)
     assert not (durable_stack.run_dir / "postgres").exists()
-    up(durable_stack)
+    up(durable_stack, timeout=600)
     assert read_all(facade_url(durable_stack), "logging") == []
