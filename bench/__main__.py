@@ -56,7 +56,7 @@ from bench.systems import (
     start_reference,
     start_system,
 )
-from bench.store import MEMORY_LABEL, RELOAD_MESSAGES, phase_reload, statements
+from bench.store import MEMORY_LABEL, RELOAD_MESSAGES, commit_delay_run, phase_reload, profile_member, statements
 from devstack import ROOT, ConsulAgent, HazelcastCluster
 from devstack.postgres import PostgresServer
 
@@ -133,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
             database.sql("SELECT pg_stat_statements_reset()")
             post = phase_post(plan, [*systems, memory], cluster, bare, chain, design)
             post["pg_stat_statements"] = statements(database)
+            post["commit_delay"] = commit_delay_run(database, systems[0], plan)
+            if "profile" in phases:
+                member = next(iter(cluster.members.values())).pid
+                log.info("Java Flight Recorder on member pid %d, POST /facade at %d connections for %d s",
+                         member, plan.main_level, PROFILE_SECONDS * 2)  # fmt: skip
+                post["member_profile"] = profile_member(
+                    member, PROFILE_SECONDS * 2,
+                    lambda: wrk.run(systems[0].stack.url, plan.main_level, PROFILE_SECONDS * 2, method="POST",
+                                    body=POST_BODY),
+                    log_dir,
+                )  # fmt: skip
         if "visible" in phases:
             log.info("POST-to-visible at %.0f messages/s for %.0f s", plan.visible_rate, plan.visible_seconds)
             for system in random.sample(systems, len(systems)):

@@ -4,6 +4,8 @@ statements PostgreSQL ran for the POST phase (pg_stat_statements), and the resta
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
 import random
@@ -105,3 +107,73 @@ def phase_reload(home: Path, messages: int = RELOAD_MESSAGES) -> dict:
             script("down", "--purge")
         except RuntimeError as exc:
             log.warning("%s", exc)
+
+
+def profile_member(pid: int, seconds: float, run, out: Path) -> dict:
+    """Java Flight Recorder on one member while `run` loads the stack: where its threads spend their samples.
+    Running Java code (jdk.ExecutionSample) by the top frame's method and by who is on the stack (the store,
+    the JDBC driver, the pool); threads in native code (jdk.NativeMethodSample) that wait inside the
+    PostgreSQL driver, i.e. for the database."""
+    recording = out / f"member-{pid}.jfr"
+    subprocess.run(["jcmd", str(pid), "JFR.start", "name=bench", "settings=profile", f"filename={recording}"],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    try:
+        run()
+    finally:
+        subprocess.run(["jcmd", str(pid), "JFR.stop", "name=bench"], check=True, capture_output=True, timeout=60)
+    printed = subprocess.run(
+        ["jfr", "print", "--json", "--events", "jdk.ExecutionSample,jdk.NativeMethodSample", str(recording)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    events = json.loads(printed.stdout)["recording"]["events"]
+    running = [e for e in events if e["type"] == "jdk.ExecutionSample"]
+    native = [e for e in events if e["type"] == "jdk.NativeMethodSample"]
+
+    def frames(event) -> list[str]:
+        trace = event["values"].get("stackTrace") or {}
+        return [f"{f['method']['type']['name']}.{f['method']['name']}" for f in trace.get("frames", [])]
+
+    def share(events, part: str) -> float:
+        return sum(any(part in f for f in frames(e)) for e in events) / max(len(events), 1)
+
+    top = collections.Counter(frames(e)[0] for e in running if frames(e))
+    return {
+        "seconds": seconds,
+        "running_samples": len(running),
+        "running_in_store_share": round(share(running, "consulservices.store."), 3),
+        "running_in_jdbc_share": round(share(running, "org.postgresql."), 3),
+        "running_in_pool_share": round(share(running, "com.hazelcast.shaded.com.zaxxer.hikari."), 3),
+        "top_methods": [(m, round(c / max(len(running), 1), 3)) for m, c in top.most_common(8)],
+        "native_samples": len(native),
+        "native_waiting_for_postgres_share": round(share(native, "org.postgresql."), 3),
+    }
+
+
+# PostgreSQL's group commit, asked to wait for company: a committing backend sleeps commit_delay µs when at
+# least commit_siblings other transactions are open, so that one WAL flush covers more commits.
+COMMIT_DELAY_US = 500
+COMMIT_SIBLINGS = 4
+
+
+def commit_delay_run(database: PostgresServer, system, plan) -> dict:
+    """POST /facade on the durable system at the main concurrency, once with commit_delay and once without,
+    back to back: what batching the flushes buys when every write commits on its own."""
+    from bench import wrk
+    from bench.systems import POST_BODY
+
+    def run() -> float:
+        return wrk.run(system.stack.url, plan.main_level, plan.seconds, method="POST", body=POST_BODY).rps
+
+    def setting(delay: int, siblings: int) -> None:
+        database.cluster.psql(f"ALTER SYSTEM SET commit_delay = {delay}", database="postgres")
+        database.cluster.psql(f"ALTER SYSTEM SET commit_siblings = {siblings}", database="postgres")
+        database.cluster.psql("SELECT pg_reload_conf()", database="postgres")
+
+    without = run()
+    setting(COMMIT_DELAY_US, COMMIT_SIBLINGS)
+    try:
+        delayed = run()
+    finally:
+        setting(0, 5)
+    log.info("  POST with commit_delay=%d us: %.0f/s, without: %.0f/s", COMMIT_DELAY_US, delayed, without)
+    return {"post_rps_commit_delay": delayed, "post_rps_no_commit_delay": without, "commit_delay_us": COMMIT_DELAY_US}

@@ -70,6 +70,8 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
         current["memory"] = memory
         current["durable_vs_memory"] = current["post_rps"] / memory["post_rps"]
         current["pg_stat_statements"] = post.get("pg_stat_statements")
+        current["member_profile"] = post.get("member_profile")
+        current.update(post.get("commit_delay") or {})
     if "reload" in post:
         current.update(post["reload"])
     if runs:

@@ -90,8 +90,8 @@ class CallFailed(Unavailable):
     """No instance answered usefully. `maybe_done`: one of them may have done the work all the same (it
     answered 5xx, or its read timed out), so a write may have landed."""
 
-    def __init__(self, public: str, detail: str, maybe_done: bool):
-        super().__init__(public, detail)
+    def __init__(self, public: str, detail: str, maybe_done: bool, **fields: Any):
+        super().__init__(public, detail, **fields)
         self.maybe_done = maybe_done
 
 
@@ -201,9 +201,8 @@ class Backends:
 
         def give_up(public: str) -> CallFailed:
             # Every instance refused for the same reason (the log's database is down): the client is told it.
-            if len(set(refusals)) == 1 and refusals[0] is not None:
-                public = f"every {service} instance refused: {refusals[0]}"
-            return CallFailed(public, "; ".join(f"{k}: {v}" for k, v in failed.items()), any(touched))
+            fields = {"refused": refusals[0]} if len(set(refusals)) == 1 and refusals[0] is not None else {}
+            return CallFailed(public, "; ".join(f"{k}: {v}" for k, v in failed.items()), any(touched), **fields)
 
         retrying = Retrying(
             retry=retry_if_exception_type(InstanceFailed),
