@@ -450,7 +450,7 @@ def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the
     for n in range(150):
         answer = requests.post(facade_url(durable_stack), json={"msg": f"kept-{run}-{n}"}, timeout=15)
         assert answer.status_code == 201, answer.text
-    before = read_all(facade_url(durable_stack), "logging")
+    before = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read before down")
     assert [m for m in before if m.startswith(f"kept-{run}-")] == [f"kept-{run}-{n}" for n in range(150)]
     result = durable_stack.run("down", timeout=150)
     assert result.returncode == 0, output(result)
