@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if "post" in phases:
             log.info("POST /facade against the references (%s connections, %.0f s each, %d rounds)",
                      "/".join(map(str, plan.levels)), plan.seconds, plan.rounds)  # fmt: skip
-            database.sql("SELECT pg_stat_statements_reset()")
+            database.cluster.psql("SELECT pg_stat_statements_reset()")  # as the superuser
             post = phase_post(plan, [*systems, memory], cluster, bare, chain, design)
             post["pg_stat_statements"] = statements(database)
             post["commit_delay"] = commit_delay_run(database, systems[0], plan)

@@ -131,7 +131,8 @@ def profile_member(pid: int, seconds: float, run, out: Path) -> dict:
 
     def frames(event) -> list[str]:
         trace = event["values"].get("stackTrace") or {}
-        return [f"{f['method']['type']['name']}.{f['method']['name']}" for f in trace.get("frames", [])]
+        # JFR names types with slashes (org/postgresql/...): dots, as Java source writes them.
+        return [f"{f['method']['type']['name']}.{f['method']['name']}".replace("/", ".") for f in trace.get("frames", [])]
 
     def share(events, part: str) -> float:
         return sum(any(part in f for f in frames(e)) for e in events) / max(len(events), 1)
@@ -146,6 +147,10 @@ def profile_member(pid: int, seconds: float, run, out: Path) -> dict:
         "top_methods": [(m, round(c / max(len(running), 1), 3)) for m, c in top.most_common(8)],
         "native_samples": len(native),
         "native_waiting_for_postgres_share": round(share(native, "org.postgresql."), 3),
+        "native_top_methods": [
+            (m, round(c / max(len(native), 1), 3))
+            for m, c in collections.Counter(frames(e)[0] for e in native if frames(e)).most_common(5)
+        ],
     }
 
 
