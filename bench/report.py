@@ -150,7 +150,8 @@ def markdown(r: dict) -> str:
             f"| {_fmt(m.get('post_p50_ms'), ' ms', 1)} | {_fmt(m.get('post_p99_ms'), ' ms', 1)} |",
         ]
     if r.get("pg_stat_statements"):
-        rows += ["", "| PostgreSQL over the POST phase (pg_stat_statements) | calls | total | mean |", "|---|---|---|---|"]
+        rows += ["", "| PostgreSQL over the POST phase (pg_stat_statements) | calls | total | mean |",
+                 "|---|---|---|---|"]  # fmt: skip
         for st in r["pg_stat_statements"]:
             query = st["query"].replace("|", "\\|")
             rows.append(f"| `{query}` | {st['calls']:,} | {st['total_ms']:,.0f} ms | {st['mean_ms']:.3f} ms |")

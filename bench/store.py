@@ -132,7 +132,8 @@ def profile_member(pid: int, seconds: float, run, out: Path) -> dict:
     def frames(event) -> list[str]:
         trace = event["values"].get("stackTrace") or {}
         # JFR names types with slashes (org/postgresql/...): dots, as Java source writes them.
-        return [f"{f['method']['type']['name']}.{f['method']['name']}".replace("/", ".") for f in trace.get("frames", [])]
+        named = (f"{f['method']['type']['name']}.{f['method']['name']}" for f in trace.get("frames", []))
+        return [name.replace("/", ".") for name in named]
 
     def share(events, part: str) -> float:
         return sum(any(part in f for f in frames(e)) for e in events) / max(len(events), 1)

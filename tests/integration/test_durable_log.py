@@ -14,15 +14,6 @@ from devstack import Load, eventually, read_all, running_stack
 from devstack.postgres import PostgresServer
 
 
-@pytest.fixture
-def database(log_dir, request):
-    """A PostgreSQL of the test's own, beside its logs (the postgres user must reach the directory)."""
-    name = f"postgres-{request.node.name[:30]}"
-    server = PostgresServer(log_dir / name, log_dir, name=name).start()
-    yield server
-    server.stop()
-
-
 def post(url: str, msg: str, **headers: str) -> requests.Response:
     return requests.post(url, json={"msg": msg}, headers=headers, timeout=15)
 
@@ -32,7 +23,8 @@ def rows(database: PostgresServer, query: str) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_messages_queued_while_no_consumer_ran_are_consumed_once_each_after_a_whole_restart(database, log_dir):
+def test_messages_queued_while_no_consumer_ran_are_consumed_once_each_after_a_whole_restart(own_database, log_dir):
+    database = own_database
     run = uuid.uuid4().hex[:8]
     sent = [f"queued-{run}-{n}" for n in range(60)]
     with running_stack(log_dir, messages=2, store=database) as stack:
@@ -64,7 +56,8 @@ def _assert(condition: bool) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_a_stopped_database_answers_503_never_201_and_posts_succeed_again_once_it_is_back(database, log_dir):
+def test_a_stopped_database_answers_503_never_201_and_posts_succeed_again_once_it_is_back(own_database, log_dir):
+    database = own_database
     with running_stack(log_dir, store=database) as stack:
         # The idempotency answers are not the log: they stay in memory (a key is not a message id, and the
         # log's store would refuse it), while the message the key names is written through.

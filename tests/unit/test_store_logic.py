@@ -24,7 +24,8 @@ REFUSED = (
 
 def test_a_store_failure_is_recognised_in_a_map_error_and_inside_a_queue_error():
     assert store_failure(UndefinedErrorCodeError(REFUSED, "consulservices.store.StoreRefused")) is StoreFailure.REFUSED
-    wrapped = HazelcastError("Exception from server: com.hazelcast.core.HazelcastException: " + REFUSED.split(": ", 1)[1])
+    inner = REFUSED.split(": ", 1)[1]
+    wrapped = HazelcastError("Exception from server: com.hazelcast.core.HazelcastException: " + inner)
     assert store_failure(wrapped) is StoreFailure.REFUSED
     unknown = HazelcastError("Exception from server: consulservices.store.StoreOutcomeUnknown: the connection broke")
     assert store_failure(unknown) is StoreFailure.OUTCOME_UNKNOWN
@@ -141,7 +142,8 @@ def test_a_write_the_database_refused_is_a_503_that_says_nothing_was_stored():
     app = create_app(Settings.from_env("logging-service", 8081, env={}), message_log=store)
     answer = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
     assert answer.status_code == 503
-    assert answer.json == {"error": "the log's database (PostgreSQL) is unavailable: nothing was stored", "stored": False}
+    error = "the log's database (PostgreSQL) is unavailable: nothing was stored"
+    assert answer.json == {"error": error, "stored": False}
     assert store.size.seen == 0
 
 
