@@ -223,3 +223,26 @@ def register(client: consul.Consul, ports: list[int]) -> None:
                 deregister=check["deregister_critical_service_after"],
             ),
         )
+
+
+def wait_members(client: consul.Consul, count: int, timeout: float) -> bool:
+    """Until a client sees `count` members in the cluster KV names. ./scripts/up starts the services only then:
+    the first client to use the log map starts its load from the database (EAGER), and a load that runs while
+    members are still joining (partitions migrating) was seen never to finish."""
+    import time
+
+    import hazelcast
+
+    config = kvconfig.load(client)
+    hz = hazelcast.HazelcastClient(
+        cluster_name=config.cluster_name, cluster_members=list(config.members), cluster_connect_timeout=timeout
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while len(hz.cluster_service.get_members()) < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+    finally:
+        hz.shutdown()

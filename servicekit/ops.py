@@ -82,6 +82,13 @@ def hazelcast_services(args: argparse.Namespace) -> int:
     return 0
 
 
+def hazelcast_members(args: argparse.Namespace) -> int:
+    if hazelcast_member.wait_members(_client(), args.count, args.timeout):
+        return 0
+    log.error("the Hazelcast cluster did not reach %d members within %.0f s", args.count, args.timeout)
+    return 1
+
+
 def register_hazelcast(args: argparse.Namespace) -> int:
     hazelcast_member.register(_client(), args.ports)
     log.info("registered Hazelcast members on ports %s", ", ".join(map(str, args.ports)))
@@ -242,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     defs.add_argument("path")
     defs.add_argument("ports", type=int, nargs="+")
     defs.set_defaults(func=hazelcast_services)
+    joined = sub.add_parser("hazelcast-members", help="wait until the cluster has COUNT members")
+    joined.add_argument("count", type=int)
+    joined.add_argument("--timeout", type=float, default=120.0)
+    joined.set_defaults(func=hazelcast_members)
     reg = sub.add_parser("register-hazelcast", help="register Hazelcast members with a TCP check")
     reg.add_argument("ports", type=int, nargs="+")
     reg.set_defaults(func=register_hazelcast)
