@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         # The log's database, as in ./scripts/up: the current system's map and queue write through to it.
         log_dir.chmod(0o755)  # the postgres user keeps its cluster under it
         database = PostgresServer(log_dir / "postgres", log_dir)
-        running.callback(logged(database.stop))
+        running.callback(logged(database.close))
         database.start()
         # A million entries of the log, their backups and the index need about 1 GB a member.
         cluster = HazelcastCluster(agent, log_dir, heap=args.member_heap if "page" in phases else None, store=database)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -46,6 +47,12 @@ class PostgresServer:
         """Fast shutdown (SIGINT): open connections are closed, what was committed stays."""
         if self.proc is not None:
             self.proc.stop(signal.SIGINT, timeout=30)
+
+    def close(self) -> None:
+        """Stopped for good: its socket's directory in /tmp goes too (the data stays beside the logs)."""
+        self.stop()
+        if self.cluster.socket_path is not None:
+            shutil.rmtree(self.cluster.socket_path, ignore_errors=True)
 
     def kill9(self) -> None:
         if self.proc is not None:

@@ -47,7 +47,7 @@ def own_database(log_dir, request):
     name = f"postgres-{request.node.name[:30]}"
     server = PostgresServer(log_dir / name, log_dir, name=name).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="session")
