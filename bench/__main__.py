@@ -56,7 +56,9 @@ from bench.systems import (
     start_reference,
     start_system,
 )
+from bench.store import MEMORY_LABEL, RELOAD_MESSAGES, commit_delay_run, phase_reload, profile_member, statements
 from devstack import ROOT, ConsulAgent, HazelcastCluster
+from devstack.postgres import PostgresServer
 
 log = logging.getLogger("bench")
 
@@ -91,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         agent = ConsulAgent(log_dir)
         running.callback(logged(agent.stop))
         agent.start()
+        # The log's database, as in ./scripts/up: the current system's map and queue write through to it.
+        log_dir.chmod(0o755)  # the postgres user keeps its cluster under it
+        database = PostgresServer(log_dir / "postgres", log_dir)
+        running.callback(logged(database.close))
+        database.start()
         # A million entries of the log, their backups and the index need about 1 GB a member.
-        cluster = HazelcastCluster(agent, log_dir, heap=args.member_heap if "page" in phases else None)
+        cluster = HazelcastCluster(agent, log_dir, heap=args.member_heap if "page" in phases else None, store=database)
         running.callback(logged(cluster.stop))
         cluster.start()
         bare = start_reference(running, log_dir, "ref-bare")
@@ -101,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             rev = short_rev(args.baseline)
             roots.append((f"baseline-{rev}", checkout(rev, log_dir / "baseline-src")))
-        systems: list[System] = [start_system(running, label, cluster, log_dir, root) for label, root in roots]
+        systems: list[System] = [
+            start_system(running, label, cluster, log_dir, root, durable=label == "current") for label, root in roots
+        ]
+        # The same code with the store switched off (a map and queue in memory only), for durable_vs_memory.
+        memory = start_system(running, MEMORY_LABEL, cluster, log_dir, ROOT)
+        # The naive design writes the durable system's map and queue: through to the same database.
         design = start_design(running, log_dir, systems[0])
         log.info("stack up in %.0f s; warming up (JIT, pools, connections)", time.monotonic() - started)
-        for url in [f"{chain.url}/chain", f"{design.url}/design", *(s.stack.url for s in systems)]:
+        for url in [f"{chain.url}/chain", f"{design.url}/design", *(s.stack.url for s in [*systems, memory])]:
             wrk.run(url, 4, 2, method="POST", body=POST_BODY)
 
         post: dict = {}
@@ -118,7 +130,20 @@ def main(argv: list[str] | None = None) -> int:
         if "post" in phases:
             log.info("POST /facade against the references (%s connections, %.0f s each, %d rounds)",
                      "/".join(map(str, plan.levels)), plan.seconds, plan.rounds)  # fmt: skip
-            post = phase_post(plan, systems, cluster, bare, chain, design)
+            database.cluster.psql("SELECT pg_stat_statements_reset()")  # as the superuser
+            post = phase_post(plan, [*systems, memory], cluster, bare, chain, design)
+            post["pg_stat_statements"] = statements(database)
+            post["commit_delay"] = commit_delay_run(database, systems[0], plan)
+            if "profile" in phases:
+                member = next(iter(cluster.members.values())).pid
+                log.info("Java Flight Recorder on member pid %d, POST /facade at %d connections for %d s",
+                         member, plan.main_level, PROFILE_SECONDS * 2)  # fmt: skip
+                post["member_profile"] = profile_member(
+                    member, PROFILE_SECONDS * 2,
+                    lambda: wrk.run(systems[0].stack.url, plan.main_level, PROFILE_SECONDS * 2, method="POST",
+                                    body=POST_BODY),
+                    log_dir,
+                )  # fmt: skip
         if "visible" in phases:
             log.info("POST-to-visible at %.0f messages/s for %.0f s", plan.visible_rate, plan.visible_seconds)
             for system in random.sample(systems, len(systems)):
@@ -136,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             log.info("profiling %s's workers with py-spy --gil, %d s of POST, %d s of GET",
                      systems[0].label, PROFILE_SECONDS, PROFILE_SECONDS)  # fmt: skip
             found = phase_profile(plan, systems[0])
-        results = summarize(plan, systems, post)
+        if "reload" in phases:
+            log.info("./scripts/up with %s messages in PostgreSQL (filled with COPY)", f"{RELOAD_MESSAGES:,}")
+            post["reload"] = phase_reload(log_dir / "reload")
+        results = summarize(plan, [*systems, memory], post)
         if found:
             results["profile"] = found
 

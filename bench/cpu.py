@@ -62,4 +62,6 @@ def system_groups(system: System, cluster: HazelcastCluster) -> dict[str, list[i
         "messages_svc": [s.proc.pid for s in stack.messages],
         "hazelcast members": [p.pid for p in cluster.members.values()],
         "consul agent": [system.agent.proc.pid],
+        # The postmaster and its backends (shared by every system on the cluster: the durable one writes).
+        **({"postgresql": [cluster.store.proc.pid]} if cluster.store is not None and cluster.store.proc else {}),
     }

@@ -22,7 +22,7 @@ from servicekit.log_entry import encode
 
 log = logging.getLogger("bench")
 
-PHASES = ("page", "post", "get", "visible", "drain", "balance", "profile")
+PHASES = ("page", "post", "get", "visible", "drain", "balance", "profile", "reload")
 PROFILE_SECONDS = 5
 VISIBLE_SENDERS = 8
 VISIBLE_LEAD_IN_SECONDS = 1.0

@@ -64,6 +64,13 @@ def markdown(r: dict) -> str:
     row("POST /facade p99", "post_p99_ms", " ms", 1)
     row("POST /facade / reference chain, same round (`post_vs_ref`)", "post_vs_ref", "", 2)
     row("POST /facade / the naive design, same round (`post_vs_design`)", "post_vs_design", "", 2)
+    row("POST /facade written through to PostgreSQL / the same in memory only (`durable_vs_memory`)",
+        "durable_vs_memory", "", 2)  # fmt: skip
+    row("POST /facade with PostgreSQL's commit_delay (500 us), same stack (`post_rps_commit_delay`)",
+        "post_rps_commit_delay")  # fmt: skip
+    row("POST /facade without it, run just before (`post_rps_no_commit_delay`)", "post_rps_no_commit_delay")
+    row("`./scripts/up` to every check passing, 1,000,000 messages stored (`reload_s_1m`)", "reload_s_1m", " s", 1)
+    row("then to the first GET /facade page (`reload_first_page_s_1m`)", "reload_first_page_s_1m", " s", 2)
     row("GET /facade p50 at 10,000 stored messages (`get_p50_ms_10k`)", "get_p50_ms_10k", " ms", 1)
     row("GET /facade growth, p50 per 1,000 stored messages", "get_ms_per_1k_messages", " ms", 2)
     row("GET /facade constant (p50 fit at 0 messages)", "get_constant_ms", " ms", 1)
@@ -131,6 +138,23 @@ def markdown(r: dict) -> str:
                 f"| `LB_POLICY={policy}` | {b[policy + '_p50_ms']:.1f} ms | {b[policy + '_p90_ms']:.1f} ms "
                 f"| {b[policy + '_p99_ms']:.1f} ms | {b[policy + '_rps']:,.0f}/s | {b[policy + '_slow_share']:.0%} |"
             )
+    if r.get("memory"):
+        m = r["memory"]
+        rows += [
+            "",
+            f"| POST /facade at {main_level} connections, same rounds | requests/s | p50 | p99 |",
+            "|---|---|---|---|",
+            f"| written through to PostgreSQL | {_fmt(r.get('post_rps'))} | {_fmt(r.get('post_p50_ms'), ' ms', 1)} "
+            f"| {_fmt(r.get('post_p99_ms'), ' ms', 1)} |",
+            f"| in memory only (the store switched off) | {_fmt(m.get('post_rps'))} "
+            f"| {_fmt(m.get('post_p50_ms'), ' ms', 1)} | {_fmt(m.get('post_p99_ms'), ' ms', 1)} |",
+        ]
+    if r.get("pg_stat_statements"):
+        rows += ["", "| PostgreSQL over the POST phase (pg_stat_statements) | calls | total | mean |",
+                 "|---|---|---|---|"]  # fmt: skip
+        for st in r["pg_stat_statements"]:
+            query = st["query"].replace("|", "\\|")
+            rows.append(f"| `{query}` | {st['calls']:,} | {st['total_ms']:,.0f} ms | {st['mean_ms']:.3f} ms |")
     if "cpu_ms_per_request" in r:
         rows += ["", cpu_table(r["cpu_ms_per_request"], meta)]
     if "profile" in r:

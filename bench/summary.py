@@ -62,6 +62,18 @@ def summarize(plan: Plan, systems: list[System], post: dict) -> dict:
                 s["metrics_counted_per_sent"] = system.facade_counted / system.facade_requests
         out[system.label] = s
     current = dict(out[systems[0].label])
+    from bench.store import MEMORY_LABEL
+
+    memory = out.pop(MEMORY_LABEL, None)
+    systems = [s for s in systems if s.label != MEMORY_LABEL]
+    if memory is not None and runs:
+        current["memory"] = memory
+        current["durable_vs_memory"] = current["post_rps"] / memory["post_rps"]
+        current["pg_stat_statements"] = post.get("pg_stat_statements")
+        current["member_profile"] = post.get("member_profile")
+        current.update(post.get("commit_delay") or {})
+    if "reload" in post:
+        current.update(post["reload"])
     if runs:
         current["ref_chain_rps"] = med("chain", plan.main_level, "rps")
         current["ref_bare_rps"] = med("bare", plan.main_level, "rps")

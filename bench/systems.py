@@ -128,10 +128,21 @@ def start_design(running: contextlib.ExitStack, log_dir: Path, system: System, i
 
 
 def start_system(
-    running: contextlib.ExitStack, label: str, cluster: HazelcastCluster, log_dir: Path, root: Path
+    running: contextlib.ExitStack,
+    label: str,
+    cluster: HazelcastCluster,
+    log_dir: Path,
+    root: Path,
+    durable: bool = False,
 ) -> System:
-    """The services of the source tree `root` on an agent of their own, stopped when `running` closes."""
-    agent = isolated_agent(cluster, log_dir / label, f"consul-{label}")
+    """The services of the source tree `root` on an agent of their own, stopped when `running` closes.
+    `durable`: on the map and queue the members write through to PostgreSQL (the cluster's store, as in
+    ./scripts/up); otherwise on a private map and queue, in memory only (the store switched off)."""
+    if durable:
+        agent = ConsulAgent(log_dir / label, name=f"consul-{label}").start()
+        cluster.seed_kv(agent)
+    else:
+        agent = isolated_agent(cluster, log_dir / label, f"consul-{label}")
     running.callback(logged(agent.stop))
     stack = build_stack(agent, cluster, log_dir / label, logging=3, messages=2, facades=1, root=root)
     running.callback(logged(stack.stop))

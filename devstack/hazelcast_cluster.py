@@ -13,18 +13,34 @@ import consul
 
 from devstack.consul_agent import ConsulAgent
 from devstack.ports import free_port
+from devstack.postgres import PostgresServer
 from devstack.processes import ROOT, Proc, eventually
 from servicekit import kvconfig
-from servicekit.hazelcast_member import DEFAULT_JAR, hazelcast_member_command
+from servicekit.hazelcast_member import DEFAULT_JAR, STORE_JARS, hazelcast_member_command, store_mode
+
+MAP_NAME = "messages-log"
+QUEUE_NAME = "messages-queue"
 
 
 class HazelcastCluster:
-    """`size` members on free ports, configured from Consul KV the way ./scripts/up does it."""
+    """`size` members on free ports, configured from Consul KV the way ./scripts/up does it.
 
-    def __init__(self, agent: ConsulAgent, log_dir: Path, size: int = 3, heap: str | None = None):
+    With `store`, the map MAP_NAME and the queue QUEUE_NAME (the names seed_kv writes by default) write through
+    to that PostgreSQL, as in ./scripts/up; the private maps and queues of isolated_agent stay in memory."""
+
+    def __init__(
+        self,
+        agent: ConsulAgent,
+        log_dir: Path,
+        size: int = 3,
+        heap: str | None = None,
+        store: PostgresServer | None = None,
+    ):
         self.agent = agent
         # None: conf/stack.env's HAZELCAST_HEAP, as ./scripts/up.
         self.heap = heap
+        # HAZELCAST_STORE=off switches the store off here as in ./scripts/up: what the log was before it.
+        self.store = store if store_mode() == "postgres" else None
         self.log_dir = log_dir
         self.ports = [free_port() for _ in range(size)]
         self.cluster_name = f"test-{uuid.uuid4().hex[:8]}"
@@ -34,9 +50,7 @@ class HazelcastCluster:
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.ports]
 
-    def seed_kv(
-        self, agent: ConsulAgent | None = None, queue_name: str = "messages-queue", map_name: str = "messages-log"
-    ) -> None:
+    def seed_kv(self, agent: ConsulAgent | None = None, queue_name: str = QUEUE_NAME, map_name: str = MAP_NAME) -> None:
         """Write this cluster's settings into Consul KV (by default the cluster's own agent)."""
         values = kvconfig.seed_values()
         values.update(
@@ -48,10 +62,21 @@ class HazelcastCluster:
             }
         )
         kvconfig.seed((agent or self.agent).client(), values)
+        if self.store is not None:
+            self.store.register((agent or self.agent).client())
 
     def start_member(self, port: int) -> Proc:
-        command = hazelcast_member_command(port, self.cluster_name, ",".join(self.addresses), DEFAULT_JAR, self.heap)
-        proc = Proc(f"hazelcast-{port}", command, self.log_dir / f"hazelcast-{port}.log").start()
+        command = hazelcast_member_command(
+            port,
+            self.cluster_name,
+            ",".join(self.addresses),
+            DEFAULT_JAR,
+            self.heap,
+            names=(MAP_NAME, QUEUE_NAME),
+            store=None if self.store is None else self.store.store_settings(),
+        )
+        env = {} if self.store is None else {"PGPASSFILE": str(self.store.cluster.pgpass)}
+        proc = Proc(f"hazelcast-{port}", command, self.log_dir / f"hazelcast-{port}.log", env=env).start()
         self.members[port] = proc
         return proc
 
@@ -66,8 +91,9 @@ class HazelcastCluster:
         )
 
     def start(self, timeout: float = 90.0) -> HazelcastCluster:
-        if not DEFAULT_JAR.is_file():
-            raise RuntimeError(f"no Hazelcast jar at {DEFAULT_JAR}: run ./scripts/install")
+        for jar in (DEFAULT_JAR, *STORE_JARS):
+            if not jar.is_file():
+                raise RuntimeError(f"no {jar.name} at {jar}: run ./scripts/install")
         self.seed_kv()
         for port in self.ports:
             self.start_member(port)
@@ -90,6 +116,13 @@ class HazelcastCluster:
             assert proc.alive(), f"{proc.name} exited:\n{proc.tail()}"
         _, entries = client.health.service(kvconfig.HAZELCAST_SERVICE, passing=True)
         assert len(entries) == len(self.ports), f"{len(entries)} members passing"
+        if self.store is not None:
+            # The log map loads from the database when it is first used, and the load is a write that
+            # split-brain protection refuses on a member that is still alone: wait for the whole cluster.
+            for proc in self.members.values():
+                assert f"Members {{size:{len(self.ports)}," in proc.log_path.read_text(errors="replace"), (
+                    f"{proc.name} has not seen the {len(self.ports)} members yet"
+                )
 
     def stop(self) -> None:
         for proc in self.members.values():

@@ -182,7 +182,9 @@ def supervisor_config(host: str, address: str, layout: Layout, app: bool, autost
             program(
                 "hazelcast",
                 f"{layout.venv_bin}/python -m servicekit.ops hazelcast-member --port {HAZELCAST_PORT}",
-                layout.environment("hazelcast", host, address, None),
+                # The several-hosts stack has no database yet (PostgreSQL with Patroni is still to come):
+                # its members keep the log in memory, as before the store.
+                {**layout.environment("hazelcast", host, address, None), "HAZELCAST_STORE": "off"},
                 20,
                 layout,
                 stopwaitsecs=20,

@@ -71,10 +71,20 @@ def soak(args, log_dir: Path, stack: Stack) -> int:
     started = time.monotonic()
     url = stack.url
     tag = uuid.uuid4().hex[:6]
-    posts = Load(lambda s, n: s.post(url, json={"msg": f"soak-{tag}-{n}"}, timeout=TIMEOUT), clients=1,
-                 rate=args.rate, max_requests=int(args.rate * duration) + 1, max_seconds=duration)
-    gets = Load(lambda s, n: s.get(url, timeout=TIMEOUT), clients=1, rate=args.rate / GETS_EVERY,
-                max_requests=int(args.rate * duration / GETS_EVERY) + 1, max_seconds=duration)
+    posts = Load(
+        lambda s, n: s.post(url, json={"msg": f"soak-{tag}-{n}"}, timeout=TIMEOUT),
+        clients=1,
+        rate=args.rate,
+        max_requests=int(args.rate * duration) + 1,
+        max_seconds=duration,
+    )
+    gets = Load(
+        lambda s, n: s.get(url, timeout=TIMEOUT),
+        clients=1,
+        rate=args.rate / GETS_EVERY,
+        max_requests=int(args.rate * duration / GETS_EVERY) + 1,
+        max_seconds=duration,
+    )
     # Leaving the block early (a failed restart) stops the load before the stack stops.
     with posts, gets:
         rss_start = {name: rss_mib(pid) for name, pid in processes(stack).items()}

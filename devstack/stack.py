@@ -14,6 +14,7 @@ from pathlib import Path
 from devstack.consul_agent import ConsulAgent, check_status
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.ports import free_port
+from devstack.postgres import PostgresServer
 from devstack.processes import ROOT, VENV_BIN, Proc, eventually
 from servicekit import metrics_files
 from servicekit.settings import instance_id
@@ -183,14 +184,16 @@ def running_stack(
     facades: int = 1,
     heap: str | None = None,
     env: dict[str, str] | None = None,
+    store: PostgresServer | None = None,
 ) -> Iterator[Stack]:
-    """A whole system of its own: a Consul agent, `members` Hazelcast members and the instances, every
-    one of them passing; on leaving, everything stops in the reverse order, whatever happened."""
+    """A whole system of its own: a Consul agent, `members` Hazelcast members (writing through to `store`,
+    a running PostgreSQL, when given) and the instances, every one of them passing; on leaving, everything
+    stops in the reverse order, whatever happened."""
     with contextlib.ExitStack() as running:
         agent = ConsulAgent(log_dir)
         running.callback(agent.stop)
         agent.start()
-        cluster = HazelcastCluster(agent, log_dir, size=members, heap=heap)
+        cluster = HazelcastCluster(agent, log_dir, size=members, heap=heap, store=store)
         running.callback(cluster.stop)
         cluster.start()
         stack = build_stack(agent, cluster, log_dir, logging=logging, messages=messages, facades=facades, env=env)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from hazelcast.errors import SplitBrainProtectionError
+from hazelcast.errors import HazelcastError, SplitBrainProtectionError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.stop import stop_base
 from urllib3.exceptions import MaxRetryError, NewConnectionError
@@ -23,6 +23,7 @@ from werkzeug.exceptions import NotFound
 from servicekit import balancing, metrics, queue_item, request_id, tracing
 from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
+from servicekit.errors import StoreFailure, store_failure
 from servicekit.hz import Hazelcast
 from servicekit.outliers import OutlierDetector
 from servicekit.paging import LogCursor, MessagesCursor
@@ -97,21 +98,25 @@ def _never_sent(exc: Exception) -> bool:
     return isinstance(cause, NewConnectionError)
 
 
-def _says_not_stored(response: requests.Response) -> bool:
-    """A 503 whose body says `"stored": false` (logging_svc's WritesRefused)."""
+def _refusal(response: requests.Response) -> str | None:
+    """The error of a 503 whose body says `"stored": false` (logging_svc's WritesRefused, StoreUnavailable);
+    None for any other answer."""
     try:
         body = response.json()
     except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("stored") is False
+        return None
+    if isinstance(body, dict) and body.get("stored") is False:
+        return str(body.get("error") or "writes refused")
+    return None
 
 
 class InstanceFailed(Exception):
     """One instance did not answer usefully; another may."""
 
-    def __init__(self, reason: str, reached: Reached):
+    def __init__(self, reason: str, reached: Reached, refusal: str | None = None):
         super().__init__(reason)
         self.reached = reached
+        self.refusal = refusal
 
 
 class CallFailed(Unavailable):
@@ -119,8 +124,8 @@ class CallFailed(Unavailable):
     answered 5xx, its read timed out, or it dropped the connection after the request went out), so a write
     may have landed."""
 
-    def __init__(self, public: str, detail: str, maybe_done: bool):
-        super().__init__(public, detail)
+    def __init__(self, public: str, detail: str, maybe_done: bool, **fields: Any):
+        super().__init__(public, detail, **fields)
         self.maybe_done = maybe_done
 
 
@@ -253,9 +258,12 @@ class Backends:
             return random.uniform(0.05, 0.2)
 
         touched: list[bool] = []  # one entry per failed attempt: whether it reached the instance
+        refusals: list[str | None] = []  # one entry per failed attempt: what a refusing instance said
 
         def give_up(public: str) -> CallFailed:
-            return CallFailed(public, "; ".join(f"{k}: {v}" for k, v in failed.items()), any(touched))
+            # Every instance refused for the same reason (the log's database is down): the client is told it.
+            fields = {"refused": refusals[0]} if len(set(refusals)) == 1 and refusals[0] is not None else {}
+            return CallFailed(public, "; ".join(f"{k}: {v}" for k, v in failed.items()), any(touched), **fields)
 
         retrying = Retrying(
             retry=retry_if_exception_type(InstanceFailed),
@@ -278,6 +286,7 @@ class Backends:
                         if outliers.failed(instance.id, str(exc)):
                             metrics.count_ejection(service, instance.id)
                         touched.append(exc.reached not in (Reached.NO, Reached.REFUSED))
+                        refusals.append(exc.refusal)
                         last = attempt.retry_state.attempt_number >= MAX_ATTEMPTS or time.monotonic() >= give_up_at
                         if last or exc.reached in (Reached.NO, Reached.REFUSED):
                             # The instance did nothing (no connection, or writes refused for lack of
@@ -315,10 +324,12 @@ class Backends:
             if response.status_code == 507:
                 # The log is full for every instance alike (they share it): no other instance is tried.
                 raise InsufficientStorage("the log is full", f"{instance.id}: {response.text[:200]}")
-            if response.status_code == 503 and _says_not_stored(response):
-                # A logging instance whose member sees too few members (split-brain protection): nothing was
-                # stored there, and an instance on the larger side of the split may store it.
-                raise InstanceFailed("HTTP 503, writes refused: too few Hazelcast members", Reached.REFUSED)
+            refusal = _refusal(response) if response.status_code == 503 else None
+            if refusal is not None:
+                # A logging instance whose member sees too few members (split-brain protection), or whose
+                # member cannot reach the log's database: nothing was stored there, and another instance (on
+                # the larger side of a split) may store it.
+                raise InstanceFailed(f"HTTP 503, nothing stored: {refusal}", Reached.REFUSED, refusal)
             if response.status_code >= 500:
                 raise InstanceFailed(f"HTTP {response.status_code}", Reached.DONE)
             if response.status_code >= 400:
@@ -330,13 +341,13 @@ class Backends:
             return response.json()
         except (requests.RequestException, ValueError, InstanceFailed) as exc:
             if isinstance(exc, InstanceFailed):
-                reason, reached = str(exc), exc.reached
+                reason, reached, refusal = str(exc), exc.reached, exc.refusal
             else:
-                reason, reached = type(exc).__name__, Reached.of(exc)
+                reason, reached, refusal = type(exc).__name__, Reached.of(exc), None
             failed[instance.id] = reason
             metrics.count_failure(service, instance.id, reason)
             log.warning("%s failed (%s)", instance.id, reason)
-            raise InstanceFailed(reason, reached) from exc
+            raise InstanceFailed(reason, reached, refusal) from exc
 
     def log_message(self, message_id: str, msg: str, give_up_at: float | None = None) -> Logged:
         """Store the message through one logging instance. AnotherMessageLogged when the id holds another
@@ -384,6 +395,12 @@ class Backends:
             metrics.count_offer("no_quorum")
             # Refused by the queue's member before it took the item: certainly not queued.
             raise Unavailable("the message queue refuses writes: too few Hazelcast members", str(exc)) from None
+        except HazelcastError as exc:
+            metrics.count_offer("error")
+            if store_failure(exc) is StoreFailure.REFUSED:
+                # The member could not write the item through to PostgreSQL: it did not take it.
+                raise Unavailable("the message queue's database is unavailable", str(exc).split("\n", 1)[0]) from None
+            raise
         except Exception:
             metrics.count_offer("error")
             raise

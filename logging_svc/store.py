@@ -13,10 +13,11 @@ from hazelcast import predicate
 from hazelcast.aggregator import min_
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastError, SplitBrainProtectionError
+from hazelcast.projection import single_attribute
 from werkzeug.exceptions import Conflict
 
 from servicekit.background import BackgroundLoop
-from servicekit.errors import HazelcastUnavailable
+from servicekit.errors import HazelcastUnavailable, StoreFailure, store_failure
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast, wait
 from servicekit.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
 from servicekit.paging import LogCursor
@@ -55,6 +56,15 @@ class AnotherMessageStored(Conflict):
         super().__init__(f"another message is already stored under id {message_id}: nothing was stored")
 
 
+class StoreUnavailable(Unavailable):
+    """The member that owns the entry could not write it through to PostgreSQL (hazelcast-store/): no
+    connection, or the database refused the statement. Nothing was stored, in the database or in memory,
+    and the 503 says `"stored": false`; every instance shares the database, so the facade answers 503 too."""
+
+    def __init__(self, detail: str):
+        super().__init__("the log's database (PostgreSQL) is unavailable: nothing was stored", detail, stored=False)
+
+
 class MessageLog(Protocol):
     @property
     def ready(self) -> bool: ...
@@ -83,8 +93,16 @@ ENTRY_OVERHEAD = 290
 
 def entry_cost(message_id: str, entry: str) -> int:
     """The estimated heap one copy of an entry takes, in bytes: what the log's capacity counts."""
-    stored = len(message_id.encode()) + len(entry.encode())
+    return entry_cost_of_size(len(message_id.encode()) + len(entry.encode()))
+
+
+def entry_cost_of_size(stored: int) -> int:
+    """entry_cost of an entry whose key and value take `stored` bytes."""
     return ENTRY_OVERHEAD + stored + stored // 2 + stored // 20
+
+
+# Every key is a canonical UUID (logging_svc.routes refuses any other spelling).
+ID_BYTES = 36
 
 
 def convert_json_entry(entry: str | HazelcastJsonValue) -> str:
@@ -148,6 +166,11 @@ class LogSize:
     (add_and_get): a POST makes no call for it. The log never shrinks, so the size seen only grows: a
     replica that has not seen an increment yet does not take back what this worker counted. A worker killed
     with a sum not sent yet under-counts by at most SIZE_REFRESH of its POSTs.
+
+    The counter lives in the members' memory only, while the map is loaded from PostgreSQL when the whole
+    cluster starts again: the first worker to claim the marker beside the counter then adds what the map holds
+    and the counter does not (rebuild). A worker is ready (/health) once the map answered it, that is once the
+    members finished loading it.
     """
 
     def __init__(self, hz: Hazelcast):
@@ -156,6 +179,7 @@ class LogSize:
         self._bytes = 0
         self._unsent = 0
         self._synced = threading.Event()
+        self._loaded = threading.Event()
         self._loop = BackgroundLoop("log-size", self._sync_step)
 
     def start(self) -> LogSize:
@@ -166,6 +190,36 @@ class LogSize:
     def seen(self) -> int:
         """The size last seen, without asking the cluster."""
         return self._bytes
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the map answered this worker: the members have loaded it from the database."""
+        return self._loaded.is_set()
+
+    def load(self) -> None:
+        """Wait for the map to be loaded (a query waits for it) and, when this worker is the first of the
+        cluster to claim the rebuild, bring the counter up to what the map holds.
+
+        The counter becomes max(what it counted before the query, what the map holds): the entries stored
+        since the restart are in both, so they count once, and a second rebuild (the marker's partition lost
+        with two members while the counter lived on) adds nothing. An entry stored while the query runs may
+        count twice: a few KB, conservative."""
+        marker = self._hz.log_size_marker()
+        if marker.put_if_absent("rebuilt", "claimed") is not None:
+            self._hz.map().aggregate(min_("this"))
+            self._loaded.set()
+            return
+        try:
+            counted = self._hz.log_size_counter().get().result()
+            held = sum(entry_cost_of_size(ID_BYTES + n) for n in self._hz.map().project(single_attribute("utf8_bytes")))
+            if held > counted:
+                self._hz.log_size_counter().add_and_get(held - counted).result()
+        except BaseException:
+            # Another worker (or this one, next time round) tries again.
+            marker.remove("rebuilt")
+            raise
+        log.info("rebuilt the log's size from the map: %d bytes held, %d counted before", held, counted)
+        self._loaded.set()
 
     def bytes(self) -> int:
         # Until the first sync this worker knows nothing of what the log already holds.
@@ -209,6 +263,8 @@ class LogSize:
     def _sync_step(self) -> None:
         if self._hz.connected:
             try:
+                if not self._loaded.is_set():
+                    self.load()
                 self.sync()
             except (HazelcastError, HazelcastUnavailable) as exc:
                 log.warning("could not count the log's size: %s; trying again in %.2f s", exc, SIZE_REFRESH)
@@ -236,7 +292,7 @@ class HazelcastMessageLog:
 
     @property
     def ready(self) -> bool:
-        return self._hz.connected
+        return self._hz.connected and self.size.loaded
 
     def add(self, message_id: str, msg: str) -> bool:
         # The wall clock of the machine orders entries across instances (never going back within this worker);
@@ -251,6 +307,17 @@ class HazelcastMessageLog:
         except SplitBrainProtectionError as exc:
             # Checked on the partition owner before the write; the client does not retry it.
             raise WritesRefused(str(exc)) from None
+        except HazelcastError as exc:
+            failure = store_failure(exc)
+            if failure is StoreFailure.REFUSED:
+                raise StoreUnavailable(str(exc).split("\n", 1)[0]) from None
+            if failure is StoreFailure.OUTCOME_UNKNOWN:
+                # Committed or not: a retry under the same id finds it through the store's load (no double).
+                raise Unavailable(
+                    "the log's database (PostgreSQL) failed during the write: whether it was stored is not known",
+                    str(exc).split("\n", 1)[0],
+                ) from None
+            raise
         if found is None:
             self.size.grew(cost)
             return True

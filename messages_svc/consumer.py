@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -30,7 +31,11 @@ class MessageStore:
     Each message has a number, one more than the one before; a page's cursor is the last number it held,
     so dropping the oldest messages does not move a cursor onto other messages. The first number is the
     time the store was made, in microseconds: a restarted instance numbers above anything its previous
-    process handed out, so an old cursor reads the new process from its oldest message."""
+    process handed out, so an old cursor reads the new process from its oldest message.
+
+    A message whose id it already holds is dropped: the queue can hand an item out twice (its member died
+    after the item's row was deleted in PostgreSQL and before its backup heard of the poll, so the backup
+    still has it; or the reverse after a power cut), and the instance keeps it once."""
 
     def __init__(self, kept: int = 20_000):
         self._lock = threading.Lock()
@@ -43,17 +48,31 @@ class MessageStore:
         # The number of the oldest message.
         self._first = time.time_ns() // 1000
         self.let_go = 0
+        # The ids of the messages held, oldest first (an item without an id is never a duplicate).
+        self._ids: collections.deque[str] = collections.deque()
+        self._id_set: set[str] = set()
+        self.duplicates = 0
 
-    def append(self, msg: str) -> None:
+    def append(self, msg: str, message_id: str = "") -> bool:
+        """Keep the message; False (and nothing kept) when a message with this id is already held."""
         with self._lock:
+            if message_id:
+                if message_id in self._id_set:
+                    self.duplicates += 1
+                    return False
+                self._id_set.add(message_id)
+            # The ids in the ring's order, oldest on the left: the one let go below is the leftmost.
+            self._ids.append(message_id)
             if len(self._ring) < self.kept:
                 self._ring.append(msg)
-                return
+                return True
             # The oldest goes; its number with it, so every other message keeps its number.
             self._ring[self._head] = msg
             self._head = (self._head + 1) % self.kept
+            self._id_set.discard(self._ids.popleft())
             self._first += 1
             self.let_go += 1
+            return True
 
     def _slice(self, start: int, stop: int) -> list[str]:
         """The messages from the `start`th oldest to before the `stop`th, in order; under the lock."""
@@ -86,7 +105,12 @@ class MessageStore:
     def status(self) -> dict:
         """For /health: how many it holds, at most keeps, and let go so far."""
         with self._lock:
-            return {"held": len(self._ring), "kept": self.kept, "let_go": self.let_go}
+            return {
+                "held": len(self._ring),
+                "kept": self.kept,
+                "let_go": self.let_go,
+                "duplicates": self.duplicates,
+            }
 
 
 class Consumer:
@@ -144,8 +168,11 @@ class Consumer:
             taken = queue_item.decode_item(item)
             if taken is None:
                 log.error("dropping a queue item that is not a facade message: %.200r", item)
+            elif not self._store.append(taken.msg, taken.id):
+                log.warning(
+                    "dropping message %s: this instance already holds it (the queue handed it out again)", taken.id
+                )
             else:
-                self._store.append(taken.msg)
                 metrics.count_taken()
                 # The consumer's hop in ./scripts/trace. An item without a request id (queued by an older
                 # facade, or by the bench's fill) cannot be followed: its line is a debug one.

@@ -7,12 +7,13 @@ CONSUL_VERSION=1.8.7
 STACK_ENV=$ROOT/conf/stack.env
 source "$STACK_ENV"
 HAZELCAST_JAR=$TOOLS/$HAZELCAST_JAR_IN_TOOLS
+STORE_JAR=$TOOLS/$STORE_JAR_IN_TOOLS
 # The Consul versions the project runs on, from the Debian package ./scripts/install unpacks (1.8.7) to
 # the newest one its tests have passed on (1.14.8, which adds the gRPC TLS port 8503 to a dev agent):
 # a consul on PATH outside [CONSUL_MIN, CONSUL_BELOW) is ignored.
 CONSUL_MIN=1.8.0
 CONSUL_BELOW=1.15.0
-export HAZELCAST_JAR
+export HAZELCAST_JAR STORE_JAR
 
 # Where the stack of ./scripts/up keeps supervisord's pid file and socket, and every log. Overridable,
 # with STACK_PORT_OFFSET, so a second stack (the tests of the scripts do this) runs beside the first.
@@ -60,11 +61,12 @@ consul_bin() {
 }
 
 # Each program of the stack and the ports it binds, the way scripts/supervisord.conf starts it: one
-# line a process, "group:process port...", the consul line first. A service instance binds its port and
-# its metrics port (the port plus METRICS_PORT_OFFSET, as servicekit.settings computes it).
+# line a process, "group:process port...", the consul line first, then postgres. A service instance binds
+# its port and its metrics port (the port plus METRICS_PORT_OFFSET, as servicekit.settings computes it).
 program_ports() {
   echo "consul $CONSUL_HTTP_PORT $CONSUL_SERVER_PORT $CONSUL_SERF_LAN_PORT $CONSUL_SERF_LAN_PORT/udp" \
     "$CONSUL_SERF_WAN_PORT $CONSUL_SERF_WAN_PORT/udp $CONSUL_GRPC_PORT $CONSUL_DNS_PORT $CONSUL_DNS_PORT/udp"
+  echo "postgres $POSTGRES_PORT"
   local program group first count port metrics
   for program in hazelcast logging messages facade; do
     group=services; [ "$program" != hazelcast ] || group=hazelcast

@@ -3,6 +3,8 @@ catching one never has to import the module that raises it."""
 
 from __future__ import annotations
 
+import enum
+
 import consul
 import requests
 
@@ -17,3 +19,21 @@ class DiscoveryError(RuntimeError):
 
 class HazelcastUnavailable(RuntimeError):
     """The worker is not connected to the Hazelcast cluster (yet, or any more). Answered as a 503."""
+
+
+class StoreFailure(enum.Enum):
+    """How a write through to the members' database failed (hazelcast-store/)."""
+
+    REFUSED = "consulservices.store.StoreRefused"  # nothing was written: no connection, or PostgreSQL said no
+    OUTCOME_UNKNOWN = "consulservices.store.StoreOutcomeUnknown"  # the connection broke mid-write
+
+
+def store_failure(exc: BaseException) -> StoreFailure | None:
+    """The store's failure behind a Hazelcast error, or None. The member names the store's exception class in
+    the error the client receives: as the error itself for a map operation, inside a HazelcastException's
+    message for a queue operation."""
+    text = str(exc)
+    for failure in StoreFailure:
+        if f"{failure.value}:" in text:
+            return failure
+    return None

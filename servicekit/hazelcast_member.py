@@ -21,7 +21,7 @@ from typing import Any
 
 import consul
 
-from . import kvconfig, stack
+from . import kvconfig, postgres, stack
 from .discovery import usable_instances
 from .settings import SettingsError, instance_id, service_host
 
@@ -33,6 +33,16 @@ HAZELCAST_VERSION = stack.hazelcast_version()
 # The jar ./scripts/install fetches into the repository's .tools/ (HAZELCAST_JAR, which lib.sh sets,
 # wins when a member starts).
 DEFAULT_JAR = stack.ROOT / ".tools" / stack.values()["HAZELCAST_JAR_IN_TOOLS"]
+# The members' MapStore and QueueStore (hazelcast-store/) and the jars they run with (conf/stack.env).
+STORE_JARS = [
+    stack.ROOT / ".tools" / stack.values()[name]
+    for name in (
+        "STORE_JAR_IN_TOOLS",
+        "POSTGRES_JDBC_JAR_IN_TOOLS",
+        "SLF4J_API_JAR_IN_TOOLS",
+        "SLF4J_JDK14_JAR_IN_TOOLS",
+    )
+]
 # The serial collector and the C1 compiler only: three members share a 2-core machine with six gunicorn
 # masters and their workers. The heap is a setting (heap()); the heap starts small and grows with the log.
 JAVA_OPTS = ["-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
@@ -107,9 +117,17 @@ def member_properties(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def hazelcast_member_command(
-    port: int, cluster_name: str, members: str, jar: Path, heap_size: str | None = None, host: str = "127.0.0.1"
+    port: int,
+    cluster_name: str,
+    members: str,
+    jar: Path,
+    heap_size: str | None = None,
+    host: str = "127.0.0.1",
+    names: tuple[str, str] = ("messages-log", "messages-queue"),
+    store: postgres.StoreSettings | None = None,
 ) -> list[str]:
-    """`host` is the one address the member binds and announces (conf/hazelcast.xml's interface)."""
+    """`host` is the one address the member binds and announces (conf/hazelcast.xml's interface); `names` the
+    log map's and the queue's, whose configurations write through to `store` (None: memory only)."""
     return [
         "java",
         f"-Xmx{heap_size or heap()}",
@@ -122,8 +140,11 @@ def hazelcast_member_command(
         f"-Dhz.members={members}",
         "-Dhazelcast.phone.home.enabled=false",
         *member_properties(),
+        f"-Dhz.log.map={names[0]}",
+        f"-Dhz.queue={names[1]}",
+        *(postgres.STORE_OFF if store is None else store.properties()),
         "-cp",
-        str(jar),
+        os.pathsep.join(str(p) for p in (jar, *STORE_JARS)),
         "com.hazelcast.core.server.HazelcastMemberStarter",
     ]
 
@@ -132,16 +153,34 @@ def jar() -> Path:
     return Path(os.environ.get("HAZELCAST_JAR") or DEFAULT_JAR)
 
 
-def exec_member(client: consul.Consul, port: int) -> int:
-    """Replace this process with one member, its cluster name and join list read from Consul KV."""
+def store_mode(env: Mapping[str, str] | None = None) -> str:
+    """HAZELCAST_STORE: `postgres` (the default: the log map and the queue write through to the database
+    Consul names) or `off` (memory only, as before the store; what ./scripts/bench compares against)."""
+    mode = (os.environ if env is None else env).get("HAZELCAST_STORE") or "postgres"
+    if mode not in ("postgres", "off"):
+        raise SettingsError(f"HAZELCAST_STORE must be 'postgres' or 'off', got {mode!r}")
+    return mode
+
+
+def exec_member(client: consul.Consul, port: int, pgpass: Path | None = None) -> int:
+    """Replace this process with one member, its cluster name, join list and names read from Consul KV, and
+    the database from Consul (unless HAZELCAST_STORE=off). `pgpass` is the password file the JDBC driver reads."""
     cluster_name = kvconfig.get_value(client, kvconfig.KEY_CLUSTER_NAME)
     members = join_list(client)
+    names = (kvconfig.get_value(client, kvconfig.KEY_MAP), kvconfig.get_value(client, kvconfig.KEY_QUEUE))
     path = jar()
     if not path.is_file():
         log.error("no Hazelcast jar at %s: run ./scripts/install", path)
         return 1
+    store = None
+    if store_mode() == "postgres":
+        if pgpass is None:
+            raise SettingsError("the store needs the database's password file: pass --pgpass (or HAZELCAST_STORE=off)")
+        store = postgres.store_settings(client, pgpass)
+        os.environ["PGPASSFILE"] = str(pgpass)
+        log.info("the log map %r and the queue %r write through to %s", *names, store.jdbc_url)
     host = service_host()
-    command = hazelcast_member_command(port, cluster_name, members, path, host=host)
+    command = hazelcast_member_command(port, cluster_name, members, path, host=host, names=names, store=store)
     log.info("starting Hazelcast member on %s:%d in cluster %r, joining %s", host, port, cluster_name, members)
     os.execvp(command[0], command)
 
@@ -194,3 +233,26 @@ def register(client: consul.Consul, ports: list[int]) -> None:
                 deregister=check["deregister_critical_service_after"],
             ),
         )
+
+
+def wait_members(client: consul.Consul, count: int, timeout: float) -> bool:
+    """Until a client sees `count` members in the cluster KV names. ./scripts/up starts the services only then:
+    the first client to use the log map starts its load from the database (EAGER), and a load that runs while
+    members are still joining (partitions migrating) was seen never to finish."""
+    import time
+
+    import hazelcast
+
+    config = kvconfig.load(client)
+    hz = hazelcast.HazelcastClient(
+        cluster_name=config.cluster_name, cluster_members=list(config.members), cluster_connect_timeout=timeout
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while len(hz.cluster_service.get_members()) < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+    finally:
+        hz.shutdown()

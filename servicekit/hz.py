@@ -224,6 +224,12 @@ class Hazelcast:
         client, config = self._ready()
         return client.get_pn_counter(f"{config.map_name}-bytes")
 
+    def log_size_marker(self):
+        """Who rebuilt the log's size after the cluster restarted (logging_svc.store.LogSize.load): a map in
+        memory only, beside the counter, so that both are lost together."""
+        client, config = self._ready()
+        return client.get_map(f"{config.map_name}-bytes.rebuilt").blocking()
+
     def close(self) -> None:
         # The connect thread is at most inside one Consul call (bounded by its timeout) or a short wait;
         # once it is over, no client can be built behind this one's back.

@@ -16,6 +16,8 @@ orphans).
     python -m servicekit.ops stale-env               # services started with another Consul address or token
     python -m servicekit.ops drain logging-service-myhost-8081 "disk swap"   # Consul maintenance mode
     python -m servicekit.ops undrain logging-service-myhost-8081
+    python -m servicekit.ops postgres-init --home run/postgres --port 5433    # initdb once (servicekit.postgres)
+    python -m servicekit.ops postgres-setup --home run/postgres --port 5433   # role, database, migrations
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import consul
 import psutil
 
-from . import hazelcast_member, kvconfig, maintenance, stack
+from . import hazelcast_member, kvconfig, maintenance, postgres, stack
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
 from .private_files import write_private
@@ -72,12 +74,19 @@ def seed_kv(args: argparse.Namespace) -> int:
 
 def hazelcast_member_cmd(args: argparse.Namespace) -> int:
     """Start one member with the cluster name and join list from Consul KV, replacing this process."""
-    return hazelcast_member.exec_member(_client(), args.port)
+    return hazelcast_member.exec_member(_client(), args.port, args.pgpass)
 
 
 def hazelcast_services(args: argparse.Namespace) -> int:
     hazelcast_member.write_service_definitions(Path(args.path), args.ports)
     return 0
+
+
+def hazelcast_members(args: argparse.Namespace) -> int:
+    if hazelcast_member.wait_members(_client(), args.count, args.timeout):
+        return 0
+    log.error("the Hazelcast cluster did not reach %d members within %.0f s", args.count, args.timeout)
+    return 1
 
 
 def register_hazelcast(args: argparse.Namespace) -> int:
@@ -229,11 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     seed.set_defaults(func=seed_kv)
     member = sub.add_parser("hazelcast-member", help="run one Hazelcast member configured from Consul KV")
     member.add_argument("--port", type=int, required=True)
+    member.add_argument("--pgpass", type=Path, help="the database's password file (servicekit/postgres.py)")
     member.set_defaults(func=hazelcast_member_cmd)
     defs = sub.add_parser("hazelcast-services", help="write the members as a Consul agent config file")
     defs.add_argument("path")
     defs.add_argument("ports", type=int, nargs="+")
     defs.set_defaults(func=hazelcast_services)
+    joined = sub.add_parser("hazelcast-members", help="wait until the cluster has COUNT members")
+    joined.add_argument("count", type=int)
+    joined.add_argument("--timeout", type=float, default=120.0)
+    joined.set_defaults(func=hazelcast_members)
     reg = sub.add_parser("register-hazelcast", help="register Hazelcast members with a TCP check")
     reg.add_argument("ports", type=int, nargs="+")
     reg.set_defaults(func=register_hazelcast)
@@ -272,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     undrainer = sub.add_parser("undrain", help="take an instance out of maintenance mode")
     undrainer.add_argument("instance")
     undrainer.set_defaults(func=undrain)
+    postgres.add_commands(sub, _client)
     args = parser.parse_args(argv)
     try:
         if args.env_file:
@@ -281,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     os.environ[name] = value
         return args.func(args)
-    except (kvconfig.ConfigError, SettingsError, maintenance.NotHere, *CONSUL_ERRORS) as exc:
+    except (kvconfig.ConfigError, SettingsError, maintenance.NotHere, postgres.MigrationError, *CONSUL_ERRORS) as exc:
         log.error("%s", exc)
         return 1
 

@@ -280,7 +280,13 @@ def orphan_processes(run_dir: Path) -> list:
 
 # Orphans stop in the order ./scripts/down uses (services leave a Consul that still answers), with
 # each program's stop signal and a little more than its stopwaitsecs in scripts/supervisord.conf.
-STOP_ORDER = (("services", signal.SIGTERM, 20.0), ("hazelcast", signal.SIGTERM, 25.0), ("consul", signal.SIGINT, 15.0))
+# PostgreSQL after the members that write to it; SIGINT is its fast shutdown (SIGTERM waits for every client).
+STOP_ORDER = (
+    ("services", signal.SIGTERM, 20.0),
+    ("hazelcast", signal.SIGTERM, 25.0),
+    ("postgres", signal.SIGINT, 30.0),
+    ("consul", signal.SIGINT, 15.0),
+)
 
 
 def _gone(proc) -> bool:

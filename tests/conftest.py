@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from devstack import ROOT, ConsulAgent, HazelcastCluster, Service, Stack, build_stack, isolated_agent, start_service
+from devstack.postgres import PostgresServer
 from devstack.stubs import StubInstance, stubbed_facade
 
 # Hypothesis times each example (a deadline, 200 ms unless a test sets one) and its data generation
@@ -73,6 +74,16 @@ def own_agent(log_dir, request):
     agent = ConsulAgent(log_dir, name=f"consul-{request.node.name[:40]}").start()
     yield agent
     agent.stop()
+
+
+@pytest.fixture
+def own_database(log_dir, request):
+    """A PostgreSQL of the test's own on a free port, made and migrated as ./scripts/up does it, its data beside
+    the test's logs (the postgres user must reach the directory); stop() and start() keep the data."""
+    name = f"postgres-{request.node.name[:30]}"
+    server = PostgresServer(log_dir / name, log_dir, name=name).start()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")

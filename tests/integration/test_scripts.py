@@ -9,13 +9,16 @@ and killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +28,10 @@ import psutil
 import pytest
 import requests
 
-from devstack import ROOT, consul_binary, eventually, record
+from devstack import ROOT, Load, consul_binary, eventually, read_all, record
 from devstack.ports import reserve_all
-from servicekit import hazelcast_member, stack, stack_status
+from logging_svc.store import entry_cost
+from servicekit import hazelcast_member, postgres, stack, stack_status
 from servicekit.settings import default_metrics_port
 from servicekit.stack_status import PortUse, port_is_free
 
@@ -37,7 +41,9 @@ CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER",
 METRICS_PORTS = [
     default_metrics_port(port) for program in ("LOGGING", "MESSAGES", "FACADE") for port in PROGRAM_PORTS[program]
 ]
-DEFAULT_PORTS = [port for ports in PROGRAM_PORTS.values() for port in ports] + METRICS_PORTS + CONSUL_PORTS
+DEFAULT_PORTS = (
+    [port for ports in PROGRAM_PORTS.values() for port in ports] + METRICS_PORTS + CONSUL_PORTS + [stack.port("POSTGRES_PORT")]
+)
 
 
 def free_offset() -> int:
@@ -87,8 +93,11 @@ class StackDirs:
         }
 
     def run(self, script: str, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+        return self.run_args([script], timeout, **extra)
+
+    def run_args(self, args: list[str], timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(SCRIPTS / script)], cwd=ROOT, env=self.env(**extra), capture_output=True, text=True,
+            [str(SCRIPTS / args[0]), *args[1:]], cwd=ROOT, env=self.env(**extra), capture_output=True, text=True,
             timeout=timeout, stdin=subprocess.DEVNULL,
         )
 
@@ -114,9 +123,17 @@ def output(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
+def reachable_dir(prefix: str) -> Path:
+    """A directory for a stack under the checkout: the postgres user, which runs the stack's database, must
+    reach its run directory, and pytest's /tmp directories are 0700."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir=ROOT / "tests" / ".logs"))
+    home.chmod(0o755)
+    return home
+
+
 @pytest.fixture
-def stack_dirs(tmp_path):
-    dirs = StackDirs(tmp_path, free_offset())
+def stack_dirs():
+    dirs = StackDirs(reachable_dir("stack-"), free_offset())
     yield dirs
     try:
         if dirs.supervisord() or dirs.processes():
@@ -162,8 +179,8 @@ SHARES_THE_SCRIPT_STACK = pytest.mark.xdist_group("script_stack")
 
 
 @pytest.fixture(scope="module")
-def script_stack(tmp_path_factory):
-    dirs = StackDirs(tmp_path_factory.mktemp("script-stack"), free_offset())
+def script_stack():
+    dirs = StackDirs(reachable_dir("script-stack-"), free_offset())
     yield dirs
     try:
         result = dirs.run("down", timeout=150)
@@ -172,8 +189,8 @@ def script_stack(tmp_path_factory):
         dirs.kill_everything()
 
 
-def up(stack: StackDirs, **extra: str) -> subprocess.CompletedProcess:
-    result = stack.run("up", **extra)
+def up(stack: StackDirs, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+    result = stack.run("up", timeout, **extra)
     assert result.returncode == 0, f"{output(result)}\nlogs in {stack.log_dir}"
     return result
 
@@ -192,9 +209,9 @@ def program_pids(stack: StackDirs) -> dict[str, int]:
 
 
 def programs(dirs: StackDirs) -> set[str]:
-    """Every process supervisord runs: the agent, and one a member or instance named by its port."""
-    return {"consul"} | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items()
-                         for port in ports}
+    """Every process supervisord runs: the agent, the database, and one a member or instance named by its port."""
+    return {"consul", "postgres"} | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items()
+                                     for port in ports}
 
 
 @SHARES_THE_SCRIPT_STACK
@@ -207,7 +224,7 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
     assert set(program_pids(script_stack)) == programs(script_stack)
     status = script_stack.run("status", timeout=30)
     assert status.returncode == 0, output(status)
-    assert status.stdout.count("passing") == 9, status.stdout
+    assert status.stdout.count("passing") == 10, status.stdout  # 3 members, 6 instances and postgres
     facade = f"http://127.0.0.1:{script_stack.port(stack.port('FACADE_PORT'))}/facade"
     assert requests.post(facade, json={"msg": "through up"}, timeout=10).status_code == 201
 
@@ -220,12 +237,12 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
     result = up(script_stack, CONSUL_HTTP_TOKEN="token-b")
     after = program_pids(script_stack)
     everything = programs(script_stack)
-    services = {name for name in everything if not name.startswith(("consul", "hazelcast"))}
+    services = {name for name in everything if not name.startswith(("consul", "hazelcast", "postgres"))}
     for name in services:
         assert after[name] != before[name], f"{name} was not restarted\n{output(result)}"
         env = psutil.Process(after[name]).environ()
         assert env.get("CONSUL_HTTP_TOKEN") == "token-b", f"{name} runs with another token"
-    # The members and the agent do not use the token after they started: they keep running.
+    # The members, the database and the agent do not use the token after they started: they keep running.
     assert {n: after[n] for n in everything - services} == {n: before[n] for n in everything - services}
     # The token is not in supervisord's own environment: programs.env is its one source.
     assert "CONSUL_HTTP_TOKEN" not in psutil.Process(script_stack.supervisord()).environ()
@@ -335,7 +352,7 @@ def test_install_prints_the_apt_command_for_java_and_maven_when_there_is_no_apt_
     bin_dir = fake_bin(tmp_path, id="echo 0")
     result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
     assert result.returncode == 1, output(result)
-    assert "no java mvn on PATH; install them with: sudo apt-get install -y openjdk-17-jre-headless maven" \
+    assert "no java mvn on PATH; install them with: sudo apt-get install -y openjdk-17-jdk-headless maven" \
         in result.stderr, output(result)
 
 
@@ -344,7 +361,7 @@ def test_install_prints_the_apt_command_for_java_and_maven_when_not_root(tmp_pat
     bin_dir = fake_bin(tmp_path, id="echo 1000", **{"apt-get": f'echo "$*" >> {calls}'})
     result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
     assert result.returncode == 1, output(result)
-    assert "sudo apt-get install -y openjdk-17-jre-headless maven" in result.stderr, output(result)
+    assert "sudo apt-get install -y openjdk-17-jdk-headless maven" in result.stderr, output(result)
     assert not calls.exists()
 
 
@@ -353,7 +370,7 @@ def test_install_installs_java_and_maven_with_apt_get_as_root(tmp_path):
     bin_dir = fake_bin(tmp_path, id="echo 0", **{"apt-get": f'echo "$*" >> {calls}'})
     result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
     assert result.returncode == 0, output(result)
-    assert calls.read_text().splitlines() == ["install -y -q openjdk-17-jre-headless maven"]
+    assert calls.read_text().splitlines() == ["install -y -q openjdk-17-jdk-headless maven"]
 
 
 def test_install_fetches_a_truncated_hazelcast_jar_again(tmp_path):
@@ -402,3 +419,117 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
     lines = program.stdout.splitlines()
     assert "CONSUL_HTTP_ADDR=http://127.0.0.1:9500" in lines
     assert not any(line.startswith("CONSUL_HTTP_TOKEN=") for line in lines)
+
+
+# The log through ./scripts/down, ./scripts/up and a power cut: what the store (hazelcast-store/) is for.
+# Each fails with HAZELCAST_STORE=off (the members in memory only, as before it) at its first assertion.
+
+
+# The tests of durable_stack in one worker, one after the other, like those of script_stack.
+SHARES_THE_DURABLE_STACK = pytest.mark.xdist_group("durable_stack")
+
+
+@pytest.fixture(scope="module")
+def durable_stack():
+    dirs = StackDirs(reachable_dir("durable-"), free_offset())
+    yield dirs
+    try:
+        print(output(dirs.run("down", timeout=150)))
+    finally:
+        dirs.kill_everything()
+
+
+def database(dirs: StackDirs) -> postgres.Cluster:
+    return postgres.Cluster(dirs.run_dir / "postgres", dirs.port(stack.port("POSTGRES_PORT")))
+
+
+def facade_url(dirs: StackDirs) -> str:
+    return f"http://127.0.0.1:{dirs.port(stack.port('FACADE_PORT'))}/facade"
+
+
+def stored_size(dirs: StackDirs) -> int:
+    """What the log's capacity counts for every entry in the database (logging_svc.store.entry_cost)."""
+    lines = database(dirs).psql("SELECT id, entry FROM log_entries", user="messages").splitlines()
+    return sum(entry_cost(*line.split("|", 1)) for line in lines if line)
+
+
+def assert_counted(dirs: StackDirs, expected: int) -> None:
+    """Every logging instance's worker counts the log's size as `expected` (/health, log.bytes)."""
+    for port in stack.ports("LOGGING"):
+        for _ in range(4):  # a request reaches one worker; a few reach each of them
+            health = requests.get(f"http://127.0.0.1:{dirs.port(port)}/health", timeout=5).json()
+            assert health["status"] == "passing", health
+            assert health["details"]["log"]["bytes"] == expected, (port, health["details"]["log"], expected)
+
+
+@SHARES_THE_DURABLE_STACK
+@pytest.mark.timeout(1500)
+def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(durable_stack):
+    up(durable_stack, timeout=600)
+    run = uuid.uuid4().hex[:8]
+    for n in range(150):
+        answer = requests.post(facade_url(durable_stack), json={"msg": f"kept-{run}-{n}"}, timeout=15)
+        assert answer.status_code == 201, answer.text
+    before = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read before down")
+    assert [m for m in before if m.startswith(f"kept-{run}-")] == [f"kept-{run}-{n}" for n in range(150)]
+    result = durable_stack.run("down", timeout=150)
+    assert result.returncode == 0, output(result)
+    up(durable_stack, timeout=600)
+    after = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read after up")
+    assert after == before, f"{len(after)} messages after down and up, {len(before)} before"
+    eventually(lambda: assert_counted(durable_stack, stored_size(durable_stack)), 60, interval=0.5,
+               what="the log's size rebuilt from the store")  # fmt: skip
+
+
+@SHARES_THE_DURABLE_STACK
+@pytest.mark.timeout(1500)
+def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
+    """Every process of the stack, supervisord and PostgreSQL included, killed at once with SIGKILL."""
+    up(durable_stack, timeout=600)
+    run = uuid.uuid4().hex[:8]
+    url = facade_url(durable_stack)
+    with Load(lambda s, n: s.post(url, json={"msg": f"cut-{run}-{n}"}, timeout=15), clients=4, max_requests=2000,
+              max_seconds=60, pause=0.01) as load:  # fmt: skip
+        load.wait_for(100)
+        victims = [psutil.Process(pid) for pid in [durable_stack.supervisord()] if pid] + durable_stack.processes()
+        for proc in victims:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    acknowledged = [o.body["msg"] for o in load.snapshot() if o.status == 201]
+    assert len(acknowledged) >= 100
+    eventually(lambda: _assert(durable_stack.processes() == []), 15, what="every process of the stack gone")
+    up(durable_stack, timeout=600)
+    after = eventually(lambda: read_all(url, "logging"), 120, what="the log read after up")
+    lost = set(acknowledged) - set(after)
+    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged messages lost: {sorted(lost)[:5]}"
+    mine = [m for m in after if m.startswith(f"cut-{run}-")]
+    assert len(mine) == len(set(mine)), "a message logged twice"
+
+
+@SHARES_THE_DURABLE_STACK
+@pytest.mark.timeout(1500)
+def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable_stack):
+    up(durable_stack, timeout=600)
+    newer = postgres.known_version() + 1
+    database(durable_stack).psql(f"INSERT INTO schema_version (version, name) VALUES ({newer}, 'from newer code')",
+                                 user="messages")  # fmt: skip
+    try:
+        assert durable_stack.run("down", timeout=150).returncode == 0
+        result = durable_stack.run("up", timeout=600)
+        assert result.returncode != 0, output(result)
+        assert f"schema version {newer}, newer than this checkout's" in result.stderr, output(result)
+        assert not [p for p in program_pids(durable_stack) if p.startswith("hazelcast-")], output(result)
+    finally:
+        database(durable_stack).psql(f"DELETE FROM schema_version WHERE version = {newer}", user="messages")
+
+
+@SHARES_THE_DURABLE_STACK
+@pytest.mark.timeout(1500)
+def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
+    up(durable_stack, timeout=600)
+    assert requests.post(facade_url(durable_stack), json={"msg": "to be purged"}, timeout=15).status_code == 201
+    result = durable_stack.run_args(["down", "--purge"], timeout=150)
+    assert result.returncode == 0, output(result)
+    assert not (durable_stack.run_dir / "postgres").exists()
+    up(durable_stack, timeout=600)
+    assert read_all(facade_url(durable_stack), "logging") == []

@@ -46,7 +46,7 @@ def test_health_shows_how_many_are_kept_and_how_many_were_let_go():
     for msg in "xyz":
         client.application.extensions["message_store"].append(msg)
     assert client.get("/messages").json == {"messages": ["y", "z"], "next": None}
-    assert client.get("/health").json["details"]["store"] == {"held": 2, "kept": 2, "let_go": 1}
+    assert client.get("/health").json["details"]["store"] == {"held": 2, "kept": 2, "let_go": 1, "duplicates": 0}
 
 
 def test_a_cursor_keeps_its_place_while_the_oldest_messages_are_let_go():

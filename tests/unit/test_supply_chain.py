@@ -123,6 +123,10 @@ def install_root(tmp_path: Path, jar: Path | None) -> Path:
     (root / ".tools").mkdir()
     if (ROOT / ".tools" / "consul").exists():
         (root / ".tools" / "consul").symlink_to(ROOT / ".tools" / "consul")
+    # The members' store, built and fetched already: its sources beside it, so install finds it current.
+    shutil.copytree(ROOT / "hazelcast-store", root / "hazelcast-store", ignore=shutil.ignore_patterns("target"))
+    if (ROOT / ".tools" / "store").exists():
+        (root / ".tools" / "store").symlink_to(ROOT / ".tools" / "store")
     if jar is not None:
         (root / ".tools" / "hazelcast").mkdir()
         shutil.copy(jar, root / ".tools" / "hazelcast" / DEFAULT_JAR.name)
