@@ -42,7 +42,10 @@ METRICS_PORTS = [
     default_metrics_port(port) for program in ("LOGGING", "MESSAGES", "FACADE") for port in PROGRAM_PORTS[program]
 ]
 DEFAULT_PORTS = (
-    [port for ports in PROGRAM_PORTS.values() for port in ports] + METRICS_PORTS + CONSUL_PORTS + [stack.port("POSTGRES_PORT")]
+    [port for ports in PROGRAM_PORTS.values() for port in ports]
+    + METRICS_PORTS
+    + CONSUL_PORTS
+    + [stack.port("POSTGRES_PORT")]
 )
 
 
