@@ -208,7 +208,9 @@ def test_a_killed_consumer_loses_only_what_it_had_taken_and_the_queue_goes_to_th
 def test_a_service_started_without_hazelcast_boots_answers_503_and_turns_200_when_the_cluster_starts(log_dir):
     module_logs = log_dir / "hazelcast-late"
     agent = ConsulAgent(module_logs).start()
-    cluster = HazelcastCluster(agent, module_logs, size=1)
+    # Two members, the smallest cluster that takes writes (split-brain protection, conf/hazelcast.xml): a
+    # logging instance is ready once it has brought the log's size up to what the map holds, which is a write.
+    cluster = HazelcastCluster(agent, module_logs, size=2)
     service = None
     try:
         cluster.seed_kv()
