@@ -8,6 +8,7 @@
 - `devstack.stack`: service instances under gunicorn, a whole stack built at once and stopped at once.
 - `devstack.load`: bounded concurrent or paced load on loopback, with every outcome kept.
 - `devstack.pages`: a paged GET read to its end.
+- `devstack.clients`: a POST retried the way the README asks clients to, under one Idempotency-Key.
 - `devstack.figures`: measured figures kept beside the logs and written into the docs.
 - `devstack.order_margin`: how far two hosts' clocks may drift before the log swaps sequential POSTs.
 - `devstack.hosts`: simulated hosts, one network namespace each on a bridge (127.100.0.0/24).
@@ -18,6 +19,7 @@
 Every process writes its own log file, so a failure shows why; every wait has a deadline.
 """
 
+from devstack.clients import post_acknowledged
 from devstack.consul_agent import ConsulAgent, agent_port_flags, check_status, consul_binary, prometheus_counter
 from devstack.figures import record, replace_block
 from devstack.hazelcast_cluster import HazelcastCluster
@@ -38,6 +40,7 @@ from devstack.stack import (
 )
 
 __all__ = [
+    "post_acknowledged",
     "ROOT",
     "SERVICES",
     "VENV_BIN",

@@ -82,6 +82,8 @@ FIGURES = [
     Figure("hosts-cut", "failed", "host cut off: POSTs not acknowledged", f"{HOSTS} -k cut_off"),
     Figure("hosts-heal", "acknowledged_lost", "host cut off, then healed: acknowledged lost (not in the log, or "
            "not consumed)", f"{HOSTS} -k cut_off"),
+    Figure("hosts-heal", "taken_by_a_poll_under_way_at_the_cut", "host cut off, then healed: of those, taken by "
+           "the cut-off consumer's poll under way at the cut", f"{HOSTS} -k cut_off"),
     Figure("hosts-heal", "consumed_twice", "host cut off, then healed: acknowledged and consumed twice",
            f"{HOSTS} -k cut_off"),
     Figure("hosts-heal", "acknowledged_inside_the_cut_host", "host cut off: acknowledged by the cut-off host's "

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import requests
 
-from devstack import Load, eventually, read_all, running_stack
+from devstack import Load, eventually, post_acknowledged, read_all, running_stack
 from devstack.postgres import PostgresServer
 
 
@@ -31,7 +31,7 @@ def test_messages_queued_while_no_consumer_ran_are_consumed_once_each_after_a_wh
         for instance in stack.messages:
             instance.proc.stop()
         for msg in sent:
-            answer = post(stack.url, msg)
+            answer = post_acknowledged(stack.url, msg)
             assert answer.status_code == 201, answer.text
     # Everything stopped: Consul, every member, every instance. A new cluster on the same database.
     with running_stack(log_dir, messages=2, store=database) as stack:

@@ -28,7 +28,7 @@ import psutil
 import pytest
 import requests
 
-from devstack import ROOT, Load, consul_binary, eventually, read_all, record
+from devstack import ROOT, Load, consul_binary, eventually, post_acknowledged, read_all, record
 from devstack.ports import reserve_all
 from logging_svc.store import entry_cost
 from servicekit import hazelcast_member, postgres, stack, stack_status
@@ -129,7 +129,9 @@ def output(result: subprocess.CompletedProcess) -> str:
 def reachable_dir(prefix: str) -> Path:
     """A directory for a stack under the checkout: the postgres user, which runs the stack's database, must
     reach its run directory, and pytest's /tmp directories are 0700."""
-    home = Path(tempfile.mkdtemp(prefix=prefix, dir=ROOT / "tests" / ".logs"))
+    logs = ROOT / "tests" / ".logs"
+    logs.mkdir(exist_ok=True)  # a fresh clone has none until a test of the run writes its first log
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir=logs))
     home.chmod(0o755)
     return home
 
@@ -182,12 +184,28 @@ SHARES_THE_SCRIPT_STACK = pytest.mark.xdist_group("script_stack")
 
 
 @pytest.fixture(scope="module")
-def script_stack():
+def script_stack_dirs():
     dirs = StackDirs(reachable_dir("script-stack-"), free_offset())
     yield dirs
+    stop(dirs)
+
+
+@pytest.fixture
+def script_stack(script_stack_dirs, request):
+    yield script_stack_dirs
+    if failed(request):  # the next test starts from nothing, not from what this one left half done
+        stop(script_stack_dirs)
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test failed or never ran to its end (tests/conftest.py keeps the report)."""
+    report = getattr(request.node, "rep_call", None)
+    return report is None or report.failed
+
+
+def stop(dirs: StackDirs) -> None:
     try:
-        result = dirs.run("down", timeout=150)
-        print(output(result))
+        print(output(dirs.run("down", timeout=150)))
     finally:
         dirs.kill_everything()
 
@@ -433,13 +451,17 @@ SHARES_THE_DURABLE_STACK = pytest.mark.xdist_group("durable_stack")
 
 
 @pytest.fixture(scope="module")
-def durable_stack():
+def durable_stack_dirs():
     dirs = StackDirs(reachable_dir("durable-"), free_offset())
     yield dirs
-    try:
-        print(output(dirs.run("down", timeout=150)))
-    finally:
-        dirs.kill_everything()
+    stop(dirs)
+
+
+@pytest.fixture
+def durable_stack(durable_stack_dirs, request):
+    yield durable_stack_dirs
+    if failed(request):
+        stop(durable_stack_dirs)
 
 
 def database(dirs: StackDirs) -> postgres.Cluster:
@@ -471,7 +493,7 @@ def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the
     up(durable_stack, timeout=600)
     run = uuid.uuid4().hex[:8]
     for n in range(150):
-        answer = requests.post(facade_url(durable_stack), json={"msg": f"kept-{run}-{n}"}, timeout=15)
+        answer = post_acknowledged(facade_url(durable_stack), f"kept-{run}-{n}")
         assert answer.status_code == 201, answer.text
     before = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read before down")
     assert [m for m in before if m.startswith(f"kept-{run}-")] == [f"kept-{run}-{n}" for n in range(150)]
@@ -530,7 +552,7 @@ def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable
 @pytest.mark.timeout(1500)
 def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
     up(durable_stack, timeout=600)
-    assert requests.post(facade_url(durable_stack), json={"msg": "to be purged"}, timeout=15).status_code == 201
+    assert post_acknowledged(facade_url(durable_stack), "to be purged").status_code == 201
     result = durable_stack.run_args(["down", "--purge"], timeout=150)
     assert result.returncode == 0, output(result)
     assert not (durable_stack.run_dir / "postgres").exists()
