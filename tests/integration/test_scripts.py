@@ -281,6 +281,29 @@ def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(sc
     assert program_pids(script_stack) == before
 
 
+# Before the tests that kill supervisord: each of those leaves a stack that must start from nothing.
+@SHARES_THE_SCRIPT_STACK
+@pytest.mark.timeout(600)
+def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
+    """The members are service definitions the agent loads at start: a dev agent forgets what was
+    registered through its API, not what its configuration holds."""
+    up(script_stack)
+    restart = subprocess.run(
+        ["bash", "-c", 'source scripts/lib.sh && ctl restart consul'], cwd=ROOT, env=script_stack.env(),
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert restart.returncode == 0, output(restart)
+    client = consul.Consul(host="127.0.0.1", port=script_stack.consul_port, token="", connections_timeout=5)
+    ports = [script_stack.port(p) for p in stack.ports("HAZELCAST")]
+
+    def members_passing() -> None:
+        _, entries = client.health.service("hazelcast", passing=True)
+        assert sorted(e["Service"]["Port"] for e in entries) == ports, entries
+        assert sorted(e["Service"]["ID"] for e in entries) == [f"hazelcast-{socket.gethostname()}-{p}" for p in ports]
+
+    eventually(members_passing, 30, interval=0.5, what="the Hazelcast members passing in the restarted agent")
+
+
 @SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
 def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
@@ -316,28 +339,6 @@ def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(sc
     assert port_is_free(PortUse("consul", script_stack.consul_port))
     again = script_stack.run("down", timeout=60)
     assert "nothing is running" in again.stdout, output(again)
-
-
-@SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(600)
-def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
-    """The members are service definitions the agent loads at start: a dev agent forgets what was
-    registered through its API, not what its configuration holds."""
-    up(script_stack)
-    restart = subprocess.run(
-        ["bash", "-c", 'source scripts/lib.sh && ctl restart consul'], cwd=ROOT, env=script_stack.env(),
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
-    assert restart.returncode == 0, output(restart)
-    client = consul.Consul(host="127.0.0.1", port=script_stack.consul_port, token="", connections_timeout=5)
-    ports = [script_stack.port(p) for p in stack.ports("HAZELCAST")]
-
-    def members_passing() -> None:
-        _, entries = client.health.service("hazelcast", passing=True)
-        assert sorted(e["Service"]["Port"] for e in entries) == ports, entries
-        assert sorted(e["Service"]["ID"] for e in entries) == [f"hazelcast-{socket.gethostname()}-{p}" for p in ports]
-
-    eventually(members_passing, 30, interval=0.5, what="the Hazelcast members passing in the restarted agent")
 
 
 def _assert(condition: bool) -> None:
@@ -531,6 +532,19 @@ def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
     assert len(mine) == len(set(mine)), "a message logged twice"
 
 
+# Before the test that stops the stack with a failed up: it leaves a stack that must start from nothing.
+@SHARES_THE_DURABLE_STACK
+@pytest.mark.timeout(1500)
+def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
+    up(durable_stack, timeout=600)
+    assert post_acknowledged(facade_url(durable_stack), "to be purged").status_code == 201
+    result = durable_stack.run_args(["down", "--purge"], timeout=150)
+    assert result.returncode == 0, output(result)
+    assert not (durable_stack.run_dir / "postgres").exists()
+    up(durable_stack, timeout=600)
+    assert read_all(facade_url(durable_stack), "logging") == []
+
+
 @SHARES_THE_DURABLE_STACK
 @pytest.mark.timeout(1500)
 def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable_stack):
@@ -546,15 +560,3 @@ def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable
         assert not [p for p in program_pids(durable_stack) if p.startswith("hazelcast-")], output(result)
     finally:
         database(durable_stack).psql(f"DELETE FROM schema_version WHERE version = {newer}", user="messages")
-
-
-@SHARES_THE_DURABLE_STACK
-@pytest.mark.timeout(1500)
-def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
-    up(durable_stack, timeout=600)
-    assert post_acknowledged(facade_url(durable_stack), "to be purged").status_code == 201
-    result = durable_stack.run_args(["down", "--purge"], timeout=150)
-    assert result.returncode == 0, output(result)
-    assert not (durable_stack.run_dir / "postgres").exists()
-    up(durable_stack, timeout=600)
-    assert read_all(facade_url(durable_stack), "logging") == []
