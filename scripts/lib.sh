@@ -86,12 +86,15 @@ instance_ports() {
 ctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }
 ops() { "$VENV/bin/python" -m servicekit.ops "$@"; }
 # supervisord's pid, when the one of this run directory is alive: not a zombie (a killed supervisord
-# may stay one) and not another process that got its pid since.
+# may stay one) and not another process that got its pid since, another stack's supervisord included
+# (pids come round within minutes on a busy machine): it was started for this STACK_RUN_DIR.
 supervisord_pid() {
   local pid stat args
   pid=$(cat "$STACK_RUN_DIR/supervisord.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
   read -r stat args < <(ps -o stat=,args= -p "$pid" 2>/dev/null) || return 1
-  [[ $stat != Z* && $args == *supervisord* ]] && echo "$pid"
+  [[ $stat != Z* && $args == *supervisord* ]] || return 1
+  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "STACK_RUN_DIR=$STACK_RUN_DIR" || return 1
+  echo "$pid"
 }
 
 say() { printf '==> %s\n' "$*"; }

@@ -236,13 +236,18 @@ def port_holders(use: PortUse) -> list[str]:
 
 
 def live_supervisord(run_dir: Path) -> int | None:
-    """The pid of this run directory's supervisord, when it is alive."""
+    """The pid of this run directory's supervisord, when it is alive. Its pid file outlives a supervisord
+    killed with SIGKILL, and pids come round again within minutes on a busy machine: the process must be a
+    supervisord started for this run directory (STACK_RUN_DIR in its environment), not any supervisord."""
     try:
         pid = int((run_dir / "supervisord.pid").read_text().strip())
-        alive = any("supervisord" in part for part in psutil.Process(pid).cmdline())
+        proc = psutil.Process(pid)
+        ours = any("supervisord" in part for part in proc.cmdline()) and os.path.realpath(
+            proc.environ().get("STACK_RUN_DIR", "")
+        ) == os.path.realpath(run_dir)
     except (OSError, ValueError, psutil.Error):
         return None
-    return pid if alive else None
+    return pid if ours else None
 
 
 def stack_processes(run_dir: Path) -> list:
