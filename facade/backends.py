@@ -20,13 +20,14 @@ from tenacity.stop import stop_base
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from werkzeug.exceptions import NotFound
 
-from servicekit import balancing, metrics, queue_item, request_id, tracing
+from contracts import queue_item
+from contracts.paging import LogCursor, MessagesCursor
+from servicekit import balancing, metrics, request_id, tracing
 from servicekit.balancing import Picker
 from servicekit.discovery import Discovery, Instance
 from servicekit.errors import StoreFailure, store_failure
 from servicekit.hz import Hazelcast
 from servicekit.outliers import OutlierDetector
-from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.retry_budget import RetryBudget
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, InsufficientStorage, Unavailable

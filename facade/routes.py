@@ -6,8 +6,8 @@ import uuid
 from flask import Blueprint, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 
+from contracts.paging import LogCursor, MessagesCursor
 from servicekit.errors import HazelcastUnavailable
-from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.web import (
     RETRY_AFTER,
     Unavailable,

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from werkzeug.exceptions import NotFound
 
+from contracts.paging import MessagesCursor
 from devstack import until
 from devstack.stubs import StubInstance
 from facade import backends as backends_module
@@ -33,7 +34,6 @@ from facade.backends import (
 )
 from servicekit.discovery import Instance
 from servicekit.hz import Bounded
-from servicekit.paging import MessagesCursor
 from servicekit.settings import Settings
 from servicekit.web import BadGateway, Unavailable
 

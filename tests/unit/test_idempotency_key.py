@@ -11,10 +11,10 @@ import requests
 from hazelcast.errors import HazelcastError
 from urllib3.exceptions import ProtocolError
 
+from contracts import queue_item
 from facade import create_app
 from facade.backends import Backends
 from facade.idempotency import AnswerStore, fingerprint, key_of, message_id
-from servicekit import queue_item
 from servicekit.discovery import Instance
 from servicekit.errors import HazelcastUnavailable
 from servicekit.settings import Settings

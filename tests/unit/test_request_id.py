@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from servicekit import logs, queue_item, request_id
-from servicekit.request_id import TraceParent, parse_traceparent, valid_request_id
+from contracts import queue_item
+from contracts.id_format import TraceParent, parse_traceparent, valid_request_id
+from servicekit import logs, request_id
 from servicekit.settings import Settings
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
