@@ -3,7 +3,7 @@
 -- records the number of this file in schema_version.
 
 -- message id -> the entry the logging service wrote: a 20-digit acceptance stamp, then the message
--- (contracts/log_entry.py). The members load the whole table into the map when the cluster starts.
+-- (servicekit/log_entry.py). The members load the whole table into the map when the cluster starts.
 CREATE TABLE log_entries (
     id uuid PRIMARY KEY,
     entry text NOT NULL

@@ -31,7 +31,7 @@ from devstack.host_stack import SERVERS, HostStack
 from devstack.hosts import Hosts
 from devstack.processes import ROOT
 from servicekit import kvconfig
-from servicekit.hazelcast_member import member_property
+from stackctl.hazelcast_member import member_property
 from servicekit.registration import agent_self, loopback_warning
 from servicekit.settings import Settings
 

@@ -10,7 +10,7 @@ from hazelcast.errors import HazelcastError, OperationTimeoutError
 from hazelcast.future import Future
 
 from servicekit import hz
-from servicekit.hazelcast_member import member_property
+from stackctl.hazelcast_member import member_property
 from servicekit.settings import Settings
 
 

@@ -136,7 +136,7 @@ def test_a_watch_s_age_is_derived_at_scrape_time_from_its_last_answer():
 
 
 def test_traffic_counts_every_route_but_health_checks_and_scrapes():
-    from servicekit.stack_status import Traffic, served_requests, traffic_table
+    from stackctl.stack_status import Traffic, served_requests, traffic_table
 
     text = "\n".join(
         [

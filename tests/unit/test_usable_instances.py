@@ -3,7 +3,8 @@ never critical. The one-off lookup (Hazelcast's join list, the shared config) an
 
 from __future__ import annotations
 
-from servicekit import discovery, stack_status
+from servicekit import discovery
+from stackctl import stack_status
 
 SERVICE = "hazelcast"
 
