@@ -17,9 +17,10 @@ from servicekit.web import (
     read_limit,
     require_message,
 )
+from upstream.caller import CallFailed
 
 from . import idempotency
-from .backends import AnotherMessageLogged, CallFailed
+from .backends import AnotherMessageLogged
 from .idempotency import Answer
 
 bp = Blueprint("facade", __name__)

@@ -1,4 +1,5 @@
-"""Imports flow one way (docs/ARCHITECTURE.md): services -> servicekit -> libraries; the dev tools on top."""
+"""Imports flow one way (docs/ARCHITECTURE.md): services -> upstream (the facade) -> servicekit -> contracts ->
+libraries; the dev tools on top."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"facade", "logging_svc", "messages_svc"}
-OURS = SERVICES | {"contracts", "servicekit", "stackctl", "devstack", "bench", "tests"}
+OURS = SERVICES | {"contracts", "servicekit", "upstream", "stackctl", "devstack", "bench", "tests"}
 # What each room may import of ours, besides itself.
 ALLOWED = {
     **{service: {"servicekit", "contracts"} for service in SERVICES},
+    # Client-side load balancing is the facade's alone.
+    "facade": {"upstream", "servicekit", "contracts"},
     "servicekit": {"contracts"},
+    "upstream": {"servicekit", "contracts"},
     "contracts": set(),
     "stackctl": {"servicekit", "contracts"},
     "devstack": {"servicekit", "stackctl", "contracts"},
