@@ -25,11 +25,11 @@ import hazelcast
 from hazelcast import predicate
 
 from bench.phases import FILL_SPACING_NS, fill_map
+from contracts.log_entry import stamp_bound
+from contracts.paging import LogCursor
 from devstack import ConsulAgent, HazelcastCluster
 from logging_svc.store import HazelcastMessageLog, ordered
 from servicekit import kvconfig
-from servicekit.log_entry import stamp_bound
-from servicekit.paging import LogCursor
 
 log = logging.getLogger("bench")
 

@@ -16,9 +16,9 @@ import requests
 from bench import profile, wrk
 from bench.cpu import CpuAccount, system_groups
 from bench.systems import POST_BODY, Reference, System, run_counted
+from contracts import queue_item
+from contracts.log_entry import encode
 from devstack import HazelcastCluster, read_all, until
-from servicekit import queue_item
-from servicekit.log_entry import encode
 
 log = logging.getLogger("bench")
 

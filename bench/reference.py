@@ -6,7 +6,7 @@
   a pooled requests.Session. The floor of "one request in, one service call out".
 - `design`: the facade's design written the naive way. POST /design takes the message without
   validation, POSTs it to one of the hard-coded /design-log instances (REF_LOGGING, comma-separated
-  base URLs: no discovery, no retries), which put_if_absent it into the map in the log's entry format (servicekit.log_entry);
+  base URLs: no discovery, no retries), which put_if_absent it into the map in the log's entry format (contracts.log_entry);
   then it offers the item to the queue the messages instances consume. The same writes on the same
   members as the facade, minus everything the facade adds around them.
 """
@@ -23,8 +23,9 @@ import hazelcast
 import requests
 from flask import Blueprint, Flask, current_app, jsonify, request
 
-from servicekit import hazelcast_reactor_fix, queue_item
-from servicekit.log_entry import encode
+from contracts import queue_item
+from contracts.log_entry import encode
+from servicekit import hazelcast_reactor_fix
 from servicekit.settings import Settings
 from servicekit.web import configure_app, read_json_object, require_message
 

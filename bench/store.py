@@ -16,11 +16,12 @@ from pathlib import Path
 
 import requests
 
+from contracts.log_entry import encode
 from devstack import ROOT, eventually
 from devstack.postgres import PostgresServer
-from servicekit import postgres, stack
-from servicekit.log_entry import encode
-from servicekit.stack_status import PortUse, port_is_free
+from servicekit import stack
+from stackctl import postgres
+from stackctl.stack_status import PortUse, port_is_free
 
 log = logging.getLogger("bench")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
 import uuid
 from dataclasses import dataclass, field
-import logging
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +31,7 @@ from devstack import (
     prometheus_counter,
 )
 from servicekit import kvconfig
-from servicekit.stack_status import served_requests
+from stackctl.stack_status import served_requests
 
 log = logging.getLogger("bench")
 

@@ -13,7 +13,7 @@ import requests
 
 from devstack.ports import free_port
 from devstack.processes import ROOT, Proc, eventually
-from servicekit.stack_status import aggregate_status
+from stackctl.stack_status import aggregate_status
 
 log = logging.getLogger(__name__)
 

@@ -162,7 +162,7 @@ def markdown() -> str:
         "service definition in the agent's configuration directory (`hazelcast.json`); it joins the members "
         "Consul reports passing (the list in KV `config/hazelcast/members` when none passes yet).\n"
         "- Consul KV holds the shared settings (`consul/kv/`): seed them once, from any host, with "
-        "`CONSUL_HTTP_TOKEN=<management token> python -m servicekit.ops seed-kv --members "
+        "`CONSUL_HTTP_TOKEN=<management token> python -m stackctl seed-kv --members "
         f"{','.join(f'{a}:{HAZELCAST_PORT}' for a in APPS.values())}`.\n",
         "## Users, and what keeps root\n",
         "Two system users, without a home or a login shell: `consul` runs the Consul agent, `messages` the "

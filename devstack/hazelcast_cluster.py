@@ -16,7 +16,7 @@ from devstack.ports import free_port
 from devstack.postgres import PostgresServer
 from devstack.processes import ROOT, Proc, eventually
 from servicekit import kvconfig
-from servicekit.hazelcast_member import DEFAULT_JAR, STORE_JARS, hazelcast_member_command, store_mode
+from stackctl.hazelcast_member import DEFAULT_JAR, STORE_JARS, hazelcast_member_command, store_mode
 
 MAP_NAME = "messages-log"
 QUEUE_NAME = "messages-queue"
@@ -82,7 +82,7 @@ class HazelcastCluster:
 
     def register(self, port: int) -> None:
         subprocess.run(
-            [sys.executable, "-m", "servicekit.ops", "register-hazelcast", str(port)],
+            [sys.executable, "-m", "stackctl", "register-hazelcast", str(port)],
             cwd=ROOT,
             env={**os.environ, "CONSUL_HTTP_ADDR": self.agent.addr},
             check=True,

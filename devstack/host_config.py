@@ -181,7 +181,7 @@ def supervisor_config(host: str, address: str, layout: Layout, app: bool, autost
         parts.append(
             program(
                 "hazelcast",
-                f"{layout.venv_bin}/python -m servicekit.ops hazelcast-member --port {HAZELCAST_PORT}",
+                f"{layout.venv_bin}/python -m stackctl hazelcast-member --port {HAZELCAST_PORT}",
                 # The several-hosts stack has no database yet (PostgreSQL with Patroni is still to come):
                 # its members keep the log in memory, as before the store.
                 {**layout.environment("hazelcast", host, address, None), "HAZELCAST_STORE": "off"},

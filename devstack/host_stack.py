@@ -45,11 +45,11 @@ from devstack.hosts import NETWORK, Hosts
 from devstack.processes import ROOT, VENV_BIN, eventually
 from servicekit import kvconfig, stack
 from servicekit.consul_client import make_consul
-from servicekit.hazelcast_member import service_definitions
 from servicekit.private_files import write_private
 from servicekit.registration import agent_members
 from servicekit.settings import ConsulAddress, ConsulSettings, default_log_capacity_bytes, java_size_bytes
-from servicekit.stack_status import service_health, status_table, wait_passing
+from stackctl.hazelcast_member import service_definitions
+from stackctl.stack_status import service_health, status_table, wait_passing
 
 log = logging.getLogger(__name__)
 

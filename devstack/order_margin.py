@@ -1,6 +1,6 @@
 """How far apart two hosts' clocks may be before the log puts a client's sequential POSTs out of order.
 
-The log's order is each logging worker's wall clock (servicekit.log_entry.StampClock). A client that sends
+The log's order is each logging worker's wall clock (contracts.log_entry.StampClock). A client that sends
 POST B only after POST A was acknowledged expects A before B; B's stamp is taken after A's by at least A's
 own way from its stamp to its answer, plus the client's turn-around, plus B's way through the facade to a
 logging worker. A clock offset between A's and B's hosts below that gap cannot swap them. This measures the
@@ -23,9 +23,9 @@ from pathlib import Path
 import hazelcast
 import requests
 
+from contracts.log_entry import stamp_of
 from devstack.stack import running_stack
 from servicekit import kvconfig
-from servicekit.log_entry import stamp_of
 
 log = logging.getLogger(__name__)
 # A stack of its own that just passed: its members answer at once, or something is wrong; never retry forever.

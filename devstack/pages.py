@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from servicekit.paging import MAX_LIMIT
+from contracts.paging import MAX_LIMIT
 
 # A walk of this many pages has not reached its end: the reader is chasing writers faster than itself.
 MAX_PAGES = 1000

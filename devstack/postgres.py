@@ -1,5 +1,5 @@
 """A PostgreSQL server of its own on a free loopback port, made and migrated the way ./scripts/up does it
-(servicekit/postgres.py), for the tests and the bench."""
+(stackctl/postgres.py), for the tests and the bench."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import consul
 
 from devstack.ports import free_port
 from devstack.processes import Proc, eventually
-from servicekit import postgres
+from stackctl import postgres
 
 
 class PostgresServer:

@@ -24,12 +24,12 @@ from pathlib import Path
 import consul
 import requests
 
+from contracts.id_format import HEADER, TRACEPARENT
 from devstack.consul_agent import check_status
 from devstack.hazelcast_cluster import HazelcastCluster
 from devstack.ports import free_port
 from devstack.processes import until
 from devstack.stack import Service, isolated_agent, start_service, wait_passing
-from servicekit.id_format import HEADER, TRACEPARENT
 from servicekit.registration import service_definition
 from servicekit.settings import Settings
 

@@ -6,23 +6,24 @@ from flask import Flask
 
 from servicekit import live_config, metrics, stack
 from servicekit.consul_client import make_consul
-from servicekit.discovery import Discovery
 from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast
-from servicekit.settings import Settings
 from servicekit.web import configure_app
+from upstream import balancing
+from upstream.watch import Discovery
 
 from .backends import LOGGING_SERVICE, MESSAGES_SERVICE, Backends
 from .idempotency import AnswerStore
 from .routes import bp
+from .settings import FacadeSettings
 
 SERVICE_NAME = "facade-service"
 # Its default port is in conf/stack.env, with the other ports of the stack; PORT overrides it.
 PORT_NAME = "FACADE_PORT"
 
 
-def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) -> Flask:
-    settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
+def create_app(settings: FacadeSettings | None = None, hz: Hazelcast | None = None) -> Flask:
+    settings = settings or FacadeSettings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     if hz is None:
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
     def heard(service: str, instances: int, answered: bool, registered: frozenset[str] | None) -> None:
         metrics.observe_watch(service, instances, answered, registered)
         if registered is not None:
-            backends.forget_gone(service, registered)
+            backends.caller.forget_gone(service, registered)
 
     # Started here, in the worker (threads do not survive gunicorn's fork), once the backends that it tells
     # which instances left Consul exist.
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, hz: Hazelcast | None = None) ->
         make_consul(settings.consul),
         [
             live_config.message_limit(app, settings.max_body_bytes),
-            live_config.balancing_policy(backends.use_policy, start=settings.lb_policy),
+            balancing.live_policy(backends.caller.use_policy, start=settings.lb_policy),
         ],
     ).start()
     on_shutdown(app, live.stop)

@@ -6,8 +6,8 @@ import uuid
 from flask import Blueprint, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 
+from contracts.paging import LogCursor, MessagesCursor
 from servicekit.errors import HazelcastUnavailable
-from servicekit.paging import LogCursor, MessagesCursor
 from servicekit.web import (
     RETRY_AFTER,
     Unavailable,
@@ -17,9 +17,10 @@ from servicekit.web import (
     read_limit,
     require_message,
 )
+from upstream.caller import CallFailed
 
 from . import idempotency
-from .backends import AnotherMessageLogged, CallFailed
+from .backends import AnotherMessageLogged
 from .idempotency import Answer
 
 bp = Blueprint("facade", __name__)

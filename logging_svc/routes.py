@@ -5,7 +5,7 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 
-from servicekit.paging import LogCursor
+from contracts.paging import LogCursor
 from servicekit.web import (
     BadInput,
     health_response,

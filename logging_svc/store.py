@@ -1,6 +1,6 @@
 """The message log: uuid -> message in a Hazelcast map, read back in acceptance order, a page at a time.
 
-The entry format (a stamp, then the message) is servicekit/log_entry.py."""
+The entry format (a stamp, then the message) is contracts/log_entry.py."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from hazelcast.errors import HazelcastError, SplitBrainProtectionError
 from hazelcast.projection import single_attribute
 from werkzeug.exceptions import Conflict
 
+from contracts.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
+from contracts.paging import LogCursor
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable, StoreFailure, store_failure
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast, wait
-from servicekit.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
-from servicekit.paging import LogCursor
 from servicekit.web import InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ import time
 
 from hazelcast.errors import HazelcastError
 
-from servicekit import metrics, queue_item, request_id
+from contracts import queue_item
+from servicekit import metrics, request_id
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
 from servicekit.gunicorn_hooks import Intake

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from servicekit.paging import decode_sequence
+from contracts.paging import decode_sequence
 from servicekit.web import health_response, read_cursor, read_limit
 
 bp = Blueprint("messages", __name__)

@@ -84,7 +84,7 @@ instance_ports() {
 }
 
 ctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }
-ops() { "$VENV/bin/python" -m servicekit.ops "$@"; }
+ops() { "$VENV/bin/python" -m stackctl "$@"; }
 # supervisord's pid, when the one of this run directory is alive: not a zombie (a killed supervisord
 # may stay one) and not another process that got its pid since, another stack's supervisord included
 # (pids come round within minutes on a busy machine): it was started for this STACK_RUN_DIR.

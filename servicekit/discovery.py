@@ -1,24 +1,14 @@
-"""Finding the instances of a service through Consul, with the weight of the state each one is in.
-
-`usable_instances` asks once (usable: passing or warning, never critical; `usable`). `ServiceWatch` keeps
-the answer current with Consul blocking queries on a background thread, so a request picks an instance from
-memory and makes no Consul call.
-"""
+"""The instances of a service in Consul, with the weight of the state each one is in: what a usable instance
+is (passing or warning, never critical; `usable`), and `usable_instances`, which asks once. The facade's
+watch that keeps the answer current is upstream.watch."""
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
 import consul
-from tenacity import RetryCallState
 
-from .background import BackgroundLoop
-from .blocking_index import BlockingIndex
 from .errors import CONSUL_ERRORS, DiscoveryError
 
 log = logging.getLogger(__name__)
@@ -30,7 +20,7 @@ class Instance:
     address: str
     port: int
     # The Consul service weight of the state the instance is in (Weights.Passing or Weights.Warning):
-    # its share of the picks against the others (servicekit.balancing).
+    # its share of the picks against the others (upstream.balancing).
     weight: int = 1
 
     @property
@@ -57,7 +47,7 @@ def usable(entry: dict) -> bool:
     return not any(check["Status"] == "critical" for check in entry.get("Checks", ()))
 
 
-def _instances(entries: list[dict]) -> tuple[Instance, ...]:
+def instances_of(entries: list[dict]) -> tuple[Instance, ...]:
     return tuple(
         Instance(
             id=entry["Service"]["ID"],
@@ -71,212 +61,10 @@ def _instances(entries: list[dict]) -> tuple[Instance, ...]:
 
 
 def usable_instances(client: consul.Consul, service: str) -> list[Instance]:
-    """The usable instances of a service, asked once (a watch keeps them current: ServiceWatch)."""
+    """The usable instances of a service, asked once (a watch keeps them current: upstream.watch)."""
     try:
         # Every instance, not Consul's passing filter (which drops warning ones too): `usable` decides.
         _, entries = client.health.service(service, passing=False)
     except CONSUL_ERRORS as exc:
         raise DiscoveryError(f"Consul is unreachable: {exc}") from exc
-    return list(_instances(entries))
-
-
-# How long the last known instances stay in use while Consul cannot say which pass. An agent restart is
-# over in seconds (each instance's keeper registers it again within ~2.4 s and its first check passes
-# within the 1 s interval; docs/RELIABILITY.md has every instance passing 3.1 to 4.8 s after the agent
-# is back), and a healthy watch hears from Consul at least once per 30 s blocking wait, so half a minute
-# without a usable answer is an outage, not a hiccup: from then on the facade answers 503 rather than
-# guessing, and /health has shown `stale_since` all along.
-STALE_LIMIT = 30.0
-
-# Told what a watch knows after each answer from Consul and each failed query: (service, instances a request
-# would pick from, whether Consul answered, the ids of every instance Consul listed in its last answer, in
-# any state; None before the first). The facade's metrics (servicekit.metrics.observe_watch) and what it
-# keeps per instance, which it forgets for the instances that left Consul.
-Observer = Callable[[str, int, bool, frozenset[str] | None], None]
-
-
-@dataclass(frozen=True)
-class _Cache:
-    """What the watch knows, replaced as a whole so a request thread never reads half an update."""
-
-    instances: tuple[Instance, ...] = ()
-    # Set while the instances are the last known ones rather than Consul's current answer.
-    stale_since: float | None = None  # time.monotonic()
-    stale_since_wall: float | None = None  # time.time(), for people
-    # Why they are stale: Consul is unreachable, or an agent restarted and has not seen them register yet.
-    stale_reason: str | None = None
-    # Every instance Consul listed, critical ones included: an instance missing here left Consul.
-    registered: frozenset[str] | None = None
-
-
-class ServiceWatch:
-    """The usable instances of one service (passing, or in warning with their warning weight; never
-    critical), kept current by a named daemon thread.
-
-    The thread runs Consul blocking queries (index + wait): the agent answers as soon as the set changes,
-    or after `wait`. An answer with no passing instance empties the cache: requests get a 503 at once
-    instead of trying instances Consul knows are critical. Only when Consul cannot say (it is
-    unreachable, or its index went backwards because the agent restarted and has forgotten every
-    service until they register again) do the last known instances stay in use, for at most
-    `stale_limit` seconds; `status()` says since when.
-    """
-
-    def __init__(
-        self,
-        client: consul.Consul,
-        service: str,
-        wait: str = "30s",
-        stale_limit: float = STALE_LIMIT,
-        observe: Observer | None = None,
-    ):
-        self.service = service
-        self._observe = observe
-        self._client = client
-        self._wait = wait
-        self._stale_limit = stale_limit
-        self._cache = _Cache()
-        self._loaded = threading.Event()
-        self._consul_error: str | None = None
-        self._updated_at: float | None = None
-        self._index = BlockingIndex()
-        self._loop = BackgroundLoop(f"watch-{service}", self._watch_once)
-        # Jittered backoff on errors keeps many workers from hammering an agent that just came back.
-        self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
-
-    def start(self) -> ServiceWatch:
-        self._loop.start()
-        return self
-
-    def stop(self, timeout: float = 0.0) -> bool:
-        """Stop watching. A blocking query in flight is not cut short; the daemon thread ends after it."""
-        return self._loop.stop(timeout)
-
-    def instances(self, timeout: float = 0.0) -> tuple[Instance, ...]:
-        """The current instances. Right after start, wait up to `timeout` for Consul's first answer."""
-        if timeout and not self._loaded.is_set():
-            self._loaded.wait(timeout)
-        return self._usable(self._cache)
-
-    def _usable(self, cache: _Cache) -> tuple[Instance, ...]:
-        if cache.stale_since is not None and time.monotonic() - cache.stale_since > self._stale_limit:
-            return ()
-        return cache.instances
-
-    def status(self) -> dict:
-        cache = self._cache
-        return {
-            "instances": [i.id for i in self._usable(cache)],
-            "consul": "unreachable: " + self._consul_error if self._consul_error else "ok",
-            "stale_since": None if cache.stale_since_wall is None else _iso(cache.stale_since_wall),
-            "updated_s_ago": None if self._updated_at is None else round(time.monotonic() - self._updated_at, 1),
-        }
-
-    def _keep_stale(self, reason: str) -> None:
-        """Keep serving the last known instances, because Consul cannot say which pass right now."""
-        cache = self._cache
-        if cache.stale_since is None:
-            if cache.instances:
-                log.warning(
-                    "%s; serving %s from the %d last known instances for at most %.0f s",
-                    reason,
-                    self.service,
-                    len(cache.instances),
-                    self._stale_limit,
-                )
-            self._cache = replace(
-                cache, stale_since=time.monotonic(), stale_since_wall=time.time(), stale_reason=reason
-            )
-        elif cache.instances and not self._usable(cache):
-            log.error("%s for %.0f s; dropping the last known %s instances", reason, self._stale_limit, self.service)
-            self._cache = replace(cache, instances=(), stale_reason=reason)
-        else:
-            self._cache = replace(cache, stale_reason=reason)
-
-    def _answered(self, index: int, found: tuple[Instance, ...], registered: frozenset[str]) -> None:
-        restarted = self._index.answered(index)
-        cache = self._cache
-        if restarted:
-            log.info("Consul's index for %s went backwards (the agent restarted); starting over", self.service)
-        if not found and cache.instances and (restarted or cache.stale_reason == _RESTARTED):
-            # A restarted agent knows nothing until the instances register again; nor does any answer
-            # until one of them has passed its first check.
-            self._keep_stale(_RESTARTED)
-        else:
-            if {(i.id, i.weight) for i in found} != {(i.id, i.weight) for i in self._usable(cache)}:
-                if found:
-                    listed = ", ".join(sorted(f"{i.id} (weight {i.weight})" for i in found))
-                    log.info("%s instances: %s", self.service, listed)
-                else:
-                    log.error("Consul reports no passing %s instance; requests that need one get 503", self.service)
-            self._cache = _Cache(found, registered=registered)
-        self._updated_at = time.monotonic()
-        self._loaded.set()
-        self._tell(answered=True)
-
-    def _tell(self, answered: bool) -> None:
-        if self._observe is not None:
-            cache = self._cache
-            self._observe(self.service, len(self._usable(cache)), answered, cache.registered)
-
-    def _failed(self, retry_state: RetryCallState) -> None:
-        assert retry_state.outcome is not None
-        exc = retry_state.outcome.exception()
-        denied = isinstance(exc, consul.ACLPermissionDenied)
-        if self._consul_error is None:
-            if denied:
-                log.error("Consul refused to list %s (check CONSUL_HTTP_TOKEN's policy)", self.service)
-            else:
-                log.warning("Consul is unreachable while watching %s: %s", self.service, exc)
-        self._consul_error = "permission denied" if denied else type(exc).__name__
-        self._index.failed()
-        self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
-        self._tell(answered=False)
-
-    def _watch_once(self) -> None:
-        # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
-        index, entries = self._query(
-            lambda: self._client.health.service(self.service, index=self._index.next, wait=self._wait)
-        )
-        if self._consul_error is not None:
-            log.info("Consul answers again; watching %s", self.service)
-            self._consul_error = None
-        self._answered(int(index or 0), _instances(entries), frozenset(e["Service"]["ID"] for e in entries))
-
-
-_RESTARTED = "the Consul agent restarted"
-
-
-def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="seconds")
-
-
-class Discovery:
-    """One watch per service the caller depends on."""
-
-    def __init__(
-        self,
-        client: consul.Consul,
-        services: list[str],
-        wait: str = "30s",
-        stale_limit: float = STALE_LIMIT,
-        observe: Observer | None = None,
-    ):
-        self._watches = {name: ServiceWatch(client, name, wait, stale_limit, observe) for name in services}
-
-    def start(self) -> Discovery:
-        for watch in self._watches.values():
-            watch.start()
-        return self
-
-    def close(self, timeout: float = 0.0) -> bool:
-        """Stop every watch; wait up to `timeout` in all for their threads. True when all are over."""
-        deadline = time.monotonic() + timeout
-        for watch in self._watches.values():
-            watch.stop()
-        return all([watch.stop(max(0.0, deadline - time.monotonic())) for watch in self._watches.values()])
-
-    def instances(self, service: str, timeout: float = 0.0) -> tuple[Instance, ...]:
-        return self._watches[service].instances(timeout)
-
-    def status(self) -> dict:
-        return {name: watch.status() for name, watch in self._watches.items()}
+    return list(instances_of(entries))

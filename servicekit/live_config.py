@@ -23,7 +23,6 @@ from typing import Any
 import consul
 from tenacity import RetryCallState
 
-from . import balancing
 from .background import BackgroundLoop
 from .blocking_index import BlockingIndex
 from .errors import CONSUL_ERRORS
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "config/"
 KEY_MAX_MESSAGE_CHARS = "config/limits/max-message-chars"
-KEY_POLICY = "config/balancing/policy"
 
 
 class Refused(ValueError):
@@ -66,13 +64,6 @@ def parse_max_message_chars(raw: str, max_body_bytes: int) -> int:
     if needed > max_body_bytes:
         raise Refused(f"{value} characters need MAX_BODY_BYTES of at least {needed} (it is {max_body_bytes})")
     return value
-
-
-def parse_policy(raw: str) -> str:
-    name = raw.strip()
-    if name not in balancing.POLICIES:
-        raise Refused(f"unknown balancing policy {name!r}; known: {', '.join(sorted(balancing.POLICIES))}")
-    return name
 
 
 @dataclass(frozen=True)
@@ -250,9 +241,3 @@ def message_limit(app, max_body_bytes: int) -> LiveSetting:
         parse=lambda raw: parse_max_message_chars(raw, max_body_bytes),
         apply=apply,
     )
-
-
-def balancing_policy(use_policy: Callable[[str], None], start: str) -> LiveSetting:
-    """The balancing policy of a caller (facade.backends.Backends.use_policy). `start` is the caller's
-    LB_POLICY, no default: a deleted key must bring back what the environment says, not `random`."""
-    return LiveSetting(key=KEY_POLICY, start=start, parse=parse_policy, apply=use_policy)

@@ -22,16 +22,10 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, request
 from werkzeug.datastructures import Headers
 
+from contracts.id_format import HEADER, TRACEPARENT, parse_traceparent, valid_request_id
+
 from . import tracing
 from .gunicorn_hooks import on_shutdown
-
-# The grammar lives in servicekit.id_format; its names stay importable from here.
-from .id_format import HEADER as HEADER
-from .id_format import MAX_LENGTH as MAX_LENGTH
-from .id_format import TRACEPARENT as TRACEPARENT
-from .id_format import TraceParent as TraceParent
-from .id_format import parse_traceparent as parse_traceparent
-from .id_format import valid_request_id as valid_request_id
 
 log = logging.getLogger(__name__)
 

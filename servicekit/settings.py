@@ -10,8 +10,9 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
-from . import balancing, stack
+from . import stack
 from .logs import LOG_FORMATS
 
 VERSION = "0.1.0"
@@ -21,7 +22,7 @@ class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -34,7 +35,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -49,7 +50,7 @@ def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool =
 
 def max_body_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
     """MAX_BODY_BYTES on its own: the gunicorn worker enforces it too, and has no Settings of its own."""
-    return _int(os.environ if env is None else env, "MAX_BODY_BYTES", 64 * 1024, minimum=1)
+    return env_int(os.environ if env is None else env, "MAX_BODY_BYTES", 64 * 1024, minimum=1)
 
 
 # The names a browser on this machine uses for it. DNS rebinding works through a name the attacker owns,
@@ -248,7 +249,7 @@ class ConsulSettings:
         return cls(
             address=ConsulAddress.parse(env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"),
             token=_token(env),
-            timeout=_float(env, "CONSUL_TIMEOUT", 2.0),
+            timeout=env_float(env, "CONSUL_TIMEOUT", 2.0),
             ca_file=env.get("CONSUL_CACERT") or None,
         )
 
@@ -265,19 +266,9 @@ class Settings:
     # The host part of the instance id: instance_host(), INSTANCE_HOST included, as instance_id() reads it.
     instance_host: str = field(default_factory=lambda: instance_host())
     consul: ConsulSettings = field(default_factory=ConsulSettings)
-    # Connect and read timeouts for calls between services.
+    # Connect and read timeouts for calls between services (a Hazelcast call's wait too: servicekit.hz).
     connect_timeout: float = 0.5
     read_timeout: float = 3.0
-    # The facade's budget for one call to logging or messages, retries on other instances included.
-    request_deadline: float = 5.0
-    # Retries of calls to other services, as a share of the calls over the last 10 s (per worker and
-    # service), and the retries allowed in any case: a slow tier gets at most a tenth more calls. The
-    # minimum covers what ejecting one bad instance costs a quiet worker (servicekit/outliers.py): its 3
-    # failures in a row, plus up to 3 calls its other threads had already sent there, each retried.
-    retry_budget_ratio: float = 0.1
-    retry_budget_minimum: int = 6
-    # How long POST /facade replays its first answer to a request with the same Idempotency-Key.
-    idempotency_window: float = 3600.0
     # On SIGTERM, how long an instance keeps serving after leaving Consul, so callers drop it first.
     drain_seconds: float = 1.0
     max_body_bytes: int = 64 * 1024
@@ -304,9 +295,6 @@ class Settings:
     # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
     # for characters outside the BMP, which Python stores in 4 bytes each).
     messages_kept: int = 20_000
-    # How the facade picks an instance (servicekit.balancing.POLICIES): "random" (by weight) or "p2c"
-    # (the less busy of two). Consul KV may switch it live.
-    lb_policy: str = balancing.DEFAULT_POLICY
     # The Consul service weights this instance registers with: its share of the picks while its check
     # passes, and while it is in warning (HTTP 429 from /health).
     weight_passing: int = 10
@@ -323,9 +311,6 @@ class Settings:
             object.__setattr__(self, "metrics_port", default_metrics_port(self.port))
         if self.metrics_port == self.port:
             raise SettingsError(f"METRICS_PORT must differ from PORT ({self.port}): /metrics stays off the public port")
-        if self.lb_policy not in balancing.POLICIES:
-            known = ", ".join(sorted(balancing.POLICIES))
-            raise SettingsError(f"LB_POLICY must be one of {known}, got {self.lb_policy!r}")
         needed = forwarded_body_bytes(self.max_message_chars)
         if needed > self.max_body_bytes:
             raise SettingsError(
@@ -334,34 +319,36 @@ class Settings:
             )
 
     @classmethod
-    def from_env(cls, service_name: str, default_port: int, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, service_name: str, default_port: int, env: Mapping[str, str] | None = None) -> Self:
+        """The fields every service has, then those its own settings class adds (own_from_env)."""
         env = os.environ if env is None else env
         return cls(
             service_name=service_name,
-            port=_int(env, "PORT", default_port, minimum=1),
+            port=env_int(env, "PORT", default_port, minimum=1),
             host=_service_host(env),
             instance_host=instance_host(env),
             consul=ConsulSettings.from_env(env),
-            connect_timeout=_float(env, "HTTP_CONNECT_TIMEOUT", 0.5),
-            read_timeout=_float(env, "HTTP_READ_TIMEOUT", 3.0),
-            request_deadline=_float(env, "REQUEST_DEADLINE", 5.0),
-            retry_budget_ratio=_float(env, "RETRY_BUDGET_RATIO", 0.1, allow_zero=True),
-            retry_budget_minimum=_int(env, "RETRY_BUDGET_MINIMUM", 6),
-            idempotency_window=_float(env, "IDEMPOTENCY_WINDOW", 3600.0),
-            drain_seconds=_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
+            connect_timeout=env_float(env, "HTTP_CONNECT_TIMEOUT", 0.5),
+            read_timeout=env_float(env, "HTTP_READ_TIMEOUT", 3.0),
+            drain_seconds=env_float(env, "DRAIN_SECONDS", 1.0, allow_zero=True),
             max_body_bytes=max_body_bytes_from_env(env),
-            max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
+            max_message_chars=env_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
-            log_capacity_bytes=_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
-            messages_kept=_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
-            lb_policy=env.get("LB_POLICY") or balancing.DEFAULT_POLICY,
-            weight_passing=_int(env, "WEIGHT_PASSING", 10, minimum=1),
-            weight_warning=_int(env, "WEIGHT_WARNING", 1),
+            log_capacity_bytes=env_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
+            messages_kept=env_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
+            weight_passing=env_int(env, "WEIGHT_PASSING", 10, minimum=1),
+            weight_warning=env_int(env, "WEIGHT_WARNING", 1),
             log_format=_log_format(env),
-            metrics_port=_int(env, "METRICS_PORT", 0, minimum=1),
-            check_failures_before_critical=_int(env, "CHECK_FAILURES_BEFORE_CRITICAL", 2, minimum=1),
-            check_success_before_passing=_int(env, "CHECK_SUCCESS_BEFORE_PASSING", 2, minimum=1),
+            metrics_port=env_int(env, "METRICS_PORT", 0, minimum=1),
+            check_failures_before_critical=env_int(env, "CHECK_FAILURES_BEFORE_CRITICAL", 2, minimum=1),
+            check_success_before_passing=env_int(env, "CHECK_SUCCESS_BEFORE_PASSING", 2, minimum=1),
+            **cls.own_from_env(env),
         )
+
+    @classmethod
+    def own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        """The fields a service's settings class adds to these, read from `env` (facade.settings): none here."""
+        return {}
 
     @property
     def accepted_host_names(self) -> frozenset[str]:

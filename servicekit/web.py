@@ -13,7 +13,9 @@ from flask import Flask, Request, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMediaType
 
-from . import metrics, paging, registration, request_id
+from contracts import paging
+
+from . import metrics, registration, request_id
 from .errors import HazelcastUnavailable
 from .settings import Settings, host_is_accepted
 

@@ -58,8 +58,9 @@ from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from contracts.id_format import HEADER, request_id_for
+
 from . import metrics
-from .id_format import HEADER, request_id_for
 from .settings import max_body_bytes_from_env
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Refused(Exception):
 
     def response(self, request_id: str) -> bytes:
         """The JSON error every service answers with, as raw HTTP, with the request's id like every answer.
-        `request_id` was checked against the grammar (servicekit.id_format): it is safe in a header."""
+        `request_id` was checked against the grammar (contracts.id_format): it is safe in a header."""
         body = json.dumps({"error": self.error}).encode()
         head = (
             f"HTTP/1.1 {self.status.value} {self.status.phrase}\r\n"
@@ -234,7 +235,7 @@ class PendingRequest:
         self.request_id: str | None = None
 
     def id_for_answer(self) -> str:
-        """The id a refusal echoes: the request's own (servicekit.id_format), else a new one."""
+        """The id a refusal echoes: the request's own (contracts.id_format), else a new one."""
         return self.request_id or request_id_for(None, None)
 
     def feed(self, chunk: bytes) -> bool:

@@ -13,9 +13,10 @@ import xml.etree.ElementTree as ET
 import hazelcast
 import requests
 
+from contracts import queue_item
 from devstack import ROOT, Load, eventually, record, running_stack
 from logging_svc.store import encode, entry_cost
-from servicekit import kvconfig, queue_item
+from servicekit import kvconfig
 from servicekit.settings import default_log_capacity_bytes, java_size_bytes
 
 TIMEOUT = 10

@@ -15,8 +15,8 @@ import pytest
 from devstack import check_status, eventually, record
 from devstack.stubs import StubInstance
 from servicekit.consul_client import make_consul
-from servicekit.discovery import ServiceWatch
 from servicekit.settings import ConsulSettings
+from upstream.watch import ServiceWatch
 
 SERVICE = "logging-service"
 

@@ -15,8 +15,8 @@ import requests
 
 from devstack import Load, Stack, eventually, passing_to_first_request, read_all, record, wait_passing
 from servicekit.consul_client import make_consul
-from servicekit.discovery import ServiceWatch
 from servicekit.settings import ConsulSettings
+from upstream.watch import ServiceWatch
 
 TIMEOUT = 10
 CHECK_INTERVAL = 1.0  # servicekit.settings.Settings.check_interval

@@ -30,10 +30,11 @@ from devstack import hosts as hosts_module
 from devstack.host_stack import SERVERS, HostStack
 from devstack.hosts import Hosts
 from devstack.processes import ROOT
+from facade.settings import FacadeSettings
 from servicekit import kvconfig
-from servicekit.hazelcast_member import member_property
 from servicekit.registration import agent_self, loopback_warning
 from servicekit.settings import Settings
+from stackctl.hazelcast_member import member_property
 
 # One worker for the module: its tests share the simulation `sim`, which every worker would build again.
 pytestmark = pytest.mark.xdist_group("hosts")
@@ -226,7 +227,7 @@ def test_posts_to_one_facade_are_logged_on_several_hosts_and_gets_read_other_hos
 
 # The members drop a silent member after this long (conf/hazelcast.xml), and the facade answers within this.
 MEMBERS_DETECT_S = float(member_property("hazelcast.max.no.heartbeat.seconds"))
-DEADLINE_S = Settings.from_env("facade-service", 8080, env={}).request_deadline
+DEADLINE_S = FacadeSettings.from_env("facade-service", 8080, env={}).request_deadline
 # What the answer may take beyond the facade's deadline: the request's own parsing, queueing and transfer.
 ANSWER_SLACK_S = 0.5
 # As `curl -m 10` in issue 18's reproduction: a POST that takes this long is a stall, whatever it answers.

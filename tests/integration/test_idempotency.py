@@ -10,8 +10,9 @@ import uuid
 import pytest
 import requests
 
+from contracts import queue_item
 from devstack import ConsulAgent, HazelcastCluster, eventually, start_service, wait_passing
-from servicekit import kvconfig, queue_item
+from servicekit import kvconfig
 from servicekit.registration import service_definition
 from servicekit.settings import Settings
 

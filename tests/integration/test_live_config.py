@@ -13,6 +13,7 @@ from devstack import Load, check_status, eventually, record, until
 from devstack.stubs import StubInstance
 from devstack.workers import on_every_worker
 from servicekit import live_config
+from upstream import balancing
 
 # One worker for the module: its tests share `live_stack`, which every worker would build again.
 pytestmark = pytest.mark.xdist_group("live_config")
@@ -120,17 +121,17 @@ def test_a_bad_limit_is_refused_with_the_old_one_kept_and_shown_in_health(live_s
 
 def test_an_unknown_balancing_policy_is_refused_and_a_known_one_applied(live_stack):
     kv = live_stack.agent.client().kv
-    kv.put(live_config.KEY_POLICY, "round-the-houses")
+    kv.put(balancing.KEY_POLICY, "round-the-houses")
 
     def refused(config):
-        assert config["refused"].get(live_config.KEY_POLICY, {}).get("value") == "round-the-houses", config
-        assert config["values"][live_config.KEY_POLICY]["value"] == "random", config
+        assert config["refused"].get(balancing.KEY_POLICY, {}).get("value") == "round-the-houses", config
+        assert config["values"][balancing.KEY_POLICY]["value"] == "random", config
 
     _every_worker(live_stack, refused)
     assert _post(live_stack, 10) == 201
 
-    kv.put(live_config.KEY_POLICY, "random")
-    _every_worker(live_stack, _applied(live_config.KEY_POLICY, "random"))
+    kv.put(balancing.KEY_POLICY, "random")
+    _every_worker(live_stack, _applied(balancing.KEY_POLICY, "random"))
 
 
 def _applied(key: str, value):
@@ -153,10 +154,10 @@ def test_a_policy_switched_to_p2c_in_kv_steers_the_facade_away_from_a_slow_insta
     slow.start(client)
     try:
         until(lambda: check_status(client, slow.instance_id) == "passing", 15, what="the slow stub passing")
-        client.kv.put(live_config.KEY_POLICY, "p2c")
+        client.kv.put(balancing.KEY_POLICY, "p2c")
 
         def p2c_with_the_slow_stub(health: dict) -> None:
-            _applied(live_config.KEY_POLICY, "p2c")(health["details"]["config"])
+            _applied(balancing.KEY_POLICY, "p2c")(health["details"]["config"])
             assert slow.instance_id in health["details"]["discovery"]["logging-service"]["instances"], health
 
         on_every_worker(live_stack.facade, p2c_with_the_slow_stub, timeout=15, what="p2c, and the slow stub seen")

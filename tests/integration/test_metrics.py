@@ -167,7 +167,7 @@ def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_s
     }
 
     done = subprocess.run(
-        [sys.executable, "-m", "servicekit.ops", "status", "--traffic"],
+        [sys.executable, "-m", "stackctl", "status", "--traffic"],
         env={**os.environ, "CONSUL_HTTP_ADDR": stack.agent.addr},
         cwd=ROOT,
         capture_output=True,

@@ -16,7 +16,7 @@ import pytest
 from devstack import Load
 from devstack.stubs import StubInstance
 from servicekit.gunicorn_config import WORKER_SETTINGS
-from servicekit.outliers import BASE_EJECTION, CONSECUTIVE_FAILURES
+from upstream.outliers import BASE_EJECTION, CONSECUTIVE_FAILURES
 
 TIMEOUT = 10
 POSTS = 200

@@ -10,12 +10,12 @@ import uuid
 import requests
 from hazelcast.aggregator import count
 
+from contracts.log_entry import encode
+from contracts.paging import LogCursor
 from devstack import eventually
 from devstack.load import Load
 from logging_svc.store import HazelcastMessageLog
 from servicekit import kvconfig
-from servicekit.log_entry import encode
-from servicekit.paging import LogCursor
 
 TIMEOUT = 10
 WALK_SECONDS = 60

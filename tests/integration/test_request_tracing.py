@@ -10,10 +10,10 @@ import uuid
 
 import requests
 
+from contracts.id_format import parse_traceparent
 from devstack import ROOT, check_status, eventually, until
 from devstack.stubs import StubInstance
 from devstack.workers import on_every_worker
-from servicekit.request_id import parse_traceparent
 
 JSON = {"Content-Type": "application/json"}
 

@@ -31,9 +31,10 @@ import requests
 from devstack import ROOT, Load, consul_binary, eventually, post_acknowledged, read_all, record
 from devstack.ports import reserve_all
 from logging_svc.store import entry_cost
-from servicekit import hazelcast_member, postgres, stack, stack_status
+from servicekit import stack
+from stackctl import hazelcast_member, postgres, stack_status
 from servicekit.settings import default_metrics_port
-from servicekit.stack_status import PortUse, port_is_free
+from stackctl.stack_status import PortUse, port_is_free
 
 SCRIPTS = ROOT / "scripts"
 PROGRAM_PORTS = {program: stack.ports(program) for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")}
@@ -430,11 +431,11 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
     env_file = tmp_path / "programs.env"
     writer = {**os.environ, "CONSUL_HTTP_ADDR": "http://127.0.0.1:9500"}
     writer.pop("CONSUL_HTTP_TOKEN", None)
-    subprocess.run([sys.executable, "-m", "servicekit.ops", "write-env", str(env_file)], cwd=ROOT, env=writer,
+    subprocess.run([sys.executable, "-m", "stackctl", "write-env", str(env_file)], cwd=ROOT, env=writer,
                    check=True, timeout=30)
     assert env_file.stat().st_mode & 0o077 == 0, "the env file may hold a token: this user only"
     program = subprocess.run(
-        [sys.executable, "-m", "servicekit.ops", "--env-file", str(env_file), "exec", "env"],
+        [sys.executable, "-m", "stackctl", "--env-file", str(env_file), "exec", "env"],
         cwd=ROOT, env={**os.environ, "CONSUL_HTTP_TOKEN": "old-token", "CONSUL_HTTP_ADDR": "127.0.0.1:8500"},
         capture_output=True, text=True, check=True, timeout=30,
     )

@@ -1,4 +1,5 @@
-"""Imports flow one way (docs/ARCHITECTURE.md): services -> servicekit -> libraries; the dev tools on top."""
+"""Imports flow one way (docs/ARCHITECTURE.md): services -> upstream (the facade) -> servicekit -> contracts ->
+libraries; the dev tools on top."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"facade", "logging_svc", "messages_svc"}
-OURS = SERVICES | {"servicekit", "devstack", "bench", "tests"}
+OURS = SERVICES | {"contracts", "servicekit", "upstream", "stackctl", "devstack", "bench", "tests"}
 # What each room may import of ours, besides itself.
 ALLOWED = {
-    **{service: {"servicekit"} for service in SERVICES},
-    "servicekit": set(),
-    "devstack": {"servicekit"},
-    "bench": {"devstack", "servicekit"},
+    **{service: {"servicekit", "contracts"} for service in SERVICES},
+    # Client-side load balancing is the facade's alone.
+    "facade": {"upstream", "servicekit", "contracts"},
+    "servicekit": {"contracts"},
+    "upstream": {"servicekit", "contracts"},
+    "contracts": set(),
+    "stackctl": {"servicekit", "contracts"},
+    "devstack": {"servicekit", "stackctl", "contracts"},
+    "bench": {"devstack", "servicekit", "stackctl", "contracts"},
 }
 # Files that may import more than their room, and why.
 EXCEPTIONS = {

@@ -18,24 +18,17 @@ from prometheus_client import REGISTRY
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from werkzeug.exceptions import NotFound
 
+from contracts.paging import MessagesCursor
 from devstack import until
 from devstack.stubs import StubInstance
-from facade import backends as backends_module
 from facade import create_app
-from facade.backends import (
-    LOGGING_SERVICE,
-    MAX_ATTEMPTS,
-    MESSAGES_SERVICE,
-    QUEUE_ROOM_MARGIN,
-    Backends,
-    CallFailed,
-    Reached,
-)
+from facade.backends import LOGGING_SERVICE, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
+from facade.settings import FacadeSettings
 from servicekit.discovery import Instance
 from servicekit.hz import Bounded
-from servicekit.paging import MessagesCursor
-from servicekit.settings import Settings
 from servicekit.web import BadGateway, Unavailable
+from upstream import caller as caller_module
+from upstream.caller import MAX_ATTEMPTS, CallFailed, Reached
 
 PORTS = (8081, 8082, 8083)
 
@@ -45,7 +38,7 @@ def instance(port: int) -> Instance:
 
 
 class FixedDiscovery:
-    """Stands in for servicekit.discovery.Discovery: the same passing instances for every service."""
+    """Stands in for upstream.watch.Discovery: the same passing instances for every service."""
 
     def __init__(self, *ports: int):
         self.found = tuple(instance(p) for p in ports)
@@ -108,7 +101,7 @@ def refused() -> requests.ConnectionError:
 
 
 def backends(http: ScriptedHttp, *ports: int, **env: str) -> Backends:
-    return Backends(Settings.from_env("facade-service", 8080, env=env), FixedDiscovery(*ports), session=http)
+    return Backends(FacadeSettings.from_env("facade-service", 8080, env=env), FixedDiscovery(*ports), session=http)
 
 
 @pytest.mark.parametrize(
@@ -207,7 +200,7 @@ def test_health_details_list_the_instances_this_worker_ejected():
             return {LOGGING_SERVICE: {"instances": [i.id for i in self.found]}}
 
     http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
-    calling = Backends(Settings.from_env("facade-service", 8080, env={}), Watched(8081, 8082), session=http)
+    calling = Backends(FacadeSettings.from_env("facade-service", 8080, env={}), Watched(8081, 8082), session=http)
     assert calling.status()[LOGGING_SERVICE]["ejected"] == []
     for n in range(20):
         calling.log_message(f"id-{n}", "hello")
@@ -324,7 +317,7 @@ class DisconnectedHazelcast:
 
 
 def test_the_facade_answers_a_4xx_from_logging_with_a_502_that_names_no_instance_host_or_port(closing):
-    settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    settings = FacadeSettings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
     app = closing(create_app(settings, hz=DisconnectedHazelcast()))
     http = ScriptedHttp(p8082=response(413, {"error": "request body too large"}))
     app.extensions["backends"] = Backends(settings, FixedDiscovery(8082), session=http)
@@ -383,7 +376,7 @@ class QueueHazelcast:
 
 
 def facade_with(closing, http: ScriptedHttp, queue: FakeQueue):
-    settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    settings = FacadeSettings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
     hz = QueueHazelcast(queue)
     app = closing(create_app(settings, hz=hz))
     app.extensions["backends"] = Backends(settings, FixedDiscovery(8081, 8082), hazelcast=hz, session=http)
@@ -494,7 +487,7 @@ class SilentHazelcast:
 
 
 def silent_queue_facade(closing, http: ScriptedHttp):
-    settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1",
+    settings = FacadeSettings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1",
                                                                "REQUEST_DEADLINE": "0.6"})  # fmt: skip
     hz = SilentHazelcast()
     app = closing(create_app(settings, hz=hz))
@@ -544,7 +537,7 @@ def test_the_calls_in_flight_are_counted_per_instance_for_the_pick_and_forgotten
         return STORED
 
     http = ScriptedHttp(p8081=held, p8082=STORED)
-    calling = Backends(Settings.from_env("facade-service", 8080, env={}), FixedDiscovery(8081, 8082), session=http,
+    calling = Backends(FacadeSettings.from_env("facade-service", 8080, env={}), FixedDiscovery(8081, 8082), session=http,
                        pick=least_busy)  # fmt: skip
     first = threading.Thread(target=calling.log_message, args=("id-1", "held"))
     first.start()
@@ -565,7 +558,7 @@ def test_an_untried_instance_is_tried_at_once_after_an_instance_this_call_ejecte
     # The call that ejects 8081 (its third failure in a row) leaves it in the call's failures but out of
     # the candidates: 8082, untried, is still next at once, with no pause.
     pauses: list[tuple[float, float]] = []
-    monkeypatch.setattr(backends_module.random, "uniform", lambda a, b: pauses.append((a, b)) or 0.0)
+    monkeypatch.setattr(caller_module.random, "uniform", lambda a, b: pauses.append((a, b)) or 0.0)
     http = ScriptedHttp(p8081=BROKEN, p8082=STORED)
     calling = backends(http, 8081, 8082, RETRY_BUDGET_MINIMUM="100")
     for n in range(100):

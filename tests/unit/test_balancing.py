@@ -1,11 +1,11 @@
-"""The facade's instance pick (servicekit.balancing), on its own."""
+"""The facade's instance pick (upstream.balancing), on its own."""
 
 import random
 
 import pytest
 
-from servicekit.balancing import RandomPick
 from servicekit.discovery import Instance
+from upstream.balancing import RandomPick
 
 INSTANCES = tuple(Instance(f"logging-service-h-{port}", "127.0.0.1", port) for port in (8081, 8082, 8083))
 

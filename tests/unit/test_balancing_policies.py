@@ -1,4 +1,4 @@
-"""The weighted random pick and the power of two choices (servicekit.balancing), with seeded randomness."""
+"""The weighted random pick and the power of two choices (upstream.balancing), with seeded randomness."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from servicekit import balancing
-from servicekit.balancing import PowerOfTwoPick, RandomPick
 from servicekit.discovery import Instance
+from upstream import balancing
+from upstream.balancing import PowerOfTwoPick, RandomPick
 
 PICKS = 21_000
 

@@ -16,6 +16,7 @@ import bench.reference
 import facade
 import logging_svc
 import messages_svc
+from facade.settings import FacadeSettings
 from servicekit.settings import Settings, SettingsError
 
 
@@ -54,7 +55,8 @@ class RecordingHazelcast:
 
 def settings_for(service: str, port: int, **env: str) -> Settings:
     # Consul at a port nothing listens on: the facade's discovery never finds an instance.
-    return Settings.from_env(service, port, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1", **env})
+    kind = FacadeSettings if service == "facade-service" else Settings
+    return kind.from_env(service, port, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1", **env})
 
 
 def logging_client(**env: str):

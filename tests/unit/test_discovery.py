@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from devstack import eventually
-from servicekit.discovery import ServiceWatch
+from upstream.watch import ServiceWatch
 
 SERVICE = "logging-service"
 

@@ -4,11 +4,11 @@ import threading
 
 import pytest
 
+from devstack import eventually
 from facade import create_app
 from facade.backends import Backends
-from devstack import eventually
+from facade.settings import FacadeSettings
 from servicekit.gunicorn_hooks import close_app
-from servicekit.settings import Settings
 
 
 class DisconnectedHazelcast:
@@ -19,7 +19,7 @@ class DisconnectedHazelcast:
 
 
 # Consul at a port nothing listens on: any call to discovery would fail the request with a 503.
-UNREACHABLE_CONSUL = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+UNREACHABLE_CONSUL = FacadeSettings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ class NoDiscovery:
 
 
 def test_get_reads_logging_and_messages_at_the_same_time():
-    backends = Backends(Settings.from_env("facade-service", 8080, env={}), NoDiscovery())
+    backends = Backends(FacadeSettings.from_env("facade-service", 8080, env={}), NoDiscovery())
     # Each read waits for the other: read one after the other, they would break the barrier.
     both_running = threading.Barrier(2, timeout=5)
 

@@ -9,9 +9,10 @@ import pytest
 from hazelcast.errors import HazelcastError, OperationTimeoutError
 from hazelcast.future import Future
 
+from facade.settings import FacadeSettings
 from servicekit import hz
-from servicekit.hazelcast_member import member_property
 from servicekit.settings import Settings
+from stackctl.hazelcast_member import member_property
 
 
 class SilentMap:
@@ -57,7 +58,7 @@ def test_the_client_leaves_a_silent_member_before_the_members_drop_it():
 
 def test_no_call_is_retried_or_waited_for_longer_than_a_request_waits():
     settings = Settings.from_env("logging-service", 8081, env={})
-    assert settings.request_deadline >= hz.INVOCATION_TIMEOUT
+    assert FacadeSettings.from_env("facade-service", 8080, env={}).request_deadline >= hz.INVOCATION_TIMEOUT
     # A logging_svc thread is free again when the facade's read of it gives up.
     assert settings.read_timeout >= hz.Hazelcast(settings).call_timeout
     assert hz.REDO_OPERATION is False, "an offer sent again would queue a message twice"

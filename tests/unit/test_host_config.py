@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 from devstack import host_config
 from devstack.host_config import Layout
-from servicekit import hazelcast_member, kvconfig
+from servicekit import kvconfig
+from stackctl import hazelcast_member
 
 LAYOUT = Layout(
     root="/opt/app", venv_bin="/opt/app/.venv/bin", consul_bin="/usr/bin/consul", consul_dir="/etc/consul.d",

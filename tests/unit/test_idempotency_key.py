@@ -11,13 +11,13 @@ import requests
 from hazelcast.errors import HazelcastError
 from urllib3.exceptions import ProtocolError
 
+from contracts import queue_item
 from facade import create_app
 from facade.backends import Backends
 from facade.idempotency import AnswerStore, fingerprint, key_of, message_id
-from servicekit import queue_item
+from facade.settings import FacadeSettings
 from servicekit.discovery import Instance
 from servicekit.errors import HazelcastUnavailable
-from servicekit.settings import Settings
 from servicekit.web import BadInput
 
 
@@ -189,7 +189,7 @@ class World:
         self.map_down = False
         self.queue_ = Queue()
         self.logging = Logging()
-        settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+        settings = FacadeSettings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
         app = closing(create_app(settings, hz=self))
         app.extensions["backends"] = Backends(settings, OneInstance(), hazelcast=self, session=self.logging)
         app.extensions["answers"] = AnswerStore(self, WINDOW, LEASE, clock=self.clock)

@@ -1,4 +1,5 @@
-from servicekit import kvconfig, postgres
+from servicekit import kvconfig
+from stackctl import postgres
 
 
 def test_seed_data_holds_every_key_the_services_read():

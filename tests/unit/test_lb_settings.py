@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from facade.backends import Backends
-from servicekit.balancing import PowerOfTwoPick, RandomPick
+from facade.settings import FacadeSettings
 from servicekit.registration import service_definition
 from servicekit.settings import Settings, SettingsError
+from upstream.balancing import PowerOfTwoPick, RandomPick
 
 
 class NoDiscovery:
@@ -16,19 +17,19 @@ class NoDiscovery:
 
 
 def test_random_stays_the_default_policy():
-    settings = Settings.from_env("facade-service", 8080, env={})
+    settings = FacadeSettings.from_env("facade-service", 8080, env={})
     assert settings.lb_policy == "random"
-    assert isinstance(Backends(settings, NoDiscovery())._pick, RandomPick)  # type: ignore[arg-type]
+    assert isinstance(Backends(settings, NoDiscovery()).caller.picker, RandomPick)  # type: ignore[arg-type]
 
 
 def test_lb_policy_p2c_is_applied_at_start():
-    settings = Settings.from_env("facade-service", 8080, env={"LB_POLICY": "p2c"})
-    assert isinstance(Backends(settings, NoDiscovery())._pick, PowerOfTwoPick)  # type: ignore[arg-type]
+    settings = FacadeSettings.from_env("facade-service", 8080, env={"LB_POLICY": "p2c"})
+    assert isinstance(Backends(settings, NoDiscovery()).caller.picker, PowerOfTwoPick)  # type: ignore[arg-type]
 
 
 def test_an_unknown_lb_policy_is_refused_naming_the_variable_and_the_choices():
     with pytest.raises(SettingsError, match=r"LB_POLICY must be one of p2c, random, got 'least-conn'"):
-        Settings.from_env("facade-service", 8080, env={"LB_POLICY": "least-conn"})
+        FacadeSettings.from_env("facade-service", 8080, env={"LB_POLICY": "least-conn"})
 
 
 def test_an_instance_registers_with_a_weight_for_passing_and_one_for_warning():

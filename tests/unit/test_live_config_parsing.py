@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from servicekit import balancing, live_config
+from servicekit import live_config
 from servicekit.live_config import LiveConfig, LiveSetting, Refused
 from servicekit.settings import forwarded_body_bytes
+from upstream import balancing
 
 BODY = 64 * 1024
 
@@ -32,9 +33,9 @@ def test_a_message_limit_whose_forwarded_body_exceeds_max_body_bytes_is_refused(
 
 
 def test_only_a_known_policy_name_is_a_policy():
-    assert live_config.parse_policy(" random\n") == "random"
+    assert balancing.parse_policy(" random\n") == "random"
     with pytest.raises(Refused, match="random"):
-        live_config.parse_policy("round-robin")
+        balancing.parse_policy("round-robin")
 
 
 def _entry(key: str, value: str | None, index: int) -> dict:
@@ -105,12 +106,12 @@ def test_an_apply_that_fails_is_a_refusal_too():
         balancing.make(name)
         applied.append(name)
 
-    setting = LiveSetting(key=live_config.KEY_POLICY, start="random", parse=str.strip, apply=use_policy)
+    setting = LiveSetting(key=balancing.KEY_POLICY, start="random", parse=str.strip, apply=use_policy)
     watch = LiveConfig(client=None, settings=[setting])  # type: ignore[arg-type]
-    watch.answered(5, [_entry(live_config.KEY_POLICY, "nope", 5)])
+    watch.answered(5, [_entry(balancing.KEY_POLICY, "nope", 5)])
     assert applied == []
-    assert watch.status()["refused"][live_config.KEY_POLICY]["value"] == "nope"
-    assert watch.status()["values"][live_config.KEY_POLICY]["value"] == "random"
+    assert watch.status()["refused"][balancing.KEY_POLICY]["value"] == "nope"
+    assert watch.status()["values"][balancing.KEY_POLICY]["value"] == "random"
 
 
 def test_the_first_answer_is_awaitable():
@@ -163,7 +164,7 @@ def _two_keys(first: LiveSetting) -> tuple[LiveConfig, list[str]]:
     """A watch of `first`, then of the balancing policy: what the policy key applied is returned."""
     applied: list[str] = []
     policy = LiveSetting(
-        key=live_config.KEY_POLICY, start="random", parse=live_config.parse_policy, apply=applied.append
+        key=balancing.KEY_POLICY, start="random", parse=balancing.parse_policy, apply=applied.append
     )
     return LiveConfig(client=None, settings=[first, policy]), applied  # type: ignore[arg-type]
 
@@ -172,10 +173,10 @@ def test_a_value_of_thousands_of_digits_is_refused_and_the_other_key_of_the_answ
     target = _Target()
     watch, policies = _two_keys(_limit(target))
     huge = "9" * 5000
-    watch.answered(9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, huge, 8), _entry(live_config.KEY_POLICY, "p2c", 9)])
+    watch.answered(9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, huge, 8), _entry(balancing.KEY_POLICY, "p2c", 9)])
     assert target.applied == [] and policies == ["p2c"]
     status = watch.status()
-    assert status["values"][live_config.KEY_POLICY] == {"value": "p2c", "from": "kv", "index": 9}
+    assert status["values"][balancing.KEY_POLICY] == {"value": "p2c", "from": "kv", "index": 9}
     refused = status["refused"][live_config.KEY_MAX_MESSAGE_CHARS]
     assert refused["index"] == 8 and "MAX_BODY_BYTES" in refused["reason"]
     assert len(refused["value"]) < 300, "a value that long is shown cut, with its length"
@@ -196,7 +197,7 @@ def test_any_failure_of_one_key_is_its_refusal_and_never_stops_another_key(where
     watch, policies = _two_keys(setting)
     with caplog.at_level(logging.ERROR, logger="servicekit.live_config"):
         watch.answered(
-            9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 8), _entry(live_config.KEY_POLICY, "p2c", 9)]
+            9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 8), _entry(balancing.KEY_POLICY, "p2c", 9)]
         )
     assert policies == ["p2c"]
     status = watch.status()

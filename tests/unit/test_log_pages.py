@@ -1,4 +1,4 @@
-"""The paged-read contract (servicekit/paging.py, servicekit/web.py) and the page cut of the log
+"""The paged-read contract (contracts/paging.py, servicekit/web.py) and the page cut of the log
 (logging_svc/store.py), without Hazelcast; the walk under load is in tests/integration/test_paging.py."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import time
 import pytest
 from hazelcast.predicate import PagingPredicate
 
+from contracts.paging import BadCursor, LogCursor, MessagesCursor
 from logging_svc.store import HazelcastMessageLog, cut_page, encode
 from messages_svc.consumer import MessageStore
-from servicekit.paging import BadCursor, LogCursor, MessagesCursor
 
 
 def walk(entries: list[str], limit: int) -> list[str]:

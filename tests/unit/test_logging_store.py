@@ -9,9 +9,9 @@ from hazelcast.future import Future
 from hypothesis import given
 from hypothesis import strategies as st
 
+from contracts.log_entry import message_of
 from logging_svc import create_app
 from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered, stamp_of
-from servicekit.log_entry import message_of
 from servicekit.settings import Settings
 
 
@@ -146,7 +146,7 @@ def test_a_write_refused_for_lack_of_members_is_a_503_that_says_nothing_was_stor
 
 
 def test_an_instances_stamps_keep_rising_when_its_wall_clock_steps_back():
-    from servicekit.log_entry import StampClock
+    from contracts.log_entry import StampClock
 
     readings = iter([1_000, 2_000, 1_500, 1_500, 900, 2_001, 5_000])
     clock = StampClock(wall=lambda: next(readings))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from facade.settings import FacadeSettings
 from servicekit import gunicorn_config
 from servicekit.registration import service_definition
 from servicekit.settings import Settings
 
 
 def settings(host: str) -> Settings:
-    return Settings.from_env("facade-service", 8080, env={"SERVICE_HOST": host})
+    return FacadeSettings.from_env("facade-service", 8080, env={"SERVICE_HOST": host})
 
 
 @pytest.mark.parametrize("host", ["127.100.0.21", "10.0.0.7"])

@@ -13,12 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import free_port
 from facade.backends import LOGGING_SERVICE, Backends
+from facade.settings import FacadeSettings
 from servicekit import metrics
 from servicekit.discovery import Instance
-from servicekit.settings import Settings
 from servicekit.web import configure_app
 
-SETTINGS = Settings.from_env("facade-service", 8080, env={})
+SETTINGS = FacadeSettings.from_env("facade-service", 8080, env={})
 
 
 def value(name: str, **labels: str) -> float:
@@ -56,8 +56,8 @@ def test_every_attempt_failure_and_retry_is_counted_by_instance():
     }
     failures = value("upstream_failures_total", service=LOGGING_SERVICE, instance="logging-a-1", reason="HTTP 500")
     retries = value("upstream_retries_total", service=LOGGING_SERVICE, instance="logging-b-2")
-    # Every failure may be retried here: the budget is servicekit/retry_budget's own test.
-    settings = Settings.from_env("facade-service", 8080, env={"RETRY_BUDGET_MINIMUM": "100"})
+    # Every failure may be retried here: the budget is upstream/retry_budget's own test.
+    settings = FacadeSettings.from_env("facade-service", 8080, env={"RETRY_BUDGET_MINIMUM": "100"})
     backends = Backends(settings, TwoInstances(), session=BrokenThenStored())  # type: ignore[arg-type]
     first_tries = {"logging-a-1": 0, "logging-b-2": 0}
     for _ in range(20):
@@ -136,7 +136,7 @@ def test_a_watch_s_age_is_derived_at_scrape_time_from_its_last_answer():
 
 
 def test_traffic_counts_every_route_but_health_checks_and_scrapes():
-    from servicekit.stack_status import Traffic, served_requests, traffic_table
+    from stackctl.stack_status import Traffic, served_requests, traffic_table
 
     text = "\n".join(
         [

@@ -1,11 +1,11 @@
-"""Outlier ejection (servicekit.outliers) on its own, with a clock the test moves."""
+"""Outlier ejection (upstream.outliers) on its own, with a clock the test moves."""
 
 from __future__ import annotations
 
 import logging
 
 from servicekit.discovery import Instance
-from servicekit.outliers import OutlierDetector
+from upstream.outliers import OutlierDetector
 
 INSTANCES = tuple(Instance(f"logging-service-h-{port}", "127.0.0.1", port) for port in (8081, 8082, 8083, 8084))
 A, B, C, D = (i.id for i in INSTANCES)
@@ -53,7 +53,7 @@ def test_a_success_between_failures_starts_the_count_again():
 def test_an_ejected_instance_comes_back_on_its_own_when_its_time_is_up(caplog):
     clock = Clock()
     outliers = detector(clock)
-    with caplog.at_level(logging.INFO, logger="servicekit.outliers"):
+    with caplog.at_level(logging.INFO, logger="upstream.outliers"):
         fail(outliers, A, 3)
         clock.now += 1.9
         assert A not in ids(outliers.usable(INSTANCES))
@@ -148,15 +148,15 @@ def test_the_records_of_instances_that_came_and_went_do_not_pile_up():
 
 def test_the_facade_forgets_the_ejections_of_instances_that_left_consul():
     from facade.backends import LOGGING_SERVICE, MESSAGES_SERVICE, Backends
-    from servicekit.settings import Settings
+    from facade.settings import FacadeSettings
 
     class Watched:
         def status(self) -> dict:
             return {LOGGING_SERVICE: {}, MESSAGES_SERVICE: {}}
 
-    backends = Backends(Settings.from_env("facade-service", 8080, env={}), Watched())  # type: ignore[arg-type]
+    backends = Backends(FacadeSettings.from_env("facade-service", 8080, env={}), Watched())  # type: ignore[arg-type]
     for service in (LOGGING_SERVICE, MESSAGES_SERVICE):
-        fail(backends._outliers[service], A, 3)
-    backends.forget_gone(LOGGING_SERVICE, frozenset({B}))
+        fail(backends.caller.outliers[service], A, 3)
+    backends.caller.forget_gone(LOGGING_SERVICE, frozenset({B}))
     assert backends.status()[LOGGING_SERVICE]["ejected"] == []
     assert backends.status()[MESSAGES_SERVICE]["ejected"] == [A], "only the service Consul answered for"

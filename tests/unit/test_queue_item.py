@@ -5,7 +5,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from servicekit.queue_item import decode, encode
+from contracts.queue_item import decode, encode
 
 
 def test_decode_takes_the_message_of_a_facade_item():
@@ -29,6 +29,6 @@ def test_the_item_format_loads_neither_flask_nor_tracing():
     import subprocess
     import sys
 
-    code = "import sys, servicekit.queue_item; print(sorted({'flask', 'servicekit.tracing'} & set(sys.modules)))"
+    code = "import sys, contracts.queue_item; print(sorted({'flask', 'servicekit.tracing'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -7,8 +7,10 @@ import logging
 
 import pytest
 
-from servicekit import logs, queue_item, request_id
-from servicekit.request_id import TraceParent, parse_traceparent, valid_request_id
+from contracts import queue_item
+from contracts.id_format import TraceParent, parse_traceparent, valid_request_id
+from facade.settings import FacadeSettings
+from servicekit import logs, request_id
 from servicekit.settings import Settings
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -126,10 +128,10 @@ def test_log_format_json_writes_one_object_per_line(capsys):
 
 
 def test_log_format_is_a_setting_text_by_default():
-    assert Settings.from_env("facade-service", 8080, env={}).log_format == "text"
-    assert Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": "json"}).log_format == "json"
+    assert FacadeSettings.from_env("facade-service", 8080, env={}).log_format == "text"
+    assert FacadeSettings.from_env("facade-service", 8080, env={"LOG_FORMAT": "json"}).log_format == "json"
     with pytest.raises(ValueError, match="LOG_FORMAT"):
-        Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": "xml"})
+        FacadeSettings.from_env("facade-service", 8080, env={"LOG_FORMAT": "xml"})
 
 
 def _app():

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from facade import create_app
+from facade.settings import FacadeSettings
 from servicekit.gunicorn_hooks import close_app
-from servicekit.settings import Settings, SettingsError, forwarded_body_bytes
+from servicekit.settings import SettingsError, forwarded_body_bytes
 from servicekit.web import MAX_JSON_DEPTH, BadInput, configure_app, nesting_exceeds, read_json_object, require_message
 
 # Bounded: these run in every ./scripts/test on a 2-core machine.
@@ -36,7 +37,7 @@ def depth(value) -> int:
 @pytest.fixture(scope="module")
 def app() -> Flask:
     app = Flask(__name__)
-    configure_app(app, Settings.from_env("facade-service", 8080, env={}))
+    configure_app(app, FacadeSettings.from_env("facade-service", 8080, env={}))
     return app
 
 
@@ -137,7 +138,7 @@ class RecordingHazelcast:
 def test_the_facade_answers_bad_input_with_400_and_queues_nothing(body):
     hz = RecordingHazelcast()
     # Consul on a port nothing listens on: a valid message gets as far as discovery, and a 503.
-    app_settings = Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    app_settings = FacadeSettings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
     # Closed in each example: a function-scoped fixture would close them only after every example ran.
     app = create_app(app_settings, hz=hz)
     try:
@@ -154,5 +155,5 @@ def test_the_facade_answers_bad_input_with_400_and_queues_nothing(body):
 
 def test_a_message_limit_that_cannot_fit_the_body_limit_is_a_settings_error():
     with pytest.raises(SettingsError, match="MAX_MESSAGE_CHARS"):
-        Settings.from_env("facade-service", 8080, env={"MAX_BODY_BYTES": "1000", "MAX_MESSAGE_CHARS": "4096"})
+        FacadeSettings.from_env("facade-service", 8080, env={"MAX_BODY_BYTES": "1000", "MAX_MESSAGE_CHARS": "4096"})
     assert forwarded_body_bytes(4096) <= 64 * 1024

@@ -1,6 +1,6 @@
 """The retry budget on its own, on a clock the test moves."""
 
-from servicekit.retry_budget import RetryBudget
+from upstream.retry_budget import RetryBudget
 
 
 class Clock:

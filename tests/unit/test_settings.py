@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 
+from facade.settings import FacadeSettings
 from logging_svc.store import encode, entry_cost
 from servicekit.settings import (
     ConsulAddress,
@@ -50,7 +51,7 @@ def test_environment_overrides():
 )
 def test_a_bad_value_names_its_variable(env, variable):
     with pytest.raises(SettingsError, match=variable):
-        Settings.from_env("facade-service", 8080, env=env)
+        FacadeSettings.from_env("facade-service", 8080, env=env)
 
 
 def test_consul_address_without_port_uses_8500():
@@ -64,7 +65,7 @@ def test_a_tool_reaches_consul_without_a_service_name_or_port():
     assert consul.address == ConsulAddress("http", "127.0.0.3", 8600)
     assert (consul.url, consul.token, consul.timeout) == ("http://127.0.0.3:8600", "secret", 0.5)
     assert "secret" not in repr(consul)
-    assert Settings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.3:8600"}).consul == (
+    assert FacadeSettings.from_env("facade-service", 8080, env={"CONSUL_HTTP_ADDR": "127.0.0.3:8600"}).consul == (
         ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "127.0.0.3:8600"})
     )
 
@@ -128,9 +129,9 @@ def test_log_format_accepts_exactly_the_formats_servicekit_logs_writes():
     from servicekit import logs
 
     for name in logs.LOG_FORMATS:
-        assert Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": name}).log_format == name
+        assert FacadeSettings.from_env("facade-service", 8080, env={"LOG_FORMAT": name}).log_format == name
     with pytest.raises(SettingsError, match="LOG_FORMAT must be one of text, json, got 'xml'"):
-        Settings.from_env("facade-service", 8080, env={"LOG_FORMAT": "xml"})
+        FacadeSettings.from_env("facade-service", 8080, env={"LOG_FORMAT": "xml"})
 
 
 def test_metrics_have_a_port_of_their_own_that_moves_with_the_instance_and_is_in_its_meta():

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from servicekit import hazelcast_member, stack
+from servicekit import stack
+from stackctl import hazelcast_member
 from servicekit.settings import SettingsError, instance_id
 
 

@@ -12,7 +12,7 @@ from hazelcast.errors import HazelcastError, UndefinedErrorCodeError
 from logging_svc import create_app
 from logging_svc.store import ID_BYTES, HazelcastMessageLog, LogSize, encode, entry_cost, entry_cost_of_size
 from messages_svc.consumer import MessageStore
-from servicekit import hazelcast_member, postgres
+from stackctl import hazelcast_member, postgres
 from servicekit.errors import StoreFailure, store_failure
 from servicekit.settings import Settings, SettingsError
 

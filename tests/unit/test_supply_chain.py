@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 import devstack
 from devstack import ROOT
-from servicekit.hazelcast_member import DEFAULT_JAR
+from stackctl.hazelcast_member import DEFAULT_JAR
 
 LOCKS = ROOT / "requirements"
 GROUPS = ("runtime", "test", "bench", "build")
@@ -74,7 +74,7 @@ def test_each_lock_pins_what_its_in_file_asks_for(group):
 def test_a_service_environment_has_no_test_plot_or_profile_tools():
     runtime = lock_entries("runtime")
     assert not {"matplotlib", "py-spy", "schemathesis", "pytest", "hypothesis"} & set(runtime)
-    # ./scripts/up names the holder of a taken port with it (servicekit/stack_status.py).
+    # ./scripts/up names the holder of a taken port with it (stackctl/stack_status.py).
     assert "psutil" in runtime
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from servicekit import trace_logs
+from stackctl import trace_logs
 
 
 def test_text_and_json_lines_of_one_request_come_out_in_time_order(tmp_path):

@@ -3,7 +3,9 @@ never critical. The one-off lookup (Hazelcast's join list, the shared config) an
 
 from __future__ import annotations
 
-from servicekit import discovery, stack_status
+from servicekit import discovery
+from stackctl import stack_status
+from upstream.watch import ServiceWatch
 
 SERVICE = "hazelcast"
 
@@ -34,7 +36,7 @@ class OneAnswer:
 def test_the_one_off_lookup_and_the_watch_agree_on_the_usable_instances():
     usable = [(i.port, i.weight) for i in discovery.usable_instances(OneAnswer(), SERVICE)]  # type: ignore[arg-type]
     assert usable == [(5701, 10), (5702, 1)]
-    watch = discovery.ServiceWatch(OneAnswer(), SERVICE)  # type: ignore[arg-type]
+    watch = ServiceWatch(OneAnswer(), SERVICE)  # type: ignore[arg-type]
     watch._watch_once()
     assert [(i.port, i.weight) for i in watch.instances()] == usable
 

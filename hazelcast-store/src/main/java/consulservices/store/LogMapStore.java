@@ -19,7 +19,7 @@ import java.util.UUID;
 /**
  * The log map (message id -> entry, logging_svc/store.py) written through to the table log_entries
  * (db/migrations/). An entry is stored as the string the services wrote, stamp and message together
- * (servicekit/log_entry.py), so this class knows nothing of its format.
+ * (contracts/log_entry.py), so this class knows nothing of its format.
  *
  * <p>Write-through: Hazelcast calls store() on the partition thread before it puts the entry in memory, and
  * answers the client only after both; an exception here leaves memory unchanged and fails the put.

@@ -12,7 +12,7 @@ import java.util.Map;
 import java.util.Set;
 
 /**
- * A queue (item id -> the facade's JSON item, servicekit/queue_item.py) written through to the table
+ * A queue (item id -> the facade's JSON item, contracts/queue_item.py) written through to the table
  * queue_items, one set of rows per queue name.
  *
  * <p>offer() calls store() and poll() calls delete() on the queue's partition thread before they change

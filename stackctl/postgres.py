@@ -27,9 +27,9 @@ from pathlib import Path
 
 import consul
 
-from . import kvconfig, stack
-from .discovery import usable_instances
-from .settings import SettingsError, instance_id
+from servicekit import kvconfig, stack
+from servicekit.discovery import usable_instances
+from servicekit.settings import SettingsError, instance_id
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Cluster:
                 f" directory): {done.stderr.strip()}"
             )
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write("\n# servicekit/postgres.py\n")
+            conf.write("\n# stackctl/postgres.py\n")
             conf.writelines(f"{name} = {value}\n" for name, value in SERVER_SETTINGS.items())
         log.info("made a PostgreSQL cluster in %s", self.data)
         return True
@@ -330,7 +330,7 @@ def register(client: consul.Consul, port: int) -> None:
     )
 
 
-# The operator commands (python -m servicekit.ops postgres-...), used by ./scripts/up.
+# The operator commands (python -m stackctl postgres-...), used by ./scripts/up.
 def _cluster(args) -> Cluster:
     return Cluster(Path(args.home).resolve(), args.port)
 
@@ -383,7 +383,7 @@ def _service(args) -> int:
 
 
 def add_commands(sub, client) -> None:
-    """The postgres-* subcommands of servicekit.ops; `client` makes a Consul client when one is needed."""
+    """The postgres-* subcommands of python -m stackctl; `client` makes a Consul client when one is needed."""
     for name, func, text in (
         ("postgres-init", _init, "make the database cluster in HOME once (initdb, password files)"),
         ("postgres-server", _server, "run the server of HOME in the foreground"),

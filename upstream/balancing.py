@@ -11,7 +11,8 @@ import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
-from .discovery import Instance
+from servicekit.discovery import Instance
+from servicekit.live_config import LiveSetting, Refused
 
 
 class Picker(Protocol):
@@ -97,10 +98,25 @@ class PowerOfTwoPick:
 # The balancing policies by the name LB_POLICY (and Consul KV) gives them.
 POLICIES: dict[str, Callable[[], Picker]] = {"random": RandomPick, "p2c": PowerOfTwoPick}
 DEFAULT_POLICY = "random"
+KNOWN = ", ".join(sorted(POLICIES))
+# The Consul KV key that switches the policy live (servicekit.live_config).
+KEY_POLICY = "config/balancing/policy"
+
+
+def parse_policy(raw: str) -> str:
+    """The one check of a policy name, wherever it comes from (LB_POLICY at start, the KV key live)."""
+    name = raw.strip()
+    if name not in POLICIES:
+        raise Refused(f"unknown balancing policy {name!r}; known: {KNOWN}")
+    return name
 
 
 def make(name: str) -> Picker:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown balancing policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
+    return POLICIES[parse_policy(name)]()
+
+
+def live_policy(use_policy: Callable[[str], None], start: str) -> LiveSetting:
+    """The balancing policy of a caller as Consul KV switches it (upstream.caller.Caller.use_policy). `start`
+    is the caller's LB_POLICY, no default: a deleted key must bring back what the environment says, not
+    `random`."""
+    return LiveSetting(key=KEY_POLICY, start=start, parse=parse_policy, apply=use_policy)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from .discovery import Instance
+from servicekit.discovery import Instance
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import consul
 import psutil
 import requests
 
-from .discovery import service_address
-from .errors import CONSUL_ERRORS
-from .metrics_files import METRICS_PATH, metrics_url
+from servicekit.discovery import service_address
+from servicekit.errors import CONSUL_ERRORS
+from servicekit.metrics_files import METRICS_PATH, metrics_url
 
 log = logging.getLogger(__name__)
 

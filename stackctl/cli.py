@@ -1,23 +1,23 @@
 """The operator commands behind ./scripts/up, ./scripts/down, ./scripts/status and the test fixtures: a thin
-command line over servicekit.hazelcast_member (the members) and servicekit.stack_status (health, ports,
+command line over stackctl.hazelcast_member (the members) and stackctl.stack_status (health, ports,
 orphans).
 
-    python -m servicekit.ops seed-kv
-    python -m servicekit.ops hazelcast-member --port 5701
-    python -m servicekit.ops hazelcast-services run/consul.d/hazelcast.json 5701 5702 5703
-    python -m servicekit.ops register-hazelcast 5701 5702 5703   # through the API, for an agent up did not start
-    python -m servicekit.ops wait facade-service=1 logging-service=3 --timeout 120
-    python -m servicekit.ops status
-    python -m servicekit.ops status --traffic [--interval 5]   # each instance's share of the requests
-    python -m servicekit.ops check-ports consul=8500 consul-dns=8600/udp logging-8081=8081
-    python -m servicekit.ops orphans --stop          # programs of a supervisord that died
-    python -m servicekit.ops write-env run/programs.env
-    python -m servicekit.ops --env-file run/programs.env exec gunicorn -c facade/gunicorn.conf.py
-    python -m servicekit.ops stale-env               # services started with another Consul address or token
-    python -m servicekit.ops drain logging-service-myhost-8081 "disk swap"   # Consul maintenance mode
-    python -m servicekit.ops undrain logging-service-myhost-8081
-    python -m servicekit.ops postgres-init --home run/postgres --port 5433    # initdb once (servicekit.postgres)
-    python -m servicekit.ops postgres-setup --home run/postgres --port 5433   # role, database, migrations
+    python -m stackctl seed-kv
+    python -m stackctl hazelcast-member --port 5701
+    python -m stackctl hazelcast-services run/consul.d/hazelcast.json 5701 5702 5703
+    python -m stackctl register-hazelcast 5701 5702 5703   # through the API, for an agent up did not start
+    python -m stackctl wait facade-service=1 logging-service=3 --timeout 120
+    python -m stackctl status
+    python -m stackctl status --traffic [--interval 5]   # each instance's share of the requests
+    python -m stackctl check-ports consul=8500 consul-dns=8600/udp logging-8081=8081
+    python -m stackctl orphans --stop          # programs of a supervisord that died
+    python -m stackctl write-env run/programs.env
+    python -m stackctl --env-file run/programs.env exec gunicorn -c facade/gunicorn.conf.py
+    python -m stackctl stale-env               # services started with another Consul address or token
+    python -m stackctl drain logging-service-myhost-8081 "disk swap"   # Consul maintenance mode
+    python -m stackctl undrain logging-service-myhost-8081
+    python -m stackctl postgres-init --home run/postgres --port 5433    # initdb once (stackctl.postgres)
+    python -m stackctl postgres-setup --home run/postgres --port 5433   # role, database, migrations
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from pathlib import Path
 import consul
 import psutil
 
-from . import hazelcast_member, kvconfig, maintenance, postgres, stack
-from .consul_client import make_consul
-from .errors import CONSUL_ERRORS
-from .private_files import write_private
-from .settings import ConsulAddress, ConsulSettings, SettingsError
+from servicekit import kvconfig, stack
+from servicekit.consul_client import make_consul
+from servicekit.errors import CONSUL_ERRORS
+from servicekit.private_files import write_private
+from servicekit.settings import ConsulAddress, ConsulSettings, SettingsError
+
+from . import hazelcast_member, maintenance, postgres
 from .stack_status import (
     PortUse,
     describe,
@@ -52,7 +54,7 @@ from .stack_status import (
     wait_passing,
 )
 
-log = logging.getLogger("servicekit.ops")
+log = logging.getLogger("stackctl")
 
 
 def _settings() -> ConsulSettings:
@@ -230,7 +232,7 @@ def undrain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(prog="python -m servicekit.ops")
+    parser = argparse.ArgumentParser(prog="python -m stackctl")
     parser.add_argument("--env-file", type=Path, help="set (or unset) the variables in this file first")
     sub = parser.add_subparsers(dest="subcommand", required=True)
     seed = sub.add_parser("seed-kv", help="write consul/kv/ into Consul KV, keeping values already set")
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     seed.set_defaults(func=seed_kv)
     member = sub.add_parser("hazelcast-member", help="run one Hazelcast member configured from Consul KV")
     member.add_argument("--port", type=int, required=True)
-    member.add_argument("--pgpass", type=Path, help="the database's password file (servicekit/postgres.py)")
+    member.add_argument("--pgpass", type=Path, help="the database's password file (stackctl/postgres.py)")
     member.set_defaults(func=hazelcast_member_cmd)
     defs = sub.add_parser("hazelcast-services", help="write the members as a Consul agent config file")
     defs.add_argument("path")
@@ -299,7 +301,3 @@ def main(argv: list[str] | None = None) -> int:
     except (kvconfig.ConfigError, SettingsError, maintenance.NotHere, postgres.MigrationError, *CONSUL_ERRORS) as exc:
         log.error("%s", exc)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

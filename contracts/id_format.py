@@ -1,8 +1,8 @@
 """What a request id and a W3C traceparent may look like, and which id a request goes by.
 
-Apart from servicekit.request_id (Flask hooks, tracing, log filter) so that code outside a Flask request
-can use the grammar alone: the queue item format (servicekit.queue_item) and the worker's event loop,
-which answers some requests before Flask sees them (servicekit.workers).
+The grammar alone, apart from servicekit.request_id (Flask hooks, tracing, log filter): every service
+reads the ids its callers send, the queue item carries one (contracts.queue_item), and the worker's event
+loop answers some requests before Flask sees them (servicekit.workers).
 """
 
 from __future__ import annotations

@@ -21,9 +21,11 @@ from typing import Any
 
 import consul
 
-from . import kvconfig, postgres, stack
-from .discovery import usable_instances
-from .settings import SettingsError, instance_id, service_host
+from servicekit import kvconfig, stack
+from servicekit.discovery import usable_instances
+from servicekit.settings import SettingsError, instance_id, service_host
+
+from . import postgres
 
 log = logging.getLogger(__name__)
 
