@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from servicekit.stack_status import live_supervisord
+from stackctl.stack_status import live_supervisord
 
 ROOT = Path(__file__).resolve().parents[2]
 
