@@ -8,7 +8,7 @@
 - `devstack.stack`: service instances under gunicorn, a whole stack built at once and stopped at once.
 - `devstack.load`: bounded concurrent or paced load on loopback, with every outcome kept.
 - `devstack.pages`: a paged GET read to its end.
-- `devstack.clients`: a POST retried the way the README asks clients to, under one Idempotency-Key.
+- `devstack.clients`: a POST retried the way docs/API.md asks clients to, under one Idempotency-Key.
 - `devstack.figures`: measured figures kept beside the logs and written into the docs.
 - `devstack.order_margin`: how far two hosts' clocks may drift before the log swaps sequential POSTs.
 - `devstack.hosts`: simulated hosts, one network namespace each on a bridge (127.100.0.0/24).

@@ -1,4 +1,4 @@
-"""A client of the facade that does what the README asks of one: a `503` is retried after its `Retry-After`,
+"""A client of the facade that does what docs/API.md asks of one: a `503` is retried after its `Retry-After`,
 with the same `Idempotency-Key`, so that a message is acknowledged once however many tries it took.
 
 For the tests whose subject is what an acknowledged message becomes (kept through a restart, consumed once):

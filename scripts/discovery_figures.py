@@ -2,7 +2,7 @@
 
     ./scripts/discovery-figures [--rounds 5] [--docs]
 
---docs rewrites the figures block of README.md ("Discovery that survives churn") with this run's table.
+--docs rewrites the figures block of docs/OPERATIONS.md ("Discovery that survives churn") with this run's table.
 
 1. death -> out of rotation: kill -9 a logging instance; time until no facade worker lists it.
 2. first passing check -> first request: start a logging instance under load; time from Consul
@@ -40,7 +40,7 @@ from devstack import (
 )
 
 HEALTH_QUERIES = "consul_http_GET_v1_health_service"
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "OPERATIONS.md"
 
 
 def in_rotation(stack, instance_id: str) -> bool:
@@ -87,7 +87,7 @@ def consul_requests_per_1k(stack) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--docs", action="store_true", help="rewrite the figures block of README.md")
+    parser.add_argument("--docs", action="store_true", help="rewrite the figures block of docs/OPERATIONS.md")
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="discovery-figures-"))
     print(f"process logs: {log_dir}", flush=True)
@@ -129,7 +129,7 @@ def main() -> int:
     print()
     print(table)
     if args.docs:
-        replace_block(README, "discovery:figures", table)
+        replace_block(DOC, "discovery:figures", table)
     return 0
 
 

@@ -8,7 +8,7 @@ when the key is deleted the start value comes back. A value that does not parse 
 refused with a log line and the old value stays; `status()` (shown in /health) says what is applied, from
 which KV index, the KV index of Consul's last answer, and what was refused.
 
-Which keys apply how is the table in README.md ("Configuration that applies live").
+Which keys apply how is the table in docs/OPERATIONS.md ("Configuration that applies live").
 """
 
 from __future__ import annotations

@@ -141,8 +141,8 @@ def service_definition(settings: Settings) -> dict:
         "address": settings.host,
         "port": settings.port,
         "tags": [f"v{settings.version}"],
-        # Prometheus' consul_sd_configs reads it (the README's scrape config): the metrics are at the service's
-        # address, on their own port.
+        # Prometheus' consul_sd_configs reads it (the scrape config of docs/OPERATIONS.md): the metrics are at
+        # the service's address, on their own port.
         "meta": {"version": settings.version, **metrics_files.meta(settings)},
         # Callers pick by these (upstream.balancing): an instance in warning gets a small share, not none.
         "weights": {"Passing": settings.weight_passing, "Warning": settings.weight_warning},

@@ -42,7 +42,7 @@ _MIGRATION = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 COMMAND_TIMEOUT = 120.0
 # What the server runs with beside its defaults. synchronous_commit and fsync are PostgreSQL's defaults and
 # are written out because the project's promise rests on them: a commit returns once its WAL is flushed to
-# disk (README, "What a 201 promises"). pg_stat_statements is for ./scripts/bench's account of the time.
+# disk (docs/API.md, "What a 201 promises"). pg_stat_statements is for ./scripts/bench's account of the time.
 SERVER_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "fsync": "on",

@@ -6,7 +6,7 @@ The suite runs in pytest-xdist workers (`-n`, `--dist loadgroup` in pyproject.to
 session of its own, with its own Consul agent, Hazelcast cluster and `stack`, started when its first test
 asks for them. Tests marked with the same `xdist_group` run in one worker, one after the other: the tests
 of a module that share a module-scoped fixture (or each worker would build it), and those that must not
-overlap each other (see the README's Tests section).
+overlap each other (see docs/ARCHITECTURE.md, *The tests*).
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def test_a_201_whose_answer_could_not_be_kept_is_never_queued_twice(world):
     assert unknown.status_code == 503, unknown.json
     assert unknown.json["logged"] is True and unknown.json["queued"] is None
     assert world.queued() == ["pay 10"], "no second offer before a `queued: null` answer"
-    # Only after that answer may a retry offer again (the draft's contract, and the README's).
+    # Only after that answer may a retry offer again (the draft's contract, and docs/API.md's).
     assert world.post("pay 10").status_code == 201
     assert world.queued() == ["pay 10", "pay 10"]
     assert world.post("pay 10").headers["Idempotent-Replayed"] == "true"

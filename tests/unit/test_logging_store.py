@@ -31,7 +31,7 @@ def test_entries_written_as_json_before_the_string_encoding_still_read():
 
 def test_entry_cost_is_at_least_what_a_member_was_measured_to_use():
     # Measured (three members, one backup, the SORTED index, jcmd GC.heap_info after a full GC): 526 bytes
-    # a copy for a message of 100 characters, 6,547 for one of 4,000 (README, "How much the stack holds").
+    # a copy for a message of 100 characters, 6,547 for one of 4,000 (docs/OPERATIONS.md, "How much the stack holds").
     key = "0" * 36
     assert entry_cost(key, encode("x" * 100, 1)) >= 526
     assert entry_cost(key, encode("x" * 4000, 1)) >= 6547

@@ -1,4 +1,4 @@
-"""The README's Prometheus configuration, applied to what Consul discovery hands Prometheus for an instance
+"""The Prometheus configuration of docs/OPERATIONS.md (*Metrics*), applied to what Consul discovery hands Prometheus for an instance
 the way Prometheus applies relabel rules: it scrapes the metrics port of the instance's meta, not its public
 port. (No Prometheus here: its relabelling is regexes anchored at both ends over the source labels joined
 by ";", `$1` for a group, and `keep` dropping a target whose joined value does not match.)"""
@@ -16,9 +16,9 @@ from servicekit.settings import Settings
 
 
 def readme_scrape_config() -> dict:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
     block = re.search(r"```yaml\n(scrape_configs:.*?)```", text, re.DOTALL)
-    assert block, "no scrape_configs block in the README"
+    assert block, "no scrape_configs block in docs/OPERATIONS.md"
     (job,) = yaml.safe_load(block.group(1))["scrape_configs"]
     return job
 

@@ -22,14 +22,17 @@ from devstack import ROOT
 from stackctl.hazelcast_member import DEFAULT_JAR
 
 LOCKS = ROOT / "requirements"
+# The runtime lock again at the top, where `pip install -r requirements.txt` looks first: ./requirements/lock
+# copies requirements/runtime.txt there, and ./scripts/install installs the runtime set from it.
+TOP_LOCK = ROOT / "requirements.txt"
 GROUPS = ("runtime", "test", "bench", "build")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 ENTRY = re.compile(r"(?P<name>[a-z0-9][a-z0-9._-]*)==(?P<version>\S+)(?P<hashes>( --hash=sha256:[0-9a-f]{64})+)")
 
 
-def lock_entries(group: str) -> dict[str, tuple[str, frozenset[str]]]:
+def lock_entries(group: str, path: Path | None = None) -> dict[str, tuple[str, frozenset[str]]]:
     """name -> (version, hashes) of one lock; fails on any line that is not a hashed pin."""
-    text = (LOCKS / f"{group}.txt").read_text()
+    text = (path or LOCKS / f"{group}.txt").read_text()
     logical = [line for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.lstrip().startswith("#")]
     entries = {}
     for line in logical:
@@ -69,6 +72,13 @@ def test_each_lock_pins_what_its_in_file_asks_for(group):
         assert name in entries, f"{name} is in pyproject.toml's {group} but not in its lock"
         locked = entries[name][0]
         assert locked == version, f"{name}: pyproject.toml's {group} asks for {version}, the lock has {locked}"
+
+
+def test_the_top_level_requirements_txt_is_the_runtime_lock():
+    """Every package of the runtime group, at its version and with every one of its hashes, and nothing more:
+    `pip install --require-hashes -r requirements.txt` installs what a service needs, on its own."""
+    assert TOP_LOCK.is_file(), "no requirements.txt at the top (./requirements/lock writes it)"
+    assert lock_entries("runtime", TOP_LOCK) == lock_entries("runtime")
 
 
 def test_a_service_environment_has_no_test_plot_or_profile_tools():
@@ -118,6 +128,7 @@ def install_root(tmp_path: Path, jar: Path | None) -> Path:
     shutil.copytree(ROOT / "scripts", root / "scripts")
     shutil.copytree(ROOT / "conf", root / "conf")  # conf/stack.env: the version and hash lib.sh reads
     shutil.copytree(LOCKS, root / "requirements")
+    shutil.copy(TOP_LOCK, root / "requirements.txt")
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / ".venv").symlink_to(ROOT / ".venv")
     (root / ".tools").mkdir()
@@ -187,7 +198,7 @@ def test_install_checks_every_hash_and_installs_again_only_when_a_lock_changed(t
     assert run_install(root).returncode == 0
     first, project = pip_installs(calls)
     assert {"--require-hashes", "--no-deps", "--only-binary"} <= set(first.split())
-    assert f"-r {root}/requirements/runtime.txt -r {root}/requirements/test.txt" in first
+    assert f"-r {root}/requirements.txt -r {root}/requirements/test.txt" in first
     assert "bench.txt" not in first
     # The project itself, after the locks: editable, resolving nothing, built by the locked setuptools.
     assert f"-r {root}/requirements/build.txt" in first
