@@ -211,7 +211,7 @@ def stop(dirs: StackDirs) -> None:
         dirs.kill_everything()
 
 
-def up(stack: StackDirs, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+def up(stack: StackDirs, timeout: float = 480, **extra: str) -> subprocess.CompletedProcess:
     result = stack.run("up", timeout, **extra)
     assert result.returncode == 0, f"{output(result)}\nlogs in {stack.log_dir}"
     return result
@@ -237,7 +237,7 @@ def programs(dirs: StackDirs) -> set[str]:
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_stack):
     result = up(script_stack)
     assert f"http://127.0.0.1:{script_stack.consul_port}/ui/" in result.stdout
@@ -252,7 +252,7 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
@@ -272,7 +272,7 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
@@ -284,7 +284,7 @@ def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(sc
 
 # Before the tests that kill supervisord: each of those leaves a stack that must start from nothing.
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
     """The members are service definitions the agent loads at start: a dev agent forgets what was
     registered through its API, not what its configuration holds."""
@@ -306,7 +306,7 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
@@ -325,7 +325,7 @@ def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_t
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
