@@ -22,9 +22,11 @@ def supervisord_lookalike(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "supervisord", "-c", "scripts/supervisord.conf"],
-        env={**os.environ, "STACK_RUN_DIR": str(other)},
-    )
+        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)", "supervisord", "-c",
+         "scripts/supervisord.conf"],
+        env={**os.environ, "STACK_RUN_DIR": str(other)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"  # running, with its own command line and environment
     yield proc, other
     proc.kill()
     proc.wait(10)
@@ -54,7 +56,7 @@ def test_lib_sh_does_not_take_another_stacks_supervisord_for_its_own(supervisord
     def supervisord_pid(run_dir: Path) -> str:
         done = subprocess.run(
             ["bash", "-c", 'source scripts/lib.sh && supervisord_pid || echo none'],
-            cwd=ROOT, env={**os.environ, "STACK_RUN_DIR": str(run_dir)}, capture_output=True, text=True, timeout=30,
+            cwd=ROOT, env={**os.environ, "STACK_RUN_DIR": str(run_dir)}, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         return done.stdout.strip()
 
