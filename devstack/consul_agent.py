@@ -122,9 +122,18 @@ def prometheus_counter(agent: ConsulAgent, prefix: str | tuple[str, ...]) -> flo
     """The sum of the agent's cumulative `<prefix>*_count` samples (see telemetry in consul/agent.hcl);
     several prefixes are summed from one read."""
     text = requests.get(f"http://{agent.addr}/v1/agent/metrics?format=prometheus", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith(prefix) and name.split("{")[0].endswith("_count"):
-            total += float(value)
-    return total
+    return summed_counts(text, prefix)
+
+
+def summed_counts(text: str, prefix: str | tuple[str, ...]) -> float:
+    """The sum of the `<prefix>*_count` samples in Prometheus text: the agent's timers are summaries, whose
+    `_count` is how many times they ran."""
+    # Imported here, as servicekit.metrics_files explains: the library picks its value store on first import.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(prefix) and sample.name.endswith("_count")
+    )

@@ -2,7 +2,8 @@
 
 Which id a request goes by: a valid X-Request-ID from the caller; else, when a valid `traceparent` came,
 its trace id (so a caller that traces but sends no X-Request-ID finds its trace id in our logs); else a
-new uuid4 hex, which is then also the trace id of the traceparent sent on. An invalid X-Request-ID is
+new id, which is then also the trace id of the traceparent sent on (a uuid4 hex, or with OpenTelemetry the
+trace id its server span began). An invalid X-Request-ID is
 replaced, never echoed nor logged: it is text from the outside going into every log line and header.
 
 The id is bound to a context variable for the request (and for each item the consumer takes), so every
@@ -28,9 +29,6 @@ from . import tracing
 from .gunicorn_hooks import on_shutdown
 
 log = logging.getLogger(__name__)
-
-# No span for these (the ids are still echoed and logged).
-UNTRACED_PATHS = frozenset({"/health"})
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("request_context", default=None)
 
@@ -101,20 +99,26 @@ class LogFilter(logging.Filter):
 
 
 def install(app: Flask, service_name: str, instance_id: str) -> None:
-    """Bind each request's id before any other hook runs (the Host check logs with it), echo it on every
-    answer, errors included, and, when OpenTelemetry is set up, make the request's server span."""
-    tracer = tracing.setup(service_name, instance_id)
-    if tracer is not None:
+    """Bind each request's id before any other hook of ours runs (the Host check logs with it), echo it on
+    every answer, errors included, and, when OpenTelemetry is set up, tag the request's server span with it."""
+    if tracing.setup(service_name, instance_id) is not None:
         # Exports what is still buffered when the worker exits.
         on_shutdown(app, tracing.shutdown)
+    # The server span's hook first: the id bound below may be its trace id.
+    tracing.instrument_app(app)
 
     @app.before_request
     def bind_request_id():
         ctx = from_headers(request.headers)
+        span_trace_id = tracing.current_trace_id()
+        if span_trace_id is not None:
+            # No traceparent came: the span began a new trace, which the calls sent on must carry, and an id
+            # made here is that trace's id, as without OpenTelemetry.
+            if ctx.request_id == ctx.trace_id:
+                ctx.request_id = span_trace_id
+            ctx.trace_id = span_trace_id
+            tracing.tag_request(ctx.request_id)
         g.request_token = _current.set(ctx)
-        # Consul's check every second would bury the requests' spans.
-        if tracer is not None and request.path not in UNTRACED_PATHS:
-            g.request_span = tracing.start_server_span(tracer, request, ctx)
         if ctx.replaced:
             log.warning("ignored an invalid %s from the caller", HEADER)
 
@@ -123,16 +127,10 @@ def install(app: Flask, service_name: str, instance_id: str) -> None:
         ctx = _current.get()
         if ctx is not None:
             response.headers[HEADER] = ctx.request_id
-        span = g.get("request_span")
-        if span is not None:
-            span.set_status_code(response.status_code)
         return response
 
     @app.teardown_request
     def unbind_request_id(exc: BaseException | None) -> None:
-        span = g.pop("request_span", None)
-        if span is not None:
-            span.end()
         token = g.pop("request_token", None)
         if token is not None:
             _current.reset(token)

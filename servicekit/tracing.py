@@ -2,9 +2,11 @@
 
 No service depends on OpenTelemetry: the runtime lock does not have it. Where it is importable and an
 endpoint is configured, each worker exports its spans over OTLP/HTTP (the SDK reads the OTEL_* variables:
-endpoint, headers, batch delay): a server span per request, whose parent is the caller's traceparent, and
-a client span per call to another service, whose context goes on in that call's traceparent.
-Without them, the calls still carry a traceparent (servicekit/request_id.py) so the trace id goes on.
+endpoint, headers, batch delay), made by OpenTelemetry's own instrumentations: a server span per Flask
+request (opentelemetry-instrumentation-flask), whose parent is the caller's traceparent, and a client span
+per call made with requests (opentelemetry-instrumentation-requests), whose context goes on in that call's
+traceparent. Without them, the calls still carry a traceparent (servicekit/request_id.py) so the trace
+id goes on.
 """
 
 from __future__ import annotations
@@ -13,37 +15,46 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 
 if TYPE_CHECKING:
-    from flask import Request
-
-    from .request_id import RequestContext
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 
-# This process's tracer once set up; set up at most once per process (gunicorn's worker, after the fork:
-# the exporter's thread would not survive it).
-_tracer: Any = None
+# No span for these requests (the ids are still echoed and logged): Consul's check every second would
+# bury the requests' spans. Regexes over the request's URL, as the Flask instrumentation reads them.
+UNTRACED_REQUESTS = r"^[a-z]+://[^/]+/health(\?|$)"
+# No span for these calls: Consul's HTTP API (every blocking query and check would be a trace of its own)
+# and the exporter's own POST /v1/traces; both live under /v1/, and no service's route does.
+UNTRACED_CALLS = r"^[a-z]+://[^/]+/v1/"
+
+# This process's tracer provider once set up; set up at most once per process (gunicorn's worker, after
+# the fork: the exporter's thread would not survive it).
+_provider: Any = None
 _set_up = False
 
 
 def setup(service_name: str, instance_id: str, env: Mapping[str, str] | None = None) -> Any:
-    """The process's tracer, or None when no endpoint is set or the SDK is not importable."""
-    global _tracer, _set_up
+    """The process's tracer provider, or None when no endpoint is set or OpenTelemetry (the SDK, its OTLP
+    exporter and the two instrumentations) is not importable. Calls made with requests are traced from here on."""
+    global _provider, _set_up
     if _set_up:
-        return _tracer
+        return _provider
     _set_up = True
     env = os.environ if env is None else env
     if not (env.get(ENDPOINT) or env.get(TRACES_ENDPOINT)):
         return None
     try:
         from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http import trace_exporter
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor  # noqa: F401 - checked here, used below
+        from opentelemetry.instrumentation.requests import RequestsInstrumentor
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -52,89 +63,81 @@ def setup(service_name: str, instance_id: str, env: Mapping[str, str] | None = N
         return None
     resource = Resource.create({"service.name": service_name, "service.instance.id": instance_id})
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    # The global provider, so a library's own instrumentation (if any) joins the same traces.
+    provider.add_span_processor(BatchSpanProcessor(trace_exporter.OTLPSpanExporter()))
+    # The global provider, so any other library's instrumentation joins the same traces.
     trace.set_tracer_provider(provider)
-    _tracer = provider.get_tracer("servicekit")
+    RequestsInstrumentor().instrument(
+        tracer_provider=provider, excluded_urls=UNTRACED_CALLS, request_hook=_name_client_span
+    )
+    _provider = provider
     log.info("exporting OpenTelemetry spans to %s", env.get(TRACES_ENDPOINT) or env.get(ENDPOINT))
-    return _tracer
+    return provider
+
+
+def _name_client_span(span: Any, request: requests.PreparedRequest) -> None:
+    # The instrumentation names a call by its method alone; the path says which service's route it reached.
+    if span.is_recording():
+        span.update_name(f"{request.method} {urlsplit(str(request.url)).path}")
+
+
+def instrument_app(app: Flask) -> bool:
+    """Give each request of `app` its server span, once setup() has a provider; whether it did. Before any
+    other before_request hook, so the span (and its trace id) is there when the request's id is bound."""
+    if _provider is None:
+        return False
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    # No SQL commenter: there is no SQL here, and it attaches a context it never detaches.
+    FlaskInstrumentor.instrument_app(
+        app, tracer_provider=_provider, excluded_urls=UNTRACED_REQUESTS, enable_commenter=False
+    )
+    return True
+
+
+def current_trace_id() -> str | None:
+    """The trace id (32 hex digits) of the current span, when one is being recorded."""
+    if _provider is None:
+        return None
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    return format(span.get_span_context().trace_id, "032x") if span.is_recording() else None
+
+
+def tag_request(request_id: str) -> None:
+    """Write the request's id on its server span, to find the trace from a log line and back."""
+    if _provider is None:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attribute("request_id", request_id)
 
 
 def shutdown() -> None:
     """Export what is still buffered (a worker's exit)."""
-    if _tracer is None:
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def uninstrument() -> None:
+    """Stop tracing the calls made with requests (the tests' clean-up; a worker never needs it)."""
+    if _provider is None:
         return
-    from opentelemetry import trace
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
-    provider = trace.get_tracer_provider()
-    if hasattr(provider, "shutdown"):
-        provider.shutdown()
-
-
-def start_server_span(tracer: Any, request: Request, ctx: RequestContext) -> Any:
-    """The request's span, child of the caller's traceparent, made current for the request's thread."""
-    from opentelemetry import context, trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    # The propagator looks the header up by its lower-case name.
-    parent = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in request.headers.items()})
-    rule = request.url_rule.rule if request.url_rule is not None else request.path
-    span = tracer.start_span(
-        f"{request.method} {rule}",
-        context=parent,
-        kind=trace.SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "url.path": request.path, "request_id": ctx.request_id},
-    )
-    # No traceparent came: the span began a new trace, which the calls sent on must carry.
-    ctx.trace_id = format(span.get_span_context().trace_id, "032x")
-    return _Current(span, context.attach(trace.set_span_in_context(span)))
-
-
-class _Current:
-    """A span made current until it ends."""
-
-    def __init__(self, span: Any, token: Any):
-        self.span = span
-        self._token = token
-
-    def set_status_code(self, status: int) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
-        self.span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR))
-
-    def end(self) -> None:
-        from opentelemetry import context
-
-        self.span.end()
-        context.detach(self._token)
+    RequestsInstrumentor().uninstrument()
 
 
 class Session(requests.Session):
-    """A requests session whose calls carry the current request's X-Request-ID and traceparent, each one
-    in a client span when OpenTelemetry is set up. The facade's one seam for propagation: every call to
-    another service goes through its session."""
+    """A requests session whose calls carry the current request's X-Request-ID and traceparent. The
+    facade's one seam for propagation: every call to another service goes through its session. When
+    OpenTelemetry is set up, its requests instrumentation makes the call's client span and writes that
+    span's context over this traceparent."""
 
     def request(self, method, url, *args, **kwargs):
         from .request_id import current
 
         ctx = current()
-        if ctx is None:
-            return super().request(method, url, *args, **kwargs)
-        headers = {**ctx.outgoing_headers(), **(kwargs.get("headers") or {})}
-        kwargs["headers"] = headers
-        if _tracer is None:
-            return super().request(method, url, *args, **kwargs)
-        from opentelemetry import trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        with _tracer.start_as_current_span(
-            f"{method.upper()} {requests.utils.urlparse(url).path}",
-            kind=trace.SpanKind.CLIENT,
-            attributes={"http.request.method": method.upper(), "url.full": url},
-        ) as span:
-            TraceContextTextMapPropagator().inject(headers)
-            response = super().request(method, url, *args, **kwargs)
-            span.set_attribute("http.response.status_code", response.status_code)
-            return response
+        if ctx is not None:
+            kwargs["headers"] = {**ctx.outgoing_headers(), **(kwargs.get("headers") or {})}
+        return super().request(method, url, *args, **kwargs)

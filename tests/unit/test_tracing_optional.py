@@ -15,7 +15,7 @@ from servicekit.web import configure_app
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
     monkeypatch.setattr(tracing, "_set_up", False)
-    monkeypatch.setattr(tracing, "_tracer", None)
+    monkeypatch.setattr(tracing, "_provider", None)
 
 
 def _serves() -> None:
@@ -31,7 +31,7 @@ def test_without_an_endpoint_nothing_is_set_up_even_with_the_sdk(monkeypatch):
     monkeypatch.delenv(tracing.TRACES_ENDPOINT, raising=False)
     assert tracing.setup("logging-service", "logging-service-box-8081") is None
     _serves()
-    assert tracing._tracer is None
+    assert tracing._provider is None
 
 
 def test_without_the_sdk_an_endpoint_sets_nothing_up_and_nothing_breaks(monkeypatch, caplog):
