@@ -91,9 +91,10 @@ ops() { "$VENV/bin/python" -m stackctl "$@"; }
 supervisord_pid() {
   local pid stat args
   pid=$(cat "$STACK_RUN_DIR/supervisord.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
-  read -r stat args < <(ps -o stat=,args= -p "$pid" 2>/dev/null) || return 1
+  # -ww: ps cuts its lines to $COLUMNS otherwise, and a long venv path pushes the name past it.
+  read -r stat args < <(ps -ww -o stat=,args= -p "$pid" 2>/dev/null) || return 1
   [[ $stat != Z* && $args == *supervisord* ]] || return 1
-  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "STACK_RUN_DIR=$STACK_RUN_DIR" || return 1
+  grep -qxzF "STACK_RUN_DIR=$STACK_RUN_DIR" "/proc/$pid/environ" 2>/dev/null || return 1
   echo "$pid"
 }
 

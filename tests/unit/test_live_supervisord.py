@@ -56,7 +56,9 @@ def test_lib_sh_does_not_take_another_stacks_supervisord_for_its_own(supervisord
     def supervisord_pid(run_dir: Path) -> str:
         done = subprocess.run(
             ["bash", "-c", 'source scripts/lib.sh && supervisord_pid || echo none'],
-            cwd=ROOT, env={**os.environ, "STACK_RUN_DIR": str(run_dir)}, capture_output=True, text=True, timeout=120,
+            # COLUMNS as a terminal of 40 sets it: ps cuts its lines to it unless told not to.
+            cwd=ROOT, env={**os.environ, "STACK_RUN_DIR": str(run_dir), "COLUMNS": "40"}, capture_output=True,
+            text=True, timeout=120,
         )  # fmt: skip
         return done.stdout.strip()
 
