@@ -19,9 +19,8 @@ from werkzeug.exceptions import Conflict
 from contracts.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
 from contracts.paging import LogCursor
 from servicekit.background import BackgroundLoop
-from servicekit.errors import HazelcastUnavailable, StoreFailure, store_failure
+from servicekit.errors import HazelcastUnavailable, InsufficientStorage, StoreFailure, Unavailable, store_failure
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast, wait
-from servicekit.web import InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -25,17 +25,13 @@ from tenacity import RetryCallState
 
 from .background import BackgroundLoop
 from .blocking_index import BlockingIndex
-from .errors import CONSUL_ERRORS
+from .errors import CONSUL_ERRORS, Refused
 from .settings import forwarded_body_bytes
 
 log = logging.getLogger(__name__)
 
 PREFIX = "config/"
 KEY_MAX_MESSAGE_CHARS = "config/limits/max-message-chars"
-
-
-class Refused(ValueError):
-    """A value the service will not apply; the message says why, for the log and /health."""
 
 
 # A KV value may hold up to 512 KB; the log and /health show its start and its length.
