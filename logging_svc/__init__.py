@@ -6,8 +6,8 @@ from flask import Flask
 
 from servicekit import live_config, stack
 from servicekit.consul_client import make_consul
-from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import Hazelcast
+from servicekit.lifecycle import on_shutdown
 from servicekit.settings import Settings
 from servicekit.web import configure_app
 

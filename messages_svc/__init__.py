@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Flask
 
 from servicekit import stack
-from servicekit.gunicorn_hooks import intake, on_shutdown
+from servicekit.gunicorn_hooks import intake
 from servicekit.hz import Hazelcast
+from servicekit.lifecycle import on_shutdown
 from servicekit.settings import Settings
 from servicekit.web import configure_app
 
@@ -26,7 +27,7 @@ def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
     store = MessageStore(settings.messages_kept)
     app.extensions["message_store"] = store
     if consume:
-        # Closed in reverse (servicekit.gunicorn_hooks.shutdown_stack): the consumer stops before the client
+        # Closed in reverse (servicekit.lifecycle.shutdown_stack): the consumer stops before the client
         # goes away, so no item is taken and then dropped.
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)

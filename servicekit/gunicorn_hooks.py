@@ -32,18 +32,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from . import metrics, metrics_files, registration
+from .lifecycle import close_app
 from .settings import Settings
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_KEY = "servicekit.on_shutdown"
 
 # How long the master waits for takes in progress once it closed the intake. Longer than a consumer's
 # poll timeout (messages_svc.consumer.POLL_TIMEOUT, 1 s), so a take that is waiting on the queue ends.
@@ -281,21 +280,3 @@ def worker_exit(server, worker) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None:
         close_app(app)
-
-
-def shutdown_stack(app) -> ExitStack:
-    """What the app opened, in the order it opened it; closing it runs the closes in reverse, so a thing
-    is closed before what it depends on (the consumer before the Hazelcast client it polls)."""
-    return app.extensions.setdefault(SHUTDOWN_KEY, ExitStack())
-
-
-def on_shutdown(app, close) -> None:
-    """Ask close_app (worker_exit, in a worker) to call `close` when the app is closed."""
-    shutdown_stack(app).callback(close)
-
-
-def close_app(app) -> None:
-    """Close what create_app opened. Once: a second call finds nothing left to close."""
-    stack = getattr(app, "extensions", {}).get(SHUTDOWN_KEY)
-    if stack is not None:
-        stack.close()

@@ -24,13 +24,7 @@ from werkzeug.datastructures import Headers
 
 from contracts.id_format import HEADER, TRACEPARENT, parse_traceparent, valid_request_id
 
-from . import tracing
-from .gunicorn_hooks import on_shutdown
-
 log = logging.getLogger(__name__)
-
-# No span for these (the ids are still echoed and logged).
-UNTRACED_PATHS = frozenset({"/health"})
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("request_context", default=None)
 
@@ -100,21 +94,14 @@ class LogFilter(logging.Filter):
         return True
 
 
-def install(app: Flask, service_name: str, instance_id: str) -> None:
-    """Bind each request's id before any other hook runs (the Host check logs with it), echo it on every
-    answer, errors included, and, when OpenTelemetry is set up, make the request's server span."""
-    tracer = tracing.setup(service_name, instance_id)
-    if tracer is not None:
-        # Exports what is still buffered when the worker exits.
-        on_shutdown(app, tracing.shutdown)
+def install(app: Flask) -> None:
+    """Bind each request's id before any other hook runs (the Host check logs with it) and echo it on every
+    answer, errors included. The request's span, when OpenTelemetry is set up: servicekit.tracing.install."""
 
     @app.before_request
     def bind_request_id():
         ctx = from_headers(request.headers)
         g.request_token = _current.set(ctx)
-        # Consul's check every second would bury the requests' spans.
-        if tracer is not None and request.path not in UNTRACED_PATHS:
-            g.request_span = tracing.start_server_span(tracer, request, ctx)
         if ctx.replaced:
             log.warning("ignored an invalid %s from the caller", HEADER)
 
@@ -123,16 +110,10 @@ def install(app: Flask, service_name: str, instance_id: str) -> None:
         ctx = _current.get()
         if ctx is not None:
             response.headers[HEADER] = ctx.request_id
-        span = g.get("request_span")
-        if span is not None:
-            span.set_status_code(response.status_code)
         return response
 
     @app.teardown_request
     def unbind_request_id(exc: BaseException | None) -> None:
-        span = g.pop("request_span", None)
-        if span is not None:
-            span.end()
         token = g.pop("request_token", None)
         if token is not None:
             _current.reset(token)

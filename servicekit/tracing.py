@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import requests
+from flask import Flask, Response, g, request
+
+from .lifecycle import on_shutdown
+from .request_id import RequestContext, current
 
 if TYPE_CHECKING:
     from flask import Request
-
-    from .request_id import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,40 @@ def shutdown() -> None:
         provider.shutdown()
 
 
+# No span for these (the ids are still echoed and logged).
+UNTRACED_PATHS = frozenset({"/health"})
+
+
+def install(app: Flask, service_name: str, instance_id: str) -> None:
+    """When OpenTelemetry is set up, each request's server span, begun once servicekit.request_id bound the
+    request's context (install that first) and ended before it is unbound."""
+    tracer = setup(service_name, instance_id)
+    if tracer is None:
+        return
+    # Exports what is still buffered when the worker exits.
+    on_shutdown(app, shutdown)
+
+    @app.before_request
+    def begin_span():
+        ctx = current()
+        # Consul's check every second would bury the requests' spans.
+        if ctx is not None and request.path not in UNTRACED_PATHS:
+            g.request_span = start_server_span(tracer, request, ctx)
+
+    @app.after_request
+    def span_status(response: Response) -> Response:
+        span = g.get("request_span")
+        if span is not None:
+            span.set_status_code(response.status_code)
+        return response
+
+    @app.teardown_request
+    def end_span(exc: BaseException | None) -> None:
+        span = g.pop("request_span", None)
+        if span is not None:
+            span.end()
+
+
 def start_server_span(tracer: Any, request: Request, ctx: RequestContext) -> Any:
     """The request's span, child of the caller's traceparent, made current for the request's thread."""
     from opentelemetry import context, trace
@@ -117,8 +153,6 @@ class Session(requests.Session):
     another service goes through its session."""
 
     def request(self, method, url, *args, **kwargs):
-        from .request_id import current
-
         ctx = current()
         if ctx is None:
             return super().request(method, url, *args, **kwargs)

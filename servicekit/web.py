@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMe
 
 from contracts import paging
 
-from . import metrics, registration, request_id
+from . import metrics, registration, request_id, tracing
 from .errors import RETRY_AFTER, BadGateway, BadInput, HazelcastUnavailable, InsufficientStorage, Unavailable
 from .settings import Settings, host_is_accepted
 
@@ -180,11 +180,13 @@ def install_host_check(app: Flask, accepted: frozenset[str]) -> None:
 
 def configure_app(app: Flask, settings: Settings) -> None:
     # First, so that every later hook (the Host check) logs with the request id and every answer echoes it.
-    request_id.install(app, settings.service_name, settings.instance_id)
+    request_id.install(app)
+    tracing.install(app, settings.service_name, settings.instance_id)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_MESSAGE_CHARS"] = settings.max_message_chars
     app.json.sort_keys = False
-    # After request_id's hook, before the Host check: its clock starts before the checks, and a 421 is counted.
+    # After the request id's and the span's hooks, before the Host check: its clock starts before the checks,
+    # and a 421 is counted.
     metrics.install(app)
     install_host_check(app, settings.accepted_host_names)
     install_error_handlers(app)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from facade import create_app
 from facade.settings import FacadeSettings
 from servicekit.errors import BadInput
-from servicekit.gunicorn_hooks import close_app
+from servicekit.lifecycle import close_app
 from servicekit.settings import SettingsError, forwarded_body_bytes
 from servicekit.web import MAX_JSON_DEPTH, configure_app, nesting_exceeds, read_json_object, require_message
 
