@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import ipaddress
 import os
 import re
@@ -15,11 +17,22 @@ from typing import Any, Self
 from . import stack
 from .logs import LOG_FORMATS
 
-VERSION = "0.1.0"
+# The project as pyproject.toml names it: its installed metadata carries the version (./scripts/install
+# installs it), which each instance registers as its Consul tag and meta.
+DISTRIBUTION = "consul-services"
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
+
+
+@functools.cache
+def project_version() -> str:
+    """The version in pyproject.toml, as the installed project's metadata has it."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise SettingsError(f"the project {DISTRIBUTION} is not installed (./scripts/install installs it)") from None
 
 
 def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -304,7 +317,8 @@ class Settings:
     # GET /metrics is served here, on the instance's address, not on its public port: the metrics name
     # instances and hosts. 0: the port plus METRICS_PORT_OFFSET (conf/stack.env).
     metrics_port: int = 0
-    version: str = VERSION
+    # The project's version (project_version): the instance's Consul tag and meta.
+    version: str = field(default_factory=lambda: project_version())
 
     def __post_init__(self) -> None:
         if not self.metrics_port:
