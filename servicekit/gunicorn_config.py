@@ -73,9 +73,12 @@ def base(settings: Settings) -> dict[str, Any]:
     }
 
 
-def for_service(service_name: str, default_port: int, wsgi_app: str, **overrides: Any) -> dict[str, Any]:
-    """Every setting of one service's gunicorn.conf.py, the Consul registration hooks included."""
-    settings = Settings.from_env(service_name, default_port)
+def for_service(
+    service_name: str, default_port: int, wsgi_app: str, settings_class: type[Settings] = Settings, **overrides: Any
+) -> dict[str, Any]:
+    """Every setting of one service's gunicorn.conf.py, the Consul registration hooks included. The service's
+    own settings class reads the environment here too, so a bad value stops the master before any worker."""
+    settings = settings_class.from_env(service_name, default_port)
     metrics_files.use(settings)  # before anything imports prometheus_client (see servicekit/metrics_files.py)
     when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
     return {

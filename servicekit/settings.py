@@ -1,4 +1,5 @@
-"""Typed settings, read from the environment once at startup."""
+"""Typed settings, read from the environment once at startup: the fields every service has. Each service's
+settings module adds its own (facade.settings, logging_svc.settings, messages_svc.settings)."""
 
 from __future__ import annotations
 
@@ -142,32 +143,6 @@ def forwarded_body_bytes(max_message_chars: int) -> int:
     return 12 * max_message_chars + _ENVELOPE_BYTES
 
 
-# The log's default capacity is this share of the heap the members have left when one of them is gone, halved
-# for the backup copy: the rest is for the queue, an index, migrations after a member loss and the collector.
-LOG_HEAP_SHARE = 0.5
-_JAVA_SIZE = re.compile(r"([0-9]+)([kKmMgG]?)")
-
-
-def java_size_bytes(raw: str) -> int:
-    """A size in java's -Xmx form (1g, 512m, 65536k, 1048576) in bytes."""
-    match = _JAVA_SIZE.fullmatch(raw.strip())
-    if match is None:
-        raise SettingsError(f"HAZELCAST_HEAP must look like 512m or 1g, got {raw!r}")
-    return int(match[1]) * 1024 ** " kmg".index(match[2].lower() or " ")
-
-
-def default_log_capacity_bytes(heap_bytes: int, members: int) -> int:
-    """What the log may hold (one copy, in logging_svc.store.entry_cost bytes): LOG_HEAP_SHARE of the
-    heaps of all the members but one, over the two copies of each entry. With three 1g members: 512 MiB,
-    about 1,000,000 messages of 100 characters; with one member gone, the two left hold half their heap."""
-    return int(LOG_HEAP_SHARE * heap_bytes * max(members - 1, 1) / 2)
-
-
-def _default_log_capacity() -> int:
-    values = stack.values()
-    return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
-
-
 def default_metrics_port(port: int) -> int:
     """Where an instance on `port` serves its metrics unless METRICS_PORT says: a fixed distance above it
     (conf/stack.env), so the metrics ports move with the instances' (and with STACK_PORT_OFFSET)."""
@@ -301,13 +276,6 @@ class Settings:
     check_success_before_passing: int = 2
     # Host names a request may be addressed to (any port); the bind address is always accepted too.
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
-    # logging_svc refuses a message (507) that would take the log past this many bytes (one copy, estimated
-    # per entry by logging_svc.store.entry_cost); by default derived from the members' heaps.
-    log_capacity_bytes: int = field(default_factory=lambda: _default_log_capacity())
-    # messages_svc keeps this many of the newest messages it consumed and lets the older ones go: at most
-    # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
-    # for characters outside the BMP, which Python stores in 4 bytes each).
-    messages_kept: int = 20_000
     # The Consul service weights this instance registers with: its share of the picks while its check
     # passes, and while it is in warning (HTTP 429 from /health).
     weight_passing: int = 10
@@ -348,8 +316,6 @@ class Settings:
             max_body_bytes=max_body_bytes_from_env(env),
             max_message_chars=env_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
-            log_capacity_bytes=env_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
-            messages_kept=env_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
             weight_passing=env_int(env, "WEIGHT_PASSING", 10, minimum=1),
             weight_warning=env_int(env, "WEIGHT_WARNING", 1),
             log_format=_log_format(env),
@@ -361,7 +327,8 @@ class Settings:
 
     @classmethod
     def own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
-        """The fields a service's settings class adds to these, read from `env` (facade.settings): none here."""
+        """The fields a service's settings class adds to these, read from `env` (facade.settings,
+        logging_svc.settings, messages_svc.settings): none here."""
         return {}
 
     @property
