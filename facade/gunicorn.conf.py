@@ -2,10 +2,10 @@
 
 from facade import PORT_NAME, SERVICE_NAME
 from facade.settings import FacadeSettings
-from servicekit import gunicorn_config, stack
+from servicekit import gunicorn_hooks, stack
 
 globals().update(
-    gunicorn_config.for_service(
+    gunicorn_hooks.for_service(
         SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="facade:create_app()", settings_class=FacadeSettings
     )
 )

@@ -2,10 +2,10 @@
 
 from logging_svc import PORT_NAME, SERVICE_NAME
 from logging_svc.settings import LoggingSettings
-from servicekit import gunicorn_config, stack
+from servicekit import gunicorn_hooks, stack
 
 globals().update(
-    gunicorn_config.for_service(
+    gunicorn_hooks.for_service(
         SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="logging_svc:create_app()", settings_class=LoggingSettings
     )
 )

@@ -2,10 +2,10 @@
 
 from messages_svc import PORT_NAME, SERVICE_NAME
 from messages_svc.settings import MessagesSettings
-from servicekit import gunicorn_config, stack
+from servicekit import gunicorn_hooks, stack
 
 globals().update(
-    gunicorn_config.for_service(
+    gunicorn_hooks.for_service(
         SERVICE_NAME,
         stack.port(PORT_NAME),
         wsgi_app="messages_svc:create_app()",

@@ -33,9 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import metrics, metrics_files, registration
+from . import gunicorn_config, metrics, metrics_files, registration
 from .lifecycle import close_app
 from .settings import Settings
 
@@ -280,3 +280,30 @@ def worker_exit(server, worker) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None:
         close_app(app)
+
+
+def for_service(
+    service_name: str, default_port: int, wsgi_app: str, settings_class: type[Settings] = Settings, **overrides: Any
+) -> dict[str, Any]:
+    """Every setting of one service's gunicorn.conf.py: the shared ones (servicekit.gunicorn_config) and the
+    hooks of this module. Each service's file is a few lines:
+
+        globals().update(gunicorn_hooks.for_service(SERVICE_NAME, DEFAULT_PORT, wsgi_app="facade:create_app()"))
+
+    gunicorn reads its settings from the names the config file defines, so the file takes them from here. The
+    service's own settings class reads the environment here too, so a bad value stops the master before any
+    worker."""
+    settings = settings_class.from_env(service_name, default_port)
+    metrics_files.use(settings)  # before anything imports prometheus_client (see servicekit/metrics_files.py)
+    when_ready, on_exit = registration_hooks(settings)
+    return {
+        **gunicorn_config.base(settings),
+        "settings": settings,
+        "wsgi_app": wsgi_app,
+        "when_ready": when_ready,
+        "on_exit": on_exit,
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
+        "child_exit": metrics_files.child_exit,
+        **overrides,
+    }
