@@ -43,11 +43,12 @@ from devstack import deploy_doc, host_acl, host_config
 from devstack.consul_agent import consul_binary
 from devstack.hosts import NETWORK, Hosts
 from devstack.processes import ROOT, VENV_BIN, eventually
+from logging_svc.settings import default_log_capacity_bytes, java_size_bytes
 from servicekit import kvconfig, stack
 from servicekit.consul_client import make_consul
 from servicekit.private_files import write_private
 from servicekit.registration import agent_members
-from servicekit.settings import ConsulAddress, ConsulSettings, default_log_capacity_bytes, java_size_bytes
+from servicekit.settings import ConsulAddress, ConsulSettings
 from stackctl.hazelcast_member import service_definitions
 from stackctl.stack_status import service_health, status_table, wait_passing
 

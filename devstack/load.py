@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import requests
 
@@ -168,7 +168,9 @@ def passing_to_first_request(stack: Stack, load: Load) -> float:
     passing_at = eventually(passing_since, timeout=30, interval=0.01)
 
     def first_request():
-        hits = [o.at for o in load.snapshot() if o.ok and o.body.get("logged_by") == new.instance_id]
+        hits = [
+            o.at for o in load.snapshot() if o.ok and o.body is not None and o.body.get("logged_by") == new.instance_id
+        ]
         assert hits, "no request reached the new instance yet"
         return min(hits)
 

@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import consul
 import requests
@@ -83,12 +84,12 @@ class Proc:
 
     def kill9(self) -> None:
         """Kill the whole process group at once: the instance dies without a word to anyone."""
-        if self.alive():
+        if self.popen is not None and self.alive():
             os.killpg(self.pid, signal.SIGKILL)
             self.popen.wait(10)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        if not self.alive():
+        if self.popen is None or not self.alive():
             return
         self.send_signal(sig)
         try:

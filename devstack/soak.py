@@ -91,7 +91,7 @@ def soak(args, log_dir: Path, stack: Stack) -> int:
         log.info("load at %.1f POST/s for %.1f min; RSS at start (MiB): %s", args.rate, args.minutes, rss_start)
 
         def acknowledged() -> list[str]:
-            return [o.body["msg"] for o in posts.answered(201)]
+            return [o.body["msg"] for o in posts.answered(201) if o.body is not None]
 
         victim_logging = stack.logging[0]
         victim_messages = stack.messages[0]

@@ -245,8 +245,11 @@ def stubbed_facade(
             started.append(stub)
         for stub in stubs:
             state = "warning" if stub.health_status == 429 else "passing"
-            until(lambda stub=stub, state=state: check_status(client, stub.instance_id) == state,
-                  timeout=15, what=f"{stub.instance_id} {state}")  # fmt: skip
+
+            def in_state(stub: StubInstance = stub, state: str = state) -> bool:
+                return check_status(client, stub.instance_id) == state
+
+            until(in_state, timeout=15, what=f"{stub.instance_id} {state}")
         facade = start_service("facade-service", agent, log_dir, env=env)
         wait_passing(agent, facade)
         yield facade

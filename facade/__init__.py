@@ -6,8 +6,8 @@ from flask import Flask
 
 from servicekit import live_config, metrics, stack
 from servicekit.consul_client import make_consul
-from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast
+from servicekit.lifecycle import on_shutdown
 from servicekit.web import configure_app
 from upstream import balancing
 from upstream.watch import Discovery

@@ -16,9 +16,8 @@ from contracts import queue_item
 from contracts.paging import LogCursor, MessagesCursor
 from servicekit import metrics, request_id, tracing
 from servicekit.discovery import Instance
-from servicekit.errors import StoreFailure, store_failure
+from servicekit.errors import StoreFailure, Unavailable, store_failure
 from servicekit.hz import Hazelcast
-from servicekit.web import Unavailable
 from upstream.balancing import Picker
 from upstream.caller import Caller, Send
 from upstream.watch import Discovery

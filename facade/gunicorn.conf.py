@@ -1,6 +1,11 @@
 """gunicorn settings for facade. Run: gunicorn -c facade/gunicorn.conf.py (PORT picks the port)."""
 
 from facade import PORT_NAME, SERVICE_NAME
-from servicekit import gunicorn_config, stack
+from facade.settings import FacadeSettings
+from servicekit import gunicorn_hooks, stack
 
-globals().update(gunicorn_config.for_service(SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="facade:create_app()"))
+globals().update(
+    gunicorn_hooks.for_service(
+        SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="facade:create_app()", settings_class=FacadeSettings
+    )
+)

@@ -69,9 +69,8 @@ from dataclasses import dataclass
 
 from hazelcast.errors import HazelcastError
 
-from servicekit.errors import HazelcastUnavailable
+from servicekit.errors import BadInput, HazelcastUnavailable
 from servicekit.hz import Hazelcast
-from servicekit.web import BadInput
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,8 @@ from flask import Blueprint, current_app, jsonify, request
 from hazelcast.errors import HazelcastError
 
 from contracts.paging import LogCursor, MessagesCursor
-from servicekit.errors import HazelcastUnavailable
+from servicekit.errors import RETRY_AFTER, HazelcastUnavailable, Unavailable
 from servicekit.web import (
-    RETRY_AFTER,
-    Unavailable,
     health_response,
     read_cursor,
     read_json_object,

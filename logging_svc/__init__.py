@@ -6,12 +6,12 @@ from flask import Flask
 
 from servicekit import live_config, stack
 from servicekit.consul_client import make_consul
-from servicekit.gunicorn_hooks import on_shutdown
 from servicekit.hz import Hazelcast
-from servicekit.settings import Settings
+from servicekit.lifecycle import on_shutdown
 from servicekit.web import configure_app
 
 from .routes import bp
+from .settings import LoggingSettings
 from .store import HazelcastMessageLog, MessageLog
 
 SERVICE_NAME = "logging-service"
@@ -19,8 +19,8 @@ SERVICE_NAME = "logging-service"
 PORT_NAME = "LOGGING_PORT"
 
 
-def create_app(settings: Settings | None = None, message_log: MessageLog | None = None) -> Flask:
-    settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
+def create_app(settings: LoggingSettings | None = None, message_log: MessageLog | None = None) -> Flask:
+    settings = settings or LoggingSettings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     if message_log is None:

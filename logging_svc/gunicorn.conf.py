@@ -1,6 +1,11 @@
 """gunicorn settings for logging_svc. Run: gunicorn -c logging_svc/gunicorn.conf.py (PORT picks the port)."""
 
 from logging_svc import PORT_NAME, SERVICE_NAME
-from servicekit import gunicorn_config, stack
+from logging_svc.settings import LoggingSettings
+from servicekit import gunicorn_hooks, stack
 
-globals().update(gunicorn_config.for_service(SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="logging_svc:create_app()"))
+globals().update(
+    gunicorn_hooks.for_service(
+        SERVICE_NAME, stack.port(PORT_NAME), wsgi_app="logging_svc:create_app()", settings_class=LoggingSettings
+    )
+)

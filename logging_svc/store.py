@@ -19,9 +19,8 @@ from werkzeug.exceptions import Conflict
 from contracts.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
 from contracts.paging import LogCursor
 from servicekit.background import BackgroundLoop
-from servicekit.errors import HazelcastUnavailable, StoreFailure, store_failure
+from servicekit.errors import HazelcastUnavailable, InsufficientStorage, StoreFailure, Unavailable, store_failure
 from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast, wait
-from servicekit.web import InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ def ordered(entries) -> list[str]:
 # How often a logging worker sends what it stored to the cluster's count and reads the count back; in
 # between it adds what it stored itself. What the other workers stored in that time (plus the counter's
 # replication, crdt-replication in conf/hazelcast.xml) can go past the capacity: under the flood test a few
-# hundred KB, inside the heap the capacity leaves free (servicekit.settings.LOG_HEAP_SHARE).
+# hundred KB, inside the heap the capacity leaves free (logging_svc.settings.LOG_HEAP_SHARE).
 SIZE_REFRESH = 0.25
 
 

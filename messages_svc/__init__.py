@@ -5,28 +5,29 @@ from __future__ import annotations
 from flask import Flask
 
 from servicekit import stack
-from servicekit.gunicorn_hooks import intake, on_shutdown
+from servicekit.gunicorn_hooks import intake
 from servicekit.hz import Hazelcast
-from servicekit.settings import Settings
+from servicekit.lifecycle import on_shutdown
 from servicekit.web import configure_app
 
 from .consumer import Consumer, MessageStore
 from .routes import bp
+from .settings import MessagesSettings
 
 SERVICE_NAME = "messages-service"
 # Its default port is in conf/stack.env, with the other ports of the stack; PORT overrides it.
 PORT_NAME = "MESSAGES_PORT"
 
 
-def create_app(settings: Settings | None = None, consume: bool = True) -> Flask:
+def create_app(settings: MessagesSettings | None = None, consume: bool = True) -> Flask:
     """`consume=False` builds the app without Hazelcast, for unit tests of the routes."""
-    settings = settings or Settings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
+    settings = settings or MessagesSettings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     store = MessageStore(settings.messages_kept)
     app.extensions["message_store"] = store
     if consume:
-        # Closed in reverse (servicekit.gunicorn_hooks.shutdown_stack): the consumer stops before the client
+        # Closed in reverse (servicekit.lifecycle.shutdown_stack): the consumer stops before the client
         # goes away, so no item is taken and then dropped.
         hz = Hazelcast(settings).start()
         on_shutdown(app, hz.close)

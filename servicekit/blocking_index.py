@@ -1,5 +1,5 @@
-"""The index a Consul blocking query sends, by Consul's rules; one home for the discovery watches
-(servicekit.discovery) and the live configuration watch (servicekit.live_config).
+"""The index a Consul blocking query sends, by Consul's rules; kept by servicekit.blocking_watch, the one
+watch behind the facade's discovery (upstream.watch) and live configuration (servicekit.live_config).
 
 https://developer.hashicorp.com/consul/api-docs/features/blocking: start over (no index) when the index
 went backwards, never send an index of 0 or less; and here, start over after a failed query too, since the

@@ -1,8 +1,6 @@
-"""The gunicorn settings the three services share. Each service's gunicorn.conf.py is a few lines:
-
-    globals().update(gunicorn_config.for_service(SERVICE_NAME, DEFAULT_PORT, wsgi_app="facade:create_app()"))
-
-gunicorn reads its settings from the names the config file defines, so the file takes them from here.
+"""The gunicorn settings every instance shares: bind addresses, workers, logging (`base`). A service's
+gunicorn.conf.py takes them with its hooks from servicekit.gunicorn_hooks.for_service; the bench's references
+(bench/gunicorn.conf.py) take `base` alone.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from . import gunicorn_hooks, logs, metrics_files, request_id
+from . import logs, request_id
 from .settings import Settings
 
 LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
@@ -70,22 +68,4 @@ def base(settings: Settings) -> dict[str, Any]:
         "logconfig_dict": logs.logconfig(settings.instance_id, **log_settings),
         "logger_class": AccessLogger,
         **WORKER_SETTINGS,
-    }
-
-
-def for_service(service_name: str, default_port: int, wsgi_app: str, **overrides: Any) -> dict[str, Any]:
-    """Every setting of one service's gunicorn.conf.py, the Consul registration hooks included."""
-    settings = Settings.from_env(service_name, default_port)
-    metrics_files.use(settings)  # before anything imports prometheus_client (see servicekit/metrics_files.py)
-    when_ready, on_exit = gunicorn_hooks.registration_hooks(settings)
-    return {
-        **base(settings),
-        "settings": settings,
-        "wsgi_app": wsgi_app,
-        "when_ready": when_ready,
-        "on_exit": on_exit,
-        "post_worker_init": gunicorn_hooks.post_worker_init,
-        "worker_exit": gunicorn_hooks.worker_exit,
-        "child_exit": metrics_files.child_exit,
-        **overrides,
     }

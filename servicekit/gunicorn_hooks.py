@@ -32,18 +32,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from . import metrics, metrics_files, registration
+from . import gunicorn_config, metrics, metrics_files, registration
+from .lifecycle import close_app
 from .settings import Settings
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_KEY = "servicekit.on_shutdown"
 
 # How long the master waits for takes in progress once it closed the intake. Longer than a consumer's
 # poll timeout (messages_svc.consumer.POLL_TIMEOUT, 1 s), so a take that is waiting on the queue ends.
@@ -283,19 +282,28 @@ def worker_exit(server, worker) -> None:
         close_app(app)
 
 
-def shutdown_stack(app) -> ExitStack:
-    """What the app opened, in the order it opened it; closing it runs the closes in reverse, so a thing
-    is closed before what it depends on (the consumer before the Hazelcast client it polls)."""
-    return app.extensions.setdefault(SHUTDOWN_KEY, ExitStack())
+def for_service(
+    service_name: str, default_port: int, wsgi_app: str, settings_class: type[Settings] = Settings, **overrides: Any
+) -> dict[str, Any]:
+    """Every setting of one service's gunicorn.conf.py: the shared ones (servicekit.gunicorn_config) and the
+    hooks of this module. Each service's file is a few lines:
 
+        globals().update(gunicorn_hooks.for_service(SERVICE_NAME, DEFAULT_PORT, wsgi_app="facade:create_app()"))
 
-def on_shutdown(app, close) -> None:
-    """Ask close_app (worker_exit, in a worker) to call `close` when the app is closed."""
-    shutdown_stack(app).callback(close)
-
-
-def close_app(app) -> None:
-    """Close what create_app opened. Once: a second call finds nothing left to close."""
-    stack = getattr(app, "extensions", {}).get(SHUTDOWN_KEY)
-    if stack is not None:
-        stack.close()
+    gunicorn reads its settings from the names the config file defines, so the file takes them from here. The
+    service's own settings class reads the environment here too, so a bad value stops the master before any
+    worker."""
+    settings = settings_class.from_env(service_name, default_port)
+    metrics_files.use(settings)  # before anything imports prometheus_client (see servicekit/metrics_files.py)
+    when_ready, on_exit = registration_hooks(settings)
+    return {
+        **gunicorn_config.base(settings),
+        "settings": settings,
+        "wsgi_app": wsgi_app,
+        "when_ready": when_ready,
+        "on_exit": on_exit,
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
+        "child_exit": metrics_files.child_exit,
+        **overrides,
+    }

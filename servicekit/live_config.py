@@ -21,21 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import consul
-from tenacity import RetryCallState
 
-from .background import BackgroundLoop
-from .blocking_index import BlockingIndex
-from .errors import CONSUL_ERRORS
+from .blocking_watch import BlockingWatch
+from .errors import Refused
 from .settings import forwarded_body_bytes
 
 log = logging.getLogger(__name__)
 
 PREFIX = "config/"
 KEY_MAX_MESSAGE_CHARS = "config/limits/max-message-chars"
-
-
-class Refused(ValueError):
-    """A value the service will not apply; the message says why, for the log and /health."""
 
 
 # A KV value may hold up to 512 KB; the log and /health show its start and its length.
@@ -102,19 +96,23 @@ class LiveConfig:
         self._seen: dict[str, int | None] = {s.key: None for s in settings}
         self._refused: dict[str, dict] = {}
         self._index_applied: int | None = None
-        self._index = BlockingIndex()
-        self._consul_error: str | None = None
         self._lock = threading.Lock()
         self._loaded = threading.Event()
-        self._loop = BackgroundLoop("live-config", self._watch_once)
-        self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
+        self._watch = BlockingWatch(
+            "live-config",
+            PREFIX,
+            lambda index: self._client.kv.get(PREFIX, recurse=True, index=index, wait=self._wait),
+            lambda index, entries: self.answered(index, entries or []),
+            refused=f"Consul refused to read {PREFIX} (CONSUL_HTTP_TOKEN needs key_prefix read on it)",
+            unreachable=f"Consul is unreachable while watching {PREFIX} (the values in force stay)",
+        )
 
     def start(self) -> LiveConfig:
-        self._loop.start()
+        self._watch.start()
         return self
 
     def stop(self, timeout: float = 0.0) -> bool:
-        return self._loop.stop(timeout)
+        return self._watch.stop(timeout)
 
     def wait_loaded(self, timeout: float) -> bool:
         """Wait up to `timeout` for Consul's first answer to be applied; True once it is."""
@@ -125,39 +123,18 @@ class LiveConfig:
             return {
                 "index": self._index_applied,
                 # The X-Consul-Index of Consul's last answer: the values in force are current as of it.
-                "answered_index": self._index.last,
+                "answered_index": self._watch.index.last,
                 "values": {
                     key: {"value": a.value, "from": "env" if a.index is None else "kv", "index": a.index}
                     for key, a in self._applied.items()
                 },
                 "refused": dict(self._refused),
-                "consul": "unreachable: " + self._consul_error if self._consul_error else "ok",
+                "consul": self._watch.consul_status,
             }
-
-    def _watch_once(self) -> None:
-        index, entries = self._query(
-            lambda: self._client.kv.get(PREFIX, recurse=True, index=self._index.next, wait=self._wait)
-        )
-        if self._consul_error is not None:
-            log.info("Consul answers again; watching %s", PREFIX)
-            self._consul_error = None
-        self.answered(int(index or 0), entries or [])
-
-    def _failed(self, retry_state: RetryCallState) -> None:
-        assert retry_state.outcome is not None
-        exc = retry_state.outcome.exception()
-        denied = isinstance(exc, consul.ACLPermissionDenied)
-        if self._consul_error is None:
-            if denied:
-                log.error("Consul refused to read %s (CONSUL_HTTP_TOKEN needs key_prefix read on it)", PREFIX)
-            else:
-                log.warning("Consul is unreachable while watching %s (the values in force stay): %s", PREFIX, exc)
-        self._consul_error = "permission denied" if denied else type(exc).__name__
-        self._index.failed()
 
     def answered(self, index: int, entries: list[dict]) -> None:
         """Apply what changed in one answer of Consul's (the X-Consul-Index and the entries under PREFIX)."""
-        self._index.answered(index)
+        self._watch.index.answered(index)
         found = {entry["Key"]: entry for entry in entries}
         for key, setting in self._settings.items():
             entry = found.get(key)

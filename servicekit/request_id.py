@@ -17,16 +17,13 @@ import contextvars
 import logging
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 from werkzeug.datastructures import Headers
 
 from contracts.id_format import HEADER, TRACEPARENT, parse_traceparent, valid_request_id
-
-from . import tracing
-from .gunicorn_hooks import on_shutdown
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +95,16 @@ class LogFilter(logging.Filter):
         return True
 
 
-def install(app: Flask, service_name: str, instance_id: str) -> None:
-    """Bind each request's id before any other hook of ours runs (the Host check logs with it), echo it on
-    every answer, errors included, and, when OpenTelemetry is set up, tag the request's server span with it."""
-    if tracing.setup(service_name, instance_id) is not None:
-        # Exports what is still buffered when the worker exits.
-        on_shutdown(app, tracing.shutdown)
-    # The server span's hook first: the id bound below may be its trace id.
-    tracing.instrument_app(app)
+def install(app: Flask, adopt: Callable[[RequestContext], None] | None = None) -> None:
+    """Bind each request's id before any other hook of ours runs (the Host check logs with it) and echo it on
+    every answer, errors included. `adopt` sees each request's context before it is bound: the server span's
+    trace, when OpenTelemetry is set up (servicekit.tracing.adopt_span, whose hooks are installed first)."""
 
     @app.before_request
     def bind_request_id():
         ctx = from_headers(request.headers)
-        span_trace_id = tracing.current_trace_id()
-        if span_trace_id is not None:
-            # No traceparent came: the span began a new trace, which the calls sent on must carry, and an id
-            # made here is that trace's id, as without OpenTelemetry.
-            if ctx.request_id == ctx.trace_id:
-                ctx.request_id = span_trace_id
-            ctx.trace_id = span_trace_id
-            tracing.tag_request(ctx.request_id)
+        if adopt is not None:
+            adopt(ctx)
         g.request_token = _current.set(ctx)
         if ctx.replaced:
             log.warning("ignored an invalid %s from the caller", HEADER)

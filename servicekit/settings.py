@@ -1,7 +1,10 @@
-"""Typed settings, read from the environment once at startup."""
+"""Typed settings, read from the environment once at startup: the fields every service has. Each service's
+settings module adds its own (facade.settings, logging_svc.settings, messages_svc.settings)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import ipaddress
 import os
 import re
@@ -15,11 +18,22 @@ from typing import Any, Self
 from . import stack
 from .logs import LOG_FORMATS
 
-VERSION = "0.1.0"
+# The project as pyproject.toml names it: its installed metadata carries the version (./scripts/install
+# installs it), which each instance registers as its Consul tag and meta.
+DISTRIBUTION = "consul-services"
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
+
+
+@functools.cache
+def project_version() -> str:
+    """The version in pyproject.toml, as the installed project's metadata has it."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise SettingsError(f"the project {DISTRIBUTION} is not installed (./scripts/install installs it)") from None
 
 
 def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -127,32 +141,6 @@ _ENVELOPE_BYTES = 256
 def forwarded_body_bytes(max_message_chars: int) -> int:
     """The largest body a message of `max_message_chars` code points can make, JSON-escaped (12 bytes each)."""
     return 12 * max_message_chars + _ENVELOPE_BYTES
-
-
-# The log's default capacity is this share of the heap the members have left when one of them is gone, halved
-# for the backup copy: the rest is for the queue, an index, migrations after a member loss and the collector.
-LOG_HEAP_SHARE = 0.5
-_JAVA_SIZE = re.compile(r"([0-9]+)([kKmMgG]?)")
-
-
-def java_size_bytes(raw: str) -> int:
-    """A size in java's -Xmx form (1g, 512m, 65536k, 1048576) in bytes."""
-    match = _JAVA_SIZE.fullmatch(raw.strip())
-    if match is None:
-        raise SettingsError(f"HAZELCAST_HEAP must look like 512m or 1g, got {raw!r}")
-    return int(match[1]) * 1024 ** " kmg".index(match[2].lower() or " ")
-
-
-def default_log_capacity_bytes(heap_bytes: int, members: int) -> int:
-    """What the log may hold (one copy, in logging_svc.store.entry_cost bytes): LOG_HEAP_SHARE of the
-    heaps of all the members but one, over the two copies of each entry. With three 1g members: 512 MiB,
-    about 1,000,000 messages of 100 characters; with one member gone, the two left hold half their heap."""
-    return int(LOG_HEAP_SHARE * heap_bytes * max(members - 1, 1) / 2)
-
-
-def _default_log_capacity() -> int:
-    values = stack.values()
-    return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
 
 
 def default_metrics_port(port: int) -> int:
@@ -288,13 +276,6 @@ class Settings:
     check_success_before_passing: int = 2
     # Host names a request may be addressed to (any port); the bind address is always accepted too.
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
-    # logging_svc refuses a message (507) that would take the log past this many bytes (one copy, estimated
-    # per entry by logging_svc.store.entry_cost); by default derived from the members' heaps.
-    log_capacity_bytes: int = field(default_factory=lambda: _default_log_capacity())
-    # messages_svc keeps this many of the newest messages it consumed and lets the older ones go: at most
-    # about 85 MB of Python strings per instance for messages of 4,096 ASCII characters (4 times that
-    # for characters outside the BMP, which Python stores in 4 bytes each).
-    messages_kept: int = 20_000
     # The Consul service weights this instance registers with: its share of the picks while its check
     # passes, and while it is in warning (HTTP 429 from /health).
     weight_passing: int = 10
@@ -304,7 +285,8 @@ class Settings:
     # GET /metrics is served here, on the instance's address, not on its public port: the metrics name
     # instances and hosts. 0: the port plus METRICS_PORT_OFFSET (conf/stack.env).
     metrics_port: int = 0
-    version: str = VERSION
+    # The project's version (project_version): the instance's Consul tag and meta.
+    version: str = field(default_factory=lambda: project_version())
 
     def __post_init__(self) -> None:
         if not self.metrics_port:
@@ -334,8 +316,6 @@ class Settings:
             max_body_bytes=max_body_bytes_from_env(env),
             max_message_chars=env_int(env, "MAX_MESSAGE_CHARS", 4096, minimum=1),
             allowed_hosts=_host_names(env, "ALLOWED_HOSTS", LOOPBACK_NAMES),
-            log_capacity_bytes=env_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1),
-            messages_kept=env_int(env, "MESSAGES_KEPT", 20_000, minimum=1),
             weight_passing=env_int(env, "WEIGHT_PASSING", 10, minimum=1),
             weight_warning=env_int(env, "WEIGHT_WARNING", 1),
             log_format=_log_format(env),
@@ -347,7 +327,8 @@ class Settings:
 
     @classmethod
     def own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
-        """The fields a service's settings class adds to these, read from `env` (facade.settings): none here."""
+        """The fields a service's settings class adds to these, read from `env` (facade.settings,
+        logging_svc.settings, messages_svc.settings): none here."""
         return {}
 
     @property

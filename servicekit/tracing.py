@@ -19,6 +19,9 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .lifecycle import on_shutdown
+from .request_id import RequestContext, current
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -128,6 +131,29 @@ def uninstrument() -> None:
     RequestsInstrumentor().uninstrument()
 
 
+def install(app: Flask, service_name: str, instance_id: str) -> None:
+    """When OpenTelemetry is set up, each request's server span (the Flask instrumentation), its export at
+    the worker's exit. Install it before servicekit.request_id, whose hook then finds the span begun and
+    adopts it (adopt_span)."""
+    if setup(service_name, instance_id) is not None:
+        # Exports what is still buffered when the worker exits.
+        on_shutdown(app, shutdown)
+    instrument_app(app)
+
+
+def adopt_span(ctx: RequestContext) -> None:
+    """The request's context goes by its server span's trace, when there is one: no traceparent came, so the
+    span began a new trace, which the calls sent on must carry, and an id made here is that trace's id, as
+    without OpenTelemetry. The span is tagged with the request id."""
+    span_trace_id = current_trace_id()
+    if span_trace_id is None:
+        return
+    if ctx.request_id == ctx.trace_id:
+        ctx.request_id = span_trace_id
+    ctx.trace_id = span_trace_id
+    tag_request(ctx.request_id)
+
+
 class Session(requests.Session):
     """A requests session whose calls carry the current request's X-Request-ID and traceparent. The
     facade's one seam for propagation: every call to another service goes through its session. When
@@ -135,8 +161,6 @@ class Session(requests.Session):
     span's context over this traceparent."""
 
     def request(self, method, url, *args, **kwargs):
-        from .request_id import current
-
         ctx = current()
         if ctx is not None:
             kwargs["headers"] = {**ctx.outgoing_headers(), **(kwargs.get("headers") or {})}

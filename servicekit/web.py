@@ -15,8 +15,8 @@ from werkzeug.exceptions import HTTPException, MisdirectedRequest, UnsupportedMe
 
 from contracts import paging
 
-from . import metrics, registration, request_id
-from .errors import HazelcastUnavailable
+from . import metrics, registration, request_id, tracing
+from .errors import RETRY_AFTER, BadGateway, BadInput, HazelcastUnavailable, InsufficientStorage, Unavailable
 from .settings import Settings, host_is_accepted
 
 log = logging.getLogger(__name__)
@@ -29,36 +29,6 @@ MAX_JSON_DEPTH = 32
 # What changes the nesting depth: a bracket, a quote (strings do not count), an escape (so an escaped
 # quote does not end a string). A plain alternation: linear, whatever the input.
 _JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
-
-
-# Retry-After (seconds) of every 503 that does not know better: what failed (an instance, a member) is
-# failed over within seconds (a silent member is dropped in 10 s), and a retry may reach another instance.
-RETRY_AFTER = 1
-
-
-class BadInput(ValueError):
-    """The request body is not what the endpoint takes; the message is safe to show the client."""
-
-
-class Unavailable(RuntimeError):
-    """A dependency is down. `public` goes to the client ("every logging-service instance failed");
-    `detail` (instance ids, addresses, library errors) goes to the log only. `retry_after` (seconds) becomes
-    the Retry-After header; `fields` go into the body beside the error."""
-
-    def __init__(self, public: str, detail: str = "", retry_after: int = RETRY_AFTER, **fields: Any):
-        super().__init__(f"{public}: {detail}" if detail else public)
-        self.public = public
-        self.retry_after = retry_after
-        self.fields = fields
-
-
-class InsufficientStorage(RuntimeError):
-    """507: the service cannot store what it was sent, and will not on its own (the log never shrinks), so
-    no Retry-After. `public` goes to the client, `detail` to the log only."""
-
-    def __init__(self, public: str, detail: str = ""):
-        super().__init__(f"{public}: {detail}" if detail else public)
-        self.public = public
 
 
 def nesting_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -83,10 +53,6 @@ def nesting_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
-
-
-class BadGateway(RuntimeError):
-    """Another service answered, but not as agreed; the message is safe to show the client."""
 
 
 def require_json_content_type(request: Request) -> None:
@@ -214,11 +180,14 @@ def install_host_check(app: Flask, accepted: frozenset[str]) -> None:
 
 def configure_app(app: Flask, settings: Settings) -> None:
     # First, so that every later hook (the Host check) logs with the request id and every answer echoes it.
-    request_id.install(app, settings.service_name, settings.instance_id)
+    # The server span's hooks first: the request id bound next may be its trace id.
+    tracing.install(app, settings.service_name, settings.instance_id)
+    request_id.install(app, adopt=tracing.adopt_span)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_MESSAGE_CHARS"] = settings.max_message_chars
     app.json.sort_keys = False
-    # After request_id's hook, before the Host check: its clock starts before the checks, and a 421 is counted.
+    # After the request id's and the span's hooks, before the Host check: its clock starts before the checks,
+    # and a 421 is counted.
     metrics.install(app)
     install_host_check(app, settings.accepted_host_names)
     install_error_handlers(app)

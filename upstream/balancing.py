@@ -12,7 +12,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from servicekit.discovery import Instance
-from servicekit.live_config import LiveSetting, Refused
+from servicekit.errors import Refused
+from servicekit.live_config import LiveSetting
 
 
 class Picker(Protocol):

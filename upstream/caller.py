@@ -20,7 +20,7 @@ from werkzeug.exceptions import NotFound
 
 from servicekit import metrics
 from servicekit.discovery import Instance
-from servicekit.web import BadGateway, InsufficientStorage, Unavailable
+from servicekit.errors import BadGateway, InsufficientStorage, Unavailable
 
 from . import balancing
 from .balancing import Picker

@@ -12,12 +12,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import consul
-from tenacity import RetryCallState
 
-from servicekit.background import BackgroundLoop
-from servicekit.blocking_index import BlockingIndex
+from servicekit.blocking_watch import BlockingWatch
 from servicekit.discovery import Instance, instances_of
-from servicekit.errors import CONSUL_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +75,26 @@ class ServiceWatch:
         self._stale_limit = stale_limit
         self._cache = _Cache()
         self._loaded = threading.Event()
-        self._consul_error: str | None = None
         self._updated_at: float | None = None
-        self._index = BlockingIndex()
-        self._loop = BackgroundLoop(f"watch-{service}", self._watch_once)
-        # Jittered backoff on errors keeps many workers from hammering an agent that just came back.
-        self._query = self._loop.retrying(CONSUL_ERRORS, on_retry=self._failed)
+        self._watch = BlockingWatch(
+            f"watch-{service}",
+            service,
+            lambda index: self._client.health.service(service, index=index, wait=self._wait),
+            lambda index, entries: self._answered(
+                index, instances_of(entries), frozenset(e["Service"]["ID"] for e in entries)
+            ),
+            refused=f"Consul refused to list {service} (check CONSUL_HTTP_TOKEN's policy)",
+            unreachable=f"Consul is unreachable while watching {service}",
+            failed=self._failed,
+        )
 
     def start(self) -> ServiceWatch:
-        self._loop.start()
+        self._watch.start()
         return self
 
     def stop(self, timeout: float = 0.0) -> bool:
         """Stop watching. A blocking query in flight is not cut short; the daemon thread ends after it."""
-        return self._loop.stop(timeout)
+        return self._watch.stop(timeout)
 
     def instances(self, timeout: float = 0.0) -> tuple[Instance, ...]:
         """The current instances. Right after start, wait up to `timeout` for Consul's first answer."""
@@ -108,7 +111,7 @@ class ServiceWatch:
         cache = self._cache
         return {
             "instances": [i.id for i in self._usable(cache)],
-            "consul": "unreachable: " + self._consul_error if self._consul_error else "ok",
+            "consul": self._watch.consul_status,
             "stale_since": None if cache.stale_since_wall is None else _iso(cache.stale_since_wall),
             "updated_s_ago": None if self._updated_at is None else round(time.monotonic() - self._updated_at, 1),
         }
@@ -135,7 +138,7 @@ class ServiceWatch:
             self._cache = replace(cache, stale_reason=reason)
 
     def _answered(self, index: int, found: tuple[Instance, ...], registered: frozenset[str]) -> None:
-        restarted = self._index.answered(index)
+        restarted = self._watch.index.answered(index)
         cache = self._cache
         if restarted:
             log.info("Consul's index for %s went backwards (the agent restarted); starting over", self.service)
@@ -160,29 +163,9 @@ class ServiceWatch:
             cache = self._cache
             self._observe(self.service, len(self._usable(cache)), answered, cache.registered)
 
-    def _failed(self, retry_state: RetryCallState) -> None:
-        assert retry_state.outcome is not None
-        exc = retry_state.outcome.exception()
-        denied = isinstance(exc, consul.ACLPermissionDenied)
-        if self._consul_error is None:
-            if denied:
-                log.error("Consul refused to list %s (check CONSUL_HTTP_TOKEN's policy)", self.service)
-            else:
-                log.warning("Consul is unreachable while watching %s: %s", self.service, exc)
-        self._consul_error = "permission denied" if denied else type(exc).__name__
-        self._index.failed()
+    def _failed(self, denied: bool) -> None:
         self._keep_stale("Consul refuses to answer" if denied else "Consul is unreachable")
         self._tell(answered=False)
-
-    def _watch_once(self) -> None:
-        # A lambda, so that a retry sends the index _failed reset, not the one of the first try.
-        index, entries = self._query(
-            lambda: self._client.health.service(self.service, index=self._index.next, wait=self._wait)
-        )
-        if self._consul_error is not None:
-            log.info("Consul answers again; watching %s", self.service)
-            self._consul_error = None
-        self._answered(int(index or 0), instances_of(entries), frozenset(e["Service"]["ID"] for e in entries))
 
 
 _RESTARTED = "the Consul agent restarted"

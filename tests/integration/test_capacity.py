@@ -15,9 +15,9 @@ import requests
 
 from contracts import queue_item
 from devstack import ROOT, Load, eventually, record, running_stack
+from logging_svc.settings import default_log_capacity_bytes, java_size_bytes
 from logging_svc.store import encode, entry_cost
 from servicekit import kvconfig
-from servicekit.settings import default_log_capacity_bytes, java_size_bytes
 
 TIMEOUT = 10
 HZ = "{http://www.hazelcast.com/schema/config}"

@@ -7,7 +7,7 @@ from typing import Callable
 import pytest
 from flask import Flask
 
-from servicekit.gunicorn_hooks import close_app
+from servicekit.lifecycle import close_app
 
 
 @pytest.fixture

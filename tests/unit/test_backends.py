@@ -25,8 +25,8 @@ from facade import create_app
 from facade.backends import LOGGING_SERVICE, MESSAGES_SERVICE, QUEUE_ROOM_MARGIN, Backends
 from facade.settings import FacadeSettings
 from servicekit.discovery import Instance
+from servicekit.errors import BadGateway, Unavailable
 from servicekit.hz import Bounded
-from servicekit.web import BadGateway, Unavailable
 from upstream import caller as caller_module
 from upstream.caller import MAX_ATTEMPTS, CallFailed, Reached
 

@@ -17,6 +17,8 @@ import facade
 import logging_svc
 import messages_svc
 from facade.settings import FacadeSettings
+from logging_svc.settings import LoggingSettings
+from messages_svc.settings import MessagesSettings
 from servicekit.settings import Settings, SettingsError
 
 
@@ -55,7 +57,8 @@ class RecordingHazelcast:
 
 def settings_for(service: str, port: int, **env: str) -> Settings:
     # Consul at a port nothing listens on: the facade's discovery never finds an instance.
-    kind = FacadeSettings if service == "facade-service" else Settings
+    own = {"facade-service": FacadeSettings, "logging-service": LoggingSettings, "messages-service": MessagesSettings}
+    kind = own.get(service, Settings)
     return kind.from_env(service, port, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1", **env})
 
 

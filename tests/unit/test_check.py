@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ["contracts", "servicekit", "upstream", "stackctl", "facade", "logging_svc", "messages_svc"]
+PRODUCT = ["contracts", "servicekit", "upstream", "stackctl", "facade", "logging_svc", "messages_svc", "devstack"]
 
 
 def checked_copy(tmp_path: Path) -> Path:

@@ -8,7 +8,7 @@ from devstack import eventually
 from facade import create_app
 from facade.backends import Backends
 from facade.settings import FacadeSettings
-from servicekit.gunicorn_hooks import close_app
+from servicekit.lifecycle import close_app
 
 
 class DisconnectedHazelcast:

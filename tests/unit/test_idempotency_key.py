@@ -17,8 +17,7 @@ from facade.backends import Backends
 from facade.idempotency import AnswerStore, fingerprint, key_of, message_id
 from facade.settings import FacadeSettings
 from servicekit.discovery import Instance
-from servicekit.errors import HazelcastUnavailable
-from servicekit.web import BadInput
+from servicekit.errors import BadInput, HazelcastUnavailable
 
 
 def test_a_key_is_read_bare_or_as_a_structured_field_string():

@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from servicekit import live_config
-from servicekit.live_config import LiveConfig, LiveSetting, Refused
+from servicekit.errors import Refused
+from servicekit.live_config import LiveConfig, LiveSetting
 from servicekit.settings import forwarded_body_bytes
 from upstream import balancing
 

@@ -5,8 +5,8 @@ import uuid
 import pytest
 
 from logging_svc import create_app
+from logging_svc.settings import LoggingSettings
 from logging_svc.store import STAMP_DIGITS, AnotherMessageStored, cut_page, encode
-from servicekit.settings import Settings
 from servicekit.web import MAX_JSON_DEPTH
 
 
@@ -44,7 +44,7 @@ def log():
 
 @pytest.fixture
 def client(log):
-    settings = Settings.from_env("logging-service", 8081, env={"MAX_BODY_BYTES": "1024", "MAX_MESSAGE_CHARS": "64"})
+    settings = LoggingSettings.from_env("logging-service", 8081, env={"MAX_BODY_BYTES": "1024", "MAX_MESSAGE_CHARS": "64"})
     return create_app(settings, message_log=log).test_client()
 
 
@@ -123,7 +123,7 @@ def test_health_follows_the_store(log, client):
 
 def test_a_post_while_consul_kv_cannot_be_read_is_a_503_not_a_traceback(closing):
     # Consul at a port nothing listens on: the worker's client never gets its settings, so it has no map name.
-    settings = Settings.from_env("logging-service", 8081, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    settings = LoggingSettings.from_env("logging-service", 8081, env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
     app = closing(create_app(settings))
     response = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from contracts.log_entry import message_of
 from logging_svc import create_app
+from logging_svc.settings import LoggingSettings
 from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered, stamp_of
-from servicekit.settings import Settings
 
 
 @given(st.lists(st.tuples(st.text(), st.integers(min_value=0, max_value=10**19)), max_size=50))
@@ -135,7 +135,7 @@ class RefusingHazelcast(CounterHazelcast):
 
 def test_a_write_refused_for_lack_of_members_is_a_503_that_says_nothing_was_stored():
     store = HazelcastMessageLog(RefusingHazelcast(FakeCounter()), capacity_bytes=1 << 40)
-    app = create_app(Settings.from_env("logging-service", 8081, env={}), message_log=store)
+    app = create_app(LoggingSettings.from_env("logging-service", 8081, env={}), message_log=store)
     answer = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
     assert answer.status_code == 503
     assert answer.json == {
@@ -204,7 +204,7 @@ class OneMap(CounterHazelcast):
 def test_an_id_that_holds_another_message_is_a_409_that_stores_nothing_and_keeps_the_first():
     hz = OneMap(FakeCounter())
     store = HazelcastMessageLog(hz, capacity_bytes=1 << 40)
-    client = create_app(Settings.from_env("logging-service", 8081, env={}), message_log=store).test_client()
+    client = create_app(LoggingSettings.from_env("logging-service", 8081, env={}), message_log=store).test_client()
     message_id = str(uuid.uuid4())
     assert client.post("/logging", json={"id": message_id, "msg": "pay 10"}).status_code == 201
     other = client.post("/logging", json={"id": message_id, "msg": "pay 9999"})

@@ -3,7 +3,7 @@ import time
 
 from messages_svc import create_app
 from messages_svc.consumer import MessageStore
-from servicekit.settings import Settings
+from messages_svc.settings import MessagesSettings
 
 
 def test_store_keeps_consumption_order():
@@ -14,14 +14,14 @@ def test_store_keeps_consumption_order():
 
 
 def test_routes_without_a_consumer():
-    client = create_app(Settings.from_env("messages-service", 8084, env={}), consume=False).test_client()
+    client = create_app(MessagesSettings.from_env("messages-service", 8084, env={}), consume=False).test_client()
     client.application.extensions["message_store"].append("kept")
     assert client.get("/messages").json == {"messages": ["kept"], "next": None}
     assert client.get("/health").status_code == 503
 
 
 def test_messages_are_paged_by_the_numbers_the_store_gave_them():
-    client = create_app(Settings.from_env("messages-service", 8084, env={}), consume=False).test_client()
+    client = create_app(MessagesSettings.from_env("messages-service", 8084, env={}), consume=False).test_client()
     for msg in "abc":
         client.application.extensions["message_store"].append(msg)
     first = client.get("/messages?limit=2").json
@@ -41,7 +41,7 @@ def test_store_keeps_only_the_newest_and_counts_what_it_let_go():
 
 
 def test_health_shows_how_many_are_kept_and_how_many_were_let_go():
-    settings = Settings.from_env("messages-service", 8084, env={"MESSAGES_KEPT": "2"})
+    settings = MessagesSettings.from_env("messages-service", 8084, env={"MESSAGES_KEPT": "2"})
     client = create_app(settings, consume=False).test_client()
     for msg in "xyz":
         client.application.extensions["message_store"].append(msg)

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from facade import create_app
 from facade.settings import FacadeSettings
-from servicekit.gunicorn_hooks import close_app
+from servicekit.errors import BadInput
+from servicekit.lifecycle import close_app
 from servicekit.settings import SettingsError, forwarded_body_bytes
-from servicekit.web import MAX_JSON_DEPTH, BadInput, configure_app, nesting_exceeds, read_json_object, require_message
+from servicekit.web import MAX_JSON_DEPTH, configure_app, nesting_exceeds, read_json_object, require_message
 
 # Bounded: these run in every ./scripts/test on a 2-core machine.
 BOUNDED = settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])

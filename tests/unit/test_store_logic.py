@@ -10,11 +10,12 @@ import pytest
 from hazelcast.errors import HazelcastError, UndefinedErrorCodeError
 
 from logging_svc import create_app
+from logging_svc.settings import LoggingSettings
 from logging_svc.store import ID_BYTES, HazelcastMessageLog, LogSize, encode, entry_cost, entry_cost_of_size
 from messages_svc.consumer import MessageStore
-from stackctl import hazelcast_member, postgres
 from servicekit.errors import StoreFailure, store_failure
-from servicekit.settings import Settings, SettingsError
+from servicekit.settings import SettingsError
+from stackctl import hazelcast_member, postgres
 
 REFUSED = (
     "Exception from server: consulservices.store.StoreRefused: storing log entry x: no connection to PostgreSQL:"
@@ -139,7 +140,7 @@ def test_a_write_the_database_refused_is_a_503_that_says_nothing_was_stored():
     log_map = LogMap({}, UndefinedErrorCodeError(REFUSED, "consulservices.store.StoreRefused"))
     store = HazelcastMessageLog(StoreHazelcast(log_map, Counter(), Marker()), capacity_bytes=1 << 40)
     store.size._synced.set()
-    app = create_app(Settings.from_env("logging-service", 8081, env={}), message_log=store)
+    app = create_app(LoggingSettings.from_env("logging-service", 8081, env={}), message_log=store)
     answer = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
     assert answer.status_code == 503
     error = "the log's database (PostgreSQL) is unavailable: nothing was stored"

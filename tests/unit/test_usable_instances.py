@@ -37,7 +37,7 @@ def test_the_one_off_lookup_and_the_watch_agree_on_the_usable_instances():
     usable = [(i.port, i.weight) for i in discovery.usable_instances(OneAnswer(), SERVICE)]  # type: ignore[arg-type]
     assert usable == [(5701, 10), (5702, 1)]
     watch = ServiceWatch(OneAnswer(), SERVICE)  # type: ignore[arg-type]
-    watch._watch_once()
+    watch._watch.once()
     assert [(i.port, i.weight) for i in watch.instances()] == usable
 
 
