@@ -83,6 +83,16 @@ instance_ports() {
   for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do echo "$port"; done
 }
 
+# The nginx in front of each facade: NGINX_BIN when set, else one on PATH, else Debian's (in /usr/sbin, which
+# a user's PATH may leave out). servicekit/front_door.py looks in the same places.
+nginx_bin() {
+  local found
+  if [ -n "${NGINX_BIN:-}" ]; then found=$NGINX_BIN
+  else found=$(command -v nginx 2>/dev/null) || found=/usr/sbin/nginx
+  fi
+  [ -x "$found" ] && echo "$found"
+}
+
 ctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }
 ops() { "$VENV/bin/python" -m servicekit.ops "$@"; }
 # supervisord's pid, when the one of this run directory is alive: not a zombie (a killed supervisord

@@ -331,9 +331,9 @@ def _assert(condition: bool) -> None:
 
 
 def install_function(
-    function: str, tools: Path, path: str | None = None, timeout: float = 180
+    function: str, tools: Path, path: str | None = None, timeout: float = 180, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STACK_TOOLS_DIR": str(tools), "TEST_PATH": path or os.environ["PATH"]}
+    env = {**os.environ, "STACK_TOOLS_DIR": str(tools), "TEST_PATH": path or os.environ["PATH"], **(env or {})}
     return subprocess.run(
         # PATH changes after the source: lib.sh itself needs coreutils.
         ["/bin/bash", "-c", f'source "{SCRIPTS}/install" && PATH=$TEST_PATH && {function}'],
@@ -374,6 +374,35 @@ def test_install_installs_java_and_maven_with_apt_get_as_root(tmp_path):
     result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
     assert result.returncode == 0, output(result)
     assert calls.read_text().splitlines() == ["install -y -q openjdk-17-jdk-headless maven"]
+
+
+def test_install_installs_nginx_with_apt_get_as_root_when_there_is_none(tmp_path):
+    calls, nginx = tmp_path / "apt-calls", tmp_path / "sbin" / "nginx"
+    nginx.parent.mkdir()
+    # The fake apt-get records its arguments and leaves an nginx where Debian's package puts it.
+    bin_dir = fake_bin(tmp_path, id="echo 0", **{"apt-get": f'echo "$*" >> {calls}; echo : > {nginx}; /bin/chmod +x {nginx}'})
+    result = install_function("install_nginx", tmp_path / "tools", path=str(bin_dir), env={"NGINX_BIN": str(nginx)})
+    assert result.returncode == 0, output(result)
+    assert calls.read_text().splitlines() == ["install -y -q nginx"]
+
+
+def test_install_prints_the_apt_command_for_nginx_when_not_root(tmp_path):
+    calls = tmp_path / "apt-calls"
+    bin_dir = fake_bin(tmp_path, id="echo 1000", **{"apt-get": f'echo "$*" >> {calls}'})
+    result = install_function(
+        "install_nginx", tmp_path / "tools", path=str(bin_dir), env={"NGINX_BIN": str(tmp_path / "none" / "nginx")}
+    )
+    assert result.returncode == 1, output(result)
+    assert "sudo apt-get install -y nginx" in result.stderr, output(result)
+    assert not calls.exists()
+
+
+def test_install_leaves_an_installed_nginx_alone(tmp_path):
+    calls = tmp_path / "apt-calls"
+    bin_dir = fake_bin(tmp_path, id="echo 0", nginx="exit 0", **{"apt-get": f'echo "$*" >> {calls}'})
+    result = install_function("install_nginx", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 0, output(result)
+    assert not calls.exists()
 
 
 def test_install_fetches_a_truncated_hazelcast_jar_again(tmp_path):
