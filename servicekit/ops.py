@@ -18,6 +18,7 @@ orphans).
     python -m servicekit.ops undrain logging-service-myhost-8081
     python -m servicekit.ops postgres-init --home run/postgres --port 5433    # initdb once (servicekit.postgres)
     python -m servicekit.ops postgres-setup --home run/postgres --port 5433   # role, database, migrations
+    python -m servicekit.ops front-door --port 8080 --home run/nginx-8080                  # nginx before the facade
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import consul
 import psutil
 
-from . import hazelcast_member, kvconfig, maintenance, postgres, stack
+from . import front_door, hazelcast_member, kvconfig, maintenance, postgres, stack
 from .consul_client import make_consul
 from .errors import CONSUL_ERRORS
 from .private_files import write_private
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     undrainer.add_argument("instance")
     undrainer.set_defaults(func=undrain)
     postgres.add_commands(sub, _client)
+    front_door.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.env_file:
