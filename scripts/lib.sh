@@ -62,7 +62,8 @@ consul_bin() {
 
 # Each program of the stack and the ports it binds, the way scripts/supervisord.conf starts it: one
 # line a process, "group:process port...", the consul line first, then postgres. A service instance binds
-# its port and its metrics port (the port plus METRICS_PORT_OFFSET, as servicekit.settings computes it).
+# its port and its metrics port (the port plus METRICS_PORT_OFFSET, as servicekit.settings computes it);
+# a facade's port is its nginx's, and its gunicorn binds the port plus APP_PORT_OFFSET instead.
 program_ports() {
   echo "consul $CONSUL_HTTP_PORT $CONSUL_SERVER_PORT $CONSUL_SERF_LAN_PORT $CONSUL_SERF_LAN_PORT/udp" \
     "$CONSUL_SERF_WAN_PORT $CONSUL_SERF_WAN_PORT/udp $CONSUL_GRPC_PORT $CONSUL_DNS_PORT $CONSUL_DNS_PORT/udp"
@@ -73,7 +74,12 @@ program_ports() {
     first=${program^^}_PORT count=${program^^}_INSTANCES
     for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do
       metrics=" $((port + METRICS_PORT_OFFSET))"; [ "$group" = services ] || metrics=
-      echo "$group:$program-$port $port$metrics"
+      if [ "$program" = facade ]; then
+        echo "nginx:nginx-$port $port"
+        echo "$group:$program-$port $((port + APP_PORT_OFFSET))$metrics"
+      else
+        echo "$group:$program-$port $port$metrics"
+      fi
     done
   done
 }
@@ -100,7 +106,8 @@ ops() { "$VENV/bin/python" -m servicekit.ops "$@"; }
 supervisord_pid() {
   local pid stat args
   pid=$(cat "$STACK_RUN_DIR/supervisord.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
-  read -r stat args < <(ps -o stat=,args= -p "$pid" 2>/dev/null) || return 1
+  # -ww: the whole command line, however narrow COLUMNS says the terminal is (pytest-xdist sets 80).
+  read -r stat args < <(ps -ww -o stat=,args= -p "$pid" 2>/dev/null) || return 1
   [[ $stat != Z* && $args == *supervisord* ]] && echo "$pid"
 }
 

@@ -32,7 +32,7 @@ from devstack import ROOT, Load, consul_binary, eventually, read_all, record
 from devstack.ports import reserve_all
 from logging_svc.store import entry_cost
 from servicekit import hazelcast_member, postgres, stack, stack_status
-from servicekit.settings import default_metrics_port
+from servicekit.settings import app_port, default_metrics_port
 from servicekit.stack_status import PortUse, port_is_free
 
 SCRIPTS = ROOT / "scripts"
@@ -41,9 +41,12 @@ CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER",
 METRICS_PORTS = [
     default_metrics_port(port) for program in ("LOGGING", "MESSAGES", "FACADE") for port in PROGRAM_PORTS[program]
 ]
+# Where each facade's gunicorn listens, behind its nginx (which has the facade's port).
+APP_PORTS = [app_port(port, {}) for port in PROGRAM_PORTS["FACADE"]]
 DEFAULT_PORTS = (
     [port for ports in PROGRAM_PORTS.values() for port in ports]
     + METRICS_PORTS
+    + APP_PORTS
     + CONSUL_PORTS
     + [stack.port("POSTGRES_PORT")]
 )
@@ -203,18 +206,19 @@ def program_pids(stack: StackDirs) -> dict[str, int]:
     pids = {}
     for proc in stack.processes():
         try:
-            env, parent = proc.environ(), proc.ppid()
+            (_, name), parent = stack_status.supervisor_names(proc), proc.ppid()
         except psutil.Error:
             continue
         if parent not in {p.pid for p in stack.processes()}:
-            pids[env["SUPERVISOR_PROCESS_NAME"]] = proc.pid
+            pids[name] = proc.pid
     return pids
 
 
 def programs(dirs: StackDirs) -> set[str]:
-    """Every process supervisord runs: the agent, the database, and one a member or instance named by its port."""
+    """Every process supervisord runs: the agent, the database, and one a member or instance named by its port,
+    and each facade's nginx, named by the facade's port."""
     return {"consul", "postgres"} | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items()
-                                     for port in ports}
+                                     for port in ports} | {f"nginx-{dirs.port(port)}" for port in PROGRAM_PORTS["FACADE"]}
 
 
 @SHARES_THE_SCRIPT_STACK
@@ -234,18 +238,48 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
 
 @SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(600)
+def test_up_puts_an_unprivileged_nginx_in_front_of_the_facade_with_its_files_in_the_run_directory(script_stack):
+    up(script_stack)
+    port = script_stack.port(stack.port("FACADE_PORT"))
+    pids = program_pids(script_stack)
+    nginx, gunicorn = psutil.Process(pids[f"nginx-{port}"]), psutil.Process(pids[f"facade-{port}"])
+    assert nginx.name() == "nginx" and nginx.uids().real == os.getuid()
+    home = script_stack.run_dir / f"nginx-{port}"
+    assert (home / "nginx.pid").read_text().strip() == str(nginx.pid)
+    assert f"-c {home / 'nginx.conf'}" in " ".join(nginx.cmdline())
+
+    def listening(proc: psutil.Process) -> set[tuple[str, int]]:
+        procs = [proc, *proc.children()]
+        return {
+            (c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+        }
+
+    assert listening(nginx) == {("127.0.0.1", port)}
+    assert ("127.0.0.1", port + APP_PORTS[0] - stack.port("FACADE_PORT")) in listening(gunicorn)
+    assert ("127.0.0.1", port) not in listening(gunicorn)
+    # Consul knows the facade by nginx's port: its check of /health goes through the front door.
+    agent = consul.Consul(port=script_stack.consul_port, token=script_stack.token)
+    (registered,) = agent.health.service("facade-service", passing=True)[1]
+    assert registered["Service"]["Port"] == port
+    answer = requests.get(f"http://127.0.0.1:{port}/facade", timeout=10)
+    assert answer.status_code == 200 and answer.headers["X-Request-ID"]
+
+
+@SHARES_THE_SCRIPT_STACK
+@pytest.mark.timeout(600)
 def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
     result = up(script_stack, CONSUL_HTTP_TOKEN="token-b")
     after = program_pids(script_stack)
     everything = programs(script_stack)
-    services = {name for name in everything if not name.startswith(("consul", "hazelcast", "postgres"))}
+    services = {name for name in everything if not name.startswith(("consul", "hazelcast", "postgres", "nginx"))}
     for name in services:
         assert after[name] != before[name], f"{name} was not restarted\n{output(result)}"
         env = psutil.Process(after[name]).environ()
         assert env.get("CONSUL_HTTP_TOKEN") == "token-b", f"{name} runs with another token"
-    # The members, the database and the agent do not use the token after they started: they keep running.
+    # The members, the database and the agent do not use the token after they started, and nginx never
+    # does: they keep running.
     assert {n: after[n] for n in everything - services} == {n: before[n] for n in everything - services}
     # The token is not in supervisord's own environment: programs.env is its one source.
     assert "CONSUL_HTTP_TOKEN" not in psutil.Process(script_stack.supervisord()).environ()
