@@ -46,6 +46,9 @@ LINGER = 2
 # Where Debian's package puts nginx, on no user's PATH but root's (scripts/lib.sh looks in the same places).
 DEBIAN_NGINX = "/usr/sbin/nginx"
 CONFIG_NAME = "nginx.conf"
+# The access log's default. nginx opens it by name: a user that supervisord switched to (`user=`) may not open
+# supervisord's pipe that way, and logs to a file of its own instead (--access-log).
+STDOUT = "/dev/stdout"
 
 
 class _Template(string.Template):
@@ -62,6 +65,7 @@ class FrontDoor:
     upstream: str
     home: Path
     max_body_bytes: int
+    access_log: str = STDOUT
 
     @property
     def config_path(self) -> Path:
@@ -75,6 +79,7 @@ class FrontDoor:
             max_body_bytes=self.max_body_bytes,
             client_timeout=CLIENT_TIMEOUT,
             linger=LINGER,
+            access_log=self.access_log,
         )
 
     def write(self) -> Path:
@@ -88,7 +93,7 @@ class FrontDoor:
         return [nginx_binary(env), "-e", "stderr", "-c", str(self.config_path)]
 
 
-def for_facade(port: int, home: Path, env: Mapping[str, str] | None = None) -> FrontDoor:
+def for_facade(port: int, home: Path, env: Mapping[str, str] | None = None, access_log: str = STDOUT) -> FrontDoor:
     """The front door of the facade whose public port is `port`, with the facade's environment (SERVICE_HOST,
     APP_PORT, MAX_BODY_BYTES)."""
     env = os.environ if env is None else env
@@ -97,6 +102,7 @@ def for_facade(port: int, home: Path, env: Mapping[str, str] | None = None) -> F
         f"127.0.0.1:{app_port(port, env)}",
         Path(home),
         max_body_bytes_from_env(env),
+        access_log,
     )
 
 
@@ -110,7 +116,7 @@ def nginx_binary(env: Mapping[str, str] | None = None) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    door = for_facade(args.port, Path(args.home).resolve())
+    door = for_facade(args.port, Path(args.home).resolve(), access_log=args.access_log)
     door.write()
     command = door.command()
     os.execv(command[0], command)
@@ -121,4 +127,5 @@ def add_commands(sub) -> None:
     parser = sub.add_parser("front-door", help="run nginx in front of the facade whose public port is PORT")
     parser.add_argument("--port", type=int, required=True, help="the facade's public port (its PORT)")
     parser.add_argument("--home", required=True, help="nginx's directory: configuration, pid file, buffers")
+    parser.add_argument("--access-log", default=STDOUT, help=f"where nginx writes its access log ({STDOUT})")
     parser.set_defaults(func=_run)
