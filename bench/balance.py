@@ -42,7 +42,7 @@ def phase_balance(plan: Plan, system: System, log_dir: Path) -> None:
         until(lambda: check_status(client, slowed.instance_id) == "critical", timeout=15,
               what=f"{slowed.instance_id} in maintenance")  # fmt: skip
         p2c = start_service("facade-service", system.agent, log_dir, env={"LB_POLICY": "p2c"}, root=system.stack.root)
-        undo.callback(p2c.proc.stop)
+        undo.callback(p2c.stop)
         wait_passing(system.agent, p2c)
         urls = {"random": system.stack.url, "p2c": f"{p2c.url}/facade"}
         for url in urls.values():

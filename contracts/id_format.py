@@ -1,8 +1,9 @@
 """What a request id and a W3C traceparent may look like, and which id a request goes by.
 
 The grammar alone, apart from servicekit.request_id (Flask hooks, tracing, log filter): every service
-reads the ids its callers send, the queue item carries one (contracts.queue_item), and the worker's event
-loop answers some requests before Flask sees them (servicekit.workers).
+reads the ids its callers send, and the queue item carries one (contracts.queue_item). The facade's nginx
+answers some requests before Flask sees them, with an id chosen by the same rules (conf/nginx.conf.tmpl
+spells them in its own regular expressions; tests/integration/test_front_door.py holds the two to each other).
 """
 
 from __future__ import annotations

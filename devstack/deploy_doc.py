@@ -12,7 +12,8 @@ import sys
 from devstack import host_config
 from devstack.host_config import DATACENTER, HAZELCAST_PORT, SERVICE_PORTS, Layout, render, secret_files
 from devstack.processes import ROOT
-from servicekit.settings import default_metrics_port
+from servicekit.settings import app_port, default_metrics_port
+from stackctl import front_door
 
 DOC = ROOT / "docs" / "DEPLOY.md"
 CONFIG_DIR = "/etc/consul.d"
@@ -98,7 +99,18 @@ def _ports_table() -> str:
             "application hosts",
             "messages_svc (facade to messages)",
         ),  # fmt: skip
-        (f"{SERVICE_PORTS['facade']}/tcp", "users, load balancer", "application hosts", "the facade"),
+        (
+            f"{SERVICE_PORTS['facade']}/tcp",
+            "users, load balancer",
+            "application hosts",
+            "the facade, through its nginx",
+        ),
+        (
+            f"{app_port(SERVICE_PORTS['facade'], {})}/tcp",
+            "nobody: 127.0.0.1 only",
+            "the host itself",
+            "the facade's gunicorn, behind its nginx (`APP_PORT`, its port plus 2000)",
+        ),
         (
             ", ".join(f"{default_metrics_port(port)}/tcp" for port in sorted(SERVICE_PORTS.values())),
             "Prometheus",
@@ -167,7 +179,8 @@ def _simulation() -> list[str]:
                 "= 3`, `retry_join`, gossip encryption) |",
                 "| app1 ... appN | 127.100.0.21 on | a Consul client agent (HTTP API on 127.0.0.1:8500, HTTPS on the "
                 "host's address :8501), a Hazelcast member on :5701, logging_svc :8081, messages_svc :8084, facade "
-                ":8080 (their metrics on :9081, :9084, :9080) |",
+                ":8080 (its nginx; the facade's gunicorn on the host's 127.0.0.1:10080) (their metrics on :9081, "
+                ":9084, :9080) |",
             ]
         )
         + "\n",
@@ -227,6 +240,14 @@ def _simulation() -> list[str]:
     ]
 
 
+def front_door_config() -> str:
+    """app1's nginx.conf, as `python -m stackctl front-door` renders it there (conf/nginx.conf.tmpl)."""
+    home = LAYOUT.at("app1").nginx_dir
+    return front_door.for_facade(
+        SERVICE_PORTS["facade"], home, env={"SERVICE_HOST": APPS["app1"]}, access_log=LAYOUT.nginx_access_log
+    ).config()
+
+
 def markdown() -> str:
     configs = agent_configs()
     servers = ", ".join(f"{name} {addr}" for name, addr in SERVERS.items())
@@ -254,7 +275,8 @@ def markdown() -> str:
         "- Three Consul servers (one per host, `bootstrap_expect = 3`): the catalog, KV and health of the "
         "datacenter; one of them is the leader, and the cluster keeps working with one server down.\n"
         "- Each application host: a Consul client agent, one Hazelcast member, and one instance each of "
-        "logging_svc, messages_svc and the facade. The services register with their own host's agent at the "
+        "logging_svc, messages_svc and the facade, with nginx in front of the facade (see The facade's front "
+        "door). The services register with their own host's agent at the "
         "host's address; every facade finds every host's instances through its local agent. The member is a "
         "service definition in the agent's configuration directory (`hazelcast.json`); it joins the members "
         "Consul reports passing (the list in KV `config/hazelcast/members` when none passes yet).\n"
@@ -274,12 +296,18 @@ def markdown() -> str:
         "No program needs a capability: every port is above 1024. Only supervisord runs as root, to start each "
         "program as its user; in the simulation `./scripts/hosts` also needs root, to make the network "
         "namespaces and these users. The directories, each of mode 0700 and of its user: "
-        f"`{CONFIG_DIR}` and `/var/lib/consul` (`consul`), `{LAYOUT.token_dir}` and `{LAYOUT.metrics_dir}` "
-        "(`messages`); the checkout and its virtualenv stay root's, readable by all:\n",
+        f"`{CONFIG_DIR}` and `/var/lib/consul` (`consul`), `{LAYOUT.token_dir}`, `{LAYOUT.metrics_dir}` and "
+        f"`{LAYOUT.nginx_dir}` (`messages`: nginx's configuration, pid file and buffers; `/run` is emptied at "
+        "boot, so make it again before supervisord starts, e.g. with systemd's `RuntimeDirectory=`); the "
+        f"checkout and its virtualenv stay root's, readable by all; nginx's access log, `{LAYOUT.nginx_access_log}`, "
+        "is a file of `messages` (nginx opens it by name, which supervisord's pipe would not allow it; rotate it "
+        "with logrotate's `copytruncate`):\n",
         _code(
             "sh",
             f"sudo install -d -m 0700 -o consul -g consul {CONFIG_DIR} /var/lib/consul\n"
-            f"sudo install -d -m 0700 -o messages -g messages {LAYOUT.token_dir} {LAYOUT.metrics_dir}",
+            f"sudo install -d -m 0700 -o messages -g messages {LAYOUT.token_dir} {LAYOUT.metrics_dir} "
+            f"{LAYOUT.nginx_dir}\n"
+            f"sudo install -m 0640 -o messages -g messages /dev/null {LAYOUT.nginx_access_log}",
         ),
         "### Files that hold secrets\n",
         "Each of these is of mode 0600 and of the user that reads it, from the moment it exists: make it empty "
@@ -349,14 +377,26 @@ def markdown() -> str:
         "## The processes of a host\n",
         "One supervisord per host (`supervisord.conf`, the programs of app1 below, each with its `user=`); on a "
         "Consul server only the `consul` program. The order matters on a first start: the agent, then the "
-        "member, then the services (`supervisorctl start consul`, `... hazelcast`, `... logging messages "
-        "facade`); systemd units with the same commands and environment, ordered with `After=`, do the same.\n",
+        "member, then nginx and the services (`supervisorctl start consul`, `... hazelcast`, `... nginx logging "
+        "messages facade`); systemd units with the same commands and environment, ordered with `After=`, do the "
+        "same.\n",
         _code("ini", host_config.supervisor_config("app1", APPS["app1"], LAYOUT, app=True, autostart=True)),
+        "## The facade's front door\n",
+        "nginx (Debian's package, `apt-get install nginx`; only its binary is used, not its service or "
+        "`/etc/nginx`) listens on the facade's port, the one the facade registers in Consul, so Consul's check, "
+        "the other hosts and the users all go through it. It reads each request whole before the facade's "
+        "gunicorn sees it (a slow or half-open client holds no gunicorn thread), refuses what the facade would "
+        "refuse (413, 431, 400) as JSON with an `X-Request-ID`, and passes the rest, with the client's `Host`, "
+        "to the facade's gunicorn on `127.0.0.1` at `APP_PORT`. The `nginx` program above runs `python -m "
+        "stackctl front-door`, which writes this configuration (app1's) into "
+        f"`{LAYOUT.nginx_dir}/nginx.conf` from `conf/nginx.conf.tmpl` and then runs nginx as `messages`, in "
+        "the foreground:\n",
+        _code("nginx", front_door_config()),
         "## Each service's environment\n",
         _environment_table(),
-        "Each service also listens on `127.0.0.1` at its port when `SERVICE_HOST` is another address, so tools on "
-        "the host reach it there (`curl -s http://127.0.0.1:8080/facade`); Consul and the other hosts use the "
-        "registered address only.\n",
+        "Each service (the facade's nginx for the facade) also listens on `127.0.0.1` at its port when "
+        "`SERVICE_HOST` is another address, so tools on the host reach it there "
+        "(`curl -s http://127.0.0.1:8080/facade`); Consul and the other hosts use the registered address only.\n",
         "A facade reached by a DNS name, or through a load balancer that passes the client's `Host` header on, "
         "serves a request only under a name in `ALLOWED_HOSTS` (comma-separated; by default `localhost`, "
         "`127.0.0.1` and `::1`, plus the bind address): add that name, e.g. "

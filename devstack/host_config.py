@@ -75,6 +75,18 @@ class Layout:
         paths = ("consul_dir", "data_dir", "log_dir", "run_dir", "token_dir", "metrics_dir")
         return dataclasses.replace(self, **{name: getattr(self, name).format(host=host) for name in paths})
 
+    @property
+    def nginx_access_log(self) -> str:
+        """The front door's access log, the service user's (nginx, run as that user, may not open supervisord's
+        pipe by name as /dev/stdout)."""
+        return f"{self.log_dir}/nginx-access.log"
+
+    @property
+    def nginx_dir(self) -> str:
+        """The front door's directory (stackctl/front_door.py): its configuration, pid file and buffers, the
+        service user's."""
+        return f"{self.run_dir}/nginx"
+
     def token_file(self, program: str) -> str:
         return f"{self.token_dir}/{program}.token"
 
@@ -162,7 +174,8 @@ def program(name: str, command: str, env: Mapping[str, str], priority: int, layo
 
 def supervisor_config(host: str, address: str, layout: Layout, app: bool, autostart: bool = False) -> str:
     """A host's supervisord configuration: its Consul agent and, on an application host, its Hazelcast
-    member and one instance of each service. Without autostart the simulation starts them in order."""
+    member, one instance of each service and the facade's nginx. Without autostart the simulation starts
+    them in order."""
     start = "true" if autostart else "false"
     parts = [
         render("supervisord.conf.tmpl", root=layout.root, log_dir=layout.log_dir, run_dir=layout.run_dir),
@@ -188,6 +201,21 @@ def supervisor_config(host: str, address: str, layout: Layout, app: bool, autost
                 20,
                 layout,
                 stopwaitsecs=20,
+                autostart=start,
+            )
+        )
+        # The facade's nginx, before the facade: it listens on the facade's port, the one the facade registers,
+        # and passes to the facade's gunicorn on 127.0.0.1 (stackctl/front_door.py). SIGQUIT: requests in
+        # flight finish.
+        parts.append(
+            program(
+                "nginx",
+                f"{layout.venv_bin}/python -m stackctl front-door --port {SERVICE_PORTS['facade']} "
+                f"--home {layout.nginx_dir} --access-log {layout.nginx_access_log}",
+                {"SERVICE_HOST": address, **layout.extra_env},
+                35,
+                layout,
+                stopsignal="QUIT",
                 autostart=start,
             )
         )

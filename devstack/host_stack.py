@@ -185,6 +185,10 @@ class HostStack:
                 for program in host_config.TOKEN_PROGRAMS:
                     secret(Path(at.token_file(program)), self.tokens.programs[host][program] + "\n", service_user)
                 owned_dir(Path(at.metrics_dir), service_user)
+                owned_dir(Path(at.nginx_dir), service_user)
+                access_log = Path(at.nginx_access_log)
+                access_log.touch(mode=0o640)
+                os.chown(access_log, service_user.pw_uid, service_user.pw_gid)
             conf = host_config.supervisor_config(host, self.addr(host), at, app)
             (self.run_dir / host / "supervisord.conf").write_text(conf)
 
@@ -287,9 +291,9 @@ class HostStack:
             for host in self.apps:
                 self.start(host, "hazelcast")
             self.wait_passing({kvconfig.HAZELCAST_SERVICE: len(self.apps)}, deadline - time.monotonic(), progress)
-            progress("starting logging, messages and facade on each application host")
+            progress("starting nginx, logging, messages and facade on each application host")
             for host in self.apps:
-                for program in host_config.SERVICE_PORTS:
+                for program in ("nginx", *host_config.SERVICE_PORTS):
                     self.start(host, program)
             expected = {service: len(self.apps) for service in SERVICES}
             self.wait_passing(expected, deadline - time.monotonic(), progress)

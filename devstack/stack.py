@@ -1,10 +1,12 @@
 """Service instances under gunicorn, registered with a Consul agent, on a Hazelcast cluster: one at a
 time (`start_service`), or a whole stack started at once and stopped at once (`build_stack`,
-`running_stack`)."""
+`running_stack`). Every facade has its nginx in front, as in ./scripts/up (stackctl/front_door.py):
+its port is nginx's, and its gunicorn listens behind it on 127.0.0.1 at a free port of its own (APP_PORT)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from devstack.postgres import PostgresServer
 from devstack.processes import ROOT, VENV_BIN, Proc, eventually
 from servicekit import metrics_files
 from servicekit.settings import instance_id
+from stackctl import front_door
 
 SERVICES = {
     # service name -> (package with gunicorn.conf.py)
@@ -25,14 +28,21 @@ SERVICES = {
     "logging-service": "logging_svc",
     "messages-service": "messages_svc",
 }
+# The services clients reach, each behind its nginx.
+FRONTED = {"facade-service"}
 
 
 @dataclass
 class Service:
+    """One instance: `proc` is its gunicorn master; a facade's `front` is its nginx, which listens on `port`
+    (the instance's public and registered port) and passes to gunicorn on 127.0.0.1:`app_port`."""
+
     name: str
     port: int
     proc: Proc
     metrics_port: int | None = None
+    front: Proc | None = None
+    app_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -42,6 +52,23 @@ class Service:
     def instance_id(self) -> str:
         return instance_id(self.name, self.port)
 
+    def stop(self) -> None:
+        """gunicorn first (it drains behind its nginx), then nginx, gracefully."""
+        self.proc.stop()
+        self.stop_front()
+
+    def stop_front(self) -> None:
+        if self.front is not None:
+            self.front.stop(signal.SIGQUIT)
+
+
+def start_front_door(port: int, log_dir: Path, env: dict[str, str]) -> Proc:
+    """nginx on `port`, in front of the gunicorn at APP_PORT of `env`, as ./scripts/up runs it (the same
+    configuration; nginx started here directly rather than through stackctl)."""
+    door = front_door.for_facade(port, log_dir / f"nginx-{port}", env={**os.environ, **env})
+    door.write()
+    return Proc(f"nginx-{port}", door.command(), log_dir / f"nginx-{port}.log").start()
+
 
 def start_service(
     name: str,
@@ -50,8 +77,12 @@ def start_service(
     port: int | None = None,
     env: dict[str, str] | None = None,
     root: Path = ROOT,
+    front: Proc | None = None,
+    app_port: int | None = None,
 ) -> Service:
-    """Start one instance under gunicorn with its service's gunicorn.conf.py, as ./scripts/up does.
+    """Start one instance under gunicorn with its service's gunicorn.conf.py, as ./scripts/up does; a facade
+    with its nginx in front (`front`, when given and still running, is kept with the `app_port` it passes to:
+    a facade started again on the same port finds its nginx where it left it, as under supervisord).
 
     `root` is the source tree to run: ./scripts/bench --baseline runs an older checkout beside this one.
     gunicorn runs in `root` and puts it first on sys.path (its `chdir` setting), so that tree's packages
@@ -67,14 +98,22 @@ def start_service(
         "METRICS_PORT": str(free_port()),
         **(env or {}),
     }
-    proc = Proc(
-        f"{package}-{port}",
-        [str(VENV_BIN / "gunicorn"), "-c", str(root / package / "gunicorn.conf.py")],
-        log_dir / f"{package}-{port}.log",
-        env=env,
-        cwd=root,
-    ).start()
-    return Service(name, port, proc, int(env["METRICS_PORT"]))
+    # A tree from before the front door (./scripts/bench --baseline) runs its facade on PORT itself, as then.
+    if name in FRONTED and (root / "servicekit" / "front_door.py").exists():
+        # PORT stays the public one, which the instance registers; gunicorn itself listens behind nginx.
+        if front is not None and front.alive():
+            if app_port is None:
+                raise ValueError("a facade behind a running front door needs the APP_PORT it passes to")
+        else:
+            front = None
+        env["APP_PORT"] = str(app_port or free_port())
+        app_port = int(env["APP_PORT"])
+        front = front or start_front_door(port, log_dir, env)
+    else:
+        front, app_port = None, None
+    args = [str(VENV_BIN / "gunicorn"), "-c", str(root / package / "gunicorn.conf.py")]
+    proc = Proc(f"{package}-{port}", args, log_dir / f"{package}-{port}.log", env=env, cwd=root).start()
+    return Service(name, port, proc, int(env["METRICS_PORT"]), front, app_port)
 
 
 def metrics_url(agent: ConsulAgent, service: Service) -> str | None:
@@ -120,12 +159,17 @@ class Stack:
     def url(self) -> str:
         return f"{self.facade.url}/facade"
 
-    def start(self, name: str, port: int | None = None) -> Service:
-        return start_service(name, self.agent, self.log_dir, port=port, env=self.env, root=self.root)
+    def start(
+        self, name: str, port: int | None = None, front: Proc | None = None, app_port: int | None = None
+    ) -> Service:
+        return start_service(
+            name, self.agent, self.log_dir, port=port, env=self.env, root=self.root, front=front, app_port=app_port
+        )
 
     def replace(self, service: Service) -> Service:
-        """A new instance of the same service on the same port (so the same instance id)."""
-        new = self.start(service.name, port=service.port)
+        """A new instance of the same service on the same port (so the same instance id), behind the same
+        nginx when it has one."""
+        new = self.start(service.name, port=service.port, front=service.front, app_port=service.app_port)
         for group in (self.logging, self.messages, self.facades):
             if service in group:
                 group[group.index(service)] = new
@@ -140,7 +184,7 @@ class Stack:
         for service in self.instances:
             service.proc.send_signal(signal.SIGTERM)
         for service in self.instances:
-            service.proc.stop()
+            service.stop()
 
 
 def build_stack(

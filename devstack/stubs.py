@@ -255,7 +255,7 @@ def stubbed_facade(
         yield facade
     finally:
         if facade is not None:
-            facade.proc.stop()
+            facade.stop()
         for stub in started:
             stub.stop(client)
         agent.stop()

@@ -62,7 +62,8 @@ consul_bin() {
 
 # Each program of the stack and the ports it binds, the way scripts/supervisord.conf starts it: one
 # line a process, "group:process port...", the consul line first, then postgres. A service instance binds
-# its port and its metrics port (the port plus METRICS_PORT_OFFSET, as servicekit.settings computes it).
+# its port and its metrics port (the port plus METRICS_PORT_OFFSET, as servicekit.settings computes it);
+# a facade's port is its nginx's, and its gunicorn binds the port plus APP_PORT_OFFSET instead.
 program_ports() {
   echo "consul $CONSUL_HTTP_PORT $CONSUL_SERVER_PORT $CONSUL_SERF_LAN_PORT $CONSUL_SERF_LAN_PORT/udp" \
     "$CONSUL_SERF_WAN_PORT $CONSUL_SERF_WAN_PORT/udp $CONSUL_GRPC_PORT $CONSUL_DNS_PORT $CONSUL_DNS_PORT/udp"
@@ -73,7 +74,12 @@ program_ports() {
     first=${program^^}_PORT count=${program^^}_INSTANCES
     for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do
       metrics=" $((port + METRICS_PORT_OFFSET))"; [ "$group" = services ] || metrics=
-      echo "$group:$program-$port $port$metrics"
+      if [ "$program" = facade ]; then
+        echo "nginx:nginx-$port $port"
+        echo "$group:$program-$port $((port + APP_PORT_OFFSET))$metrics"
+      else
+        echo "$group:$program-$port $port$metrics"
+      fi
     done
   done
 }
@@ -81,6 +87,16 @@ program_ports() {
 instance_ports() {
   local first=${1^^}_PORT count=${1^^}_INSTANCES port
   for ((port = ${!first}; port < ${!first} + ${!count}; port++)); do echo "$port"; done
+}
+
+# The nginx in front of each facade: NGINX_BIN when set, else one on PATH, else Debian's (in /usr/sbin, which
+# a user's PATH may leave out). stackctl/front_door.py looks in the same places.
+nginx_bin() {
+  local found
+  if [ -n "${NGINX_BIN:-}" ]; then found=$NGINX_BIN
+  else found=$(command -v nginx 2>/dev/null) || found=/usr/sbin/nginx
+  fi
+  [ -x "$found" ] && echo "$found"
 }
 
 ctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }

@@ -12,7 +12,7 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 from . import logs, request_id
-from .settings import Settings
+from .settings import Settings, app_port
 
 LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
 
@@ -20,8 +20,10 @@ LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
 # take them from here so the comparison stays like for like.
 WORKER_SETTINGS: dict[str, Any] = {
     "workers": 2,
-    # gthread, with requests read by the event loop: slow or half-open clients hold no thread (see the module).
-    "worker_class": "servicekit.workers.BufferingThreadWorker",
+    # gunicorn's threads read each request from the socket themselves: a slow client holds one. The facade,
+    # which clients reach, is behind nginx, which reads requests whole first (stackctl/front_door.py); the
+    # internal services are called by the facades only.
+    "worker_class": "gthread",
     "threads": 4,
     "graceful_timeout": 10,
     # gunicorn's control socket lives at one path per user; several instances would fight over it.
@@ -46,25 +48,34 @@ class AccessLogger(Logger):
                 super().access(resp, req, environ, request_time)
 
 
-def binds(settings: Settings) -> list[str]:
-    """The address the instance registers, and 127.0.0.1 on the same port when that is another address: a
+def listen_addresses(host: str, port: int) -> list[str]:
+    """The address an instance registers, and 127.0.0.1 on the same port when that is another address: a
     tool on the host (`curl http://127.0.0.1:8080/facade`) reaches it as on a single-host stack. Consul and
-    the other hosts still use the registered address only."""
+    the other hosts still use the registered address only. Where gunicorn binds, or the facade's nginx."""
+    bind = f"{host}:{port}"
     try:
-        address = ipaddress.ip_address(settings.host)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return [settings.bind]  # a name: it may well resolve to 127.0.0.1, which cannot be bound twice
+        return [bind]  # a name: it may well resolve to 127.0.0.1, which cannot be bound twice
     if address.version != 4 or address.is_unspecified or address == LOCALHOST:
-        return [settings.bind]
-    return [settings.bind, f"{LOCALHOST}:{settings.port}"]
+        return [bind]
+    return [bind, f"{LOCALHOST}:{port}"]
 
 
-def base(settings: Settings) -> dict[str, Any]:
+def binds(settings: Settings, behind_front_door: bool = False) -> list[str]:
+    """Where gunicorn listens: the instance's own addresses; or, behind its nginx, 127.0.0.1 on its APP_PORT
+    (nginx listens on the instance's addresses, and only nginx calls gunicorn)."""
+    if behind_front_door:
+        return [f"{LOCALHOST}:{app_port(settings.port)}"]
+    return listen_addresses(settings.host, settings.port)
+
+
+def base(settings: Settings, behind_front_door: bool = False) -> dict[str, Any]:
     """Bind address, worker settings and logging for an instance, without Consul hooks."""
     log_settings = {"service": settings.service_name, "log_format": settings.log_format}
     logs.configure(settings.instance_id, **log_settings)  # the master's lines before gunicorn sets up its loggers
     return {
-        "bind": binds(settings),
+        "bind": binds(settings, behind_front_door),
         "logconfig_dict": logs.logconfig(settings.instance_id, **log_settings),
         "logger_class": AccessLogger,
         **WORKER_SETTINGS,

@@ -283,7 +283,12 @@ def worker_exit(server, worker) -> None:
 
 
 def for_service(
-    service_name: str, default_port: int, wsgi_app: str, settings_class: type[Settings] = Settings, **overrides: Any
+    service_name: str,
+    default_port: int,
+    wsgi_app: str,
+    settings_class: type[Settings] = Settings,
+    behind_front_door: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Every setting of one service's gunicorn.conf.py: the shared ones (servicekit.gunicorn_config) and the
     hooks of this module. Each service's file is a few lines:
@@ -292,12 +297,13 @@ def for_service(
 
     gunicorn reads its settings from the names the config file defines, so the file takes them from here. The
     service's own settings class reads the environment here too, so a bad value stops the master before any
-    worker."""
+    worker. Behind the front door (the facade), the instance still registers PORT, nginx's: see
+    stackctl/front_door.py."""
     settings = settings_class.from_env(service_name, default_port)
     metrics_files.use(settings)  # before anything imports prometheus_client (see servicekit/metrics_files.py)
     when_ready, on_exit = registration_hooks(settings)
     return {
-        **gunicorn_config.base(settings),
+        **gunicorn_config.base(settings, behind_front_door),
         "settings": settings,
         "wsgi_app": wsgi_app,
         "when_ready": when_ready,

@@ -52,9 +52,6 @@ UNMATCHED = "unmatched"
 # 5,418 exposition lines), so only those of RFC 9110, and PATCH (RFC 5789), are labelled as they are.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 OTHER_METHOD = "other"
-# The method of a refusal whose request line was never parsed (servicekit.workers: a head too large).
-UNKNOWN_METHOD = "unknown"
-_METHOD_LABELS = KNOWN_METHODS | {UNKNOWN_METHOD}
 LAST_ANSWER = "discovery_last_answer_timestamp_seconds"
 WATCH_AGE = "discovery_watch_age_seconds"
 REGISTERED = "discovery_registered"
@@ -147,7 +144,7 @@ def _metrics() -> _Metrics:
 
 def count_request(method: str, route: str, status: int, seconds: float | None) -> None:
     m = _metrics()
-    method = method if method in _METHOD_LABELS else OTHER_METHOD
+    method = method if method in KNOWN_METHODS else OTHER_METHOD
     m.http_requests.labels(method, route, str(status)).inc()
     if seconds is not None:
         m.http_latency.labels(method, route, str(status)).observe(seconds)

@@ -149,6 +149,13 @@ def default_metrics_port(port: int) -> int:
     return port + int(stack.values()["METRICS_PORT_OFFSET"])
 
 
+def app_port(port: int, env: Mapping[str, str] | None = None) -> int:
+    """Where the gunicorn of the facade whose public port (nginx's) is `port` listens, on 127.0.0.1: APP_PORT,
+    else a fixed distance above `port` (APP_PORT_OFFSET, conf/stack.env), as the metrics port."""
+    env = os.environ if env is None else env
+    return env_int(env, "APP_PORT", port + int(stack.values()["APP_PORT_OFFSET"]), minimum=1)
+
+
 def _log_format(env: Mapping[str, str]) -> str:
     raw = (env.get("LOG_FORMAT") or LOG_FORMATS[0]).strip().lower()
     if raw not in LOG_FORMATS:

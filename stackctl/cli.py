@@ -18,6 +18,7 @@ orphans).
     python -m stackctl undrain logging-service-myhost-8081
     python -m stackctl postgres-init --home run/postgres --port 5433    # initdb once (stackctl.postgres)
     python -m stackctl postgres-setup --home run/postgres --port 5433   # role, database, migrations
+    python -m stackctl front-door --port 8080 --home run/nginx-8080                  # nginx before the facade
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from servicekit.errors import CONSUL_ERRORS
 from servicekit.private_files import write_private
 from servicekit.settings import ConsulAddress, ConsulSettings, SettingsError
 
-from . import hazelcast_member, maintenance, postgres
+from . import front_door, hazelcast_member, maintenance, postgres
 from .stack_status import (
     PortUse,
     describe,
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     undrainer.add_argument("instance")
     undrainer.set_defaults(func=undrain)
     postgres.add_commands(sub, _client)
+    front_door.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.env_file:

@@ -250,12 +250,41 @@ def live_supervisord(run_dir: Path) -> int | None:
     return pid if ours else None
 
 
+def _front_doors(run_dir: Path) -> list:
+    """The nginx processes of the run directory's front doors (stackctl/front_door.py), master and workers.
+    nginx writes its process title over its environment, so they are found by their pid files in the run
+    directory instead, each checked against the master's command line (which names its configuration)."""
+    found = []
+    for pid_file in run_dir.glob("nginx-*/nginx.pid"):
+        try:
+            master = psutil.Process(int(pid_file.read_text().strip()))
+            config = os.path.realpath(pid_file.parent / "nginx.conf")
+            if config in master.cmdline() and master.status() != psutil.STATUS_ZOMBIE:
+                found += [master, *master.children()]
+        except (OSError, ValueError, psutil.Error):
+            continue
+    return found
+
+
+def supervisor_names(proc) -> tuple[str, str]:
+    """(group, process name) of a process supervisord started, as its environment says; for nginx, whose
+    environment is gone (see _front_doors), ("nginx", the directory of its configuration: nginx-8080)."""
+    env = proc.environ()
+    if "SUPERVISOR_PROCESS_NAME" in env:
+        return env.get("SUPERVISOR_GROUP_NAME", ""), env["SUPERVISOR_PROCESS_NAME"]
+    master = proc if proc.cmdline()[:2] == ["nginx:", "master"] else proc.parent()
+    args = master.cmdline() if master is not None else []
+    config = args[args.index("-c") + 1] if "-c" in args[:-1] else ""
+    return ("nginx", Path(config).parent.name) if config else ("", "")
+
+
 def stack_processes(run_dir: Path) -> list:
     """Every live process a supervisord of this run directory started, workers included. supervisord
     writes its own socket into each program's environment (SUPERVISOR_SERVER_URL), and it outlives
-    supervisord: this finds the programs of a supervisord that was killed, and nothing else."""
+    supervisord: this finds the programs of a supervisord that was killed, and nothing else (nginx by its
+    pid file, see _front_doors)."""
     socket_path = os.path.realpath(run_dir / "supervisord.sock")
-    found = []
+    found = _front_doors(run_dir)
     for proc in psutil.process_iter():
         try:
             url = proc.environ().get("SUPERVISOR_SERVER_URL", "")
@@ -288,6 +317,7 @@ def orphan_processes(run_dir: Path) -> list:
 # PostgreSQL after the members that write to it; SIGINT is its fast shutdown (SIGTERM waits for every client).
 STOP_ORDER = (
     ("services", signal.SIGTERM, 20.0),
+    ("nginx", signal.SIGQUIT, 15.0),
     ("hazelcast", signal.SIGTERM, 25.0),
     ("postgres", signal.SIGINT, 30.0),
     ("consul", signal.SIGINT, 15.0),
@@ -306,7 +336,7 @@ def stop_processes(procs: list) -> None:
     groups: dict[str, list] = {}
     for proc in procs:
         try:
-            groups.setdefault(proc.environ().get("SUPERVISOR_GROUP_NAME", ""), []).append(proc)
+            groups.setdefault(supervisor_names(proc)[0], []).append(proc)
         except psutil.Error:
             continue
     known = {name for name, _, _ in STOP_ORDER}
@@ -318,7 +348,7 @@ def stop_processes(procs: list) -> None:
             try:
                 if proc.ppid() in pids:
                     continue  # a gunicorn worker: its master stops it
-                log.info("stopping %s, %s", proc.environ().get("SUPERVISOR_PROCESS_NAME", "?"), describe(proc.pid))
+                log.info("stopping %s, %s", supervisor_names(proc)[1] or "?", describe(proc.pid))
                 proc.send_signal(sig)
             except psutil.Error:
                 continue

@@ -171,7 +171,7 @@ def start_instance(consul_agent, hazelcast_cluster, log_dir):
 
     yield start
     for service in started:
-        service.proc.stop()
+        service.stop()
 
 
 @pytest.fixture

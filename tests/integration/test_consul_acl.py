@@ -101,7 +101,7 @@ def services(acl_agent, log_dir):
 
     yield start
     for service in started:
-        service.proc.stop()
+        service.stop()
 
 
 def test_the_stack_registers_discovers_and_serves_with_a_least_privilege_token(acl_agent, services):

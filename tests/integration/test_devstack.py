@@ -31,4 +31,4 @@ def test_a_service_started_from_another_tree_imports_that_trees_packages(tmp_pat
         eventually(imported, timeout=30, interval=0.1)
         assert marker.read_text() == str(tree / "servicekit" / "__init__.py")
     finally:
-        service.proc.stop()
+        service.stop()

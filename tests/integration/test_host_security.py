@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -20,14 +22,14 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack import host_config
+from devstack import ROOT, host_config
 from devstack import hosts as hosts_module
 from devstack.host_stack import HTTPS_PORT, SERVERS, HostStack
 from servicekit.metrics_files import metrics_url
-from servicekit.settings import instance_id
+from servicekit.settings import app_port, instance_id
 
 APPS = ("app1", "app2")
-PROGRAMS = ("consul", "hazelcast", "logging", "messages", "facade")
+PROGRAMS = ("consul", "hazelcast", "logging", "messages", "facade", "nginx")
 TIMEOUT = 10
 
 
@@ -74,6 +76,34 @@ def test_every_program_runs_as_its_unprivileged_user_without_capabilities_and_on
                 assert caps["CapEff"] == caps["CapPrm"] == 0, (host, program, proc, caps)
                 # Its token comes from its file, not from its environment.
                 assert "CONSUL_HTTP_TOKEN" not in proc.environ(), (host, program, proc)
+
+
+def listeners(stack: HostStack, host: str) -> dict[str, set[str]]:
+    """Inside `host`'s namespace: the program name ss gives each listening TCP socket -> its addresses."""
+    done = subprocess.run(
+        ["./scripts/hosts", "--run-dir", str(stack.run_dir), "run", host, "--", "ss", "-Hltnp"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    found: dict[str, set[str]] = {}
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        for name in set(re.findall(r'\("([^"]+)",pid=', line)):
+            found.setdefault(name, set()).add(fields[3])
+    return found
+
+
+def test_the_facades_nginx_listens_on_its_host_and_passes_to_a_gunicorn_on_loopback_only(sim):
+    facade, app = host_config.SERVICE_PORTS["facade"], app_port(host_config.SERVICE_PORTS["facade"], {})
+    for host in APPS:
+        found = listeners(sim, host)
+        assert found["nginx"] == {f"{sim.addr(host)}:{facade}", f"127.0.0.1:{facade}"}, found
+        gunicorn = {a for name, addresses in found.items() if name.startswith("gunicorn") for a in addresses}
+        assert f"127.0.0.1:{app}" in gunicorn and not any(a.endswith(f":{facade}") for a in gunicorn), found
+        # Its pid file and buffers in the host's run directory, the service user's; none in /var/lib/nginx or /run.
+        home = Path(sim.layout().at(host).nginx_dir)
+        assert (home / "nginx.pid").read_text().strip() == str(program_pid(sim, host, "nginx"))
+        assert home.stat().st_uid == uid(host_config.SERVICE_USER)
 
 
 def secrets(stack: HostStack) -> set[str]:

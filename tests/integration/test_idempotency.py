@@ -62,7 +62,7 @@ def cut_facade(stack, log_dir):
         yield facade, cluster
     finally:
         if facade is not None:
-            facade.proc.stop()
+            facade.stop()
         if cluster is not None:
             cluster.stop()
         agent.stop()

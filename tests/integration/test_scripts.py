@@ -32,8 +32,8 @@ from devstack import ROOT, Load, consul_binary, eventually, post_acknowledged, r
 from devstack.ports import reserve_all
 from logging_svc.store import entry_cost
 from servicekit import stack
+from servicekit.settings import app_port, default_metrics_port
 from stackctl import hazelcast_member, postgres, stack_status
-from servicekit.settings import default_metrics_port
 from stackctl.stack_status import PortUse, port_is_free
 
 SCRIPTS = ROOT / "scripts"
@@ -42,9 +42,12 @@ CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER",
 METRICS_PORTS = [
     default_metrics_port(port) for program in ("LOGGING", "MESSAGES", "FACADE") for port in PROGRAM_PORTS[program]
 ]
+# Where each facade's gunicorn listens, behind its nginx (which has the facade's port).
+APP_PORTS = [app_port(port, {}) for port in PROGRAM_PORTS["FACADE"]]
 DEFAULT_PORTS = (
     [port for ports in PROGRAM_PORTS.values() for port in ports]
     + METRICS_PORTS
+    + APP_PORTS
     + CONSUL_PORTS
     + [stack.port("POSTGRES_PORT")]
 )
@@ -222,18 +225,19 @@ def program_pids(stack: StackDirs) -> dict[str, int]:
     pids = {}
     for proc in stack.processes():
         try:
-            env, parent = proc.environ(), proc.ppid()
+            (_, name), parent = stack_status.supervisor_names(proc), proc.ppid()
         except psutil.Error:
             continue
         if parent not in {p.pid for p in stack.processes()}:
-            pids[env["SUPERVISOR_PROCESS_NAME"]] = proc.pid
+            pids[name] = proc.pid
     return pids
 
 
 def programs(dirs: StackDirs) -> set[str]:
-    """Every process supervisord runs: the agent, the database, and one a member or instance named by its port."""
+    """Every process supervisord runs: the agent, the database, and one a member or instance named by its port,
+    and each facade's nginx, named by the facade's port."""
     return {"consul", "postgres"} | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items()
-                                     for port in ports}
+                                     for port in ports} | {f"nginx-{dirs.port(port)}" for port in PROGRAM_PORTS["FACADE"]}
 
 
 @SHARES_THE_SCRIPT_STACK
@@ -253,18 +257,48 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
 
 @SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(900)
+def test_up_puts_an_unprivileged_nginx_in_front_of_the_facade_with_its_files_in_the_run_directory(script_stack):
+    up(script_stack)
+    port = script_stack.port(stack.port("FACADE_PORT"))
+    pids = program_pids(script_stack)
+    nginx, gunicorn = psutil.Process(pids[f"nginx-{port}"]), psutil.Process(pids[f"facade-{port}"])
+    assert nginx.name() == "nginx" and nginx.uids().real == os.getuid()
+    home = script_stack.run_dir / f"nginx-{port}"
+    assert (home / "nginx.pid").read_text().strip() == str(nginx.pid)
+    assert f"-c {home / 'nginx.conf'}" in " ".join(nginx.cmdline())
+
+    def listening(proc: psutil.Process) -> set[tuple[str, int]]:
+        procs = [proc, *proc.children()]
+        return {
+            (c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+        }
+
+    assert listening(nginx) == {("127.0.0.1", port)}
+    assert ("127.0.0.1", port + APP_PORTS[0] - stack.port("FACADE_PORT")) in listening(gunicorn)
+    assert ("127.0.0.1", port) not in listening(gunicorn)
+    # Consul knows the facade by nginx's port: its check of /health goes through the front door.
+    agent = consul.Consul(port=script_stack.consul_port, token=script_stack.token)
+    (registered,) = agent.health.service("facade-service", passing=True)[1]
+    assert registered["Service"]["Port"] == port
+    answer = requests.get(f"http://127.0.0.1:{port}/facade", timeout=10)
+    assert answer.status_code == 200 and answer.headers["X-Request-ID"]
+
+
+@SHARES_THE_SCRIPT_STACK
+@pytest.mark.timeout(900)
 def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
     result = up(script_stack, CONSUL_HTTP_TOKEN="token-b")
     after = program_pids(script_stack)
     everything = programs(script_stack)
-    services = {name for name in everything if not name.startswith(("consul", "hazelcast", "postgres"))}
+    services = {name for name in everything if not name.startswith(("consul", "hazelcast", "postgres", "nginx"))}
     for name in services:
         assert after[name] != before[name], f"{name} was not restarted\n{output(result)}"
         env = psutil.Process(after[name]).environ()
         assert env.get("CONSUL_HTTP_TOKEN") == "token-b", f"{name} runs with another token"
-    # The members, the database and the agent do not use the token after they started: they keep running.
+    # The members, the database and the agent do not use the token after they started, and nginx never
+    # does: they keep running.
     assert {n: after[n] for n in everything - services} == {n: before[n] for n in everything - services}
     # The token is not in supervisord's own environment: programs.env is its one source.
     assert "CONSUL_HTTP_TOKEN" not in psutil.Process(script_stack.supervisord()).environ()
@@ -351,9 +385,9 @@ def _assert(condition: bool) -> None:
 
 
 def install_function(
-    function: str, tools: Path, path: str | None = None, timeout: float = 180
+    function: str, tools: Path, path: str | None = None, timeout: float = 180, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STACK_TOOLS_DIR": str(tools), "TEST_PATH": path or os.environ["PATH"]}
+    env = {**os.environ, "STACK_TOOLS_DIR": str(tools), "TEST_PATH": path or os.environ["PATH"], **(env or {})}
     return subprocess.run(
         # PATH changes after the source: lib.sh itself needs coreutils.
         ["/bin/bash", "-c", f'source "{SCRIPTS}/install" && PATH=$TEST_PATH && {function}'],
@@ -394,6 +428,35 @@ def test_install_installs_java_and_maven_with_apt_get_as_root(tmp_path):
     result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
     assert result.returncode == 0, output(result)
     assert calls.read_text().splitlines() == ["install -y -q openjdk-17-jdk-headless maven"]
+
+
+def test_install_installs_nginx_with_apt_get_as_root_when_there_is_none(tmp_path):
+    calls, nginx = tmp_path / "apt-calls", tmp_path / "sbin" / "nginx"
+    nginx.parent.mkdir()
+    # The fake apt-get records its arguments and leaves an nginx where Debian's package puts it.
+    bin_dir = fake_bin(tmp_path, id="echo 0", **{"apt-get": f'echo "$*" >> {calls}; echo : > {nginx}; /bin/chmod +x {nginx}'})
+    result = install_function("install_nginx", tmp_path / "tools", path=str(bin_dir), env={"NGINX_BIN": str(nginx)})
+    assert result.returncode == 0, output(result)
+    assert calls.read_text().splitlines() == ["install -y -q nginx"]
+
+
+def test_install_prints_the_apt_command_for_nginx_when_not_root(tmp_path):
+    calls = tmp_path / "apt-calls"
+    bin_dir = fake_bin(tmp_path, id="echo 1000", **{"apt-get": f'echo "$*" >> {calls}'})
+    result = install_function(
+        "install_nginx", tmp_path / "tools", path=str(bin_dir), env={"NGINX_BIN": str(tmp_path / "none" / "nginx")}
+    )
+    assert result.returncode == 1, output(result)
+    assert "sudo apt-get install -y nginx" in result.stderr, output(result)
+    assert not calls.exists()
+
+
+def test_install_leaves_an_installed_nginx_alone(tmp_path):
+    calls = tmp_path / "apt-calls"
+    bin_dir = fake_bin(tmp_path, id="echo 0", nginx="exit 0", **{"apt-get": f'echo "$*" >> {calls}'})
+    result = install_function("install_nginx", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 0, output(result)
+    assert not calls.exists()
 
 
 def test_install_fetches_a_truncated_hazelcast_jar_again(tmp_path):

@@ -34,6 +34,8 @@ def is_loopback(address: str) -> bool:
 
 def test_every_service_member_and_agent_listens_on_loopback_only(stack):
     pids = {s.instance_id: s.proc.pid for s in stack.instances}
+    pids.update({f"nginx of {s.instance_id}": s.front.pid for s in stack.instances if s.front is not None})
+    assert len(pids) > len(stack.instances), "the facade has its nginx in front"
     pids.update({proc.name: proc.pid for proc in stack.cluster.members.values()})
     pids["consul"] = stack.agent.proc.pid
     for name, pid in pids.items():

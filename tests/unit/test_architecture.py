@@ -95,14 +95,14 @@ FLOORS: dict[str, list[set[str]]] = {
         {"consul_client", "gunicorn_config", "kvconfig", "live_config", "metrics_files"},
         {"hz", "metrics", "registration"},
         # The HTTP boundary and gunicorn's hooks (with each service's gunicorn settings), on everything below.
-        {"gunicorn_hooks", "web", "workers"},
+        {"gunicorn_hooks", "web"},
     ],
     "upstream": [
         {"__init__", "balancing", "outliers", "retry_budget", "watch"},
         {"caller"},
     ],
     "stackctl": [
-        {"__init__", "maintenance", "postgres", "stack_status", "trace_logs"},
+        {"__init__", "front_door", "maintenance", "postgres", "stack_status", "trace_logs"},
         {"hazelcast_member"},
         {"cli"},
         {"__main__"},

@@ -27,8 +27,8 @@ def test_every_program_runs_as_an_unprivileged_user_and_no_secret_is_in_its_conf
     parser.read_string(host_config.supervisor_config("app1", "192.0.2.21", deploy_doc.LAYOUT, app=True))
     users = {section.removeprefix("program:"): parser[section]["user"] for section in parser.sections()
              if section.startswith("program:")}  # fmt: skip
-    assert users == {"consul": "consul", "hazelcast": "messages", "logging": "messages", "messages": "messages",
-                     "facade": "messages"}  # fmt: skip
+    assert users == {"consul": "consul", "hazelcast": "messages", "nginx": "messages", "logging": "messages",
+                     "messages": "messages", "facade": "messages"}  # fmt: skip
     for program in host_config.TOKEN_PROGRAMS:
         env = parser[f"program:{program}"]["environment"]
         assert f'CONSUL_HTTP_TOKEN_FILE="/etc/messages/tokens/{program}.token"' in env, env

@@ -43,8 +43,9 @@ def logging_left_as_found():
         logger.propagate = propagate
 
 
-def gunicorn_config(package: str, monkeypatch) -> dict:
+def gunicorn_config(package: str, monkeypatch, app_port: str = "") -> dict:
     monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("APP_PORT", app_port)
     # Reading the config points the process at the instance's metrics directory; undone after the test.
     monkeypatch.setenv(metrics_files.ENV, "")
     monkeypatch.setattr(sys, "argv", ["gunicorn"])
@@ -61,8 +62,9 @@ def test_each_service_config_keeps_its_app_workers_and_the_shared_worker_setting
     cfg = gunicorn_config(package, monkeypatch)
     assert cfg["wsgi_app"] == app
     assert cfg["workers"] == workers
-    assert cfg["bind"] == ["127.0.0.1:9123"]
-    assert cfg["worker_class"] == "servicekit.workers.BufferingThreadWorker"
+    # The facade's gunicorn listens behind its nginx (on PORT) at PORT + APP_PORT_OFFSET, on loopback only.
+    assert cfg["bind"] == ["127.0.0.1:11123" if package == "facade" else "127.0.0.1:9123"]
+    assert cfg["worker_class"] == "gthread"
     assert cfg["threads"] == 4
     assert cfg["graceful_timeout"] == 10
     assert cfg["control_socket_disable"] is True
@@ -73,6 +75,12 @@ def test_each_service_config_keeps_its_app_workers_and_the_shared_worker_setting
     assert cfg["when_ready"].__qualname__ == "registration_hooks.<locals>.when_ready"
     assert cfg["on_exit"].__qualname__ == "registration_hooks.<locals>.on_exit"
     assert cfg["child_exit"] is metrics_files.child_exit
+
+
+def test_the_facade_listens_behind_its_front_door_on_loopback_whatever_address_it_registers(monkeypatch):
+    monkeypatch.setenv("SERVICE_HOST", "127.100.0.21")
+    cfg = gunicorn_config("facade", monkeypatch, app_port="12080")
+    assert cfg["bind"] == ["127.0.0.1:12080"]
 
 
 def access_logger(level: str):

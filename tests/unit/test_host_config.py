@@ -26,14 +26,21 @@ def programs(host: str, address: str, app: bool) -> configparser.ConfigParser:
 def test_an_app_host_runs_its_agent_a_member_and_each_service_bound_to_the_host_address():
     parser = programs("app2", "192.0.2.22", app=True)
     names = [s.removeprefix("program:") for s in parser.sections() if s.startswith("program:")]
-    assert names == ["consul", "hazelcast", "logging", "messages", "facade"]
-    for name in names[1:]:
+    assert names == ["consul", "hazelcast", "nginx", "logging", "messages", "facade"]
+    for name in ("hazelcast", "logging", "messages", "facade"):
         env = parser[f"program:{name}"]["environment"]
         for setting in ('SERVICE_HOST="192.0.2.22"', 'INSTANCE_HOST="app2"', 'CONSUL_HTTP_ADDR="127.0.0.1:8500"',
                         'HAZELCAST_PARTITION_GROUPS="host"'):  # fmt: skip
             assert setting in env, (name, env)
     assert 'PORT="8081"' in parser["program:logging"]["environment"]
     assert parser["program:logging"]["stdout_logfile"] == "/var/log/app/app2/logging.log"
+    # The facade's front door, on the facade's port at the host's address, its files in the host's run directory.
+    nginx = parser["program:nginx"]
+    assert nginx["command"] == (
+        "/opt/app/.venv/bin/python -m stackctl front-door --port 8080 --home /run/app/nginx "
+        "--access-log /var/log/app/app2/nginx-access.log"
+    )
+    assert nginx["environment"] == 'SERVICE_HOST="192.0.2.22"' and nginx["stopsignal"] == "QUIT"
 
 
 def test_a_consul_host_runs_only_its_server():
