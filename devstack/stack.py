@@ -99,7 +99,7 @@ def start_service(
         **(env or {}),
     }
     # A tree from before the front door (./scripts/bench --baseline) runs its facade on PORT itself, as then.
-    if name in FRONTED and (root / "servicekit" / "front_door.py").exists():
+    if name in FRONTED and (root / "stackctl" / "front_door.py").exists():
         # PORT stays the public one, which the instance registers; gunicorn itself listens behind nginx.
         if front is not None and front.alive():
             if app_port is None:
