@@ -22,7 +22,10 @@ def worker_pids(service: Service) -> set[int]:
 
 
 def _health(service: Service) -> dict:
-    return requests.get(f"{service.url}/health", timeout=5).json()
+    # A facade's own gunicorn, not its nginx: nginx keeps its connections to gunicorn open and reuses them, so
+    # every read through it may reach the worker that accepted those connections and never the other.
+    port = service.app_port or service.port
+    return requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
 
 
 def on_every_worker(service: Service, check: Callable[[dict], None], timeout: float = 10.0, what: str = "") -> None:

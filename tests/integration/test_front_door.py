@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from devstack import eventually
-from servicekit import id_format
+from contracts import id_format
 
 TIMEOUT = 10
 # nginx's large_client_header_buffers: 16 lines of 4 KiB at most.
