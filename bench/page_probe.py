@@ -54,7 +54,10 @@ class Connected:
         self._map = log_map
         self.connected = True
 
-    def map(self):
+    def shared_config(self) -> kvconfig.SharedConfig:
+        return kvconfig.SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_map(self, name: str, timeout: float | None = None):
         return self._map
 
 

@@ -62,14 +62,15 @@ def design():
         timeout=(settings.connect_timeout, settings.read_timeout),
     )
     answer.raise_for_status()
-    current_app.extensions["hazelcast"].queue().offer(queue_item.encode(message_id, msg))
+    current_app.extensions["hazelcast"].get_queue(os.environ["REF_QUEUE"]).offer(queue_item.encode(message_id, msg))
     return jsonify(id=message_id, msg=msg), 201
 
 
 @bp.post("/design-log")
 def design_log():
     data = request.get_json(force=True)
-    current_app.extensions["hazelcast"].map().put_if_absent(data["id"], encode(data["msg"], time.time_ns()))
+    log_map = current_app.extensions["hazelcast"].get_map(os.environ["REF_MAP"])
+    log_map.put_if_absent(data["id"], encode(data["msg"], time.time_ns()))
     return jsonify(id=data["id"], msg=data["msg"]), 201
 
 
@@ -93,11 +94,11 @@ class NaiveHazelcast:
                 )
             return self._client
 
-    def map(self):
-        return self._get().get_map(os.environ["REF_MAP"]).blocking()
+    def get_map(self, name: str):
+        return self._get().get_map(name).blocking()
 
-    def queue(self):
-        return self._get().get_queue(os.environ["REF_QUEUE"]).blocking()
+    def get_queue(self, name: str):
+        return self._get().get_queue(name).blocking()
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -6,14 +6,15 @@ from flask import Flask
 
 from servicekit import live_config, metrics, stack
 from servicekit.consul_client import make_consul
-from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast
+from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast, Structures
+from servicekit.kvconfig import SharedConfig
 from servicekit.lifecycle import on_shutdown
 from servicekit.web import configure_app
 from upstream import balancing
 from upstream.watch import Discovery
 
 from .backends import LOGGING_SERVICE, MESSAGES_SERVICE, Backends
-from .idempotency import AnswerStore
+from .idempotency import AnswerStore, answers_map_name
 from .routes import bp
 from .settings import FacadeSettings
 
@@ -22,12 +23,18 @@ SERVICE_NAME = "facade-service"
 PORT_NAME = "FACADE_PORT"
 
 
+def structures(shared: SharedConfig) -> Structures:
+    """The facade's Hazelcast structures, made once its client is connected: the queue it offers to and the
+    Idempotency-Key answers."""
+    return Structures(maps=(answers_map_name(shared),), queues=(shared.queue_name,))
+
+
 def create_app(settings: FacadeSettings | None = None, hz: Hazelcast | None = None) -> Flask:
     settings = settings or FacadeSettings.from_env(SERVICE_NAME, stack.port(PORT_NAME))
     app = Flask(__name__)
     configure_app(app, settings)
     if hz is None:
-        hz = Hazelcast(settings).start()
+        hz = Hazelcast(settings, structures).start()
         on_shutdown(app, hz.close)
     backends: Backends
 

@@ -17,7 +17,7 @@ from contracts.paging import LogCursor, MessagesCursor
 from servicekit import metrics, request_id, tracing
 from servicekit.discovery import Instance
 from servicekit.errors import StoreFailure, Unavailable, store_failure
-from servicekit.hz import Hazelcast
+from servicekit.hz import Bounded, Hazelcast
 from upstream.balancing import Picker
 from upstream.caller import Caller, Send
 from upstream.watch import Discovery
@@ -143,7 +143,7 @@ class Backends:
         now = time.monotonic()
         if now - self._queue_room_at < QUEUE_ROOM_FRESH and self._queue_room > QUEUE_ROOM_MARGIN:
             return
-        queue = self._hazelcast.queue(time_left(give_up_at or self.deadline()))
+        queue = self._queue(self._hazelcast, time_left(give_up_at or self.deadline()))
         self._queue_room = queue.remaining_capacity()
         self._queue_room_at = now
         metrics.observe_queue_room(self._queue_room)
@@ -152,13 +152,18 @@ class Backends:
                 "the message queue is full", retry_after=QUEUE_FULL_RETRY_AFTER, logged=False, queued=False
             )
 
+    @staticmethod
+    def _queue(hz: Hazelcast, timeout: float) -> Bounded:
+        """The queue messages_svc consumes, named in Consul KV (config/messages/queue)."""
+        return hz.get_queue(hz.shared_config().queue_name, timeout)
+
     def queue_message(self, message_id: str, msg: str, give_up_at: float | None = None) -> None:
         """Put the message on the queue messages_svc consumes."""
         if self._hazelcast is None:
             raise Unavailable("the message queue is not configured")
         # Not retried: an offer that timed out may still have landed, and a second one would queue it twice.
         try:
-            queue = self._hazelcast.queue(time_left(give_up_at or self.deadline()))
+            queue = self._queue(self._hazelcast, time_left(give_up_at or self.deadline()))
             queued = queue.offer(queue_item.encode(message_id, msg, request_id.current_id()))
         except SplitBrainProtectionError as exc:
             metrics.count_offer("no_quorum")

@@ -70,7 +70,8 @@ from dataclasses import dataclass
 from hazelcast.errors import HazelcastError
 
 from servicekit.errors import BadInput, HazelcastUnavailable
-from servicekit.hz import Hazelcast
+from servicekit.hz import Bounded, Hazelcast
+from servicekit.kvconfig import SharedConfig
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ class Claim:
 
     def may_offer_after(self, created: bool) -> bool:
         return created or self.may_offer
+
+
+def answers_map_name(shared: SharedConfig) -> str:
+    """The answers' map, named after the log's (config/logging/map in Consul KV)."""
+    return f"{shared.map_name}.idempotency"
 
 
 class AnswerStore:
@@ -248,8 +254,8 @@ class AnswerStore:
         except _STORE_ERRORS as exc:
             log.warning("could not %s idempotency key %r: %s", what, claim.key, exc)
 
-    def _map(self):
-        return self._hz.idempotency_map()
+    def _map(self) -> Bounded:
+        return self._hz.get_map(answers_map_name(self._hz.shared_config()))
 
     def _swap(self, key: str, old: str | None, new: str, idempotency_map=None) -> bool:
         m = idempotency_map or self._map()

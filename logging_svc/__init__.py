@@ -12,7 +12,7 @@ from servicekit.web import configure_app
 
 from .routes import bp
 from .settings import LoggingSettings
-from .store import HazelcastMessageLog, MessageLog
+from .store import HazelcastMessageLog, MessageLog, structures
 
 SERVICE_NAME = "logging-service"
 # Its default port is in conf/stack.env, with the other ports of the stack; PORT overrides it.
@@ -24,7 +24,7 @@ def create_app(settings: LoggingSettings | None = None, message_log: MessageLog 
     app = Flask(__name__)
     configure_app(app, settings)
     if message_log is None:
-        hz = Hazelcast(settings).start()
+        hz = Hazelcast(settings, structures).start()
         on_shutdown(app, hz.close)
         app.extensions["hazelcast"] = hz
         message_log = HazelcastMessageLog(hz, settings.log_capacity_bytes)

@@ -20,7 +20,8 @@ from contracts.log_entry import STAMP_DIGITS, StampClock, encode, message_of, st
 from contracts.paging import LogCursor
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable, InsufficientStorage, StoreFailure, Unavailable, store_failure
-from servicekit.hz import INVOCATION_TIMEOUT, Hazelcast, wait
+from servicekit.hz import INVOCATION_TIMEOUT, Bounded, Hazelcast, Structures, wait
+from servicekit.kvconfig import SharedConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,21 @@ def ordered(entries) -> list[str]:
 SIZE_REFRESH = 0.25
 
 
+# The log's structures, named after its map in Consul KV (config/logging/map).
+def size_counter_name(shared: SharedConfig) -> str:
+    return f"{shared.map_name}-bytes"
+
+
+def structures(shared: SharedConfig) -> Structures:
+    """What the service's client makes once connected; the rebuild marker is made by its first use (LogSize.load,
+    on its own thread)."""
+    return Structures(maps=(shared.map_name,), pn_counters=(size_counter_name(shared),))
+
+
+def log_map_of(hz: Hazelcast) -> Bounded:
+    return hz.get_map(hz.shared_config().map_name)
+
+
 class LogSize:
     """The log's size in entry_cost bytes, for the whole cluster: a PN counter beside the map.
 
@@ -203,22 +219,32 @@ class LogSize:
         since the restart are in both, so they count once, and a second rebuild (the marker's partition lost
         with two members while the counter lived on) adds nothing. An entry stored while the query runs may
         count twice: a few KB, conservative."""
-        marker = self._hz.log_size_marker()
+        marker = self._marker()
         if marker.put_if_absent("rebuilt", "claimed") is not None:
-            self._hz.map().aggregate(min_("this"))
+            log_map_of(self._hz).aggregate(min_("this"))
             self._loaded.set()
             return
         try:
-            counted = self._hz.log_size_counter().get().result()
-            held = sum(entry_cost_of_size(ID_BYTES + n) for n in self._hz.map().project(single_attribute("utf8_bytes")))
+            counted = self._counter().get().result()
+            sizes = log_map_of(self._hz).project(single_attribute("utf8_bytes"))
+            held = sum(entry_cost_of_size(ID_BYTES + n) for n in sizes)
             if held > counted:
-                self._hz.log_size_counter().add_and_get(held - counted).result()
+                self._counter().add_and_get(held - counted).result()
         except BaseException:
             # Another worker (or this one, next time round) tries again.
             marker.remove("rebuilt")
             raise
         log.info("rebuilt the log's size from the map: %d bytes held, %d counted before", held, counted)
         self._loaded.set()
+
+    def _counter(self):
+        """The PN counter; its calls answer futures."""
+        return self._hz.get_pn_counter(size_counter_name(self._hz.shared_config()))
+
+    def _marker(self):
+        """Who rebuilt the size after the cluster restarted: a map in memory only, beside the counter, so that
+        both are lost together. Its calls wait however long: the log-size thread holds no request."""
+        return self._hz.get_map(f"{size_counter_name(self._hz.shared_config())}.rebuilt").blocking()
 
     def bytes(self) -> int:
         # Until the first sync this worker knows nothing of what the log already holds.
@@ -242,7 +268,7 @@ class LogSize:
                 self._give_back(unsent)
 
         try:
-            added = self._hz.log_size_counter().add_and_get(unsent)
+            added = self._counter().add_and_get(unsent)
             total = wait(added, self._hz.call_timeout)
         except BaseException:
             if added is None:
@@ -302,7 +328,7 @@ class HazelcastMessageLog:
         if held + cost > self.capacity_bytes:
             raise LogFull(f"the log holds {held} of {self.capacity_bytes} bytes; {message_id} needs {cost}")
         try:
-            found = self._hz.map().put_if_absent(message_id, entry)
+            found = log_map_of(self._hz).put_if_absent(message_id, entry)
         except SplitBrainProtectionError as exc:
             # Checked on the partition owner before the write; the client does not retry it.
             raise WritesRefused(str(exc)) from None
@@ -329,7 +355,7 @@ class HazelcastMessageLog:
         return {"bytes": self.size.seen, "capacity_bytes": self.capacity_bytes}
 
     def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
-        log_map = self._hz.map()
+        log_map = log_map_of(self._hz)
         oldest = self._oldest_stamp(log_map)
         if oldest is None:
             return [], None

@@ -10,7 +10,7 @@ from servicekit.hz import Hazelcast
 from servicekit.lifecycle import on_shutdown
 from servicekit.web import configure_app
 
-from .consumer import Consumer, MessageStore
+from .consumer import Consumer, MessageStore, structures
 from .routes import bp
 from .settings import MessagesSettings
 
@@ -29,7 +29,7 @@ def create_app(settings: MessagesSettings | None = None, consume: bool = True) -
     if consume:
         # Closed in reverse (servicekit.lifecycle.shutdown_stack): the consumer stops before the client
         # goes away, so no item is taken and then dropped.
-        hz = Hazelcast(settings).start()
+        hz = Hazelcast(settings, structures).start()
         on_shutdown(app, hz.close)
         # The intake is the master's (shared across fork): it closes it before the instance leaves Consul.
         consumer = Consumer(hz, store, intake()).start()

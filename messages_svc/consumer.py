@@ -14,7 +14,8 @@ from servicekit import metrics, request_id
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable
 from servicekit.gunicorn_hooks import Intake
-from servicekit.hz import Hazelcast
+from servicekit.hz import Hazelcast, Structures
+from servicekit.kvconfig import SharedConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT = 1.0
 # How often a consumer whose client is not connected looks again.
 DISCONNECTED_POLL = 0.2
+
+
+def structures(shared: SharedConfig) -> Structures:
+    """The queue the facade offers to, named in Consul KV (config/messages/queue); made once connected."""
+    return Structures(queues=(shared.queue_name,))
 
 
 class MessageStore:
@@ -158,7 +164,8 @@ class Consumer:
                 log.info("stopped taking messages from the queue: this instance is leaving Consul")
                 return False
             try:
-                item = self._hz.consumer_queue().poll(POLL_TIMEOUT)
+                # Unbounded: a poll given up on could still take an item, which nobody would keep.
+                item = self._hz.get_queue(self._hz.shared_config().queue_name).blocking().poll(POLL_TIMEOUT)
             except (HazelcastError, HazelcastUnavailable):
                 # Retried by the loop (_poll); a split-brain refusal is a HazelcastError too.
                 metrics.count_poll("error")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import hazelcast
@@ -74,6 +76,12 @@ class Bounded:
         self._proxy = proxy
         self._timeout = timeout
 
+    def blocking(self) -> Any:
+        """The library's blocking proxy, whose calls wait for their answer however long (until the heartbeat
+        closes a silent member's connection): for a thread that holds no request, and for a call that must not
+        be given up on (the consumer's poll, given up on, could still take an item that nobody would keep)."""
+        return self._proxy.blocking()
+
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._proxy, name)
         if not callable(method):
@@ -85,17 +93,34 @@ class Bounded:
         return bounded
 
 
+@dataclass(frozen=True)
+class Structures:
+    """The structures a service uses, by name: their proxies are made as soon as the client is connected
+    (Hazelcast._create_proxies)."""
+
+    maps: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    pn_counters: tuple[str, ...] = ()
+
+
+# Each service names its structures after the names in Consul KV (config/logging/map, config/messages/queue),
+# which the client reads before it connects.
+Naming = Callable[[kvconfig.SharedConfig], Structures]
+
+
 class Hazelcast:
     """Owns one client per worker process. Threads do not survive a fork, so create it after the fork.
 
     Connecting runs on a named daemon thread: gunicorn boots even while Consul or the cluster is down,
     and /health answers 503 until the client is connected. Every call waits at most `call_timeout` (or what
     its caller passes): as long as another service waits for this one (HTTP_READ_TIMEOUT), so a request
-    thread is free again when its caller gives up, even while a member does not answer.
+    thread is free again when its caller gives up, even while a member does not answer. The structures are
+    the service's: it names them (`structures`) and asks for each by name (get_map, get_queue, get_pn_counter).
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, structures: Naming = lambda shared: Structures()):
         self._settings = settings
+        self._structures = structures
         self.call_timeout = settings.read_timeout
         self._connected = threading.Event()
         self._client: hazelcast.HazelcastClient | None = None
@@ -174,23 +199,23 @@ class Hazelcast:
             self._next_report += WAITING_LOG_INTERVAL
         return None
 
-    @staticmethod
-    def _create_proxies(client: hazelcast.HazelcastClient, config: kvconfig.SharedConfig) -> None:
-        """Every proxy a service uses, made here rather than by a request. The client makes a proxy once, on
+    def _create_proxies(self, client: hazelcast.HazelcastClient, config: kvconfig.SharedConfig) -> None:
+        """Every proxy the service uses, made here rather than by a request. The client makes a proxy once, on
         first use, with a call to the cluster that nothing bounds (ProxyManager._create_proxy): a worker
         whose first POST came while a member was silent held its thread until the heartbeat closed the
         connection. Made here, a request finds it made; one that could not be made now (too few members:
         split-brain protection) is made by its first use, as before."""
-        for make in (
-            lambda: client.get_map(config.map_name),
-            lambda: client.get_map(f"{config.map_name}.idempotency"),
-            lambda: client.get_queue(config.queue_name),
-            lambda: client.get_pn_counter(f"{config.map_name}-bytes"),
-        ):
+        wanted = self._structures(config)
+        makes = [
+            *((client.get_map, name) for name in wanted.maps),
+            *((client.get_queue, name) for name in wanted.queues),
+            *((client.get_pn_counter, name) for name in wanted.pn_counters),
+        ]
+        for make, name in makes:
             try:
-                make()
+                make(name)
             except HazelcastError as exc:
-                log.warning("could not create a Hazelcast proxy yet (its first use will): %s", exc)
+                log.warning("could not create the Hazelcast proxy %r yet (its first use will): %s", name, exc)
 
     def _ready(self) -> tuple[hazelcast.HazelcastClient, kvconfig.SharedConfig]:
         # No config yet means Consul KV could not be read: as unavailable as a cluster that is down.
@@ -198,37 +223,23 @@ class Hazelcast:
             raise HazelcastUnavailable("not connected to the Hazelcast cluster")
         return self._client, self.config
 
-    def map(self, timeout: float | None = None) -> Bounded:
-        client, config = self._ready()
-        return Bounded(client.get_map(config.map_name), timeout or self.call_timeout)
+    def shared_config(self) -> kvconfig.SharedConfig:
+        """The settings read from Consul KV, the structures' names among them; HazelcastUnavailable until
+        connected."""
+        return self._ready()[1]
 
-    def idempotency_map(self, timeout: float | None = None) -> Bounded:
-        """The facade's Idempotency-Key answers, in a map named after the log's (facade/idempotency.py)."""
-        client, config = self._ready()
-        return Bounded(client.get_map(f"{config.map_name}.idempotency"), timeout or self.call_timeout)
+    def get_map(self, name: str, timeout: float | None = None) -> Bounded:
+        client, _ = self._ready()
+        return Bounded(client.get_map(name), timeout or self.call_timeout)
 
-    def queue(self, timeout: float | None = None) -> Bounded:
-        client, config = self._ready()
-        return Bounded(client.get_queue(config.queue_name), timeout or self.call_timeout)
+    def get_queue(self, name: str, timeout: float | None = None) -> Bounded:
+        client, _ = self._ready()
+        return Bounded(client.get_queue(name), timeout or self.call_timeout)
 
-    def consumer_queue(self):
-        """The queue for the consumer's polls, which wait for their answer however long (until the heartbeat
-        closes a silent member's connection): a poll given up on could still take an item, which nobody
-        would keep. The consumer's thread holds no request."""
-        client, config = self._ready()
-        return client.get_queue(config.queue_name).blocking()
-
-    def log_size_counter(self):
-        """The log's size in bytes (logging_svc.store.LogSize), a PN counter named after the map; its
-        calls answer futures (bound a wait for one with `wait`)."""
-        client, config = self._ready()
-        return client.get_pn_counter(f"{config.map_name}-bytes")
-
-    def log_size_marker(self):
-        """Who rebuilt the log's size after the cluster restarted (logging_svc.store.LogSize.load): a map in
-        memory only, beside the counter, so that both are lost together."""
-        client, config = self._ready()
-        return client.get_map(f"{config.map_name}-bytes.rebuilt").blocking()
+    def get_pn_counter(self, name: str) -> Any:
+        """A PN counter, whose calls answer futures (bound a wait for one with `wait`)."""
+        client, _ = self._ready()
+        return client.get_pn_counter(name)
 
     def close(self) -> None:
         # The connect thread is at most inside one Consul call (bounded by its timeout) or a short wait;

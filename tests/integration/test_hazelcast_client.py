@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from logging_svc.store import structures
 from servicekit.hz import Hazelcast
 from servicekit.settings import Settings
 
@@ -27,7 +28,7 @@ BURST_CALLS = 1000
 def service_hz(consul_agent, hazelcast_cluster):
     """A Hazelcast client built exactly as a service worker builds it: settings, KV from Consul, start."""
     settings = Settings.from_env("logging-service", 8081, env={"CONSUL_HTTP_ADDR": consul_agent.addr})
-    hz = Hazelcast(settings).start()
+    hz = Hazelcast(settings, structures).start()
     try:
         assert hz.wait_connected(30), "the service's Hazelcast client did not connect within 30 s"
         yield hz
@@ -36,7 +37,7 @@ def service_hz(consul_agent, hazelcast_cluster):
 
 
 def test_after_a_burst_of_concurrent_calls_a_single_get_does_not_wait_for_the_poll(service_hz):
-    probe = service_hz.map()
+    probe = service_hz.get_map(service_hz.shared_config().map_name)
     key = f"probe-{uuid.uuid4()}"
     probe.put(key, "x")
 

@@ -37,7 +37,7 @@ def copies_queued(hz_client, stack, msg: str) -> int:
 
 
 def records(hz_client, stack):
-    """The facade's idempotency map (servicekit.hz.Hazelcast.idempotency_map)."""
+    """The facade's idempotency map (facade.idempotency.answers_map_name)."""
     return hz_client.get_map(f"{kvconfig.load(stack.agent.client()).map_name}.idempotency").blocking()
 
 

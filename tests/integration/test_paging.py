@@ -109,7 +109,10 @@ class Connected:
     def __init__(self, log_map):
         self._map = log_map
 
-    def map(self):
+    def shared_config(self) -> kvconfig.SharedConfig:
+        return kvconfig.SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_map(self, name: str, timeout: float | None = None):
         return self._map
 
 

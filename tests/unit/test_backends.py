@@ -27,6 +27,7 @@ from facade.settings import FacadeSettings
 from servicekit.discovery import Instance
 from servicekit.errors import BadGateway, Unavailable
 from servicekit.hz import Bounded
+from servicekit.kvconfig import SharedConfig
 from upstream import caller as caller_module
 from upstream.caller import MAX_ATTEMPTS, CallFailed, Reached
 
@@ -312,7 +313,10 @@ def test_no_passing_instance_is_a_503_at_once_without_any_call():
 class DisconnectedHazelcast:
     connected = False
 
-    def queue(self):
+    def shared_config(self):
+        raise AssertionError("a message logging_svc refused must not reach the queue")
+
+    def get_queue(self, name: str, timeout: float | None = None):
         raise AssertionError("a message logging_svc refused must not reach the queue")
 
 
@@ -365,13 +369,20 @@ class FakeQueue:
         return self.accepts
 
 
+SHARED = SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+
 class QueueHazelcast:
     connected = True
 
     def __init__(self, queue: FakeQueue):
         self._queue = queue
 
-    def queue(self, timeout: float | None = None):
+    def shared_config(self) -> SharedConfig:
+        return SHARED
+
+    def get_queue(self, name: str, timeout: float | None = None):
+        assert name == SHARED.queue_name
         return self._queue
 
 
@@ -481,7 +492,10 @@ class SilentQueue:
 class SilentHazelcast:
     connected = True
 
-    def queue(self, timeout: float | None = None):
+    def shared_config(self) -> SharedConfig:
+        return SHARED
+
+    def get_queue(self, name: str, timeout: float | None = None):
         assert timeout is not None, "a request's call to the queue is bounded by what is left of its deadline"
         return Bounded(SilentQueue(), timeout)
 

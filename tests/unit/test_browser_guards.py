@@ -19,6 +19,7 @@ import messages_svc
 from facade.settings import FacadeSettings
 from logging_svc.settings import LoggingSettings
 from messages_svc.settings import MessagesSettings
+from servicekit.kvconfig import SharedConfig
 from servicekit.settings import Settings, SettingsError
 
 
@@ -47,7 +48,10 @@ class RecordingHazelcast:
     def __init__(self):
         self.offered: list[str] = []
 
-    def queue(self, timeout: float | None = None):
+    def shared_config(self) -> SharedConfig:
+        return SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_queue(self, name: str, timeout: float | None = None):
         return self
 
     def offer(self, item: str) -> bool:

@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 
 from messages_svc.consumer import Consumer, MessageStore
 from servicekit.gunicorn_hooks import Intake
+from servicekit.kvconfig import SharedConfig
 
 
 def polls(result: str) -> float:
@@ -28,7 +29,13 @@ class ConnectedHazelcast:
     def __init__(self, queue):
         self._queue = queue
 
-    def consumer_queue(self):
+    def shared_config(self) -> SharedConfig:
+        return SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_queue(self, name: str, timeout: float | None = None):
+        return self
+
+    def blocking(self):
         return self._queue
 
 

@@ -14,7 +14,10 @@ from servicekit.lifecycle import close_app
 class DisconnectedHazelcast:
     connected = False
 
-    def queue(self):
+    def shared_config(self):
+        raise AssertionError("bad input must not reach the queue")
+
+    def get_queue(self, name: str, timeout: float | None = None):
         raise AssertionError("bad input must not reach the queue")
 
 

@@ -8,9 +8,16 @@ import time
 import pytest
 from hazelcast.errors import HazelcastError, OperationTimeoutError
 from hazelcast.future import Future
+from hazelcast.lifecycle import LifecycleState
 
+import facade
+import logging_svc.store
+import messages_svc.consumer
+from devstack import until
 from facade.settings import FacadeSettings
 from servicekit import hz
+from servicekit.errors import HazelcastUnavailable
+from servicekit.kvconfig import SharedConfig
 from servicekit.settings import Settings
 from stackctl.hazelcast_member import member_property
 
@@ -71,3 +78,64 @@ def test_a_write_on_a_cut_off_member_is_never_acknowledged_within_what_a_request
     backup_timeout = float(member_property("hazelcast.operation.backup.timeout.millis")) / 1000
     settings = Settings.from_env("logging-service", 8081, env={})
     assert backup_timeout > hz.Hazelcast(settings).call_timeout
+
+
+class ConnectingClient:
+    """The library's client as far as Hazelcast(...) uses it: connected at once, recording each proxy made."""
+
+    def __init__(self, lifecycle_listeners, **options):
+        self.made: list[tuple[str, str]] = []
+        for listener in lifecycle_listeners:
+            listener(LifecycleState.CONNECTED)
+
+    def get_map(self, name):
+        self.made.append(("map", name))
+        return SilentMap()
+
+    def get_queue(self, name):
+        self.made.append(("queue", name))
+
+    def get_pn_counter(self, name):
+        self.made.append(("pn_counter", name))
+
+    def shutdown(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("structures", "made"),
+    [
+        (facade.structures, [("map", "log.idempotency"), ("queue", "q")]),
+        (logging_svc.store.structures, [("map", "log"), ("pn_counter", "log-bytes")]),
+        (messages_svc.consumer.structures, [("queue", "q")]),
+    ],
+    ids=["facade", "logging", "messages"],
+)
+def test_once_connected_the_client_makes_every_proxy_its_service_names_before_any_request(
+    monkeypatch, structures, made
+):
+    """Making a proxy is a call to the cluster that nothing bounds (Hazelcast._create_proxies): each service
+    names its structures after the names in Consul KV, and its client makes them on connect."""
+    clients: list[ConnectingClient] = []
+    monkeypatch.setattr(hz.kvconfig, "load", lambda consul: SharedConfig("dev", ("127.0.0.1:1",), "log", "q"))
+
+    def build(**options) -> ConnectingClient:
+        clients.append(ConnectingClient(**options))
+        return clients[-1]
+
+    monkeypatch.setattr(hz.hazelcast, "HazelcastClient", build)
+    settings = Settings.from_env("logging-service", 8081, env={"HTTP_READ_TIMEOUT": "0.3"})
+    service_hz = hz.Hazelcast(settings, structures)
+    with pytest.raises(HazelcastUnavailable):
+        service_hz.get_map("log")
+    service_hz.start()
+    try:
+        until(lambda: bool(clients) and clients[0].made == made, 5, f"the client made {made}")
+        # Asked for by name, a map is bounded by call_timeout like every call of a request.
+        bounded = service_hz.get_map(service_hz.shared_config().map_name)
+        started = time.monotonic()
+        with pytest.raises(OperationTimeoutError):
+            bounded.get("k")
+        assert time.monotonic() - started < settings.read_timeout + 1.0
+    finally:
+        service_hz.close()

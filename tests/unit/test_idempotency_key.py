@@ -18,6 +18,7 @@ from facade.idempotency import AnswerStore, fingerprint, key_of, message_id
 from facade.settings import FacadeSettings
 from servicekit.discovery import Instance
 from servicekit.errors import BadInput, HazelcastUnavailable
+from servicekit.kvconfig import SharedConfig
 
 
 def test_a_key_is_read_bare_or_as_a_structured_field_string():
@@ -194,12 +195,17 @@ class World:
         app.extensions["answers"] = AnswerStore(self, WINDOW, LEASE, clock=self.clock)
         self.client = app.test_client()
 
-    def idempotency_map(self, timeout: float | None = None):
+    def shared_config(self) -> SharedConfig:
+        return SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_map(self, name: str, timeout: float | None = None):
+        assert name == "messages-log.idempotency"
         if self.map_down:
             raise HazelcastUnavailable("the Hazelcast cluster is unavailable")
         return self.map
 
-    def queue(self, timeout: float | None = None):
+    def get_queue(self, name: str, timeout: float | None = None):
+        assert name == "messages-queue"
         return self.queue_
 
     def post(self, msg: str, key: str = "K"):

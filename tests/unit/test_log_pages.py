@@ -11,6 +11,7 @@ from hazelcast.predicate import PagingPredicate
 from contracts.paging import BadCursor, LogCursor, MessagesCursor
 from logging_svc.store import HazelcastMessageLog, cut_page, encode
 from messages_svc.consumer import MessageStore
+from servicekit.kvconfig import SharedConfig
 
 
 def walk(entries: list[str], limit: int) -> list[str]:
@@ -107,7 +108,10 @@ class Connected:
     def __init__(self, log_map):
         self._map = log_map
 
-    def map(self):
+    def shared_config(self) -> SharedConfig:
+        return SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_map(self, name: str, timeout: float | None = None):
         return self._map
 
 

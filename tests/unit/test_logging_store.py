@@ -13,6 +13,7 @@ from contracts.log_entry import message_of
 from logging_svc import create_app
 from logging_svc.settings import LoggingSettings
 from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered, stamp_of
+from servicekit.kvconfig import SharedConfig
 
 
 @given(st.lists(st.tuples(st.text(), st.integers(min_value=0, max_value=10**19)), max_size=50))
@@ -76,7 +77,10 @@ class CounterHazelcast:
     def __init__(self, counter):
         self.counter = counter
 
-    def log_size_counter(self):
+    def shared_config(self) -> SharedConfig:
+        return SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_pn_counter(self, name: str):
         return self.counter
 
 
@@ -129,7 +133,7 @@ class RefusingMap:
 
 
 class RefusingHazelcast(CounterHazelcast):
-    def map(self):
+    def get_map(self, name: str, timeout: float | None = None):
         return RefusingMap()
 
 
@@ -175,7 +179,7 @@ class RecordingHazelcast(CounterHazelcast):
         super().__init__(counter)
         self.stored: list[str] = []
 
-    def map(self):
+    def get_map(self, name: str, timeout: float | None = None):
         return self
 
     def put_if_absent(self, key, value):
@@ -190,7 +194,7 @@ class OneMap(CounterHazelcast):
         self.entries: dict[str, object] = {}
         self.calls = 0
 
-    def map(self):
+    def get_map(self, name: str, timeout: float | None = None):
         return self
 
     def put_if_absent(self, key, value):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from facade import create_app
 from facade.settings import FacadeSettings
 from servicekit.errors import BadInput
+from servicekit.kvconfig import SharedConfig
 from servicekit.lifecycle import close_app
 from servicekit.settings import SettingsError, forwarded_body_bytes
 from servicekit.web import MAX_JSON_DEPTH, configure_app, nesting_exceeds, read_json_object, require_message
@@ -120,7 +121,10 @@ class RecordingHazelcast:
     def __init__(self):
         self.offered: list[str] = []
 
-    def queue(self, timeout: float | None = None):
+    def shared_config(self) -> SharedConfig:
+        return SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
+
+    def get_queue(self, name: str, timeout: float | None = None):
         return self
 
     def remaining_capacity(self) -> int:

@@ -14,6 +14,7 @@ from logging_svc.settings import LoggingSettings
 from logging_svc.store import ID_BYTES, HazelcastMessageLog, LogSize, encode, entry_cost, entry_cost_of_size
 from messages_svc.consumer import MessageStore
 from servicekit.errors import StoreFailure, store_failure
+from servicekit.kvconfig import SharedConfig
 from servicekit.settings import SettingsError
 from stackctl import hazelcast_member, postgres
 
@@ -86,14 +87,19 @@ class StoreHazelcast:
     def __init__(self, log_map: LogMap, counter: Counter, marker: Marker):
         self._map, self.counter, self.marker = log_map, counter, marker
 
-    def map(self):
-        return self._map
+    def shared_config(self) -> SharedConfig:
+        return SharedConfig("dev", ("127.0.0.1:1",), "messages-log", "messages-queue")
 
-    def log_size_counter(self):
-        return self.counter
+    def get_map(self, name: str, timeout: float | None = None):
+        """The log's map, or (blocking) the size's rebuild marker."""
+        return {"messages-log": self._map, "messages-log-bytes.rebuilt": self}[name]
 
-    def log_size_marker(self):
+    def blocking(self):
         return self.marker
+
+    def get_pn_counter(self, name: str):
+        assert name == "messages-log-bytes"
+        return self.counter
 
 
 def entries(*messages: str) -> dict[str, str]:
