@@ -5,7 +5,8 @@
 
 Starts a Consul agent, three Hazelcast members and the services on free loopback ports (devstack, the
 same code the integration tests use), plus two references under the facade's gunicorn settings
-(bench/reference.py), and the facade's design written the naive way on the same members. Every load loop is bounded in count and time. Writes bench-results.json and
+(bench/reference.py), and the facade's design written the naive way on the same members. Every load loop is
+bounded in count and time. Writes bench-results.json and
 bench-plot.png to the working directory; --docs also writes docs/BENCHMARKS.md's results and docs/bench.png.
 
 --baseline REV runs the code of git revision REV as a second system beside this one (its own Consul
@@ -45,6 +46,7 @@ from bench.phases import (
     phase_profile,
     phase_visible,
 )
+from bench.store import MEMORY_LABEL, RELOAD_MESSAGES, commit_delay_run, phase_reload, profile_member, statements
 from bench.summary import summarize
 from bench.systems import (
     POST_BODY,
@@ -56,7 +58,6 @@ from bench.systems import (
     start_reference,
     start_system,
 )
-from bench.store import MEMORY_LABEL, RELOAD_MESSAGES, commit_delay_run, phase_reload, profile_member, statements
 from devstack import ROOT, ConsulAgent, HazelcastCluster
 from devstack.postgres import PostgresServer
 

@@ -6,7 +6,8 @@
   a pooled requests.Session. The floor of "one request in, one service call out".
 - `design`: the facade's design written the naive way. POST /design takes the message without
   validation, POSTs it to one of the hard-coded /design-log instances (REF_LOGGING, comma-separated
-  base URLs: no discovery, no retries), which put_if_absent it into the map in the log's entry format (contracts.log_entry);
+  base URLs: no discovery, no retries), which put_if_absent it into the map in the log's entry format
+  (contracts.log_entry);
   then it offers the item to the queue the messages instances consume. The same writes on the same
   members as the facade, minus everything the facade adds around them.
 """

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
 from devstack import replace_block  # noqa: E402
 
 
@@ -23,7 +24,7 @@ def machine(command: str, plan: dict, seconds: float) -> dict:
         found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
         model = found.group(1) if found else ""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": os.cpu_count(),
         "cpu": model,
         "python": platform.python_version(),

@@ -124,7 +124,10 @@ def profile_member(pid: int, seconds: float, run, out: Path) -> dict:
         subprocess.run(["jcmd", str(pid), "JFR.stop", "name=bench"], check=True, capture_output=True, timeout=60)
     printed = subprocess.run(
         ["jfr", "print", "--json", "--events", "jdk.ExecutionSample,jdk.NativeMethodSample", str(recording)],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     events = json.loads(printed.stdout)["recording"]["events"]
     running = [e for e in events if e["type"] == "jdk.ExecutionSample"]

@@ -8,9 +8,9 @@ import json
 import logging
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import hazelcast
 import requests

@@ -67,16 +67,26 @@ def death_to_removal(stack) -> float:
 
 def first_request_delay(stack) -> float:
     tag = uuid.uuid4().hex[:6]
-    with Load(lambda s, n: s.post(stack.url, json={"msg": f"{tag}-{n}"}, timeout=10),
-              clients=2, max_requests=5000, max_seconds=60) as load:
+    with Load(
+        lambda s, n: s.post(stack.url, json={"msg": f"{tag}-{n}"}, timeout=10),
+        clients=2,
+        max_requests=5000,
+        max_seconds=60,
+    ) as load:
         load.wait_for(20)
         return passing_to_first_request(stack, load)
 
 
 def consul_requests_per_1k(stack) -> float:
     before = prometheus_counter(stack.agent, HEALTH_QUERIES)
-    with Load(lambda s, n: s.post(stack.url, json={"msg": f"count-{n}"}, timeout=10) if n % 2
-              else s.get(stack.url, timeout=10), clients=4, max_requests=1000, max_seconds=120) as load:
+    with Load(
+        lambda s, n: (
+            s.post(stack.url, json={"msg": f"count-{n}"}, timeout=10) if n % 2 else s.get(stack.url, timeout=10)
+        ),
+        clients=4,
+        max_requests=1000,
+        max_seconds=120,
+    ) as load:
         load.wait_for(1000, timeout=120)
     after = prometheus_counter(stack.agent, HEALTH_QUERIES)
     failures = load.failures()
@@ -116,16 +126,18 @@ def main() -> int:
         return f"{statistics.median(values) * 1000:.0f} ms (max {max(values) * 1000:.0f} ms, n={len(values)})"
 
     command = " ".join(["./scripts/discovery-figures", *(a for a in sys.argv[1:] if a != "--docs")])
-    table = "\n".join([
-        f"Measured with `{command}` (its own stack on free ports; {os.cpu_count()} cores, "
-        f"{datetime.date.today().isoformat()}):",
-        "",
-        "| figure | median |",
-        "|---|---|",
-        f"| kill -9 of an instance -> out of every facade worker's rotation | {fmt(removal)} |",
-        f"| new instance's first passing check -> its first request | {fmt(first)} |",
-        f"| Consul health queries per 1,000 facade requests (all, background watches included) | {per_1k:.1f} |",
-    ])
+    table = "\n".join(
+        [
+            f"Measured with `{command}` (its own stack on free ports; {os.cpu_count()} cores, "
+            f"{datetime.date.today().isoformat()}):",
+            "",
+            "| figure | median |",
+            "|---|---|",
+            f"| kill -9 of an instance -> out of every facade worker's rotation | {fmt(removal)} |",
+            f"| new instance's first passing check -> its first request | {fmt(first)} |",
+            f"| Consul health queries per 1,000 facade requests (all, background watches included) | {per_1k:.1f} |",
+        ]
+    )
     print()
     print(table)
     if args.docs:

@@ -198,7 +198,7 @@ SLOW_CLIENTS = {
     "stalled": [
         (b"", False),
         (b"POST /facade HTTP/1.1\r\n" + HOST + b"Content-Ty", False),
-        (b"POST /facade HTTP/1.1\r\n" + HOST + b"Content-Length: 1000\r\n\r\n{\"msg\": \"sl", False),
+        (b"POST /facade HTTP/1.1\r\n" + HOST + b'Content-Length: 1000\r\n\r\n{"msg": "sl', False),
     ],
     # (a) A chunked body, and a body behind "Expect: 100-continue", that never end.
     "chunked": [(b"POST /facade HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n1000\r\n", True)],
@@ -268,8 +268,7 @@ class SlowClient:
 def test_slow_and_half_open_clients_do_not_hold_up_other_requests(watched, kind):
     facade = watched.facade
     clients = [
-        SlowClient(facade.port, *SLOW_CLIENTS[kind][i % len(SLOW_CLIENTS[kind])])
-        for i in range(SLOW_CLIENTS_PER_KIND)
+        SlowClient(facade.port, *SLOW_CLIENTS[kind][i % len(SLOW_CLIENTS[kind])]) for i in range(SLOW_CLIENTS_PER_KIND)
     ]
     stop, pause = threading.Event(), threading.Event()
 
@@ -285,6 +284,7 @@ def test_slow_and_half_open_clients_do_not_hold_up_other_requests(watched, kind)
     trickler = threading.Thread(target=keep_trickling, name="slow-clients", daemon=True)
     trickler.start()
     try:
+
         def timed(call):
             started = time.monotonic()
             try:
@@ -335,11 +335,18 @@ def test_pipelined_chunked_and_expect_continue_requests_are_all_served(watched):
     with socket.create_connection(("127.0.0.1", facade.port), timeout=TIMEOUT) as client:
         # Three requests in one write: the second and third are read from what the first left over.
         client.sendall(
-            b"GET /health HTTP/1.1\r\n" + HOST + b"\r\n"
-            + b"GET /health HTTP/1.1\r\n" + HOST + b"\r\n"
-            + b"POST /facade HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
+            b"GET /health HTTP/1.1\r\n"
+            + HOST
+            + b"\r\n"
+            + b"GET /health HTTP/1.1\r\n"
+            + HOST
+            + b"\r\n"
+            + b"POST /facade HTTP/1.1\r\n"
+            + HOST
+            + b"Content-Type: application/json\r\n"
             + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (msg[:5], msg[5:])) + b"0\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (msg[:5], msg[5:]))
+            + b"0\r\n\r\n"
         )
         answers = re.findall(rb"HTTP/1\.1 (\d+) ", read_until_closed(client))
     assert answers == [b"200", b"200", b"201"]
@@ -349,7 +356,9 @@ def test_pipelined_chunked_and_expect_continue_requests_are_all_served(watched):
     msg = json.dumps({"msg": text}).encode()
     with socket.create_connection(("127.0.0.1", facade.port), timeout=TIMEOUT) as client:
         client.sendall(
-            b"POST /facade HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"POST /facade HTTP/1.1\r\n"
+            + HOST
+            + b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
             + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(msg)
         )
         # The body goes only after "100 Continue", as a client that waits for it would send it.

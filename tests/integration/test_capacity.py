@@ -101,7 +101,7 @@ FLOOD_CAPACITY = 8 * 1024 * 1024
 
 def test_a_flood_past_the_capacity_of_a_small_cluster_acknowledges_only_what_it_keeps(log_dir):
     # The capacity is within what the rule gives such a cluster: the test exercises the default's safety.
-    assert FLOOD_CAPACITY <= default_log_capacity_bytes(java_size_bytes(FLOOD_HEAP), members=3)
+    assert default_log_capacity_bytes(java_size_bytes(FLOOD_HEAP), members=3) >= FLOOD_CAPACITY
     env = {"LOG_CAPACITY_BYTES": str(FLOOD_CAPACITY)}
     with running_stack(log_dir, logging=3, messages=2, heap=FLOOD_HEAP, env=env) as stack:
         filler = "f" * (FLOOD_CHARS - 8)
@@ -116,9 +116,7 @@ def test_a_flood_past_the_capacity_of_a_small_cluster_acknowledges_only_what_it_
         reads = Load(lambda s, n: s.get(stack.url, timeout=TIMEOUT), clients=1, max_seconds=45, pause=0.5)
         with flood, reads:
             # Until well past the capacity: a few hundred refusals, then stop.
-            eventually(
-                lambda: _assert_refused(flood, 300), 45, interval=0.5, what="300 refusals once the log is full"
-            )
+            eventually(lambda: _assert_refused(flood, 300), 45, interval=0.5, what="300 refusals once the log is full")
         outcomes = flood.snapshot()
         kinds = {o.kind for o in outcomes}
         assert kinds <= {"201", "507", "503"}, f"answers other than 201 or a documented refusal: {kinds}"

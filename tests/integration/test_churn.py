@@ -72,8 +72,9 @@ def test_rolling_restart_of_every_service_loses_no_request(own_stack):
     stack = own_stack(logging=3, messages=2, facades=2)
     # The load finds the facades through Consul too, as a client of such a system would, on a fresh
     # connection per request, so a facade that left Consul gets no new request.
-    watch = ServiceWatch(make_consul(ConsulSettings.from_env(env={"CONSUL_HTTP_ADDR": stack.agent.addr})),
-                         "facade-service", wait="5s").start()
+    watch = ServiceWatch(
+        make_consul(ConsulSettings.from_env(env={"CONSUL_HTTP_ADDR": stack.agent.addr})), "facade-service", wait="5s"
+    ).start()
     client = stack.agent.client()
     sent_at: dict[str, float] = {}
 
@@ -103,7 +104,7 @@ def test_rolling_restart_of_every_service_loses_no_request(own_stack):
             for group in (stack.logging, stack.messages, stack.facades):
                 for old in list(group):
                     old.proc.send_signal(signal.SIGTERM)
-                    left_at[old.name] = eventually(lambda: left_consul(old), timeout=10, interval=0.01)
+                    left_at[old.name] = eventually(lambda old=old: left_consul(old), timeout=10, interval=0.01)
                     old.proc.stop()
                     wait_passing(stack.agent, stack.replace(old))
             load.wait_for(len(load.outcomes) + 30)
@@ -121,12 +122,12 @@ def test_rolling_restart_of_every_service_loses_no_request(own_stack):
     assert len(after) > 30
 
     def held_once_by_the_new_instances():
-        held = [m for s in stack.messages
-                for m in read_all(f"{s.url}/messages", "messages")]
+        held = [m for s in stack.messages for m in read_all(f"{s.url}/messages", "messages")]
         assert len(held) == len(set(held)), "a message was consumed twice"
         missing = after - set(held)
-        assert not missing, f"{len(missing)} of {len(after)} messages sent after the last old instance " \
-                            "left Consul are held nowhere"
+        assert not missing, (
+            f"{len(missing)} of {len(after)} messages sent after the last old instance left Consul are held nowhere"
+        )
 
     eventually(held_once_by_the_new_instances, timeout=10)
 
@@ -143,10 +144,15 @@ def test_instances_register_again_after_the_consul_agent_restarts(own_stack):
         stack.wait_all_passing(timeout=10)
         recovered_in = time.monotonic() - back_at
         load.wait_for(len(load.outcomes) + 20)
-    record(stack.log_dir, "consul-agent-restart", {
-        "all_passing_after_agent_back_s": round(recovered_in, 2),
-        "requests": len(load.outcomes), "failed": len(load.failures()),
-    })
+    record(
+        stack.log_dir,
+        "consul-agent-restart",
+        {
+            "all_passing_after_agent_back_s": round(recovered_in, 2),
+            "requests": len(load.outcomes),
+            "failed": len(load.failures()),
+        },
+    )
     assert recovered_in <= 10
     assert {s.instance_id: s.proc.pid for s in stack.instances} == pids, "no instance restarted"
     assert load.failures() == [], describe(load.failures())
@@ -172,9 +178,15 @@ def test_facade_serves_from_last_known_instances_while_consul_is_down(own_stack)
     finally:
         if not stack.agent.proc.alive():
             stack.agent.relaunch()
-    record(stack.log_dir, "consul-down-mid-run", {
-        "served_while_down": served_while_down, "requests": len(load.outcomes), "failed": len(load.failures()),
-    })
+    record(
+        stack.log_dir,
+        "consul-down-mid-run",
+        {
+            "served_while_down": served_while_down,
+            "requests": len(load.outcomes),
+            "failed": len(load.failures()),
+        },
+    )
     assert served_while_down >= 100
     assert load.failures() == [], describe(load.failures())
 
@@ -198,6 +210,8 @@ def test_an_instance_started_while_consul_is_down_registers_once_it_is_back(own_
     back_at = time.monotonic()
     stack.cluster.seed_kv(stack.agent)
     wait_passing(stack.agent, late, timeout=20)
-    record(stack.log_dir, "consul-down-at-startup", {"passing_after_agent_back_s": round(time.monotonic() - back_at, 2)})
+    record(
+        stack.log_dir, "consul-down-at-startup", {"passing_after_agent_back_s": round(time.monotonic() - back_at, 2)}
+    )
     log = late.proc.log_path.read_text()
     assert "Consul" in log and "does not answer" in log, "the log says why it is not registered"

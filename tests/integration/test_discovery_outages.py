@@ -58,9 +58,14 @@ def test_post_is_a_503_at_once_when_every_logging_instance_is_critical(own_stack
         assert response.status_code == 503, response.text
         assert response.json() == {"error": "no healthy logging-service instance"}
         # At once: no attempt on the frozen instances, so nothing waits out a read timeout or the deadline.
-        record(stack.log_dir, "every-logging-instance-critical", {
-            "seen_critical_to_out_of_rotation_s": round(dropped_in, 2), "post_503_s": round(took, 3),
-        })
+        record(
+            stack.log_dir,
+            "every-logging-instance-critical",
+            {
+                "seen_critical_to_out_of_rotation_s": round(dropped_in, 2),
+                "post_503_s": round(took, 3),
+            },
+        )
         assert took < 0.5, f"503 after {took:.2f} s"
     finally:
         for service in stack.logging:
@@ -90,8 +95,9 @@ def test_the_facade_follows_changes_within_seconds_after_the_consul_agent_restar
         assert status["updated_s_ago"] < 1.0 and "logging-service-never-passing" not in status["instances"]
 
     eventually(watch_idle, timeout=10)
-    client.agent.service.register("logging-service", service_id="logging-service-never-passing", port=1,
-                                  check=consul.Check.ttl("1h"))
+    client.agent.service.register(
+        "logging-service", service_id="logging-service-never-passing", port=1, check=consul.Check.ttl("1h")
+    )
     eventually(watch_took_the_new_index, timeout=5)
     stack.agent.restart()
     # What ./scripts/up does after an agent restart: seed KV again (the instances register themselves).

@@ -12,8 +12,8 @@ import uuid
 import pytest
 import requests
 
-from devstack import eventually
 from contracts import id_format
+from devstack import eventually
 
 TIMEOUT = 10
 # nginx's large_client_header_buffers: 16 lines of 4 KiB at most.

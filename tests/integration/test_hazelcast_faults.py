@@ -17,10 +17,21 @@ import hazelcast
 import pytest
 import requests
 
-from devstack import ConsulAgent, HazelcastCluster, Load, Outcome, Service, Stack, eventually, record, running_stack
-from devstack import read_all, start_service, wait_passing
-
 from contracts import queue_item
+from devstack import (
+    ConsulAgent,
+    HazelcastCluster,
+    Load,
+    Outcome,
+    Service,
+    Stack,
+    eventually,
+    read_all,
+    record,
+    running_stack,
+    start_service,
+    wait_passing,
+)
 from servicekit.hz import WAITING_LOG_INTERVAL
 
 # One worker for the module: its tests share `faults` (a whole stack of its own), which every worker would

@@ -7,6 +7,7 @@ its lines is the order in which they happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,10 +40,8 @@ def first_index(lines: list[str], text: str) -> int:
 
 def kill_group(service: Service) -> None:
     """Whatever the test did, no master of this instance outlives it (a second master shares the group)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(service.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     if service.proc.popen is not None:
         service.proc.popen.wait(10)
 
@@ -74,13 +73,18 @@ def test_a_stopping_messages_instance_takes_nothing_after_it_left_consul(own_sta
     def all_at_the_staying_instance():
         held = set(read_all(f"{staying.url}/messages", "messages"))
         missing = after - held
-        assert not missing, f"{len(missing)} of {len(after)} messages sent after the instance left Consul are not " \
-                            f"at the other instance: the leaving one took them"
+        assert not missing, (
+            f"{len(missing)} of {len(after)} messages sent after the instance left Consul are not "
+            f"at the other instance: the leaving one took them"
+        )
 
     eventually(all_at_the_staying_instance, timeout=10)
     lines = log_lines(leaving)
-    assert first_index(lines, "stopped taking messages") < first_index(lines, "deregistered") \
+    assert (
+        first_index(lines, "stopped taking messages")
+        < first_index(lines, "deregistered")
         < first_index(lines, WORKER_EXITING)
+    )
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigquit"])
@@ -109,7 +113,7 @@ def test_hup_keeps_one_registration_keeper_and_the_instance_registered(consul_ag
     try:
         for hup in (1, 2):
             service.proc.send_signal(signal.SIGHUP)
-            eventually(lambda: _logged(service, "Handling signal: hup", hup), timeout=10)
+            eventually(lambda hup=hup: _logged(service, "Handling signal: hup", hup), timeout=10)
             # The reloaded master still keeps the instance registered: remove it behind its back.
             client.agent.service.deregister(service.instance_id)
             wait_passing(consul_agent, service, timeout=15)

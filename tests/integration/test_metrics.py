@@ -152,8 +152,9 @@ def test_a_scrape_makes_no_consul_call_and_consul_knows_where_to_scrape(own_stac
     time.sleep(elapsed)
     anyway = prometheus_counter(stack.agent, "consul_http_") - before
     # A scrape that asked Consul anything would add one call each.
-    assert added - anyway < scrapes / 4, f"{added} Consul calls during {scrapes} scrapes ({elapsed:.1f} s), " \
-                                         f"{anyway} in as long without"
+    assert added - anyway < scrapes / 4, (
+        f"{added} Consul calls during {scrapes} scrapes ({elapsed:.1f} s), {anyway} in as long without"
+    )
 
 
 def test_status_traffic_prints_each_instance_with_its_share_and_its_health(own_stack):

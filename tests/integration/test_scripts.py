@@ -104,8 +104,13 @@ class StackDirs:
 
     def run_args(self, args: list[str], timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(SCRIPTS / args[0]), *args[1:]], cwd=ROOT, env=self.env(**extra), capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
+            [str(SCRIPTS / args[0]), *args[1:]],
+            cwd=ROOT,
+            env=self.env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
 
     def processes(self) -> list[psutil.Process]:
@@ -120,10 +125,8 @@ class StackDirs:
         if pid:
             os.kill(pid, signal.SIGKILL)
         for proc in self.processes():
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
 
 
 def output(result: subprocess.CompletedProcess) -> str:
@@ -154,10 +157,14 @@ def stack_dirs():
 def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir):
     port = stack_dirs.port(stack.ports("LOGGING")[1])
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
-         "print('ready', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
+            "print('ready', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
@@ -166,8 +173,9 @@ def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir
         elapsed = time.monotonic() - started
         record(log_dir, "up_reports_a_taken_port", {"seconds": round(elapsed, 2)})
         assert result.returncode != 0, output(result)
-        assert f"port {port} (logging-{port}) is taken by pid {holder.pid} ({sys.executable} -c" in result.stderr, \
+        assert f"port {port} (logging-{port}) is taken by pid {holder.pid} ({sys.executable} -c" in result.stderr, (
             output(result)
+        )
         assert "STACK_PORT_OFFSET" in result.stderr, output(result)
         assert elapsed < 30, f"{elapsed:.1f} s to report a taken port\n{output(result)}"
         # Nothing was started: no supervisord, no program, the agent's port still free.
@@ -236,8 +244,11 @@ def program_pids(stack: StackDirs) -> dict[str, int]:
 def programs(dirs: StackDirs) -> set[str]:
     """Every process supervisord runs: the agent, the database, and one a member or instance named by its port,
     and each facade's nginx, named by the facade's port."""
-    return {"consul", "postgres"} | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items()
-                                     for port in ports} | {f"nginx-{dirs.port(port)}" for port in PROGRAM_PORTS["FACADE"]}
+    return (
+        {"consul", "postgres"}
+        | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items() for port in ports}
+        | {f"nginx-{dirs.port(port)}" for port in PROGRAM_PORTS["FACADE"]}
+    )
 
 
 @SHARES_THE_SCRIPT_STACK
@@ -270,7 +281,10 @@ def test_up_puts_an_unprivileged_nginx_in_front_of_the_facade_with_its_files_in_
     def listening(proc: psutil.Process) -> set[tuple[str, int]]:
         procs = [proc, *proc.children()]
         return {
-            (c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+            (c.laddr.ip, c.laddr.port)
+            for p in procs
+            for c in p.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN
         }
 
     assert listening(nginx) == {("127.0.0.1", port)}
@@ -324,8 +338,13 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
     registered through its API, not what its configuration holds."""
     up(script_stack)
     restart = subprocess.run(
-        ["bash", "-c", 'source scripts/lib.sh && ctl restart consul'], cwd=ROOT, env=script_stack.env(),
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        ["bash", "-c", "source scripts/lib.sh && ctl restart consul"],
+        cwd=ROOT,
+        env=script_stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
     assert restart.returncode == 0, output(restart)
     client = consul.Consul(host="127.0.0.1", port=script_stack.consul_port, token="", connections_timeout=5)
@@ -349,8 +368,9 @@ def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_t
     result = up(script_stack)
     assert "no longer looks after" in result.stderr, output(result)
     for name, pid in before.items():
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, \
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
             f"{name} (pid {pid}) was adopted\n{output(result)}"
+        )
     supervisor = script_stack.supervisord()
     assert supervisor is not None
     after = program_pids(script_stack)
@@ -391,7 +411,12 @@ def install_function(
     return subprocess.run(
         # PATH changes after the source: lib.sh itself needs coreutils.
         ["/bin/bash", "-c", f'source "{SCRIPTS}/install" && PATH=$TEST_PATH && {function}'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -409,8 +434,9 @@ def test_install_prints_the_apt_command_for_java_and_maven_when_there_is_no_apt_
     bin_dir = fake_bin(tmp_path, id="echo 0")
     result = install_function("install_java", tmp_path / "tools", path=str(bin_dir))
     assert result.returncode == 1, output(result)
-    assert "no java mvn on PATH; install them with: sudo apt-get install -y openjdk-17-jdk-headless maven" \
-        in result.stderr, output(result)
+    assert (
+        "no java mvn on PATH; install them with: sudo apt-get install -y openjdk-17-jdk-headless maven" in result.stderr
+    ), output(result)
 
 
 def test_install_prints_the_apt_command_for_java_and_maven_when_not_root(tmp_path):
@@ -434,7 +460,9 @@ def test_install_installs_nginx_with_apt_get_as_root_when_there_is_none(tmp_path
     calls, nginx = tmp_path / "apt-calls", tmp_path / "sbin" / "nginx"
     nginx.parent.mkdir()
     # The fake apt-get records its arguments and leaves an nginx where Debian's package puts it.
-    bin_dir = fake_bin(tmp_path, id="echo 0", **{"apt-get": f'echo "$*" >> {calls}; echo : > {nginx}; /bin/chmod +x {nginx}'})
+    bin_dir = fake_bin(
+        tmp_path, id="echo 0", **{"apt-get": f'echo "$*" >> {calls}; echo : > {nginx}; /bin/chmod +x {nginx}'}
+    )
     result = install_function("install_nginx", tmp_path / "tools", path=str(bin_dir), env={"NGINX_BIN": str(nginx)})
     assert result.returncode == 0, output(result)
     assert calls.read_text().splitlines() == ["install -y -q nginx"]
@@ -494,13 +522,18 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
     env_file = tmp_path / "programs.env"
     writer = {**os.environ, "CONSUL_HTTP_ADDR": "http://127.0.0.1:9500"}
     writer.pop("CONSUL_HTTP_TOKEN", None)
-    subprocess.run([sys.executable, "-m", "stackctl", "write-env", str(env_file)], cwd=ROOT, env=writer,
-                   check=True, timeout=30)
+    subprocess.run(
+        [sys.executable, "-m", "stackctl", "write-env", str(env_file)], cwd=ROOT, env=writer, check=True, timeout=30
+    )
     assert env_file.stat().st_mode & 0o077 == 0, "the env file may hold a token: this user only"
     program = subprocess.run(
         [sys.executable, "-m", "stackctl", "--env-file", str(env_file), "exec", "env"],
-        cwd=ROOT, env={**os.environ, "CONSUL_HTTP_TOKEN": "old-token", "CONSUL_HTTP_ADDR": "127.0.0.1:8500"},
-        capture_output=True, text=True, check=True, timeout=30,
+        cwd=ROOT,
+        env={**os.environ, "CONSUL_HTTP_TOKEN": "old-token", "CONSUL_HTTP_ADDR": "127.0.0.1:8500"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     lines = program.stdout.splitlines()
     assert "CONSUL_HTTP_ADDR=http://127.0.0.1:9500" in lines

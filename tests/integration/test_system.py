@@ -23,9 +23,7 @@ def post(stack, msg: str) -> dict:
 
 def consumed_by(stack) -> dict[str, list[str]]:
     """What each messages instance holds, asked directly."""
-    return {
-        s.instance_id: read_all(f"{s.url}/messages", "messages") for s in stack.messages
-    }
+    return {s.instance_id: read_all(f"{s.url}/messages", "messages") for s in stack.messages}
 
 
 def test_every_instance_is_registered_once_with_a_passing_check(stack):

@@ -119,14 +119,15 @@ def imported_modules(path: Path, package: str) -> set[str]:
         if isinstance(node, ast.Import):
             dotted = [alias.name for alias in node.names]
             found.update(name.split(".")[1] for name in dotted if name.startswith(f"{package}."))
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 1 or (node.level == 0 and node.module and node.module.split(".")[0] == package):
-                module = node.module or ""
-                inner = module.split(".")[1:] if node.level == 0 else module.split(".")[:1] if module else []
-                if inner and inner[0]:
-                    found.add(inner[0])
-                else:  # from . import a, b (or from package import a, b): each name may be a module
-                    found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (
+            node.level == 1 or (node.level == 0 and node.module and node.module.split(".")[0] == package)
+        ):
+            module = node.module or ""
+            inner = module.split(".")[1:] if node.level == 0 else module.split(".")[:1] if module else []
+            if inner and inner[0]:
+                found.add(inner[0])
+            else:  # from . import a, b (or from package import a, b): each name may be a module
+                found.update(alias.name for alias in node.names)
     return {name for name in found if (ROOT / package / f"{name}.py").is_file()}
 
 
@@ -156,7 +157,9 @@ def test_each_module_of_a_package_is_on_one_floor_of_the_table(package):
     listed = list(itertools.chain.from_iterable(FLOORS[package]))
     assert len(listed) == len(set(listed)), f"on two floors: {sorted({m for m in listed if listed.count(m) > 1})}"
     actual = set(module_imports(package))
-    assert actual == set(listed), f"not in the table: {sorted(actual - set(listed))}; gone: {sorted(set(listed) - actual)}"
+    assert actual == set(listed), (
+        f"not in the table: {sorted(actual - set(listed))}; gone: {sorted(set(listed) - actual)}"
+    )
 
 
 @pytest.mark.parametrize("package", sorted(FLOORS))

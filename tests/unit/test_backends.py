@@ -551,8 +551,8 @@ def test_the_calls_in_flight_are_counted_per_instance_for_the_pick_and_forgotten
         return STORED
 
     http = ScriptedHttp(p8081=held, p8082=STORED)
-    calling = Backends(FacadeSettings.from_env("facade-service", 8080, env={}), FixedDiscovery(8081, 8082), session=http,
-                       pick=least_busy)  # fmt: skip
+    settings = FacadeSettings.from_env("facade-service", 8080, env={})
+    calling = Backends(settings, FixedDiscovery(8081, 8082), session=http, pick=least_busy)
     first = threading.Thread(target=calling.log_message, args=("id-1", "held"))
     first.start()
     try:

@@ -28,12 +28,25 @@ def test_percentile_interpolates_between_the_nearest_ranks():
 
 def sample_results() -> dict:
     return {
-        "post_rps": 300.0, "post_p50_ms": 40.0, "post_p99_ms": 90.0, "post_vs_ref": 0.4,
-        "post_vs_design": 1.05, "ref_design_rps": 285.0,
-        "ref_chain_rps": 750.0, "ref_bare_rps": 3000.0, "get_p50_ms_10k": 80.0,
+        "post_rps": 300.0,
+        "post_p50_ms": 40.0,
+        "post_p99_ms": 90.0,
+        "post_vs_ref": 0.4,
+        "post_vs_design": 1.05,
+        "ref_design_rps": 285.0,
+        "ref_chain_rps": 750.0,
+        "ref_bare_rps": 3000.0,
+        "get_p50_ms_10k": 80.0,
         "get_by_size": {"100": {"p50_ms": 3.0, "p99_ms": 5.0}, "10000": {"p50_ms": 80.0, "p99_ms": 95.0}},
-        "meta": {"date": "2026-11-28 12:00 UTC", "cores": 2, "cpu": "x", "python": "3.11", "seconds": 200,
-                 "command": "./scripts/bench --quick", "plan": {"main_level": 16}},
+        "meta": {
+            "date": "2026-11-28 12:00 UTC",
+            "cores": 2,
+            "cpu": "x",
+            "python": "3.11",
+            "seconds": 200,
+            "command": "./scripts/bench --quick",
+            "plan": {"main_level": 16},
+        },
     }
 
 

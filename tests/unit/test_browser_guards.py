@@ -172,8 +172,8 @@ def test_a_foreign_host_name_is_refused_by_every_service(closing):
 
 
 @pytest.mark.parametrize(
-    "host", ["localhost", "localhost:8081", "LocalHost:1", "localhost.", "127.0.0.1", "127.0.0.1:65535", "[::1]",
-             "[::1]:8081"]
+    "host",
+    ["localhost", "localhost:8081", "LocalHost:1", "localhost.", "127.0.0.1", "127.0.0.1:65535", "[::1]", "[::1]:8081"],
 )
 def test_loopback_names_are_accepted_on_any_port_by_default(host):
     client, _ = logging_client()

@@ -32,8 +32,11 @@ def test_reliability_figures_range_over_every_recorded_run(tmp_path):
     figures = _reliability_figures()
     for run, (lost, slowest, failed) in enumerate([(0, 0.5, []), (0, 3.0, ["503", "503"])]):
         (tmp_path / f"run{run}").mkdir()
-        record(tmp_path / f"run{run}", "member-loss", {"acknowledged_lost": lost, "slowest_post_s": slowest,
-                                                       "failed": failed})
+        record(
+            tmp_path / f"run{run}",
+            "member-loss",
+            {"acknowledged_lost": lost, "slowest_post_s": slowest, "failed": failed},
+        )
     (tmp_path / "soak-1").mkdir()
     (tmp_path / "soak-1" / "soak.json").write_text(json.dumps({"posts_failed": {"refused": 34, "503": 1}}))
     table = figures.markdown(figures.runs(tmp_path))

@@ -34,8 +34,15 @@ class ConfigOnly(Application):
 def logging_left_as_found():
     """These tests run the services' logging setup; the rest of the run keeps pytest's."""
     names = ["", "gunicorn.error", "gunicorn.access", "hazelcast"]
-    saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).level,
-              logging.getLogger(n).propagate) for n in names]
+    saved = [
+        (
+            logging.getLogger(n),
+            logging.getLogger(n).handlers[:],
+            logging.getLogger(n).level,
+            logging.getLogger(n).propagate,
+        )
+        for n in names
+    ]
     yield
     for logger, handlers, level, propagate in saved:
         logger.handlers[:] = handlers
@@ -55,8 +62,11 @@ def gunicorn_config(package: str, monkeypatch, app_port: str = "") -> dict:
 
 @pytest.mark.parametrize(
     "package, app, workers",
-    [("facade", "facade:create_app()", 2), ("logging_svc", "logging_svc:create_app()", 2),
-     ("messages_svc", "messages_svc:create_app()", 1)],
+    [
+        ("facade", "facade:create_app()", 2),
+        ("logging_svc", "logging_svc:create_app()", 2),
+        ("messages_svc", "messages_svc:create_app()", 1),
+    ],
 )
 def test_each_service_config_keeps_its_app_workers_and_the_shared_worker_settings(package, app, workers, monkeypatch):
     cfg = gunicorn_config(package, monkeypatch)
@@ -108,7 +118,11 @@ def test_an_access_line_carries_the_instance_id_once_the_access_logger_is_on(cap
     logger = access_logger("INFO")
     resp = SimpleNamespace(status="200 OK", headers=[], sent=2, response_length=2)
     req = SimpleNamespace(headers=[], method="GET", path="/health", query="", version=(1, 1), uri="/health")
-    logger.access(resp, req, {"REQUEST_METHOD": "GET", "RAW_URI": "/health", "SERVER_PROTOCOL": "HTTP/1.1",
-                              "REMOTE_ADDR": "127.0.0.1"}, timedelta(milliseconds=1))
+    logger.access(
+        resp,
+        req,
+        {"REQUEST_METHOD": "GET", "RAW_URI": "/health", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"},
+        timedelta(milliseconds=1),
+    )
     err = capsys.readouterr().err
     assert "[logging-service-box-8081 pid=" in err and "gunicorn.access" in err and "GET /health" in err, err

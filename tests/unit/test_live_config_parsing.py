@@ -164,9 +164,7 @@ def test_a_message_limit_of_thousands_of_digits_is_refused_not_an_error():
 def _two_keys(first: LiveSetting) -> tuple[LiveConfig, list[str]]:
     """A watch of `first`, then of the balancing policy: what the policy key applied is returned."""
     applied: list[str] = []
-    policy = LiveSetting(
-        key=balancing.KEY_POLICY, start="random", parse=balancing.parse_policy, apply=applied.append
-    )
+    policy = LiveSetting(key=balancing.KEY_POLICY, start="random", parse=balancing.parse_policy, apply=applied.append)
     return LiveConfig(client=None, settings=[first, policy]), applied  # type: ignore[arg-type]
 
 
@@ -197,9 +195,7 @@ def test_any_failure_of_one_key_is_its_refusal_and_never_stops_another_key(where
     )
     watch, policies = _two_keys(setting)
     with caplog.at_level(logging.ERROR, logger="servicekit.live_config"):
-        watch.answered(
-            9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 8), _entry(balancing.KEY_POLICY, "p2c", 9)]
-        )
+        watch.answered(9, [_entry(live_config.KEY_MAX_MESSAGE_CHARS, "50", 8), _entry(balancing.KEY_POLICY, "p2c", 9)])
     assert policies == ["p2c"]
     status = watch.status()
     assert status["values"][live_config.KEY_MAX_MESSAGE_CHARS] == {"value": 4096, "from": "env", "index": None}

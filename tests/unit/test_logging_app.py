@@ -44,7 +44,9 @@ def log():
 
 @pytest.fixture
 def client(log):
-    settings = LoggingSettings.from_env("logging-service", 8081, env={"MAX_BODY_BYTES": "1024", "MAX_MESSAGE_CHARS": "64"})
+    settings = LoggingSettings.from_env(
+        "logging-service", 8081, env={"MAX_BODY_BYTES": "1024", "MAX_MESSAGE_CHARS": "64"}
+    )
     return create_app(settings, message_log=log).test_client()
 
 

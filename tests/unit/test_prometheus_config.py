@@ -1,7 +1,8 @@
-"""The Prometheus configuration of docs/OPERATIONS.md (*Metrics*), applied to what Consul discovery hands Prometheus for an instance
-the way Prometheus applies relabel rules: it scrapes the metrics port of the instance's meta, not its public
-port. (No Prometheus here: its relabelling is regexes anchored at both ends over the source labels joined
-by ";", `$1` for a group, and `keep` dropping a target whose joined value does not match.)"""
+"""The Prometheus configuration of docs/OPERATIONS.md (*Metrics*), applied to what Consul discovery hands
+Prometheus for an instance, the way Prometheus applies relabel rules: it scrapes the metrics port of the
+instance's meta, not its public port. (No Prometheus here: its relabelling is regexes anchored at both ends
+over the source labels joined by ";", `$1` for a group, and `keep` dropping a target whose joined value does
+not match.)"""
 
 from __future__ import annotations
 

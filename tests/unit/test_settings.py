@@ -106,8 +106,12 @@ def test_the_default_log_capacity_is_half_the_heap_of_all_members_but_one_over_t
     assert java_size_bytes("1g") == 1024**3 and java_size_bytes("512m") == 512 * 1024**2
     assert default_log_capacity_bytes(1024**3, members=3) == 512 * 1024**2
     # The default stack (conf/stack.env) holds at least 1,000,000 messages of 100 characters.
-    assert LoggingSettings.from_env("logging-service", 8081, env={}).log_capacity_bytes >= 1_000_000 * entry_cost(str(uuid.uuid4()), encode("x" * 100, time.time_ns()))
-    assert LoggingSettings.from_env("logging-service", 8081, env={"LOG_CAPACITY_BYTES": "5000"}).log_capacity_bytes == 5000
+    assert LoggingSettings.from_env("logging-service", 8081, env={}).log_capacity_bytes >= 1_000_000 * entry_cost(
+        str(uuid.uuid4()), encode("x" * 100, time.time_ns())
+    )
+    assert (
+        LoggingSettings.from_env("logging-service", 8081, env={"LOG_CAPACITY_BYTES": "5000"}).log_capacity_bytes == 5000
+    )
 
 
 @pytest.mark.parametrize("raw", ["1.5g", "g", "12t", ""])

@@ -7,16 +7,25 @@ import subprocess
 import pytest
 
 from servicekit import stack
-from stackctl import hazelcast_member
 from servicekit.settings import SettingsError, instance_id
+from stackctl import hazelcast_member
 
 
 def test_python_reads_stack_env_as_the_shell_sources_it():
     names = list(stack.values())
     shell = subprocess.run(
-        ["bash", "-c", 'source "$0" && for n in "$@"; do printf "%s=%s\\n" "$n" "${!n}"; done', str(stack.STACK_ENV),
-         *names],
-        capture_output=True, text=True, timeout=30, check=True, env={"PATH": "/usr/bin:/bin"},
+        [
+            "bash",
+            "-c",
+            'source "$0" && for n in "$@"; do printf "%s=%s\\n" "$n" "${!n}"; done',
+            str(stack.STACK_ENV),
+            *names,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert dict(line.split("=", 1) for line in shell.stdout.splitlines()) == stack.values()
     assert stack.values()["HAZELCAST_JAR_IN_TOOLS"] == f"hazelcast/hazelcast-{stack.hazelcast_version()}.jar"

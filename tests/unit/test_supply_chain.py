@@ -33,7 +33,9 @@ ENTRY = re.compile(r"(?P<name>[a-z0-9][a-z0-9._-]*)==(?P<version>\S+)(?P<hashes>
 def lock_entries(group: str, path: Path | None = None) -> dict[str, tuple[str, frozenset[str]]]:
     """name -> (version, hashes) of one lock; fails on any line that is not a hashed pin."""
     text = (path or LOCKS / f"{group}.txt").read_text()
-    logical = [line for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    logical = [
+        line for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
     entries = {}
     for line in logical:
         line = " ".join(line.split())
@@ -95,7 +97,11 @@ def test_the_project_is_installed_and_importable_from_anywhere(tmp_path):
     packages = ", ".join(PYPROJECT["tool"]["setuptools"]["packages"])
     done = subprocess.run(
         [sys.executable, "-c", f"import {packages}; import devstack; print(devstack.ROOT)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(ROOT)
@@ -152,7 +158,10 @@ def test_install_deletes_and_refuses_a_jar_that_is_not_the_pinned_one(tmp_path):
     # A well-formed jar of the right name, so only its hash can give it away.
     forged = tmp_path / "forged.jar"
     with zipfile.ZipFile(forged, "w") as jar:
-        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nMain-Class: com.hazelcast.core.server.HazelcastMemberStarter\n")
+        jar.writestr(
+            "META-INF/MANIFEST.MF",
+            "Manifest-Version: 1.0\nMain-Class: com.hazelcast.core.server.HazelcastMemberStarter\n",
+        )
     root = install_root(tmp_path, forged)
     fake_venv(root)  # the jar check only: the shared .venv is not this copy's to reinstall
 
@@ -236,7 +245,9 @@ def lib_consul_bin() -> str:
     return done.stdout.strip()
 
 
-@pytest.mark.parametrize("first_line", ["Consul v0.9.0", "Consul v99.0.0", "Consul v1.7.14", "Consul v1.15.0", "not a consul"])
+@pytest.mark.parametrize(
+    "first_line", ["Consul v0.9.0", "Consul v99.0.0", "Consul v1.7.14", "Consul v1.15.0", "not a consul"]
+)
 def test_a_consul_on_path_in_an_unsupported_version_is_ignored(tmp_path, monkeypatch, caplog, first_line):
     fake = fake_consul(tmp_path, first_line)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
