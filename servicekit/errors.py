@@ -1,6 +1,7 @@
 """Every exception of servicekit that another module raises or catches, in one place, so that a module
 catching one never has to import the module that raises it: the four the HTTP boundary answers
-(servicekit.web's handlers), a refused setting, the Consul and Hazelcast errors, the store's failures."""
+(servicekit.web's handlers), a refused live setting, a bad setting, a missing KV key, an unsafe private path,
+the Consul and Hazelcast errors, the store's failures."""
 
 from __future__ import annotations
 
@@ -77,3 +78,16 @@ class BadGateway(RuntimeError):
 
 class Refused(ValueError):
     """A value the service will not apply; the message says why, for the log and /health."""
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+class ConfigError(RuntimeError):
+    """A required key is missing from Consul KV."""
+
+
+class UnsafePath(RuntimeError):
+    """A path to be kept private is not: another user's, a symlink, or open to others. A RuntimeError, so
+    gunicorn, when a start hook raises it, prints its message and exits 1."""

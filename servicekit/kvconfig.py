@@ -9,6 +9,7 @@ from pathlib import Path
 import consul
 
 from .discovery import usable_instances
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,6 @@ KEY_QUEUE = "config/messages/queue"
 HAZELCAST_SERVICE = "hazelcast"
 
 SEED_DIR = Path(__file__).resolve().parent.parent / "consul" / "kv"
-
-
-class ConfigError(RuntimeError):
-    """A required key is missing from Consul KV."""
 
 
 @dataclass(frozen=True)

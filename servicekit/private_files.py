@@ -23,10 +23,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-
-class UnsafePath(RuntimeError):
-    """A path to be kept private is not: another user's, a symlink, or open to others. A RuntimeError, so
-    gunicorn, when a start hook raises it, prints its message and exits 1."""
+from .errors import UnsafePath
 
 
 def _user(uid: int) -> str:

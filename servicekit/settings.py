@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any, Self
 
 from . import stack
+from .errors import SettingsError
 from .logs import LOG_FORMATS
 
 # The project as pyproject.toml names it: its installed metadata carries the version (./scripts/install
 # installs it), which each instance registers as its Consul tag and meta.
 DISTRIBUTION = "consul-services"
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the service cannot use."""
 
 
 @functools.cache

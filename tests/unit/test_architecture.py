@@ -87,11 +87,10 @@ FLOORS: dict[str, list[set[str]]] = {
             "hazelcast_reactor_fix",
             "lifecycle",
             "logs",
-            "private_files",
             "request_id",
             "stack",
         },
-        {"blocking_watch", "discovery", "settings", "tracing"},
+        {"blocking_watch", "discovery", "private_files", "settings", "tracing"},
         {"consul_client", "gunicorn_config", "kvconfig", "live_config", "metrics_files"},
         {"hz", "metrics", "registration"},
         # The HTTP boundary and gunicorn's hooks (with each service's gunicorn settings), on everything below.
