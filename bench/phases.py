@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
+from hazelcast.errors import HazelcastError
 
 from bench import profile, wrk
 from bench.cpu import CpuAccount, system_groups
@@ -144,13 +145,27 @@ FILL_SPACING_NS = 1_000_000
 FILL_MESSAGE = "a stored message of about a hundred characters, the size the growth issue measured with: {n:09d}"
 
 
+# A batch the members' store refused (its connection pool short of time on a loaded machine: StoreRefused)
+# is sent again, the same entries, at most this many times: the store writes an entry once whatever the tries.
+FILL_TRIES = 5
+
+
 def fill_map(log_map, have: int, count: int, first_stamp: int) -> None:
     """put_all straight into the map, FILL_BATCH entries a call, as logging_svc would have stored them."""
     for start in range(have, count, FILL_BATCH):
         batch = range(start, min(start + FILL_BATCH, count))
-        log_map.put_all(
-            {str(uuid.uuid4()): encode(FILL_MESSAGE.format(n=n), first_stamp + n * FILL_SPACING_NS) for n in batch}
-        )
+        entries = {
+            str(uuid.uuid4()): encode(FILL_MESSAGE.format(n=n), first_stamp + n * FILL_SPACING_NS) for n in batch
+        }
+        for tries_left in reversed(range(FILL_TRIES)):
+            try:
+                log_map.put_all(entries)
+                break
+            except HazelcastError as exc:
+                if tries_left == 0 or "StoreRefused" not in str(exc):
+                    raise
+                log.warning("the store refused a fill batch, sending it again: %s", str(exc)[:200])
+                time.sleep(1)
 
 
 def phase_page(plan: Plan, systems: list[System]) -> None:
