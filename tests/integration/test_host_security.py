@@ -28,6 +28,10 @@ from devstack.host_stack import HTTPS_PORT, SERVERS, HostStack
 from servicekit.metrics_files import metrics_url
 from servicekit.settings import app_port, instance_id
 
+# One simulation for the module, in one worker: xdist spreads ungrouped tests over its workers, and each
+# worker would build a simulation of its own.
+pytestmark = pytest.mark.xdist_group("host_security")
+
 APPS = ("app1", "app2")
 PROGRAMS = ("consul", "hazelcast", "logging", "messages", "facade", "nginx")
 TIMEOUT = 10
