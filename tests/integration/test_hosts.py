@@ -535,7 +535,7 @@ def consumed_exactly_once(stack: HostStack, acked: dict[str, str], held, killed=
 
 def start_again(stack: HostStack, host: str) -> None:
     stack.start_supervisor(host)
-    for program in ("consul", "hazelcast", "logging", "messages", "facade"):
+    for program in ("consul", "hazelcast", "nginx", "logging", "messages", "facade"):
         stack.start(host, program)
 
 
