@@ -132,12 +132,14 @@ class Load:
             else:
                 self._stop.wait(max(0.0, started + self._interval - time.monotonic()))
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> None:
-        """Block until at least `count` requests completed, so a fault lands in the middle of the load."""
-        eventually(lambda: self._assert_done(count), timeout)
+    def wait_for(self, count: int, timeout: float = 30.0, ok: bool = False) -> None:
+        """Block until at least `count` requests completed (succeeded, with `ok`), so a fault lands in the
+        middle of the load."""
+        eventually(lambda: self._assert_done(count, ok), timeout)
 
-    def _assert_done(self, count: int) -> None:
-        assert len(self.outcomes) >= count, f"{len(self.outcomes)} of {count} requests done"
+    def _assert_done(self, count: int, ok: bool) -> None:
+        done = self.succeeded() if ok else self.snapshot()
+        assert len(done) >= count, f"{len(done)} of {count} requests {'succeeded' if ok else 'done'}"
 
     def snapshot(self) -> list[Outcome]:
         with self._lock:

@@ -613,7 +613,7 @@ def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
     url = facade_url(durable_stack)
     with Load(lambda s, n: s.post(url, json={"msg": f"cut-{run}-{n}"}, timeout=15), clients=4, max_requests=2000,
               max_seconds=60, pause=0.01) as load:  # fmt: skip
-        load.wait_for(100)
+        load.wait_for(100, timeout=60, ok=True)
         victims = [psutil.Process(pid) for pid in [durable_stack.supervisord()] if pid] + durable_stack.processes()
         for proc in victims:
             with contextlib.suppress(psutil.Error):
