@@ -17,3 +17,8 @@ def test_an_instance_registers_the_version_pyproject_states_as_its_tag_and_meta(
     definition = service_definition(settings)
     assert definition["tags"] == [f"v{version}"]
     assert definition["meta"]["version"] == version
+
+
+def test_the_api_description_states_the_same_version():
+    openapi = (Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml").read_text()
+    assert f"\n  version: {PYPROJECT['project']['version']}\n" in openapi
