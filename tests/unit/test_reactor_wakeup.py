@@ -3,6 +3,7 @@
 import logging
 import os
 import threading
+import time
 
 import pytest
 from hazelcast import reactor
@@ -27,6 +28,7 @@ def waker(monkeypatch):
     # The shipped handler for each test, even when a service client in this process applied the fix
     # before: the fix must be what makes the difference.
     monkeypatch.setattr(reactor._PipedWaker, "handle_read", fix.SHIPPED_HANDLE_READ)
+    monkeypatch.setattr(reactor._WakeableLoop, "run_loop", fix.SHIPPED_RUN_LOOP)
     w = reactor._PipedWaker({})
     yield w
     w.close()
@@ -100,6 +102,7 @@ def test_the_fix_is_applied_once_and_only_over_the_handler_it_replaces(unchecked
     assert fix.apply() and fix.applied()
     assert fix.apply(), "a second call keeps it"
     assert reactor._PipedWaker.handle_read is fix._drain_then_clear
+    assert reactor._WakeableLoop.run_loop is fix._poll_longer
 
 
 def test_another_client_version_is_a_warning_and_the_fix_still_applies(unchecked, monkeypatch, caplog):
@@ -115,3 +118,37 @@ def test_a_changed_shipped_handler_is_an_error_and_is_left_alone(unchecked, monk
         assert not fix.apply()
     assert reactor._PipedWaker.handle_read is fix.SHIPPED_HANDLE_READ
     assert any(r.levelno == logging.ERROR and "NOT applying" in r.getMessage() for r in caplog.records)
+
+
+def test_a_changed_shipped_loop_is_an_error_and_neither_part_is_applied(unchecked, monkeypatch, caplog):
+    monkeypatch.setattr(fix, "SHIPPED_RUN_LOOP_SHA256", "0" * 64)
+    with caplog.at_level(logging.WARNING, logger=fix.__name__):
+        assert not fix.apply()
+    assert reactor._PipedWaker.handle_read is fix.SHIPPED_HANDLE_READ
+    assert reactor._WakeableLoop.run_loop is fix.SHIPPED_RUN_LOOP
+    assert any(r.levelno == logging.ERROR and "NOT applying" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def loop(unchecked):
+    loop = reactor._WakeableLoop({})
+    yield loop
+    loop.waker.close()
+
+
+def test_with_the_fix_an_idle_reactor_sleeps_the_longer_poll(loop):
+    """The shipped loop wakes every 10 ms: 100 times a second for a client that does nothing."""
+    assert fix.apply()
+    started = time.monotonic()
+    loop.run_loop()
+    assert time.monotonic() - started >= fix.POLL_TIMEOUT_S * 0.9
+
+
+def test_with_the_fix_a_call_still_wakes_the_reactor_at_once(loop):
+    """A wake (what every write from a caller's thread does) ends the poll: the pipe is read in that very
+    iteration. Had the poll slept through it, the waker would still be marked awake."""
+    assert fix.apply()
+    loop.wake_loop()
+    assert loop.waker.awake
+    loop.run_loop()
+    assert not loop.waker.awake
