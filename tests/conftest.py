@@ -46,12 +46,24 @@ def xdist_groups(item: pytest.Item) -> set[str]:
     return {str(m.args[0] if m.args else m.kwargs.get("name")) for m in item.iter_markers("xdist_group")}
 
 
+# The groups that take longest, one after the other in one worker each (several minutes: full ./scripts/up
+# stacks started again and again, a host simulation): handed out first, so that the run does not end waiting
+# on one that started last. xdist hands work out in collection order.
+LONG_GROUPS = ("script_stack", "durable_stack", "hosts")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """xdist joins the names of a test's xdist_group marks into a group of their own, which would split the
     test from the groups it was meant to share a worker with: one group per test, at most."""
     several = {item.nodeid: sorted(xdist_groups(item)) for item in items if len(xdist_groups(item)) > 1}
     if several:
         raise pytest.UsageError(f"tests in more than one xdist_group: {several}")
+
+    def first_the_long_groups(item: pytest.Item) -> int:
+        groups = xdist_groups(item)
+        return next((n for n, group in enumerate(LONG_GROUPS) if group in groups), len(LONG_GROUPS))
+
+    items.sort(key=first_the_long_groups)  # stable: every module's and group's own order is kept
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
