@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import consul
+import psutil
 
 from devstack.consul_agent import ConsulAgent
 from devstack.ports import free_port
@@ -45,13 +48,19 @@ class HazelcastCluster:
         self.ports = [free_port() for _ in range(size)]
         self.cluster_name = f"test-{uuid.uuid4().hex[:8]}"
         self.members: dict[int, Proc] = {}
+        # What seed_kv names by default: the names the members' configuration writes through, unless this
+        # is a cluster another process started (joined).
+        self.map_name, self.queue_name = MAP_NAME, QUEUE_NAME
 
     @property
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.ports]
 
-    def seed_kv(self, agent: ConsulAgent | None = None, queue_name: str = QUEUE_NAME, map_name: str = MAP_NAME) -> None:
-        """Write this cluster's settings into Consul KV (by default the cluster's own agent)."""
+    def seed_kv(
+        self, agent: ConsulAgent | None = None, queue_name: str | None = None, map_name: str | None = None
+    ) -> None:
+        """Write this cluster's settings into Consul KV (by default the cluster's own agent and names)."""
+        queue_name, map_name = queue_name or self.queue_name, map_name or self.map_name
         values = kvconfig.seed_values()
         values.update(
             {
@@ -127,3 +136,59 @@ class HazelcastCluster:
     def stop(self) -> None:
         for proc in self.members.values():
             proc.stop()
+
+    @classmethod
+    def joined(
+        cls, agent: ConsulAgent, log_dir: Path, cluster_name: str, members: dict[int, int], names: str
+    ) -> HazelcastCluster:
+        """The members another process started (port -> pid), seen from `agent`: its KV names this cluster and a
+        map and queue of its own (`names` as a suffix), and it registers the members as that process did."""
+        cluster = cls.__new__(cls)
+        cluster.agent, cluster.heap, cluster.store, cluster.log_dir = agent, None, None, log_dir
+        cluster.ports, cluster.cluster_name = sorted(members), cluster_name
+        cluster.members = {port: Adopted.of(f"hazelcast-{port}", pid, log_dir / f"hazelcast-{port}.log")
+                           for port, pid in members.items()}  # fmt: skip
+        cluster.map_name, cluster.queue_name = f"{MAP_NAME}-{names}", f"{QUEUE_NAME}-{names}"
+        cluster.seed_kv()
+        for port in cluster.ports:
+            cluster.register(port)
+        cluster.wait_passing()
+        return cluster
+
+
+class Adopted(Proc):
+    """A process this one did not start (no Popen): known by its pid."""
+
+    adopted_pid: int = 0
+
+    @classmethod
+    def of(cls, name: str, pid: int, log_path: Path) -> Adopted:
+        proc = cls(name, [], log_path)
+        proc.adopted_pid = pid
+        return proc
+
+    @property
+    def pid(self) -> int:
+        return self.adopted_pid
+
+    def alive(self) -> bool:
+        try:
+            return psutil.Process(self.adopted_pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def kill9(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.adopted_pid, signal.SIGKILL)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.adopted_pid, sig)
+        try:
+            psutil.Process(self.adopted_pid).wait(timeout)
+        except psutil.TimeoutExpired:
+            self.kill9()
+        except psutil.Error:
+            pass

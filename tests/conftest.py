@@ -3,10 +3,11 @@
 Each run writes its process logs under tests/.logs/<run>/; a failing test names the log to read.
 
 The suite runs in pytest-xdist workers (`-n`, `--dist loadgroup` in pyproject.toml): each worker is a
-session of its own, with its own Consul agent, Hazelcast cluster and `stack`, started when its first test
-asks for them. Tests marked with the same `xdist_group` run in one worker, one after the other: the tests
-of a module that share a module-scoped fixture (or each worker would build it), and those that must not
-overlap each other (see docs/ARCHITECTURE.md, *The tests*).
+session of its own, with its own Consul agent and `stack`, started when its first test asks for them; the
+Hazelcast cluster behind them is one for the whole run (devstack/shared_cluster.py). Tests marked with the
+same `xdist_group` run in one worker, one after the other: the tests of a module that share a module-scoped
+fixture (or each worker would build it), and those that must not overlap each other (see
+docs/ARCHITECTURE.md, *The tests*).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, settings
 
 from devstack import ROOT, ConsulAgent, HazelcastCluster, Service, Stack, build_stack, isolated_agent, start_service
 from devstack.postgres import PostgresServer
+from devstack.shared_cluster import shared_cluster, stop_left_over, worker_id
 from devstack.stubs import StubInstance, stubbed_facade
 
 # Hypothesis times each example (a deadline, 200 ms unless a test sets one) and its data generation
@@ -40,6 +42,14 @@ RUN_LOGS = "TESTS_RUN_LOGS"
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         os.environ[RUN_LOGS] = str(ROOT / "tests" / ".logs" / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In the process that started the workers, once they are gone: the shared cluster's members, if a
+    worker that died left them running."""
+    run_logs = Path(os.environ[RUN_LOGS])
+    if not hasattr(session.config, "workerinput") and run_logs.is_dir():
+        stop_left_over(run_logs)
 
 
 def xdist_groups(item: pytest.Item) -> set[str]:
@@ -108,9 +118,10 @@ def own_database(log_dir, request):
 
 @pytest.fixture(scope="session")
 def hazelcast_cluster(consul_agent, log_dir):
-    cluster = HazelcastCluster(consul_agent, log_dir).start()
-    yield cluster
-    cluster.stop()
+    """The run's one cluster, shared by the xdist workers, each on a map and queue of its own
+    (devstack/shared_cluster.py); tests that stop or cut members start clusters of their own."""
+    with shared_cluster(consul_agent, log_dir, worker_id()) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
