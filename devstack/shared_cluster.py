@@ -55,14 +55,25 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def shared_cluster(agent: ConsulAgent, run_dir: Path, worker: str) -> Iterator[HazelcastCluster]:
-    """The run's cluster, seen from `agent` (this worker's): started here if no live one exists."""
+    """The run's cluster, seen from `agent` (this worker's): started here if the run has none yet."""
     with _locked(run_dir) as path:
         state = _read(path)
         members = {int(port): pid for port, pid in (state or {}).get("members", {}).items()}
-        if state and members and all(_alive(pid) for pid in members.values()):
+        if state:
+            dead = [port for port, pid in members.items() if not _alive(pid)]
+            if dead:
+                # Its other users still run on it: fail here rather than start a second cluster beside it.
+                raise RuntimeError(
+                    f"a member of the run's Hazelcast cluster died: see {run_dir}/hazelcast-{dead[0]}.log"
+                )
             cluster = HazelcastCluster.joined(agent, run_dir, state["cluster_name"], members, names=worker)
         else:
-            cluster = HazelcastCluster(agent, run_dir).start()
+            cluster = HazelcastCluster(agent, run_dir)
+            try:
+                cluster.start()
+            except BaseException:
+                cluster.stop()  # the members that did start: nobody else knows them
+                raise
             members = {port: proc.pid for port, proc in cluster.members.items()}
             state = {"cluster_name": cluster.cluster_name, "members": members, "users": []}
         state["users"].append(worker)
@@ -71,8 +82,9 @@ def shared_cluster(agent: ConsulAgent, run_dir: Path, worker: str) -> Iterator[H
         yield cluster
     finally:
         with _locked(run_dir) as path:
-            state = _read(path) or {"users": [worker]}
-            state["users"].remove(worker)
+            state = _read(path) or {"users": []}
+            if worker in state["users"]:
+                state["users"].remove(worker)
             if state["users"]:
                 path.write_text(json.dumps(state))
             else:
