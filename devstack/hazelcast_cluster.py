@@ -156,6 +156,14 @@ class HazelcastCluster:
         return cluster
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class Adopted(Proc):
     """A process this one did not start (no Popen): known by its pid."""
 
@@ -172,10 +180,7 @@ class Adopted(Proc):
         return self.adopted_pid
 
     def alive(self) -> bool:
-        try:
-            return psutil.Process(self.adopted_pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return pid_alive(self.adopted_pid)
 
     def kill9(self) -> None:
         with contextlib.suppress(ProcessLookupError):

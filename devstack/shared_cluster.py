@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from devstack.consul_agent import ConsulAgent
-from devstack.hazelcast_cluster import Adopted, HazelcastCluster
+from devstack.hazelcast_cluster import Adopted, HazelcastCluster, pid_alive
 
 STATE = "hazelcast-shared.json"
 
@@ -46,13 +46,6 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 @contextlib.contextmanager
 def shared_cluster(agent: ConsulAgent, run_dir: Path, worker: str) -> Iterator[HazelcastCluster]:
     """The run's cluster, seen from `agent` (this worker's): started here if the run has none yet."""
@@ -60,7 +53,7 @@ def shared_cluster(agent: ConsulAgent, run_dir: Path, worker: str) -> Iterator[H
         state = _read(path)
         members = {int(port): pid for port, pid in (state or {}).get("members", {}).items()}
         if state:
-            dead = [port for port, pid in members.items() if not _alive(pid)]
+            dead = [port for port, pid in members.items() if not pid_alive(pid)]
             if dead:
                 # Its other users still run on it: fail here rather than start a second cluster beside it.
                 raise RuntimeError(
