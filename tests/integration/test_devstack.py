@@ -27,8 +27,9 @@ def test_a_service_started_from_another_tree_imports_that_trees_packages(tmp_pat
 
         def imported():
             assert marker.exists(), f"the other tree's servicekit was not imported:\n{service.proc.tail()}"
+            # Read here too: write_text creates the file before it writes, and a read in between finds it empty.
+            assert marker.read_text() == str(tree / "servicekit" / "__init__.py")
 
         eventually(imported, timeout=30, interval=0.1)
-        assert marker.read_text() == str(tree / "servicekit" / "__init__.py")
     finally:
         service.stop()
