@@ -10,10 +10,9 @@ import time
 from typing import Protocol
 
 from hazelcast import predicate
-from hazelcast.aggregator import min_
+from hazelcast.aggregator import long_sum, min_
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastError, SplitBrainProtectionError
-from hazelcast.projection import single_attribute
 from werkzeug.exceptions import Conflict
 
 from contracts.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
@@ -87,7 +86,8 @@ class MessageLog(Protocol):
 # SORTED index's deserialized copy of the value). Fitted to a measurement (three 5.5 members, one backup,
 # the index of conf/hazelcast.xml, put_all, jcmd GC.heap_info after a full GC): 526 bytes a copy for a
 # message of 100 characters, 6,547 for one of 4,000 (without the index: 322 and 4,472); the estimate is a
-# little above both.
+# little above both. The members compute the same (hazelcast-store's EntryCost, the map's entry_cost attribute)
+# to rebuild the log's size: change both together.
 ENTRY_OVERHEAD = 290
 
 
@@ -212,22 +212,28 @@ class LogSize:
         return self._loaded.is_set()
 
     def load(self) -> None:
-        """Wait for the map to be loaded (a query waits for it) and, when this worker is the first of the
-        cluster to claim the rebuild, bring the counter up to what the map holds.
+        """Wait for the map to be loaded (its size and a query wait for it) and, when this worker is the first
+        of the cluster to claim the rebuild, bring the counter up to what the map holds: the members add up
+        every entry's cost (the entry_cost attribute) and answer one number.
+
+        Both calls wait however long (this thread holds no request): loading a million entries takes the
+        members about 30 s, and a call given up on after the request timeout was sent again every SIZE_REFRESH,
+        each one a scan of the whole map on the members, which then never finished loading and answering
+        (issue 17: a stack with 1,000,000 messages never passed after `up`).
 
         The counter becomes max(what it counted before the query, what the map holds): the entries stored
         since the restart are in both, so they count once, and a second rebuild (the marker's partition lost
         with two members while the counter lived on) adds nothing. An entry stored while the query runs may
         count twice: a few KB, conservative."""
         marker = self._marker()
+        log_map = log_map_of(self._hz).blocking()
         if marker.put_if_absent("rebuilt", "claimed") is not None:
-            log_map_of(self._hz).aggregate(min_("this"))
+            log_map.size()
             self._loaded.set()
             return
         try:
             counted = self._counter().get().result()
-            sizes = log_map_of(self._hz).project(single_attribute("utf8_bytes"))
-            held = sum(entry_cost_of_size(ID_BYTES + n) for n in sizes)
+            held = log_map.aggregate(long_sum("entry_cost"))
             if held > counted:
                 self._counter().add_and_get(held - counted).result()
         except BaseException:

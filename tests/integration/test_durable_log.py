@@ -12,6 +12,7 @@ import requests
 
 from devstack import Load, eventually, post_acknowledged, read_all, running_stack
 from devstack.postgres import PostgresServer
+from logging_svc.store import encode, entry_cost
 
 
 def post(url: str, msg: str, **headers: str) -> requests.Response:
@@ -95,3 +96,30 @@ def test_a_stopped_database_answers_503_never_201_and_posts_succeed_again_once_i
     # Never a 201 for a message that is not committed, and nothing acknowledged is lost.
     assert {i: stored.get(i) for i in acknowledged} == acknowledged
     assert {o.status for o in outcomes} <= {201, 503}, Counter(o.kind for o in outcomes)
+
+
+# More than a worker's request timeout lets the members scan, and little enough to load in seconds.
+STORED_ROWS = 200_000
+
+
+@pytest.mark.timeout(600)
+def test_a_log_too_large_to_scan_within_a_request_timeout_is_loaded_and_counted_after_a_restart(own_database, log_dir):
+    """After a restart the logging worker waits for the members to load the log and has them add up its size:
+    calls that wait for the members, not for the request timeout. Given up on after HTTP_READ_TIMEOUT and sent
+    again every quarter second, each a scan of the whole map, they kept a stack with 1,000,000 messages from
+    ever passing (./scripts/bench's reload); here the timeout is made short instead of the log long."""
+    first = 1_700_000_000_000_000_000
+    entries = {str(uuid.uuid4()): encode(f"stored before the restart {n}", first + n) for n in range(STORED_ROWS)}
+    copy = "".join(f"{key}\t{entry}\n" for key, entry in entries.items())
+    own_database.cluster.psql(None, "-c", "\\copy log_entries (id, entry) FROM STDIN", user=own_database.cluster.user,
+                              stdin=copy)  # fmt: skip
+    with running_stack(log_dir, logging=1, messages=0, facades=0, store=own_database,
+                       env={"HTTP_READ_TIMEOUT": "0.2"}) as stack:  # fmt: skip
+        expected = sum(entry_cost(key, entry) for key, entry in entries.items())
+
+        def counted() -> None:
+            for _ in range(4):  # a request reaches one of the instance's workers; a few reach each of them
+                health = requests.get(f"{stack.logging[0].url}/health", timeout=10).json()
+                assert health["details"]["log"]["bytes"] == expected, health["details"]["log"]
+
+        eventually(counted, 30, interval=0.5, what="the log's size rebuilt from the members' sum")

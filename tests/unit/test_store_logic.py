@@ -67,13 +67,18 @@ class LogMap:
         self.entries = entries
         self.error = error
 
-    def project(self, projection):
-        if self.error:
-            raise self.error
-        return [len(entry.encode()) for entry in self.entries.values()]
+    def blocking(self):
+        return self
+
+    def size(self):
+        return len(self.entries)
 
     def aggregate(self, aggregator):
-        return min(self.entries.values(), default=None)
+        """The sum of the entry_cost attribute, as the members compute it (hazelcast-store's EntryCost)."""
+        assert aggregator.__class__.__name__ == "_LongSumAggregator" and aggregator._attribute_path == "entry_cost"
+        if self.error:
+            raise self.error
+        return sum(entry_cost(key, entry) for key, entry in self.entries.items())
 
     def put_if_absent(self, key, value):
         if self.error:
