@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -143,8 +142,7 @@ class HazelcastCluster:
     ) -> HazelcastCluster:
         """The members another process started (port -> pid), seen from `agent`: its KV names this cluster and a
         map and queue of its own (`names` as a suffix), and it registers the members as that process did."""
-        cluster = cls.__new__(cls)
-        cluster.agent, cluster.heap, cluster.store, cluster.log_dir = agent, None, None, log_dir
+        cluster = cls(agent, log_dir, size=0)
         cluster.ports, cluster.cluster_name = sorted(members), cluster_name
         cluster.members = {port: Adopted.of(f"hazelcast-{port}", pid, log_dir / f"hazelcast-{port}.log")
                            for port, pid in members.items()}  # fmt: skip
@@ -182,18 +180,10 @@ class Adopted(Proc):
     def alive(self) -> bool:
         return pid_alive(self.adopted_pid)
 
-    def kill9(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.adopted_pid, signal.SIGKILL)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.adopted_pid, sig)
-        try:
-            psutil.Process(self.adopted_pid).wait(timeout)
-        except psutil.TimeoutExpired:
-            self.kill9()
-        except psutil.Error:
-            pass
+    def wait(self, timeout: float) -> None:
+        """Not a child: its exit is polled (a zombie whose parent has not reaped it counts as gone)."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.name, timeout)
+            time.sleep(0.1)

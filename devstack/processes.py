@@ -3,6 +3,7 @@ devstack.ports)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,22 +79,29 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def wait(self, timeout: float) -> None:
+        """Until the process has exited; subprocess.TimeoutExpired after `timeout` s."""
+        assert self.popen is not None
+        self.popen.wait(timeout)
+
     def send_signal(self, sig: int) -> None:
         if self.alive():
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # it exited since
+                os.kill(self.pid, sig)
 
     def kill9(self) -> None:
         """Kill the whole process group at once: the instance dies without a word to anyone."""
-        if self.popen is not None and self.alive():
-            os.killpg(self.pid, signal.SIGKILL)
-            self.popen.wait(10)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.wait(10)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        if self.popen is None or not self.alive():
+        if not self.alive():
             return
         self.send_signal(sig)
         try:
-            self.popen.wait(timeout)
+            self.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill9()
 
