@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long the master waits for takes in progress once it closed the intake. Longer than a consumer's
-# poll timeout (messages_svc.consumer.POLL_TIMEOUT, 1 s), so a take that is waiting on the queue ends.
+# How long the master waits for takes in progress once it closed the intake. Longer than a consumer waits
+# for an item in an empty queue (messages_svc.consumer.POLL_TIMEOUT, 1 s), so a take that is waiting ends.
 INTAKE_CLOSE_TIMEOUT = 3.0
 # How often close() looks again while takes are in progress (flock has no timeout of its own).
 _CLOSE_POLL = 0.01
