@@ -59,7 +59,8 @@ def xdist_groups(item: pytest.Item) -> set[str]:
 # The groups that take longest, one after the other in one worker each (several minutes: full ./scripts/up
 # stacks started again and again, a host simulation): handed out first, so that the run does not end waiting
 # on one that started last. xdist hands work out in collection order.
-LONG_GROUPS = ("script_stack", "durable_stack", "hosts")
+# Longest first (fresh-clone run of 2026-12-07).
+LONG_GROUPS = ("durable_stack", "script_stack_killed", "hosts", "durable_stack_purged", "script_stack")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
