@@ -1,6 +1,7 @@
-"""docs/DEPLOY.md, written from the templates in conf/hosts/ that the simulated hosts run
-(`./scripts/hosts deploy-docs`; tests/unit/test_deploy_doc.py fails when the file is behind the templates,
-and tests/integration/test_deploy_configs.py runs `consul validate` on every agent configuration shown).
+"""docs/DEPLOY.md, written from the templates in conf/hosts/ that the simulated hosts run, and its alerts from
+conf/prometheus/alerts.yml (`./scripts/hosts deploy-docs`; tests/unit/test_deploy_doc.py fails when the file is
+behind them, and tests/integration/test_deploy_configs.py runs `consul validate` on every agent configuration
+shown).
 
 The example machines use addresses of 192.0.2.0/24, the range reserved for documentation.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+import yaml
+
 from devstack import host_config
 from devstack.host_config import DATACENTER, HAZELCAST_PORT, SERVICE_PORTS, Layout, render, secret_files
 from devstack.processes import ROOT
@@ -16,6 +19,7 @@ from servicekit.settings import app_port, default_metrics_port
 from stackctl import front_door
 
 DOC = ROOT / "docs" / "DEPLOY.md"
+ALERT_RULES = ROOT / "conf" / "prometheus" / "alerts.yml"
 CONFIG_DIR = "/etc/consul.d"
 SERVERS = {"consul1": "192.0.2.11", "consul2": "192.0.2.12", "consul3": "192.0.2.13"}
 APPS = {"app1": "192.0.2.21", "app2": "192.0.2.22", "app3": "192.0.2.23"}
@@ -406,8 +410,25 @@ def markdown() -> str:
         "(the log's capacity for that heap), `HAZELCAST_MERGE_DELAY_SECONDS=10` (a healed member merges back "
         "within a test) and `PYTHONPATH` (the checkout); on real hosts leave them to their defaults "
         "(conf/stack.env, and Hazelcast's merge delays: 300 s after a member starts, then every 120 s).\n",
+        "## Alerts\n",
+        f"Prometheus rules in `{ALERT_RULES.relative_to(ROOT)}` (`rule_files:` in Prometheus' configuration), for "
+        "the metrics scraped as docs/OPERATIONS.md's *Metrics* shows (job `services`). Each has a unit test "
+        "(`promtool test rules`, tests/unit/prometheus/alerts_test.yml). `page` wakes someone; `ticket` waits "
+        "for the day.\n",
+        alerts_table(),
     ]
     return "\n".join(parts)
+
+
+def alerts_table() -> str:
+    """Every alert of conf/prometheus/alerts.yml: when it fires, how urgent, and what to do (its `action`)."""
+    rules = [rule for group in yaml.safe_load(ALERT_RULES.read_text())["groups"] for rule in group["rules"]]
+    rows = ["| Alert | Fires when | Severity | What to do |", "| --- | --- | --- | --- |"]
+    for rule in rules:
+        when = f"`{rule['expr']}`" + (f" for {rule['for']}" if "for" in rule else "")
+        action = " ".join(rule["annotations"]["action"].split())
+        rows.append(f"| `{rule['alert']}` | {when.replace('|', '&#124;')} | {rule['labels']['severity']} | {action} |")
+    return "\n".join(rows) + "\n"
 
 
 def main(check: bool = False) -> int:

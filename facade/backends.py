@@ -171,7 +171,10 @@ class Backends:
             raise Unavailable("the message queue refuses writes: too few Hazelcast members", str(exc)) from None
         except HazelcastError as exc:
             metrics.count_offer("error")
-            if store_failure(exc) is StoreFailure.REFUSED:
+            failure = store_failure(exc)
+            if failure is not None:
+                metrics.count_store_failure("queue", "refused" if failure is StoreFailure.REFUSED else "unknown")
+            if failure is StoreFailure.REFUSED:
                 # The member could not write the item through to PostgreSQL: it did not take it.
                 raise Unavailable("the message queue's database is unavailable", str(exc).split("\n", 1)[0]) from None
             raise

@@ -17,6 +17,7 @@ from werkzeug.exceptions import Conflict
 
 from contracts.log_entry import STAMP_DIGITS, StampClock, encode, message_of, stamp_bound, stamp_of
 from contracts.paging import LogCursor
+from servicekit import metrics
 from servicekit.background import BackgroundLoop
 from servicekit.errors import HazelcastUnavailable, InsufficientStorage, StoreFailure, Unavailable, store_failure
 from servicekit.hz import INVOCATION_TIMEOUT, Bounded, Hazelcast, Structures, wait
@@ -341,8 +342,10 @@ class HazelcastMessageLog:
         except HazelcastError as exc:
             failure = store_failure(exc)
             if failure is StoreFailure.REFUSED:
+                metrics.count_store_failure("log", "refused")
                 raise StoreUnavailable(str(exc).split("\n", 1)[0]) from None
             if failure is StoreFailure.OUTCOME_UNKNOWN:
+                metrics.count_store_failure("log", "unknown")
                 # Committed or not: a retry under the same id finds it through the store's load (no double).
                 raise Unavailable(
                     "the log's database (PostgreSQL) failed during the write: whether it was stored is not known",
@@ -358,7 +361,9 @@ class HazelcastMessageLog:
 
     def status(self) -> dict:
         """For /health: the size last seen (not read from the cluster: a health check must stay cheap)."""
-        return {"bytes": self.size.seen, "capacity_bytes": self.capacity_bytes}
+        held = self.size.seen
+        metrics.observe_log_size(held, self.capacity_bytes)
+        return {"bytes": held, "capacity_bytes": self.capacity_bytes}
 
     def page(self, after: LogCursor | None, limit: int) -> tuple[list[str], LogCursor | None]:
         log_map = log_map_of(self._hz)

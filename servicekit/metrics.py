@@ -106,6 +106,11 @@ class _Metrics:
         self.upstream_ejections = Counter(
             "upstream_ejections", "Times an instance was taken out of a worker's rotation for failing calls", instance
         )
+        self.upstream_retries_refused = Counter(
+            "upstream_retries_refused",
+            "Retries the service's retry budget did not allow: the request failed instead",
+            ["service"],
+        )
         # The facade's discovery watches (servicekit.discovery), written when they hear from Consul.
         self.discovery_instances = Gauge(
             "discovery_instances",
@@ -134,6 +139,12 @@ class _Metrics:
         )
         self.queue_polls = Counter(
             "queue_polls", "Polls of the queue by messages_svc, by result (item, empty, error)", ["result"]
+        )
+        # Writes the members could not write through to PostgreSQL (hazelcast-store/).
+        self.store_failures = Counter(
+            "store_failures",
+            "Writes the database failed, by structure (log, queue) and outcome (refused: nothing stored; unknown)",
+            ["structure", "outcome"],
         )
 
 
@@ -165,6 +176,16 @@ def count_failure(service: str, instance: str, reason: str) -> None:
 def count_ejection(service: str, instance: str) -> None:
     """An instance was taken out of a worker's rotation (outlier ejection)."""
     _metrics().upstream_ejections.labels(service, instance).inc()
+
+
+def count_retry_refused(service: str) -> None:
+    """A failed call that the service's retry budget did not let the caller send again."""
+    _metrics().upstream_retries_refused.labels(service).inc()
+
+
+def count_store_failure(structure: str, outcome: str) -> None:
+    """A write to `structure` (log, queue) that the database refused, or failed during (outcome unknown)."""
+    _metrics().store_failures.labels(structure, outcome).inc()
 
 
 # The instance ids Consul last listed for each service this process watches (every state, critical
@@ -215,6 +236,26 @@ def _queue_taken():
 
     _metrics()
     return Counter("queue_items_taken", "Messages messages_svc took from the queue and kept")
+
+
+# logging_svc's alone, apart like the queue's room: a size of 0 shown by a service that counts none would be
+# a log that looks empty.
+@_made_once
+def _log_size():
+    from prometheus_client import Gauge
+
+    _metrics()
+    held = Gauge("log_bytes", "What the log holds, as this instance counts it (the most over the live workers)",
+                 multiprocess_mode="livemax")  # fmt: skip
+    capacity = Gauge("log_capacity_bytes", "What the log may hold (LOG_CAPACITY_BYTES)", multiprocess_mode="livemax")
+    return held, capacity
+
+
+def observe_log_size(held: int, capacity: int) -> None:
+    """The log's size as a worker last counted it, and its capacity: written at each health check."""
+    held_gauge, capacity_gauge = _log_size()
+    held_gauge.set(held)
+    capacity_gauge.set(capacity)
 
 
 def observe_queue_room(room: int) -> None:

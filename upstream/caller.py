@@ -269,6 +269,7 @@ class _Call:
         if exc.reached is Reached.MAYBE_STILL_WORKING and not self.retry_after_timeout:
             raise self.give_up(f"{self.service} did not answer in time") from None
         if not self.budget.try_retry():
+            metrics.count_retry_refused(self.service)
             raise self.give_up(f"{self.service} failed and its retry budget is spent") from None
 
     def give_up(self, public: str) -> CallFailed:

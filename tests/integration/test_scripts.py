@@ -491,6 +491,47 @@ def test_install_leaves_an_installed_nginx_alone(tmp_path):
     assert not calls.exists()
 
 
+def apt_installing_promtool(tmp_path: Path, uid: str = "0", enabled: bool = True) -> tuple[Path, Path]:
+    """A PATH whose apt-get installs a promtool and whose systemctl says the package's server is enabled; both
+    record their calls: (the bin directory, the record)."""
+    calls = tmp_path / "calls"
+    record = f'echo "${{0##*/}} $*" >> {calls}'
+    installed = 'echo : > "${0%/*}/promtool" && /bin/chmod +x "${0%/*}/promtool"'
+    is_enabled = "exit 0" if enabled else "exit 1"
+    systemctl = f'case "$1" in is-enabled) {is_enabled};; *) {record};; esac'
+    bin_dir = fake_bin(tmp_path, id=f"echo {uid}", systemctl=systemctl, **{"apt-get": f"{record}; {installed}"})
+    return bin_dir, calls
+
+
+def test_install_installs_promtool_without_the_recommended_daemons_and_stops_the_server_it_brings(tmp_path):
+    bin_dir, calls = apt_installing_promtool(tmp_path)
+    result = install_function("install_promtool", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 0, output(result)
+    assert calls.read_text().splitlines() == [
+        "apt-get install -y -q --no-install-recommends prometheus",
+        "systemctl disable --now prometheus",
+    ]
+
+
+def test_install_prints_the_apt_command_for_promtool_when_not_root(tmp_path):
+    bin_dir, calls = apt_installing_promtool(tmp_path, uid="1000")
+    result = install_function("install_promtool", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 1, output(result)
+    assert "no promtool on PATH; install them with: sudo apt-get install -y --no-install-recommends prometheus" in (
+        result.stderr
+    ), output(result)
+    assert not calls.exists()
+
+
+def test_install_leaves_a_promtool_on_path_alone(tmp_path):
+    bin_dir, calls = apt_installing_promtool(tmp_path)
+    (bin_dir / "promtool").write_text("#!/bin/sh\n")
+    (bin_dir / "promtool").chmod(0o755)
+    result = install_function("install_promtool", tmp_path / "tools", path=str(bin_dir))
+    assert result.returncode == 0, output(result)
+    assert not calls.exists()
+
+
 def test_install_fetches_a_truncated_hazelcast_jar_again(tmp_path):
     real = hazelcast_member.DEFAULT_JAR
     jar = tmp_path / "tools" / "hazelcast" / real.name

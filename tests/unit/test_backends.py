@@ -12,7 +12,7 @@ import urllib.parse
 
 import pytest
 import requests
-from hazelcast.errors import SplitBrainProtectionError
+from hazelcast.errors import HazelcastError, SplitBrainProtectionError
 from hazelcast.future import Future
 from prometheus_client import REGISTRY
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
@@ -166,6 +166,7 @@ def test_retries_after_a_failure_stay_within_a_tenth_of_the_calls(failure):
     http = ScriptedHttp(p8081=every_other(failure), p8082=STORED)
     calling = backends(http, 8081, 8082)
     refused = 0
+    counted_before = REGISTRY.get_sample_value("upstream_retries_refused_total", {"service": LOGGING_SERVICE}) or 0
     for n in range(400):
         try:
             calling.log_message(f"id-{n}", "hello")
@@ -176,6 +177,9 @@ def test_retries_after_a_failure_stay_within_a_tenth_of_the_calls(failure):
     # About a quarter of the first tries fail (half go to 8081, which fails half of them): some 100
     # retries wanted, 40 allowed.
     assert refused > 30, "the budget refused the retries beyond a tenth"
+    # What the RetryBudgetSpent alert watches (conf/prometheus/alerts.yml).
+    counted = REGISTRY.get_sample_value("upstream_retries_refused_total", {"service": LOGGING_SERVICE})
+    assert counted - counted_before == refused
 
 
 def test_an_instance_that_fails_three_times_in_a_row_is_left_out_for_a_while():
@@ -477,6 +481,25 @@ def test_an_offer_refused_for_lack_of_members_is_known_not_queued(closing):
     answer = facade_with(closing, http, RefusingQueue(room=10)).post("/facade", json={"msg": "hello"})
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
     assert answer.json["logged"] is True and answer.json["queued"] is False, answer.json
+
+
+class StoreRefusingQueue(FakeQueue):
+    def offer(self, item: str) -> bool:
+        raise HazelcastError(
+            "Exception from server: com.hazelcast.core.HazelcastException: consulservices.store.StoreRefused: "
+            "storing 1 items of queue q: no connection to PostgreSQL"
+        )
+
+
+def test_an_offer_the_queues_database_refused_is_a_503_known_not_queued_and_counted(closing):
+    http = ScriptedHttp(p8081=STORED, p8082=STORED)
+    failures = {"structure": "queue", "outcome": "refused"}
+    before = REGISTRY.get_sample_value("store_failures_total", failures) or 0
+    answer = facade_with(closing, http, StoreRefusingQueue(room=10)).post("/facade", json={"msg": "hello"})
+    assert answer.status_code == 503, answer.json
+    assert answer.json["logged"] is True and answer.json["queued"] is False, answer.json
+    # What the DatabaseUnreachable alert watches (conf/prometheus/alerts.yml).
+    assert REGISTRY.get_sample_value("store_failures_total", failures) == before + 1
 
 
 class SilentQueue:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hazelcast.errors import HazelcastError, UndefinedErrorCodeError
+from prometheus_client import REGISTRY
 
 from logging_svc import create_app
 from logging_svc.settings import LoggingSettings
@@ -152,11 +153,24 @@ def test_a_write_the_database_refused_is_a_503_that_says_nothing_was_stored():
     store = HazelcastMessageLog(StoreHazelcast(log_map, Counter(), Marker()), capacity_bytes=1 << 40)
     store.size._synced.set()
     app = create_app(LoggingSettings.from_env("logging-service", 8081, env={}), message_log=store)
+    failures = {"structure": "log", "outcome": "refused"}
+    before = REGISTRY.get_sample_value("store_failures_total", failures) or 0
     answer = app.test_client().post("/logging", json={"id": str(uuid.uuid4()), "msg": "hi"})
     assert answer.status_code == 503
     error = "the log's database (PostgreSQL) is unavailable: nothing was stored"
     assert answer.json == {"error": error, "stored": False}
     assert store.size.seen == 0
+    # What the DatabaseUnreachable alert watches (conf/prometheus/alerts.yml).
+    assert REGISTRY.get_sample_value("store_failures_total", failures) == before + 1
+
+
+def test_the_log_size_and_capacity_are_exported_at_each_status():
+    store = HazelcastMessageLog(StoreHazelcast(LogMap({}), Counter(), Marker()), capacity_bytes=1000)
+    store.size._bytes = 930
+    assert store.status() == {"bytes": 930, "capacity_bytes": 1000}
+    # What the LogAlmostFull alert watches (conf/prometheus/alerts.yml).
+    assert REGISTRY.get_sample_value("log_bytes") == 930
+    assert REGISTRY.get_sample_value("log_capacity_bytes") == 1000
 
 
 def test_a_consumer_drops_a_message_whose_id_it_already_holds():
