@@ -380,11 +380,30 @@ def markdown() -> str:
         _code("hcl", configs["client-tls.hcl"]),
         "## The processes of a host\n",
         "One supervisord per host (`supervisord.conf`, the programs of app1 below, each with its `user=`); on a "
-        "Consul server only the `consul` program. The order matters on a first start: the agent, then the "
-        "member, then nginx and the services (`supervisorctl start consul`, `... hazelcast`, `... nginx logging "
-        "messages facade`); systemd units with the same commands and environment, ordered with `After=`, do the "
-        "same.\n",
+        "Consul server only the `consul` program. supervisord starts them in `priority` order: the agent, then "
+        "the member, then nginx and the services. No start waits for the one before it to be ready, and none "
+        "needs to: a member reads its settings from Consul with retries, and a service boots without Consul or "
+        "the cluster and answers 503 on `/health` (so Consul does not route to it) until it has both. "
+        "`./scripts/up` and `./scripts/hosts up` rely on the same, and wait for every instance to pass in Consul "
+        "rather than for each start.\n",
+        "A program that dies unexpectedly (killed, or an exit code other than 0) is started again at once "
+        "(`autorestart=unexpected`); one that dies within `startsecs` of its start failed its start (a taken "
+        "port: gunicorn tries it 5 times, a second apart) and is tried again after 1 s, 2 s... up to "
+        "`startretries` times, then left `FATAL` until someone looks (`supervisorctl status`), a critical "
+        "instance in Consul meanwhile. `supervisorctl stop` stops a program for good. Measured on the simulated "
+        "hosts: docs/RELIABILITY.md, *Processes that come back*.\n",
         _code("ini", host_config.supervisor_config("app1", APPS["app1"], LAYOUT, app=True, autostart=True)),
+        "### The same processes as systemd units\n",
+        "Without supervisor: one unit per program (app1's below; a Consul server runs `messages-consul.service` "
+        "only), rendered from `conf/hosts/program.service.tmpl` with the same commands and environment "
+        "(`systemctl enable --now messages-consul messages-hazelcast messages-nginx messages-logging "
+        "messages-messages messages-facade`). `After=`/`Wants=` order the starts as supervisord's priorities "
+        "do, without waiting for readiness, for the reasons above. `Restart=on-failure` starts a program that "
+        "died again after `RestartSec`; five failed starts in five minutes leave the unit failed. Each Consul "
+        "token is a credential (`LoadCredential=`): systemd reads the 0600 file as root and hands the program "
+        "a copy only it can read, at `$CREDENTIALS_DIRECTORY/consul-token`. tests/unit/test_deploy_doc.py runs "
+        "`systemd-analyze verify` on every unit.\n",
+        _code("ini", systemd_units_text()),
         "## The facade's front door\n",
         "nginx (Debian's package, `apt-get install nginx`; only its binary is used, not its service or "
         "`/etc/nginx`) listens on the facade's port, the one the facade registers in Consul, so Consul's check, "
@@ -418,6 +437,16 @@ def markdown() -> str:
         alerts_table(),
     ]
     return "\n".join(parts)
+
+
+def systemd_units(layout: host_config.Layout = LAYOUT) -> dict[str, str]:
+    """app1's programs as systemd units, by file name."""
+    programs = host_config.host_programs("app1", APPS["app1"], layout, app=True)
+    return {host_config.unit_name(p.name): host_config.systemd_unit(p, layout) for p in programs}
+
+
+def systemd_units_text() -> str:
+    return "\n".join(f"# /etc/systemd/system/{name}\n{unit}" for name, unit in systemd_units().items())
 
 
 def alerts_table() -> str:

@@ -39,6 +39,11 @@ SERVICE_APPS = {"logging": "logging_svc", "messages": "messages_svc", "facade": 
 TOKEN_PROGRAMS = ("hazelcast", *SERVICE_PORTS)
 CONSUL_USER = "consul"
 SERVICE_USER = "messages"
+# How long a program must run to count as started (supervisor's `startsecs`): one that exits sooner failed
+# its start and is tried again with a backoff; one that dies later is started again at once. Each is a
+# little longer than its failed starts take: gunicorn tries a taken port 5 times, a second apart, before
+# it exits; the member reads Consul, then binds its port as the JVM starts.
+START_SECONDS = {"default": 3, "hazelcast": 5, "gunicorn": 7}
 
 
 def render(template: str, **values: object) -> str:
@@ -157,77 +162,124 @@ def _supervisor_env(env: Mapping[str, str]) -> str:
     return ",".join(f'{name}="{value}"' for name, value in env.items())
 
 
-def program(name: str, command: str, env: Mapping[str, str], priority: int, layout: Layout, **options: object) -> str:
-    return render(
-        "program.conf.tmpl",
-        name=name,
-        command=command,
-        user=layout.user(name),
-        environment=_supervisor_env(env),
-        priority=priority,
-        stopsignal=options.get("stopsignal", "TERM"),
-        stopwaitsecs=options.get("stopwaitsecs", 15),
-        autostart=options.get("autostart", "false"),
-        log_dir=layout.log_dir,
+@dataclass(frozen=True)
+class Program:
+    """One process of a host, as supervisor runs it (`supervisor_config`) and as a systemd unit (`systemd_unit`)."""
+
+    name: str
+    description: str
+    command: str
+    env: Mapping[str, str]
+    priority: int
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 15
+    startsecs: int = START_SECONDS["default"]
+    # The programs of the same host it starts after (systemd After= and Wants=; supervisor's priority).
+    after: tuple[str, ...] = ()
+
+
+def host_programs(host: str, address: str, layout: Layout, app: bool) -> list[Program]:
+    """A host's processes: its Consul agent and, on an application host, its Hazelcast member, the facade's
+    nginx and one instance of each service."""
+    # SIGINT: a client agent leaves the cluster gracefully; a server stays a voter (it will be back).
+    programs = [
+        Program("consul", "Consul agent", f"{layout.consul_bin} agent -config-dir={layout.consul_dir}", {}, 10,
+                stopsignal="INT"),
+    ]  # fmt: skip
+    if not app:
+        return programs
+    programs.append(
+        Program(
+            "hazelcast",
+            "Hazelcast member",
+            f"{layout.venv_bin}/python -m stackctl hazelcast-member --port {HAZELCAST_PORT}",
+            # The several-hosts stack has no database yet (PostgreSQL with Patroni is still to come): its
+            # members keep the log in memory, as before the store.
+            {**layout.environment("hazelcast", host, address, None), "HAZELCAST_STORE": "off"},
+            20,
+            stopwaitsecs=20,
+            startsecs=START_SECONDS["hazelcast"],
+            after=("consul",),
+        )
     )
+    # The facade's nginx, before the facade: it listens on the facade's port, the one the facade registers,
+    # and passes to the facade's gunicorn on 127.0.0.1 (stackctl/front_door.py). SIGQUIT: requests in flight
+    # finish.
+    programs.append(
+        Program(
+            "nginx",
+            "the facade's nginx",
+            f"{layout.venv_bin}/python -m stackctl front-door --port {SERVICE_PORTS['facade']} "
+            f"--home {layout.nginx_dir} --access-log {layout.nginx_access_log}",
+            {"SERVICE_HOST": address, **layout.extra_env},
+            35,
+            stopsignal="QUIT",
+        )
+    )
+    for service, port in SERVICE_PORTS.items():
+        programs.append(
+            Program(
+                service,
+                f"{SERVICE_APPS[service]} (gunicorn)",
+                f"{layout.venv_bin}/gunicorn -c {SERVICE_APPS[service]}/gunicorn.conf.py",
+                layout.environment(service, host, address, port),
+                30 if service != "facade" else 40,
+                startsecs=START_SECONDS["gunicorn"],
+                after=("consul", "hazelcast", *(("nginx",) if service == "facade" else ())),
+            )
+        )
+    return programs
 
 
 def supervisor_config(host: str, address: str, layout: Layout, app: bool, autostart: bool = False) -> str:
-    """A host's supervisord configuration: its Consul agent and, on an application host, its Hazelcast
-    member, one instance of each service and the facade's nginx. Without autostart the simulation starts
-    them in order."""
-    start = "true" if autostart else "false"
-    parts = [
-        render("supervisord.conf.tmpl", root=layout.root, log_dir=layout.log_dir, run_dir=layout.run_dir),
-        # SIGINT: a client agent leaves the cluster gracefully; a server stays a voter (it will be back).
-        program(
-            "consul",
-            f"{layout.consul_bin} agent -config-dir={layout.consul_dir}",
-            {},
-            10,
-            layout,
-            stopsignal="INT",
-            autostart=start,
-        ),
-    ]
-    if app:
+    """A host's supervisord configuration (`host_programs`). Without autostart the simulation starts them in
+    order."""
+    parts = [render("supervisord.conf.tmpl", root=layout.root, log_dir=layout.log_dir, run_dir=layout.run_dir)]
+    for program in host_programs(host, address, layout, app):
         parts.append(
-            program(
-                "hazelcast",
-                f"{layout.venv_bin}/python -m stackctl hazelcast-member --port {HAZELCAST_PORT}",
-                # The several-hosts stack has no database yet (PostgreSQL with Patroni is still to come):
-                # its members keep the log in memory, as before the store.
-                {**layout.environment("hazelcast", host, address, None), "HAZELCAST_STORE": "off"},
-                20,
-                layout,
-                stopwaitsecs=20,
-                autostart=start,
+            render(
+                "program.conf.tmpl",
+                name=program.name,
+                command=program.command,
+                user=layout.user(program.name),
+                environment=_supervisor_env(program.env),
+                priority=program.priority,
+                stopsignal=program.stopsignal,
+                stopwaitsecs=program.stopwaitsecs,
+                startsecs=program.startsecs,
+                autostart="true" if autostart else "false",
+                log_dir=layout.log_dir,
             )
         )
-        # The facade's nginx, before the facade: it listens on the facade's port, the one the facade registers,
-        # and passes to the facade's gunicorn on 127.0.0.1 (stackctl/front_door.py). SIGQUIT: requests in
-        # flight finish.
-        parts.append(
-            program(
-                "nginx",
-                f"{layout.venv_bin}/python -m stackctl front-door --port {SERVICE_PORTS['facade']} "
-                f"--home {layout.nginx_dir} --access-log {layout.nginx_access_log}",
-                {"SERVICE_HOST": address, **layout.extra_env},
-                35,
-                layout,
-                stopsignal="QUIT",
-                autostart=start,
-            )
-        )
-        for service, port in SERVICE_PORTS.items():
-            parts.append(
-                program(
-                    service,
-                    f"{layout.venv_bin}/gunicorn -c {SERVICE_APPS[service]}/gunicorn.conf.py",
-                    layout.environment(service, host, address, port),
-                    30 if service != "facade" else 40,
-                    layout,
-                    autostart=start,
-                )
-            )
     return "".join(parts)
+
+
+def unit_name(program: str) -> str:
+    return f"messages-{program}.service"
+
+
+def systemd_unit(program: Program, layout: Layout) -> str:
+    """`program` as a systemd unit (conf/hosts/program.service.tmpl). Its Consul token, if it has one, is a
+    credential systemd reads as root and hands the program in a directory of its own ($CREDENTIALS_DIRECTORY):
+    the token file stays 0600 and root's."""
+    env = dict(program.env)
+    credential = ""
+    if "CONSUL_HTTP_TOKEN_FILE" in env:
+        credential = f"LoadCredential=consul-token:{env['CONSUL_HTTP_TOKEN_FILE']}\n"
+        env["CONSUL_HTTP_TOKEN_FILE"] = "%d/consul-token"
+    units = " ".join(unit_name(name) for name in program.after)
+    return render(
+        "program.service.tmpl",
+        description=program.description,
+        after=" ".join(filter(None, ["network-online.target", units])),
+        wants=" ".join(filter(None, ["network-online.target", units])),
+        user=layout.user(program.name),
+        root=layout.root,
+        environment="".join(f'Environment="{name}={value}"\n' for name, value in env.items()),
+        credential=credential,
+        command=program.command,
+        stopsignal=program.stopsignal,
+        stopwaitsecs=program.stopwaitsecs,
+        log_dir=layout.log_dir,
+        name=program.name,
+    )

@@ -22,6 +22,7 @@ as their users.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -274,27 +275,22 @@ class HostStack:
         for host in self.names:
             self.start_supervisor(host)
         progress("starting the Consul servers")
-        for host in SERVERS:
-            self.start(host, "consul")
+        self.start_all([(host, "consul") for host in SERVERS])
         with self.hosts.entered():
             eventually(self._assert_leader, deadline - time.monotonic(), interval=0.5, what="a Consul leader")
             eventually(lambda: self.ca_bundle(refresh=True), 60, interval=0.5, what="Consul's Connect CA roots")
             progress("ACLs: bootstrap (once), a policy and token per agent and per service")
             self.ensure_acl(deadline - time.monotonic())
             progress("starting the client agents")
-            for host in self.apps:
-                self.start(host, "consul")
+            self.start_all([(host, "consul") for host in self.apps])
             self.wait_consul(deadline - time.monotonic())
             progress(f"Consul leader {self.leader()}; seeding KV")
             self.seed_kv()
             progress("starting a Hazelcast member on each application host")
-            for host in self.apps:
-                self.start(host, "hazelcast")
+            self.start_all([(host, "hazelcast") for host in self.apps])
             self.wait_passing({kvconfig.HAZELCAST_SERVICE: len(self.apps)}, deadline - time.monotonic(), progress)
             progress("starting nginx, logging, messages and facade on each application host")
-            for host in self.apps:
-                for program in ("nginx", *host_config.SERVICE_PORTS):
-                    self.start(host, program)
+            self.start_all([(host, program) for host in self.apps for program in ("nginx", *host_config.SERVICE_PORTS)])
             expected = {service: len(self.apps) for service in SERVICES}
             self.wait_passing(expected, deadline - time.monotonic(), progress)
         self.up_at = time.monotonic()
@@ -340,6 +336,13 @@ class HostStack:
             # supervisorctl slower than its 10 s on a loaded machine: asked again until the wait's deadline.
             alive = False
         assert alive, f"supervisord on {host} does not answer"
+
+    def start_all(self, programs: list[tuple[str, str]]) -> None:
+        """Start each (host, program) at once: `supervisorctl start` waits out the program's `startsecs`, which
+        one after the other would add up (supervisord itself starts a host's programs in priority order)."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(programs)) as pool:
+            for started in [pool.submit(self.start, host, program) for host, program in programs]:
+                started.result()
 
     def start(self, host: str, program: str) -> None:
         done = self.supervisorctl(host, "start", program)

@@ -207,6 +207,25 @@ FIGURES = [
         "host killed whole: out of every other facade's rotation after (s)",
         f"{HOSTS} -k killed",
     ),
+    *(
+        Figure(
+            "hosts-killed-each-kind",
+            f"{kind}_{key}",
+            f"several hosts: {kind} kill -9 on app3: {label}",
+            f"{HOSTS} -k each_kind",
+        )  # fmt: skip
+        for kind in ("hazelcast", "logging", "messages", "facade", "consul")
+        for key, label in (
+            ("started_again_after_s", "started again by supervisord after (s)"),
+            ("ready_again_after_s", "the new process ready (registered, joined, answering) after (s)"),
+            ("passing_again_after_s", "passing in Consul again after (s)"),
+            ("in_every_facade_again_after_s", "in every other facade's rotation again after (s)"),
+        )
+    ),
+    Figure(
+        "hosts-killed-each-kind", "posts", "several hosts: each kind killed on app3: POSTs", f"{HOSTS} -k each_kind"
+    ),
+    Figure("hosts-killed-each-kind", "failed", "each kind killed on app3: POSTs failed", f"{HOSTS} -k each_kind"),
     Figure("soak", "posts_acknowledged", "soak: POSTs acknowledged", SOAK),
     Figure("soak", "posts_failed", "soak: POSTs not acknowledged (facade dead, member kill)", SOAK),
     Figure("soak", "acknowledged_lost_from_log", "soak: acknowledged lost from the log", SOAK),

@@ -337,6 +337,38 @@ def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(sc
 
 @SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(900)
+def test_a_killed_instance_is_started_again_by_supervisord_and_passes_in_consul_again(script_stack):
+    """autorestart=unexpected (scripts/supervisord.conf): `kill -9` of a logging master, and supervisord
+    starts it again by itself; it registers again and passes, with nothing else restarted."""
+    up(script_stack)
+    port = script_stack.port(stack.ports("LOGGING")[0])
+    name = f"logging-{port}"
+    before = program_pids(script_stack)
+    log = script_stack.log_dir / f"{name}.log"
+    registered = log.read_text().count("registered logging-service-")
+    os.kill(before[name], signal.SIGKILL)
+
+    def started_again() -> int:
+        pid = program_pids(script_stack).get(name)
+        assert pid and pid != before[name], pid
+        return pid
+
+    eventually(started_again, 60, interval=0.2, what=f"{name} started again")
+    agent = consul.Consul(port=script_stack.consul_port, token=script_stack.token)
+
+    def passing_again() -> None:
+        _, entries = agent.health.service("logging-service", passing=True)
+        assert port in [e["Service"]["Port"] for e in entries], entries
+
+    eventually(passing_again, 60, interval=0.5, what=f"{name} passing in Consul again")
+    after = program_pids(script_stack)
+    assert {n: p for n, p in after.items() if n != name} == {n: p for n, p in before.items() if n != name}
+    eventually(lambda: _assert(log.read_text().count("registered logging-service-") > registered), 30,
+               what=f"{name} registered again")  # fmt: skip
+
+
+@SHARES_THE_SCRIPT_STACK
+@pytest.mark.timeout(900)
 def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
     """The members are service definitions the agent loads at start: a dev agent forgets what was
     registered through its API, not what its configuration holds."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import re
+import subprocess
 
 from devstack import deploy_doc, host_config
+from devstack.consul_agent import consul_binary
+from devstack.processes import ROOT, VENV_BIN
 
 
 def test_deploy_doc_is_up_to_date_with_the_templates():
@@ -51,3 +55,29 @@ def test_every_file_the_doc_shows_with_a_secret_is_listed_0600_and_owned_by_the_
     for shown in re.findall(r"`(/etc/consul\.d/[^`]+)` on (?:consul1|app1)", text):
         assert shown in listed, shown
     assert "umask 077" in text and "install -m 0600 -o consul" in text
+
+
+def test_systemd_accepts_every_unit_and_each_restarts_on_failure_after_its_agent(tmp_path):
+    """The units DEPLOY.md shows, rendered with this checkout's paths (systemd-analyze checks that each command
+    is there to run), pass `systemd-analyze verify` without a warning."""
+    layout = dataclasses.replace(deploy_doc.LAYOUT, root=str(ROOT), venv_bin=str(VENV_BIN), consul_bin=consul_binary(),
+                                 log_dir=str(tmp_path / "logs"))  # fmt: skip
+    units = deploy_doc.systemd_units(layout)
+    for name, unit in units.items():
+        (tmp_path / name).write_text(unit)
+    verified = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / name) for name in units)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert verified.returncode == 0 and not verified.stderr.strip() and not verified.stdout.strip(), (
+        verified.stdout + verified.stderr
+    )
+    for name, unit in deploy_doc.systemd_units().items():
+        parsed = configparser.ConfigParser(interpolation=None, strict=False)
+        parsed.read_string(unit)
+        assert parsed["Service"]["Restart"] == "on-failure" and parsed["Unit"]["StartLimitBurst"], name
+        if name in {host_config.unit_name(p) for p in host_config.TOKEN_PROGRAMS}:  # what talks to the agent
+            assert host_config.unit_name("consul") in parsed["Unit"]["After"].split(), name
+            assert host_config.unit_name("consul") in parsed["Unit"]["Wants"].split(), name
+    # Tokens are credentials, never an environment value or a path the program opens itself.
+    logging_unit = deploy_doc.systemd_units()[host_config.unit_name("logging")]
+    assert "LoadCredential=consul-token:/etc/messages/tokens/logging.token" in logging_unit
+    assert 'Environment="CONSUL_HTTP_TOKEN_FILE=%d/consul-token"' in logging_unit
