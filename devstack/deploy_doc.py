@@ -24,7 +24,7 @@ CONFIG_DIR = "/etc/consul.d"
 SERVERS = {"consul1": "192.0.2.11", "consul2": "192.0.2.12", "consul3": "192.0.2.13"}
 APPS = {"app1": "192.0.2.21", "app2": "192.0.2.22", "app3": "192.0.2.23"}
 GOSSIP_KEY = "<output of: consul keygen>"
-SERVICE_NAMES = {"logging": "logging-service", "messages": "messages-service", "facade": "facade-service"}
+SERVICE_NAMES = host_config.SERVICE_NAMES
 LAYOUT = Layout(
     root="/opt/messages",
     venv_bin="/opt/messages/.venv/bin",
@@ -169,6 +169,8 @@ def _simulation() -> list[str]:
             "sudo ./scripts/hosts cut app3      # its link down: it runs on, nobody reaches it; `heal app3` "
             "plugs it back\n"
             "sudo ./scripts/hosts kill app3     # every process of the host killed at once, as in a power cut\n"
+            "sudo ./scripts/hosts upgrade --to main   # the services restarted host by host on main's code, "
+            "drained first\n"
             "sudo ./scripts/hosts down          # every process killed, every namespace removed (Consul data and "
             "logs kept)",
         ),
@@ -429,6 +431,40 @@ def markdown() -> str:
         "(the log's capacity for that heap), `HAZELCAST_MERGE_DELAY_SECONDS=10` (a healed member merges back "
         "within a test) and `PYTHONPATH` (the checkout); on real hosts leave them to their defaults "
         "(conf/stack.env, and Hazelcast's merge delays: 300 s after a member starts, then every 120 s).\n",
+        "## A rolling upgrade\n",
+        "One application host at a time, so that the others serve every request meanwhile "
+        "(`./scripts/hosts upgrade [--to REF]` does the same on the simulated hosts; tests/integration/"
+        "test_hosts.py runs it under load and counts the failed requests: docs/RELIABILITY.md, *A rolling "
+        "upgrade*). On the host, with a token that may write its services (the management token, or one with "
+        "`service:write` on them):\n",
+        _code(
+            "sh",
+            "# 1. Out of every rotation: Consul maintenance mode for each instance of the host.\n"
+            "for id in logging-service-app1-8081 messages-service-app1-8084 facade-service-app1-8080; do\n"
+            '  consul maint -enable -service="$id" -reason="upgrade to REF"\n'
+            "done\n"
+            "# 2. Until no facade routes to them: every other facade's /health lists the instances its worker\n"
+            "#    would call (details.discovery); the watches drop a critical instance within milliseconds, and\n"
+            "#    a client of this facade that a load balancer sent here before the drain is answered within\n"
+            "#    the facade's deadline (5 s): wait that long.\n"
+            "sleep 5\n"
+            "# 3. Stop the services (each leaves Consul, its maintenance with it), upgrade, start them again.\n"
+            "sudo supervisorctl stop facade logging messages\n"
+            "sudo -u messages git -C /opt/messages fetch && sudo -u messages git -C /opt/messages checkout REF\n"
+            "sudo /opt/messages/scripts/install\n"
+            "sudo supervisorctl start logging messages facade\n"
+            "# 4. Until every instance of the host passes again (an instance that was not stopped, and so kept its\n"
+            "#    maintenance, is taken out of it by hand), then the next host.\n"
+            "for id in logging-service-app1-8081 messages-service-app1-8084 facade-service-app1-8080; do\n"
+            '  consul maint -disable -service="$id" 2>/dev/null\n'
+            '  until curl -sf -H "X-Consul-Token: $CONSUL_HTTP_TOKEN" \\\n'
+            '      "http://127.0.0.1:8500/v1/agent/health/service/id/$id?format=text" | grep -qx passing\n'
+            "  do sleep 1; done\n"
+            "done",
+        ),
+        "With systemd: `systemctl stop messages-facade messages-logging messages-messages`, then `start`. "
+        "The members and the agents are not restarted: an upgrade that changes them goes one member at a time "
+        "too, waiting after each for the cluster to be whole again (3 members in `hazelcast` passing).\n",
         "## Alerts\n",
         f"Prometheus rules in `{ALERT_RULES.relative_to(ROOT)}` (`rule_files:` in Prometheus' configuration), for "
         "the metrics scraped as docs/OPERATIONS.md's *Metrics* shows (job `services`). Each has a unit test "

@@ -35,6 +35,7 @@ SERVICE_PORTS = {
     "facade": stack.port("FACADE_PORT"),
 }
 SERVICE_APPS = {"logging": "logging_svc", "messages": "messages_svc", "facade": "facade"}
+SERVICE_NAMES = {"logging": "logging-service", "messages": "messages-service", "facade": "facade-service"}
 # The programs of an application host that talk to Consul, each with a token of its own.
 TOKEN_PROGRAMS = ("hazelcast", *SERVICE_PORTS)
 CONSUL_USER = "consul"

@@ -34,7 +34,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import consul
@@ -50,6 +50,7 @@ from servicekit.consul_client import make_consul
 from servicekit.private_files import write_private
 from servicekit.registration import agent_members
 from servicekit.settings import ConsulAddress, ConsulSettings
+from stackctl import maintenance
 from stackctl.hazelcast_member import service_definitions
 from stackctl.stack_status import service_health, status_table, wait_passing
 
@@ -61,6 +62,9 @@ SERVICES = ("logging-service", "messages-service", "facade-service")
 # Members of a small heap: the machine is shared by every host of the simulation.
 DEFAULT_HEAP = "256m"
 MERGE_DELAY_SECONDS = 10
+# How long a drained host's facade keeps serving before it stops: its clients pick facades from Consul, and a
+# pick made just before the drain is sent within this.
+DRAIN_GRACE_S = 2.0
 
 
 def server_address(index: int) -> str:
@@ -106,10 +110,11 @@ class HostStack:
     def facade_url(self, host: str) -> str:
         return f"{self.url(host)}/facade"
 
-    def layout(self) -> host_config.Layout:
+    def layout(self, root: Path = ROOT) -> host_config.Layout:
+        """Where a host's files are; `root` is the checkout its programs run (a release, after an upgrade)."""
         heap_bytes = java_size_bytes(self.heap)
         return host_config.Layout(
-            root=str(ROOT),
+            root=str(root),
             venv_bin=str(VENV_BIN),
             consul_bin=consul_binary(),
             consul_dir=str(self.run_dir / "{host}" / "consul.d"),
@@ -125,7 +130,7 @@ class HostStack:
                 # The log's capacity follows the members' heaps, as conf/stack.env's does for ./scripts/up.
                 "LOG_CAPACITY_BYTES": str(default_log_capacity_bytes(heap_bytes, len(self.apps))),
                 # The checkout's own packages first, whichever checkout the virtualenv was installed from.
-                "PYTHONPATH": str(ROOT),
+                "PYTHONPATH": str(root),
             },
         )
 
@@ -401,6 +406,91 @@ class HostStack:
         if not wait_passing(self.consul(), expected, max(timeout, 1.0), progress):
             raise RuntimeError(f"not passing after {timeout:.0f} s: {expected}; logs under {self.run_dir}/<host>/logs")
 
+    # -- a rolling upgrade ------------------------------------------------------------------------------------
+
+    def release(self, ref: str) -> Path:
+        """A checkout of `ref` for the hosts to run: a git worktree in run_dir/releases/<commit>, made once. It
+        shares the virtualenv: a release that needs other packages needs ./scripts/install first."""
+        commit = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
+        path = self.run_dir / "releases" / commit[:12]
+        if not path.exists():
+            subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, capture_output=True,
+                           timeout=120, check=True)  # fmt: skip
+        return path
+
+    def instance_ids(self, host: str) -> dict[str, str]:
+        """program -> the id its instance registers under (servicekit: <service>-<host>-<port>)."""
+        names = host_config.SERVICE_NAMES
+        return {program: f"{names[program]}-{host}-{port}" for program, port in host_config.SERVICE_PORTS.items()}
+
+    def routed_hosts(self, facades: Iterable[str], reads: int = 6) -> set[str]:
+        """The hosts whose logging or messages instances some worker of some of `facades` would call: each
+        facade's /health lists its worker's instances, and each read, on a connection of its own, may reach
+        another worker."""
+        found = set()
+        for facade in facades:
+            for _ in range(reads):
+                details = requests.get(f"{self.url(facade)}/health", timeout=5).json()["details"]["discovery"]
+                for service in ("logging-service", "messages-service"):
+                    found |= {instance.rsplit("-", 2)[-2] for instance in details[service]["instances"]}
+        return found
+
+    def upgrade(self, ref: str | None = None, progress: Callable[[str], None] = log.info) -> dict[str, float]:
+        """A rolling upgrade of the services, one application host at a time: its instances drained (Consul
+        maintenance), waited for until no other facade routes to them and the clients of its facade (which
+        pick facades from Consul) have moved on, stopped, started again on `ref`'s code (the same code without
+        it), waited for until they pass and every other facade routes to them, undrained. The members, nginx's
+        configuration and the agents stay as they are. Returns the seconds each host took."""
+        root = self.release(ref) if ref else None
+        with self.hosts.entered():
+            return {host: self._upgrade_host(host, root, ref or "the same code", progress) for host in self.apps}
+
+    def _upgrade_host(self, host: str, root: Path | None, to: str, progress: Callable[[str], None]) -> float:
+        started = time.monotonic()
+        agent, everyone = self.consul(host), self.consul()
+        ids = self.instance_ids(host)
+        others = [h for h in self.apps if h != host]
+        progress(f"{host}: draining {', '.join(ids.values())}")
+        for instance in ids.values():
+            maintenance.drain(agent, instance, f"rolling upgrade to {to}")
+
+        def not_routed() -> None:
+            _absent(host, self.routed_hosts(others))
+
+        eventually(not_routed, 60, interval=0.2, what=f"no facade routing to {host}")
+        # A client that picked this facade just before the drain has sent its request by now; the facade's
+        # graceful stop answers it.
+        time.sleep(DRAIN_GRACE_S)
+        programs = ("facade", "logging", "messages")
+        done = self.supervisorctl(host, "stop", *programs)
+        if done.returncode != 0:
+            raise RuntimeError(f"could not stop {programs} on {host}: {done.stdout.strip()}")
+        if root is not None:
+            progress(f"{host}: the services now run {root}")
+            conf = host_config.supervisor_config(host, self.addr(host), self.layout(root).at(host), True)
+            (self.run_dir / host / "supervisord.conf").write_text(conf)
+            self.supervisorctl(host, "reread")
+            self.supervisorctl(host, "update", *programs)
+        self.start_all([(host, program) for program in programs])
+
+        def passing() -> None:
+            _assert_passing(everyone, ids)
+
+        eventually(passing, 120, interval=0.2, what=f"{host}'s instances passing again")
+        # A stopped instance left Consul, and its maintenance with it; an undrain is for one that did not.
+        for instance in ids.values():
+            with contextlib.suppress(maintenance.NotHere, consul.ConsulException):
+                maintenance.undrain(agent, instance)
+
+        def routed_again() -> None:
+            _present(host, self.routed_hosts(others))
+
+        eventually(routed_again, 60, interval=0.2, what=f"{host} back in every other facade's rotation")
+        took = time.monotonic() - started
+        progress(f"{host}: upgraded in {took:.1f} s")
+        return took
+
     # -- status and the end ----------------------------------------------------------------------------------
 
     def status(self) -> list[str]:
@@ -522,6 +612,21 @@ def _host(stack: HostStack, host: str) -> str:
     return host
 
 
+def _absent(host: str, hosts: set[str]) -> None:
+    assert host not in hosts, f"{host} still there: {sorted(hosts)}"
+
+
+def _present(host: str, hosts: set[str]) -> None:
+    assert host in hosts, f"{host} not there: {sorted(hosts)}"
+
+
+def _assert_passing(client: consul.Consul, instances: dict[str, str]) -> None:
+    """Each program's instance (program -> id) passing in Consul."""
+    for program, instance in instances.items():
+        _, entries = client.health.service(host_config.SERVICE_NAMES[program], passing=True)
+        assert instance in {entry["Service"]["ID"] for entry in entries}, f"{instance} not passing"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="==> %(message)s")
     parser = argparse.ArgumentParser(prog="./scripts/hosts")
@@ -539,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("addr", "print a host's address"), ("cut", "a host's link down"), ("heal", "a host's link up"),
                        ("kill", "kill every process of a host at once")):  # fmt: skip
         sub.add_parser(name, help=text).add_argument("host")
+    upgrade = sub.add_parser("upgrade", help="restart the services host by host, drained, with no failed request")
+    upgrade.add_argument("--to", metavar="REF", help="run this commit's code (a git worktree); default: the same code")
     docs = sub.add_parser("deploy-docs", help="write docs/DEPLOY.md from conf/hosts/")
     docs.add_argument("--check", action="store_true", help="fail when docs/DEPLOY.md is not up to date")
     args = parser.parse_args(argv)
@@ -572,6 +679,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("removed %s", ", ".join(removed) if removed else "nothing (no namespace left)")
         return 0
     stack = _stack(args)
+    if args.command == "upgrade":
+        took = stack.upgrade(args.to, progress=lambda line: log.info("%s", line))
+        log.info("upgraded %s in %.0f s", ", ".join(took), sum(took.values()))
+        return 0
     if args.command == "status":
         sys.stdout.write("".join(f"{line}\n" for line in stack.status()))
         return 0

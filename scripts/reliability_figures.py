@@ -226,6 +226,10 @@ FIGURES = [
         "hosts-killed-each-kind", "posts", "several hosts: each kind killed on app3: POSTs", f"{HOSTS} -k each_kind"
     ),
     Figure("hosts-killed-each-kind", "failed", "each kind killed on app3: POSTs failed", f"{HOSTS} -k each_kind"),
+    Figure("hosts-upgrade", "posts", "several hosts: rolling upgrade under 4 clients: POSTs", f"{HOSTS} -k upgrade"),
+    Figure("hosts-upgrade", "failed", "rolling upgrade: POSTs failed", f"{HOSTS} -k upgrade"),
+    Figure("hosts-upgrade", "acknowledged_lost", "rolling upgrade: acknowledged lost", f"{HOSTS} -k upgrade"),
+    Figure("hosts-upgrade", "upgrade_s", "rolling upgrade: three app hosts upgraded in (s)", f"{HOSTS} -k upgrade"),
     Figure("soak", "posts_acknowledged", "soak: POSTs acknowledged", SOAK),
     Figure("soak", "posts_failed", "soak: POSTs not acknowledged (facade dead, member kill)", SOAK),
     Figure("soak", "acknowledged_lost_from_log", "soak: acknowledged lost from the log", SOAK),

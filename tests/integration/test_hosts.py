@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import random
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import consul
 import hazelcast
+import psutil
 import pytest
 import requests
 
@@ -34,6 +36,7 @@ from facade.settings import FacadeSettings
 from servicekit import kvconfig
 from servicekit.registration import agent_self, loopback_warning
 from servicekit.settings import Settings
+from stackctl import maintenance
 from stackctl.hazelcast_member import member_property
 
 # One worker for the module: its tests share the simulation `sim`, which every worker would build again.
@@ -540,19 +543,6 @@ def start_again(stack: HostStack, host: str) -> None:
     stack.start_all([(host, program) for program in ("nginx", "logging", "messages", "facade")])
 
 
-def routed_hosts(stack: HostStack, facades: tuple[str, ...], reads: int = 6) -> set[str]:
-    """The hosts whose logging or messages instances some worker of some facade would call: each facade's
-    /health lists its worker's instances (details.discovery.<service>.instances), and each read, on a
-    connection of its own, may reach either worker."""
-    found = set()
-    for facade in facades:
-        for _ in range(reads):
-            details = requests.get(f"{stack.url(facade)}/health", timeout=5).json()["details"]["discovery"]
-            for service in ("logging-service", "messages-service"):
-                found |= {host_of(i) for i in details[service]["instances"]}
-    return found
-
-
 def in_every_facade(stack: HostStack, host: str, reads: int = 6) -> None:
     """Every read of every other host's facade lists both services' instances on `host`."""
     for facade in APPS:
@@ -567,7 +557,7 @@ def in_every_facade(stack: HostStack, host: str, reads: int = 6) -> None:
 def out_of_every_facade(stack: HostStack, host: str, since: float) -> float:
     """Seconds from `since` until no reachable facade (every application host but `host`) routes to `host`."""
     facades = tuple(h for h in APPS if h != host)
-    eventually(lambda: _absent(host, routed_hosts(stack, facades)), 60, interval=0.1, what=f"{host} out of rotation")
+    eventually(lambda: _absent(host, stack.routed_hosts(facades)), 60, interval=0.1, what=f"{host} out of rotation")
     return time.monotonic() - since
 
 
@@ -779,18 +769,13 @@ def test_each_kind_of_process_killed_comes_back_by_itself_and_no_request_fails_m
                 ready_before = starts(sim, host, kind)
                 failed_before = len(load.failures())
                 seen_down: set[str] = set()
-                stop_watching = threading.Event()
 
-                def watch(services=services, seen_down=seen_down, stop_watching=stop_watching) -> None:
-                    while not stop_watching.wait(0.1):
-                        with contextlib.suppress(consul.ConsulException, requests.RequestException):
-                            seen_down.update(s for s in services if host not in passing_hosts(sim, s))
+                def look(services=services, seen_down=seen_down) -> None:
+                    seen_down.update(s for s in services if host not in passing_hosts(sim, s))
 
-                watcher = threading.Thread(target=watch, daemon=True)
-                watcher.start()
-                killed_at = time.monotonic()
-                subprocess.run(["kill", "-9", str(pid)], check=True)
-                try:
+                with watching(look):
+                    killed_at = time.monotonic()
+                    subprocess.run(["kill", "-9", str(pid)], check=True)
                     eventually(lambda pid=pid, kind=kind: _assert(supervised_pid(sim, host, kind) not in (0, pid)),
                                60, interval=0.1, what=f"{kind} started again")  # fmt: skip
                     started = time.monotonic() - killed_at
@@ -803,9 +788,6 @@ def test_each_kind_of_process_killed_comes_back_by_itself_and_no_request_fails_m
                     passing = time.monotonic() - killed_at
                     eventually(lambda: in_every_facade(sim, host), 120, interval=0.2, what=f"{host} in every rotation")
                     rotation = time.monotonic() - killed_at
-                finally:
-                    stop_watching.set()
-                    watcher.join(5)
                 figures[kind] = {
                     "started_again_after_s": round(started, 1),
                     "ready_again_after_s": round(ready, 1),
@@ -824,3 +806,100 @@ def test_each_kind_of_process_killed_comes_back_by_itself_and_no_request_fails_m
 
 def _assert(condition: bool) -> None:
     assert condition
+
+
+def in_maintenance(stack: HostStack) -> set[str]:
+    """The instances Consul shows in maintenance mode (./scripts/drain)."""
+    _, checks = stack.consul().health.state("critical")
+    return {c["ServiceID"] for c in checks if c["CheckID"].startswith(maintenance.MAINTENANCE_CHECK_PREFIX)}
+
+
+@contextlib.contextmanager
+def watching(look, every: float = 0.1) -> Iterator[None]:
+    """`look()` every `every` s on a thread of its own (Consul's or the network's hiccups skipped) while inside."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(consul.ConsulException, requests.RequestException):
+                look()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+class FacadePicker:
+    """What a load balancer in front of the facades does: send each request to a facade Consul lists as passing
+    (looked up every 0.3 s), among `hosts`'."""
+
+    def __init__(self, stack: HostStack, hosts: tuple[str, ...]):
+        self._stack, self._hosts = stack, hosts
+        self._urls = [stack.facade_url(h) for h in hosts]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._look, daemon=True)
+
+    def _look(self) -> None:
+        while not self._stop.wait(0.3):
+            with contextlib.suppress(consul.ConsulException, requests.RequestException):
+                passing = passing_hosts(self._stack, "facade-service", asked="consul1")
+                self._urls = [self._stack.facade_url(h) for h in self._hosts if h in passing] or self._urls
+
+    def pick(self) -> str:
+        return random.choice(self._urls)
+
+    def __enter__(self) -> FacadePicker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_a_rolling_upgrade_under_load_fails_no_request_and_loses_nothing_acknowledged(sim, log_dir):
+    """`./scripts/hosts upgrade --to HEAD` (a worktree of this commit: the services move to another checkout)
+    while 4 clients POST through app1's and app2's facades, each request to one that Consul lists as passing:
+    every app host drained, stopped, started on the new code, back in rotation, one after the other."""
+    drained: set[str] = set()
+    with sim.entered(), FacadePicker(sim, ("app1", "app2")) as facades:
+        run = uuid.uuid4().hex[:6]
+        load = Load(lambda s, n: post(facades.pick(), f"upgrade-{run}-{n}", s), clients=4, max_requests=20000,
+                    max_seconds=400, pause=0.02)  # fmt: skip
+        with load, watching(lambda: drained.update(in_maintenance(sim))):
+            load.wait_for(40, timeout=60)
+            started = time.monotonic()
+            took = sim.upgrade("HEAD", progress=print)
+            upgraded_in = time.monotonic() - started
+            served = len(load.snapshot())
+            load.wait_for(served + 40, timeout=60)
+        acked = acknowledged(load)
+        lost = not_in_log(sim.facade_url("app1"), acked)
+        # Every messages instance was restarted: what each took is read from its log.
+        missing, twice = consumed_exactly_once(sim, acked, held=(), killed=APPS)
+        release = sim.release("HEAD")
+        running = {
+            (host, program): psutil.Process(supervised_pid(sim, host, program)).environ().get("PYTHONPATH")
+            for host in APPS
+            for program in host_config.SERVICE_PORTS
+        }
+    record(log_dir, "hosts-upgrade", {
+        "posts": len(load.snapshot()),
+        "failed": len(load.failures()),
+        "acknowledged": len(acked),
+        "acknowledged_lost": len(set(lost) | set(missing)),
+        "consumed_twice": len(twice),
+        "upgrade_s": round(upgraded_in, 1),
+        **{f"{host}_s": round(seconds, 1) for host, seconds in took.items()},
+    })  # fmt: skip
+    assert load.failures() == [], [(o.kind, o.body) for o in load.failures()][:10]
+    assert acked and lost == [] and missing == [], (lost[:5], missing[:5])
+    assert twice == [], twice[:5]
+    assert set(running.values()) == {str(release)}, running
+    # Each instance was drained before it stopped (its own stop leaves Consul too, so no request would fail
+    # without the drain: this is what shows the upgrade took them out of rotation first).
+    assert drained == {i for host in APPS for i in sim.instance_ids(host).values()}, drained
