@@ -242,6 +242,7 @@ def supervisor_config(host: str, address: str, layout: Layout, app: bool, autost
                 "program.conf.tmpl",
                 name=program.name,
                 command=program.command,
+                root=layout.root,
                 user=layout.user(program.name),
                 environment=_supervisor_env(program.env),
                 priority=program.priority,

@@ -473,15 +473,16 @@ class HostStack:
             self.supervisorctl(host, "reread")
             self.supervisorctl(host, "update", *programs)
         self.start_all([(host, program) for program in programs])
+        # A stopped instance left Consul, and its maintenance with it; one that did not (its master was killed)
+        # would keep it, and never pass. Its own check still has to pass before any facade routes to it.
+        for instance in ids.values():
+            with contextlib.suppress(maintenance.NotHere, consul.ConsulException):
+                maintenance.undrain(agent, instance)
 
         def passing() -> None:
             _assert_passing(everyone, ids)
 
         eventually(passing, 120, interval=0.2, what=f"{host}'s instances passing again")
-        # A stopped instance left Consul, and its maintenance with it; an undrain is for one that did not.
-        for instance in ids.values():
-            with contextlib.suppress(maintenance.NotHere, consul.ConsulException):
-                maintenance.undrain(agent, instance)
 
         def routed_again() -> None:
             _present(host, self.routed_hosts(others))
@@ -517,8 +518,13 @@ class HostStack:
         return lines
 
     def down(self) -> list[str]:
-        """Every process killed and every namespace of the prefix deleted; Consul data and logs are kept."""
-        return self.hosts.down()
+        """Every process killed and every namespace of the prefix deleted, and the releases an upgrade made
+        (git worktrees); Consul data and logs are kept."""
+        removed = self.hosts.down()
+        for release in sorted((self.run_dir / "releases").glob("*")):
+            subprocess.run(["git", "worktree", "remove", "--force", str(release)], cwd=ROOT, capture_output=True,
+                           timeout=60)  # fmt: skip
+        return removed
 
 
 def reachable(paths: list[Path]) -> str:

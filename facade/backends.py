@@ -67,6 +67,7 @@ class Backends:
     ):
         self._discovery = discovery
         self._hazelcast = hazelcast
+        metrics.start_store_failures("queue")
         self.caller = Caller(
             discovery,
             (LOGGING_SERVICE, MESSAGES_SERVICE),

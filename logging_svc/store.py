@@ -317,6 +317,7 @@ class HazelcastMessageLog:
         self._hz = hz
         self.capacity_bytes = capacity_bytes
         self.size = LogSize(hz)
+        metrics.start_store_failures("log")
         self.stamps = StampClock()
         # The oldest stamp this worker found: where the first page's window ends its first stretch.
         self._oldest: int | None = None

@@ -183,9 +183,23 @@ def count_retry_refused(service: str) -> None:
     _metrics().upstream_retries_refused.labels(service).inc()
 
 
+STORE_OUTCOMES = ("refused", "unknown")
+
+
 def count_store_failure(structure: str, outcome: str) -> None:
     """A write to `structure` (log, queue) that the database refused, or failed during (outcome unknown)."""
     _metrics().store_failures.labels(structure, outcome).inc()
+
+
+# A labelled series shows from its first count, already at 1, and Prometheus' increase() and rate() see no
+# increase in a first sample: the first failure would be missed. These make the series at 0 from the start.
+def start_retries_refused(service: str) -> None:
+    _metrics().upstream_retries_refused.labels(service)
+
+
+def start_store_failures(structure: str) -> None:
+    for outcome in STORE_OUTCOMES:
+        _metrics().store_failures.labels(structure, outcome)
 
 
 # The instance ids Consul last listed for each service this process watches (every state, critical

@@ -134,6 +134,8 @@ class Caller:
         self._outstanding_lock = threading.Lock()
         self.timeouts = timeouts
         self.budgets = {service: RetryBudget(*retry_budget) for service in services}
+        for service in self.budgets:
+            metrics.start_retries_refused(service)
         # Instances whose calls keep failing while Consul still has them passing, left out for a while.
         self.outliers = {service: OutlierDetector(service) for service in self.budgets}
 

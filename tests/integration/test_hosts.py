@@ -882,11 +882,12 @@ def test_a_rolling_upgrade_under_load_fails_no_request_and_loses_nothing_acknowl
         # Every messages instance was restarted: what each took is read from its log.
         missing, twice = consumed_exactly_once(sim, acked, held=(), killed=APPS)
         release = sim.release("HEAD")
-        running = {
-            (host, program): psutil.Process(supervised_pid(sim, host, program)).environ().get("PYTHONPATH")
-            for host in APPS
-            for program in host_config.SERVICE_PORTS
-        }
+        running = {}
+        for host in APPS:
+            for program in host_config.SERVICE_PORTS:
+                master = psutil.Process(supervised_pid(sim, host, program))
+                # Where it runs and imports from: gunicorn puts its working directory first on sys.path.
+                running[host, program] = (master.cwd(), master.environ().get("PYTHONPATH"))
     record(log_dir, "hosts-upgrade", {
         "posts": len(load.snapshot()),
         "failed": len(load.failures()),
@@ -899,7 +900,7 @@ def test_a_rolling_upgrade_under_load_fails_no_request_and_loses_nothing_acknowl
     assert load.failures() == [], [(o.kind, o.body) for o in load.failures()][:10]
     assert acked and lost == [] and missing == [], (lost[:5], missing[:5])
     assert twice == [], twice[:5]
-    assert set(running.values()) == {str(release)}, running
+    assert set(running.values()) == {(str(release), str(release))}, running
     # Each instance was drained before it stopped (its own stop leaves Consul too, so no request would fail
     # without the drain: this is what shows the upgrade took them out of rotation first).
     assert drained == {i for host in APPS for i in sim.instance_ids(host).values()}, drained

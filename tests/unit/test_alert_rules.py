@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
+import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -76,3 +78,32 @@ def test_deploy_md_says_what_to_do_when_each_alert_fires():
         action = " ".join(rule["annotations"]["action"].split())
         assert f"| `{rule['alert']}` |" in table and action in table, rule["alert"]
     assert table in (ROOT / "docs" / "DEPLOY.md").read_text()
+
+
+def test_the_series_the_alerts_count_increases_of_are_exported_at_0_from_the_start():
+    """increase() and rate() see no increase in a series' first sample: a series that showed only at its
+    first count, at 1, would hide the first failure. A fresh facade and a fresh logging store show them at 0."""
+    script = textwrap.dedent(
+        """
+        from prometheus_client import REGISTRY, generate_latest
+        from facade.backends import Backends
+        from facade.settings import FacadeSettings
+        from logging_svc.store import HazelcastMessageLog
+        from tests.unit.test_backends import FixedDiscovery
+
+        Backends(FacadeSettings.from_env("facade-service", 8080, env={}), FixedDiscovery(8081))
+        HazelcastMessageLog(None, capacity_bytes=1000)
+        print(generate_latest(REGISTRY).decode())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for series in (
+        'store_failures_total{outcome="refused",structure="queue"} 0.0',
+        'store_failures_total{outcome="unknown",structure="queue"} 0.0',
+        'store_failures_total{outcome="refused",structure="log"} 0.0',
+        'store_failures_total{outcome="unknown",structure="log"} 0.0',
+        'upstream_retries_refused_total{service="logging-service"} 0.0',
+        'upstream_retries_refused_total{service="messages-service"} 0.0',
+    ):
+        assert series in done.stdout, series
