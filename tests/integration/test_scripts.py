@@ -193,6 +193,9 @@ def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir
 
 # The tests of script_stack in one worker, one after the other: in several, each would start a stack of its own.
 SHARES_THE_SCRIPT_STACK = pytest.mark.xdist_group("script_stack")
+# The tests that kill supervisord start the stack from nothing, each of them: a group of their own, which
+# another worker runs beside the first (each worker builds its own stack, on ports of its own).
+SHARES_A_KILLED_SCRIPT_STACK = pytest.mark.xdist_group("script_stack_killed")
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +367,6 @@ def test_a_killed_instance_is_started_again_by_supervisord_and_passes_in_consul_
                what=f"{name} registered again")  # fmt: skip
 
 
-# Before the tests that kill supervisord: each of those leaves a stack that must start from nothing.
 @SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(900)
 def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
@@ -392,7 +394,7 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
     eventually(members_passing, 30, interval=0.5, what="the Hazelcast members passing in the restarted agent")
 
 
-@SHARES_THE_SCRIPT_STACK
+@SHARES_A_KILLED_SCRIPT_STACK
 @pytest.mark.timeout(900)
 def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
     up(script_stack)
@@ -412,7 +414,7 @@ def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_t
     assert all(psutil.Process(pid).ppid() == supervisor for pid in after.values())
 
 
-@SHARES_THE_SCRIPT_STACK
+@SHARES_A_KILLED_SCRIPT_STACK
 @pytest.mark.timeout(900)
 def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
     up(script_stack)
@@ -621,6 +623,8 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
 
 # The tests of durable_stack in one worker, one after the other, like those of script_stack.
 SHARES_THE_DURABLE_STACK = pytest.mark.xdist_group("durable_stack")
+# Each test here stops and starts the stack again: two groups, in two workers side by side.
+SHARES_A_PURGED_DURABLE_STACK = pytest.mark.xdist_group("durable_stack_purged")
 
 
 @pytest.fixture(scope="module")
@@ -705,7 +709,7 @@ def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
 
 
 # Before the test that stops the stack with a failed up: it leaves a stack that must start from nothing.
-@SHARES_THE_DURABLE_STACK
+@SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
 def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
     up(durable_stack, timeout=600)
@@ -717,7 +721,7 @@ def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
     assert read_all(facade_url(durable_stack), "logging") == []
 
 
-@SHARES_THE_DURABLE_STACK
+@SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
 def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable_stack):
     up(durable_stack, timeout=600)
