@@ -869,7 +869,7 @@ def test_a_rolling_upgrade_under_load_fails_no_request_and_loses_nothing_acknowl
     with sim.entered(), FacadePicker(sim, ("app1", "app2")) as facades:
         run = uuid.uuid4().hex[:6]
         load = Load(lambda s, n: post(facades.pick(), f"upgrade-{run}-{n}", s), clients=4, max_requests=20000,
-                    max_seconds=400, pause=0.02)  # fmt: skip
+                    max_seconds=400, pause=0.05)  # fmt: skip
         with load, watching(lambda: drained.update(in_maintenance(sim))):
             load.wait_for(40, timeout=60)
             started = time.monotonic()
