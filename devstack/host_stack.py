@@ -456,7 +456,7 @@ class HostStack:
             maintenance.drain(agent, instance, f"rolling upgrade to {to}")
 
         def not_routed() -> None:
-            _absent(host, self.routed_hosts(others))
+            assert_absent(host, self.routed_hosts(others))
 
         eventually(not_routed, 60, interval=0.2, what=f"no facade routing to {host}")
         # A client that picked this facade just before the drain has sent its request by now; the facade's
@@ -485,7 +485,7 @@ class HostStack:
         eventually(passing, 120, interval=0.2, what=f"{host}'s instances passing again")
 
         def routed_again() -> None:
-            _present(host, self.routed_hosts(others))
+            assert_present(host, self.routed_hosts(others))
 
         eventually(routed_again, 60, interval=0.2, what=f"{host} back in every other facade's rotation")
         took = time.monotonic() - started
@@ -618,11 +618,11 @@ def _host(stack: HostStack, host: str) -> str:
     return host
 
 
-def _absent(host: str, hosts: set[str]) -> None:
+def assert_absent(host: str, hosts: set[str]) -> None:
     assert host not in hosts, f"{host} still there: {sorted(hosts)}"
 
 
-def _present(host: str, hosts: set[str]) -> None:
+def assert_present(host: str, hosts: set[str]) -> None:
     assert host in hosts, f"{host} not there: {sorted(hosts)}"
 
 

@@ -29,7 +29,7 @@ import requests
 
 from devstack import Load, eventually, host_config, read_all, record
 from devstack import hosts as hosts_module
-from devstack.host_stack import SERVERS, HostStack
+from devstack.host_stack import SERVERS, HostStack, assert_absent, assert_present
 from devstack.hosts import Hosts
 from devstack.processes import ROOT
 from facade.settings import FacadeSettings
@@ -290,23 +290,13 @@ def critical_instances(stack: HostStack, hosts: tuple[str, ...], asked: str) -> 
     """Every service instance on `hosts` that `asked`'s agent reported critical while the block ran
     (looked at every 0.5 s, on a thread of its own)."""
     seen: set[str] = set()
-    stop = threading.Event()
+    client = stack.consul(asked, timeout=2.0)
 
-    def watch() -> None:
-        client = stack.consul(asked, timeout=2.0)
-        while not stop.wait(0.5):
-            with contextlib.suppress(consul.ConsulException, requests.RequestException):
-                for check in client.health.state("critical")[1]:
-                    if check["Node"] in hosts and check["ServiceID"]:
-                        seen.add(check["ServiceID"])
+    def look() -> None:
+        seen.update(c["ServiceID"] for c in client.health.state("critical")[1] if c["Node"] in hosts and c["ServiceID"])
 
-    watcher = threading.Thread(target=watch, name="critical-watch", daemon=True)
-    watcher.start()  # inside sim.entered(): it inherits the namespace
-    try:
+    with watching(look, every=0.5):  # inside sim.entered(): its thread inherits the namespace
         yield seen
-    finally:
-        stop.set()
-        watcher.join(10)
 
 
 def test_after_a_cut_posts_through_another_host_wait_at_most_the_deadline_and_all_succeed_once_the_members_drop_it(
@@ -551,13 +541,15 @@ def in_every_facade(stack: HostStack, host: str, reads: int = 6) -> None:
         for _ in range(reads):
             details = requests.get(f"{stack.url(facade)}/health", timeout=5).json()["details"]["discovery"]
             for service in ("logging-service", "messages-service"):
-                _present(host, {host_of(i) for i in details[service]["instances"]})
+                assert_present(host, {host_of(i) for i in details[service]["instances"]})
 
 
 def out_of_every_facade(stack: HostStack, host: str, since: float) -> float:
     """Seconds from `since` until no reachable facade (every application host but `host`) routes to `host`."""
     facades = tuple(h for h in APPS if h != host)
-    eventually(lambda: _absent(host, stack.routed_hosts(facades)), 60, interval=0.1, what=f"{host} out of rotation")
+    eventually(
+        lambda: assert_absent(host, stack.routed_hosts(facades)), 60, interval=0.1, what=f"{host} out of rotation"
+    )
     return time.monotonic() - since
 
 
@@ -624,10 +616,6 @@ def test_a_host_killed_whole_loses_nothing_acknowledged(sim, log_dir):
     assert twice == [], f"{len(twice)} of {len(acked)} acknowledged POSTs consumed twice: {twice[:5]}"
 
 
-def _absent(host: str, hosts: set[str]) -> None:
-    assert host not in hosts, f"{host} still there: {sorted(hosts)}"
-
-
 def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes_back_when_healed(sim, log_dir):
     with sim.entered():
         url = sim.facade_url("app1")
@@ -674,7 +662,7 @@ def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes
         healed_at = time.monotonic()
         eventually(lambda: in_every_facade(sim, "app3"), 120, interval=0.2, what="app3 back in every facade")
         back_after = time.monotonic() - healed_at
-        eventually(lambda: _present("app3", passing_hosts(sim, "facade-service")), 60, interval=0.2)
+        eventually(lambda: assert_present("app3", passing_hosts(sim, "facade-service")), 60, interval=0.2)
 
         def served_by_app3() -> None:
             response = post(url, f"healed-{run}")
@@ -708,10 +696,6 @@ def test_a_host_cut_off_leaves_the_rotation_loses_nothing_acknowledged_and_comes
     assert not after_the_cut, f"acknowledged once app3 was cut off, and never consumed: {after_the_cut}"
     assert len(in_flight) <= 1, f"more than the one poll of app3's consumer under way at the cut: {in_flight}"
     assert twice == [], f"{len(twice)} of {len(acked)} acknowledged POSTs consumed twice: {twice[:5]}"
-
-
-def _present(host: str, hosts: set[str]) -> None:
-    assert host in hosts, f"{host} not there: {sorted(hosts)}"
 
 
 # What each kind of process registers in Consul (the agent: every instance of its host).
@@ -800,7 +784,7 @@ def test_each_kind_of_process_killed_comes_back_by_itself_and_no_request_fails_m
                                what=f"{kind} ready again")  # fmt: skip
                     ready = time.monotonic() - killed_at
                     for service in services:
-                        eventually(lambda service=service: _present(host, passing_hosts(sim, service)), 120,
+                        eventually(lambda service=service: assert_present(host, passing_hosts(sim, service)), 120,
                                    interval=0.2, what=f"{service} of {host} passing again")  # fmt: skip
                     passing = time.monotonic() - killed_at
                     eventually(lambda: in_every_facade(sim, host), 120, interval=0.2, what=f"{host} in every rotation")
@@ -851,31 +835,19 @@ def watching(look, every: float = 0.1) -> Iterator[None]:
 
 
 class FacadePicker:
-    """What a load balancer in front of the facades does: send each request to a facade Consul lists as passing
-    (looked up every 0.3 s), among `hosts`'."""
+    """What a load balancer in front of the facades does: send each request to a facade Consul lists as passing,
+    among `hosts`' (`look` again and again, e.g. `with watching(picker.look, every=0.3)`)."""
 
     def __init__(self, stack: HostStack, hosts: tuple[str, ...]):
         self._stack, self._hosts = stack, hosts
         self._urls = [stack.facade_url(h) for h in hosts]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._look, daemon=True)
 
-    def _look(self) -> None:
-        while not self._stop.wait(0.3):
-            with contextlib.suppress(consul.ConsulException, requests.RequestException):
-                passing = passing_hosts(self._stack, "facade-service", asked="consul1")
-                self._urls = [self._stack.facade_url(h) for h in self._hosts if h in passing] or self._urls
+    def look(self) -> None:
+        passing = passing_hosts(self._stack, "facade-service", asked="consul1")
+        self._urls = [self._stack.facade_url(h) for h in self._hosts if h in passing] or self._urls
 
     def pick(self) -> str:
         return random.choice(self._urls)
-
-    def __enter__(self) -> FacadePicker:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def test_a_rolling_upgrade_under_load_fails_no_request_and_loses_nothing_acknowledged(sim, log_dir):
@@ -883,7 +855,8 @@ def test_a_rolling_upgrade_under_load_fails_no_request_and_loses_nothing_acknowl
     while 4 clients POST through app1's and app2's facades, each request to one that Consul lists as passing:
     every app host drained, stopped, started on the new code, back in rotation, one after the other."""
     drained: set[str] = set()
-    with sim.entered(), FacadePicker(sim, ("app1", "app2")) as facades:
+    facades = FacadePicker(sim, ("app1", "app2"))
+    with sim.entered(), watching(facades.look, every=0.3):
         run = uuid.uuid4().hex[:6]
         load = Load(lambda s, n: post(facades.pick(), f"upgrade-{run}-{n}", s), clients=4, max_requests=20000,
                     max_seconds=400, pause=0.05)  # fmt: skip
