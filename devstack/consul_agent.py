@@ -82,7 +82,8 @@ class ConsulAgent:
     def addr(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
-    def client(self, timeout: float = 5.0) -> consul.Consul:
+    def client(self, timeout: float = 15.0) -> consul.Consul:
+        # Generous: beside other workers' stacks, an agent was seen to take more than 5 s over a join.
         return consul.Consul(host="127.0.0.1", port=self.http_port, connections_timeout=timeout)
 
     def start(self, timeout: float = 30.0) -> ConsulAgent:

@@ -96,6 +96,8 @@ class StackDirs:
             # A scheme, and a port other than 8500: both must reach the agent ./scripts/up starts.
             "CONSUL_HTTP_ADDR": f"http://127.0.0.1:{self.consul_port}",
             "CONSUL_HTTP_TOKEN": self.token,
+            # Beside the other workers' stacks, a member or an instance may take minutes to start.
+            "STACK_UP_TIMEOUT": "400",
             **extra,
         }
 
@@ -225,7 +227,7 @@ def stop(dirs: StackDirs) -> None:
         dirs.kill_everything()
 
 
-def up(stack: StackDirs, timeout: float = 480, **extra: str) -> subprocess.CompletedProcess:
+def up(stack: StackDirs, timeout: float = 720, **extra: str) -> subprocess.CompletedProcess:
     result = stack.run("up", timeout, **extra)
     assert result.returncode == 0, f"{output(result)}\nlogs in {stack.log_dir}"
     return result
@@ -255,7 +257,7 @@ def programs(dirs: StackDirs) -> set[str]:
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_stack):
     result = up(script_stack)
     assert f"http://127.0.0.1:{script_stack.consul_port}/ui/" in result.stdout
@@ -270,7 +272,7 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_up_puts_an_unprivileged_nginx_in_front_of_the_facade_with_its_files_in_the_run_directory(script_stack):
     up(script_stack)
     port = script_stack.port(stack.port("FACADE_PORT"))
@@ -302,7 +304,7 @@ def test_up_puts_an_unprivileged_nginx_in_front_of_the_facade_with_its_files_in_
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
@@ -325,7 +327,7 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
@@ -336,7 +338,7 @@ def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(sc
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_a_killed_instance_is_started_again_by_supervisord_and_passes_in_consul_again(script_stack):
     """autorestart=unexpected (scripts/supervisord.conf): `kill -9` of a logging master, and supervisord
     starts it again by itself; it registers again and passes, with nothing else restarted."""
@@ -368,7 +370,7 @@ def test_a_killed_instance_is_started_again_by_supervisord_and_passes_in_consul_
 
 
 @SHARES_THE_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_stack):
     """The members are service definitions the agent loads at start: a dev agent forgets what was
     registered through its API, not what its configuration holds."""
@@ -395,7 +397,7 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
 
 
 @SHARES_A_KILLED_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
@@ -415,7 +417,7 @@ def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_t
 
 
 @SHARES_A_KILLED_SCRIPT_STACK
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
@@ -667,7 +669,7 @@ def assert_counted(dirs: StackDirs, expected: int) -> None:
 @SHARES_THE_DURABLE_STACK
 @pytest.mark.timeout(1500)
 def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(durable_stack):
-    up(durable_stack, timeout=600)
+    up(durable_stack)
     run = uuid.uuid4().hex[:8]
     for n in range(150):
         answer = post_acknowledged(facade_url(durable_stack), f"kept-{run}-{n}")
@@ -676,7 +678,7 @@ def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the
     assert [m for m in before if m.startswith(f"kept-{run}-")] == [f"kept-{run}-{n}" for n in range(150)]
     result = durable_stack.run("down", timeout=150)
     assert result.returncode == 0, output(result)
-    up(durable_stack, timeout=600)
+    up(durable_stack)
     after = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read after up")
     assert after == before, f"{len(after)} messages after down and up, {len(before)} before"
     eventually(lambda: assert_counted(durable_stack, stored_size(durable_stack)), 60, interval=0.5,
@@ -687,7 +689,7 @@ def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the
 @pytest.mark.timeout(1500)
 def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
     """Every process of the stack, supervisord and PostgreSQL included, killed at once with SIGKILL."""
-    up(durable_stack, timeout=600)
+    up(durable_stack)
     run = uuid.uuid4().hex[:8]
     url = facade_url(durable_stack)
     with Load(lambda s, n: s.post(url, json={"msg": f"cut-{run}-{n}"}, timeout=15), clients=4, max_requests=2000,
@@ -700,7 +702,7 @@ def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
     acknowledged = [o.body["msg"] for o in load.snapshot() if o.status == 201]
     assert len(acknowledged) >= 100
     eventually(lambda: _assert(durable_stack.processes() == []), 15, what="every process of the stack gone")
-    up(durable_stack, timeout=600)
+    up(durable_stack)
     after = eventually(lambda: read_all(url, "logging"), 120, what="the log read after up")
     lost = set(acknowledged) - set(after)
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged messages lost: {sorted(lost)[:5]}"
@@ -712,25 +714,25 @@ def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
 def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
-    up(durable_stack, timeout=600)
+    up(durable_stack)
     assert post_acknowledged(facade_url(durable_stack), "to be purged").status_code == 201
     result = durable_stack.run_args(["down", "--purge"], timeout=150)
     assert result.returncode == 0, output(result)
     assert not (durable_stack.run_dir / "postgres").exists()
-    up(durable_stack, timeout=600)
+    up(durable_stack)
     assert read_all(facade_url(durable_stack), "logging") == []
 
 
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
 def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable_stack):
-    up(durable_stack, timeout=600)
+    up(durable_stack)
     newer = postgres.known_version() + 1
     database(durable_stack).psql(f"INSERT INTO schema_version (version, name) VALUES ({newer}, 'from newer code')",
                                  user="messages")  # fmt: skip
     try:
         assert durable_stack.run("down", timeout=150).returncode == 0
-        result = durable_stack.run("up", timeout=600)
+        result = durable_stack.run("up", timeout=720)
         assert result.returncode != 0, output(result)
         assert f"schema version {newer}, newer than this checkout's" in result.stderr, output(result)
         assert not [p for p in program_pids(durable_stack) if p.startswith("hazelcast-")], output(result)
