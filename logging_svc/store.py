@@ -156,6 +156,11 @@ def ordered(entries) -> list[str]:
 # replication, crdt-replication in conf/hazelcast.xml) can go past the capacity: under the flood test a few
 # hundred KB, inside the heap the capacity leaves free (logging_svc.settings.LOG_HEAP_SHARE).
 SIZE_REFRESH = 0.25
+# While nothing moves (this worker stored nothing, the total did not change), the wait doubles up to this: at
+# SIZE_REFRESH, the calls of an idle stack's six logging workers took 13 % of a core, members included
+# (scripts/up's stack, 30 s idle, logging instances stopped against running). The first entry this worker
+# stores wakes the loop at once; what the others store is seen within this time of their first sync.
+SIZE_IDLE_REFRESH = 2.0
 
 
 # The log's structures, named after its map in Consul KV (config/logging/map).
@@ -178,10 +183,11 @@ class LogSize:
 
     map.size() on every POST would be a call to every member, and an increment per POST cost 10 % of the
     stack's CPU per POST (./scripts/bench: 4.54 against 4.14 ms). Instead each worker adds up what it stored
-    and a background thread, every SIZE_REFRESH, sends the sum and reads the total in one call
-    (add_and_get): a POST makes no call for it. The log never shrinks, so the size seen only grows: a
-    replica that has not seen an increment yet does not take back what this worker counted. A worker killed
-    with a sum not sent yet under-counts by at most SIZE_REFRESH of its POSTs.
+    and a background thread, every SIZE_REFRESH (less often while nothing moves: SIZE_IDLE_REFRESH), sends
+    the sum and reads the total in one call (add_and_get): a POST makes no call for it. The log never
+    shrinks, so the size seen only grows: a replica that has not seen an increment yet does not take back what
+    this worker counted. A worker killed with a sum not sent yet under-counts by at most SIZE_REFRESH of its
+    POSTs.
 
     The counter lives in the members' memory only, while the map is loaded from PostgreSQL when the whole
     cluster starts again: the first worker to claim the marker beside the counter then adds what the map holds
@@ -196,6 +202,8 @@ class LogSize:
         self._unsent = 0
         self._synced = threading.Event()
         self._loaded = threading.Event()
+        self._stored = threading.Event()  # ends the loop's wait: something to send
+        self._refresh = SIZE_REFRESH
         self._loop = BackgroundLoop("log-size", self._sync_step)
 
     def start(self) -> LogSize:
@@ -263,11 +271,19 @@ class LogSize:
         with self._lock:
             self._bytes += cost
             self._unsent += cost
+        self._stored.set()
 
-    def sync(self) -> None:
-        """Send what this worker stored since the last sync, and read the whole log's size."""
+    @property
+    def refresh(self) -> float:
+        """Seconds the loop waits before its next sync, unless this worker stores something first."""
+        return self._refresh
+
+    def sync(self) -> bool:
+        """Send what this worker stored since the last sync, and read the whole log's size. True when something
+        moved: this worker had something to send, or the total is not what it saw last."""
         with self._lock:
             unsent, self._unsent = self._unsent, 0
+            before = self._bytes
         added = None
 
         def give_back_if_failed(done) -> None:
@@ -287,23 +303,30 @@ class LogSize:
         with self._lock:
             self._bytes = max(self._bytes, total)
         self._synced.set()
+        return unsent > 0 or total != before
 
     def _give_back(self, unsent: int) -> None:
         with self._lock:
             self._unsent += unsent
 
     def _sync_step(self) -> None:
+        moved = True
         if self._hz.connected:
             try:
                 if not self._loaded.is_set():
                     self.load()
-                self.sync()
+                moved = self.sync()
             except (HazelcastError, HazelcastUnavailable) as exc:
                 log.warning("could not count the log's size: %s; trying again in %.2f s", exc, SIZE_REFRESH)
-        self._loop.wait(SIZE_REFRESH)
+        self._refresh = SIZE_REFRESH if moved else min(self._refresh * 2, SIZE_IDLE_REFRESH)
+        self._stored.wait(self._refresh)
+        # Cleared before the next sync reads what to send: an entry stored from here on sets it again.
+        self._stored.clear()
 
     def close(self) -> None:
         """On the worker's way out: what it stored, counted before its client goes."""
+        self._loop.stop()
+        self._stored.set()  # the loop's wait ends now, and it sees it is stopping
         self._loop.stop(timeout=INVOCATION_TIMEOUT + 1.0)
         if self._unsent and self._hz.connected:
             try:

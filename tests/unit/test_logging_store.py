@@ -1,5 +1,6 @@
 """The log's entry encoding: order by acceptance time, the message back unchanged."""
 
+import time
 import uuid
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.log_entry import message_of
-from logging_svc import create_app
+from logging_svc import create_app, store
 from logging_svc.settings import LoggingSettings
 from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered, stamp_of
 from servicekit.kvconfig import SharedConfig
@@ -224,3 +225,37 @@ def test_an_id_that_holds_another_message_is_a_409_that_stores_nothing_and_keeps
     hz.entries[old_id] = HazelcastJsonValue({"msg": "from before", "ts": 2})
     assert client.post("/logging", json={"id": old_id, "msg": "from before"}).status_code == 200
     assert client.post("/logging", json={"id": old_id, "msg": "from after"}).status_code == 409
+
+
+def within(seconds: float, condition) -> bool:
+    """Whether `condition()` holds within `seconds` (looked at every 5 ms)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_an_idle_log_size_is_read_less_and_less_often_and_an_entry_stored_is_sent_at_once(monkeypatch):
+    # Bounds far from the waits they tell apart: the unit tests run beside the integration tests' stacks.
+    monkeypatch.setattr(store, "SIZE_REFRESH", 0.01)
+    monkeypatch.setattr(store, "SIZE_IDLE_REFRESH", 1.0)
+    counter = FakeCounter()
+    size = LogSize(CounterHazelcast(counter))
+    size._loaded.set()  # the map's load is other tests': here the counter alone
+    size.start()
+    try:
+        assert within(10, lambda: size.refresh == 1.0), "the idle wait never reached SIZE_IDLE_REFRESH"
+        calls = len(counter.added)
+        time.sleep(1.5)
+        assert len(counter.added) - calls <= 2, "an idle log's size read more than once per SIZE_IDLE_REFRESH"
+        size.grew(70)
+        assert within(0.5, lambda: counter.added[-1] == 70), "an entry stored waited out the idle wait"
+        assert within(0.5, lambda: size.refresh == 0.01), "the wait did not go back to SIZE_REFRESH"
+        counter.total = 500  # another worker's entries: seen within the idle wait
+        assert within(2.0, lambda: size.seen == 500)
+    finally:
+        started = time.monotonic()
+        size.close()
+        assert time.monotonic() - started < 0.5, "close waited out the idle wait"
