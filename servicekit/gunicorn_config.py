@@ -5,16 +5,13 @@ gunicorn.conf.py takes them with its hooks from servicekit.gunicorn_hooks.for_se
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Any
 
 from gunicorn.glogging import Logger
 
 from . import logs, request_id
-from .settings import Settings, app_port
-
-LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
+from .settings import LOCALHOST, Settings, app_port, listen_addresses
 
 # The worker settings of every service, and of the bench's references (bench/gunicorn.conf.py), which
 # take them from here so the comparison stays like for like.
@@ -46,20 +43,6 @@ class AccessLogger(Logger):
             # The request's context is gone by now (Flask's teardown ran); its id is in the echoed header.
             with request_id.bound(request_id.echoed(resp.headers)):
                 super().access(resp, req, environ, request_time)
-
-
-def listen_addresses(host: str, port: int) -> list[str]:
-    """The address an instance registers, and 127.0.0.1 on the same port when that is another address: a
-    tool on the host (`curl http://127.0.0.1:8080/facade`) reaches it as on a single-host stack. Consul and
-    the other hosts still use the registered address only. Where gunicorn binds, or the facade's nginx."""
-    bind = f"{host}:{port}"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return [bind]  # a name: it may well resolve to 127.0.0.1, which cannot be bound twice
-    if address.version != 4 or address.is_unspecified or address == LOCALHOST:
-        return [bind]
-    return [bind, f"{LOCALHOST}:{port}"]
 
 
 def binds(settings: Settings, behind_front_door: bool = False) -> list[str]:

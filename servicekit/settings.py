@@ -131,6 +131,23 @@ def service_host(env: Mapping[str, str] | None = None) -> str:
     return _service_host(os.environ if env is None else env)
 
 
+LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
+
+
+def listen_addresses(host: str, port: int) -> list[str]:
+    """The address an instance registers, and 127.0.0.1 on the same port when that is another address: a
+    tool on the host (`curl http://127.0.0.1:8080/facade`) reaches it as on a single-host stack. Consul and
+    the other hosts still use the registered address only. Where gunicorn binds, or the facade's nginx."""
+    bind = f"{host}:{port}"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [bind]  # a name: it may well resolve to 127.0.0.1, which cannot be bound twice
+    if address.version != 4 or address.is_unspecified or address == LOCALHOST:
+        return [bind]
+    return [bind, f"{LOCALHOST}:{port}"]
+
+
 # The JSON the facade sends to logging_svc around a message: {"id": "<uuid>", "msg": "..."}.
 _ENVELOPE_BYTES = 256
 

@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servicekit import stack
-from servicekit.gunicorn_config import listen_addresses
-from servicekit.settings import SettingsError, app_port, max_body_bytes_from_env, service_host
+from servicekit.settings import SettingsError, app_port, listen_addresses, max_body_bytes_from_env, service_host
 
 TEMPLATE = stack.ROOT / "conf" / "nginx.conf.tmpl"
 # Seconds a client has for a request's head, counted from its first byte, and for each read of its body or
