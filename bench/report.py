@@ -72,6 +72,9 @@ def markdown(r: dict) -> str:
     row("POST /facade without it, run just before (`post_rps_no_commit_delay`)", "post_rps_no_commit_delay")
     row("`./scripts/up` to every check passing, 1,000,000 messages stored (`reload_s_1m`)", "reload_s_1m", " s", 1)
     row("then to the first GET /facade page (`reload_first_page_s_1m`)", "reload_first_page_s_1m", " s", 2)
+    row("`./scripts/backup` of those 1,000,000 messages (`backup_s_1m`)", "backup_s_1m", " s", 1)
+    row("`./scripts/up --restore` of that backup into an empty stack, to every check passing (`restore_up_s_1m`)",
+        "restore_up_s_1m", " s", 1)  # fmt: skip
     row("GET /facade p50 at 10,000 stored messages (`get_p50_ms_10k`)", "get_p50_ms_10k", " ms", 1)
     row("GET /facade growth, p50 per 1,000 stored messages", "get_ms_per_1k_messages", " ms", 2)
     row("GET /facade constant (p50 fit at 0 messages)", "get_constant_ms", " ms", 1)

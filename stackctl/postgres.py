@@ -40,6 +40,8 @@ MIGRATIONS = stack.ROOT / "db" / "migrations"
 _MIGRATION = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 # Every psql or initdb call is bounded: a server that does not answer must not hang ./scripts/up.
 COMMAND_TIMEOUT = 120.0
+# A backup or a restore of the whole log: bounded too, far above a million messages' (docs/DEPLOY.md).
+DUMP_TIMEOUT = 3600.0
 # What the server runs with beside its defaults. synchronous_commit and fsync are PostgreSQL's defaults and
 # are written out because the project's promise rests on them: a commit returns once its WAL is flushed to
 # disk (docs/API.md, "What a 201 promises"). pg_stat_statements is for ./scripts/bench's account of the time.
@@ -216,15 +218,59 @@ class Cluster:
         )
         return done.returncode == 0
 
-    def setup(self) -> None:
+    def _client_command(self, program: str, *args: str) -> list[str]:
+        """A libpq program (pg_dump, pg_restore) as the superuser, through the private socket."""
+        return [str(bin_dir() / program), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", *args]
+
+    def dump(self, path: Path) -> None:
+        """The database, schema and rows, as pg_dump's custom format in `path`: one snapshot (what was committed
+        before it began, nothing after), written 0600 since it holds every message."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            done = subprocess.run(
+                self._client_command("pg_dump", "--format=custom", "-d", self.database),
+                stdout=out, stderr=subprocess.PIPE, text=False, timeout=DUMP_TIMEOUT,
+            )  # fmt: skip
+        if done.returncode != 0:
+            path.unlink(missing_ok=True)
+            raise MigrationError(f"pg_dump failed: {done.stderr.decode(errors='replace').strip()}")
+
+    def holds_a_log(self) -> bool:
+        """Whether the database has the log's schema already (migrated, or restored)."""
+        found = self.psql("SELECT to_regclass('public.schema_version') IS NOT NULL", database=self.database)
+        return found.strip() == "t"
+
+    def restore(self, path: Path) -> None:
+        """A dump (`dump`) into this database, which must not hold a log yet; all of it or nothing."""
+        if not path.is_file():
+            raise MigrationError(f"no backup at {path}")
+        if self.holds_a_log():
+            raise MigrationError(
+                f"the database {self.database!r} already holds a log: a backup is restored into an empty stack "
+                "(./scripts/down --purge, then ./scripts/up --restore FILE)"
+            )
+        done = subprocess.run(
+            self._client_command("pg_restore", "--exit-on-error", "--single-transaction", "-d", self.database,
+                                 str(path)),
+            capture_output=True, text=True, timeout=DUMP_TIMEOUT,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise MigrationError(f"pg_restore of {path} failed, nothing restored: {done.stderr.strip()}")
+        log.info("restored %s", path)
+
+    def setup(self, restore: Path | None = None) -> None:
         """The application role (its password read from stdin, never an argument) and its database, the
-        statistics extension, then the migrations. Idempotent: ./scripts/up runs it on every start."""
+        statistics extension, then the migrations. Idempotent: ./scripts/up runs it on every start. With
+        `restore`, a backup goes into the new database first, and the migrations bring it up to this checkout's."""
         exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.user}'", database="postgres")
         verb = "ALTER" if exists.strip() else "CREATE"
         # Through stdin: a password in psql's arguments would show in the process list.
         self.psql(None, database="postgres", stdin=f"{verb} ROLE \"{self.user}\" LOGIN PASSWORD '{self.password()}';\n")
         if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'", database="postgres").strip():
             self.psql(f'CREATE DATABASE "{self.database}" OWNER "{self.user}"', database="postgres")
+        if restore is not None:
+            self.restore(restore)
         self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         migrate(self)
 
@@ -361,11 +407,20 @@ def _setup(args) -> int:
             return 1
         time.sleep(0.2)
     try:
-        cluster.setup()
+        cluster.setup(restore=args.restore)
     except MigrationError as exc:
         log.error("%s", exc)
         return 1
     log.info("database %r at schema version %d", cluster.database, known_version())
+    return 0
+
+
+def _dump(args) -> int:
+    try:
+        _cluster(args).dump(args.file)
+    except MigrationError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 
@@ -394,7 +449,13 @@ def add_commands(sub, client) -> None:
         parser.add_argument("--port", type=int, required=True)
         if func is _setup:
             parser.add_argument("--timeout", type=float, default=60.0)
+            parser.add_argument("--restore", type=Path, metavar="FILE", help="a backup, into an empty database")
         parser.set_defaults(func=func)
+    dump = sub.add_parser("postgres-dump", help="a backup of the database into FILE (pg_dump, custom format)")
+    dump.add_argument("--home", required=True)
+    dump.add_argument("--port", type=int, required=True)
+    dump.add_argument("file", type=Path)
+    dump.set_defaults(func=_dump)
     service = sub.add_parser("postgres-service", help="write the database as a Consul agent config file")
     service.add_argument("path")
     service.add_argument("port", type=int)

@@ -227,8 +227,8 @@ def stop(dirs: StackDirs) -> None:
         dirs.kill_everything()
 
 
-def up(stack: StackDirs, timeout: float = 720, **extra: str) -> subprocess.CompletedProcess:
-    result = stack.run("up", timeout, **extra)
+def up(stack: StackDirs, timeout: float = 720, restore: str | None = None) -> subprocess.CompletedProcess:
+    result = stack.run_args(["up", *(["--restore", restore] if restore else [])], timeout)
     assert result.returncode == 0, f"{output(result)}\nlogs in {stack.log_dir}"
     return result
 
@@ -721,6 +721,61 @@ def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
     assert not (durable_stack.run_dir / "postgres").exists()
     up(durable_stack)
     assert read_all(facade_url(durable_stack), "logging") == []
+
+
+def supervisorctl(dirs: StackDirs, *args: str) -> subprocess.CompletedProcess:
+    """supervisorctl on the stack's supervisord, with the environment its configuration reads (scripts/lib.sh)."""
+    return subprocess.run(
+        ["bash", "-c", 'source "$0"; ctl "$@"', str(SCRIPTS / "lib.sh"), *args],
+        env=dirs.env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def consumed(dirs: StackDirs) -> list[str]:
+    """What every messages instance holds."""
+    return [
+        m
+        for port in stack.ports("MESSAGES")
+        for m in read_all(f"http://127.0.0.1:{dirs.port(port)}/messages", "messages")
+    ]
+
+
+@SHARES_A_PURGED_DURABLE_STACK
+@pytest.mark.timeout(1500)
+def test_a_backup_restored_into_an_empty_stack_holds_every_message_acknowledged_before_it(durable_stack, tmp_path):
+    """./scripts/backup while the stack runs, ./scripts/down --purge, ./scripts/up --restore: the log in order and
+    the queue's items not consumed yet, as they were when the backup began; nothing from after it."""
+    up(durable_stack)
+    url, run = facade_url(durable_stack), uuid.uuid4().hex[:8]
+    for n in range(20):
+        assert post_acknowledged(url, f"logged-{run}-{n}").status_code == 201
+    # Queued and not consumed when the backup is taken: the consumers are stopped.
+    messages = [f"services:messages-{durable_stack.port(port)}" for port in stack.ports("MESSAGES")]
+    assert supervisorctl(durable_stack, "stop", *messages).returncode == 0
+    for n in range(10):
+        assert post_acknowledged(url, f"queued-{run}-{n}").status_code == 201
+    # Through a logging instance: the facade's GET answers 503 without a messages instance.
+    logging_url = f"http://127.0.0.1:{durable_stack.port(stack.ports('LOGGING')[0])}/logging"
+    log_before = read_all(logging_url, "messages")
+    backup = tmp_path / "log.dump"
+    result = durable_stack.run_args(["backup", str(backup)], timeout=600)
+    assert result.returncode == 0, output(result)
+    assert backup.stat().st_mode & 0o777 == 0o600
+    assert post_acknowledged(url, f"after-{run}").status_code == 201
+
+    refused = durable_stack.run_args(["up", "--restore", str(backup)], timeout=300)
+    assert refused.returncode != 0 and "already holds a log" in refused.stderr, output(refused)
+    assert read_all(logging_url, "messages") == [*log_before, f"after-{run}"], "a refused restore changed the log"
+
+    result = durable_stack.run_args(["down", "--purge"], timeout=150)
+    assert result.returncode == 0, output(result)
+    up(durable_stack, restore=str(backup))
+    assert read_all(url, "logging") == log_before
+    queued = {f"queued-{run}-{n}" for n in range(10)}
+    eventually(lambda: _assert(queued <= set(consumed(durable_stack))), 60, what="the restored queue consumed")
+    assert post_acknowledged(url, f"served-{run}").status_code == 201
+    eventually(lambda: assert_counted(durable_stack, stored_size(durable_stack)), 60, interval=0.5,
+               what="the log's size rebuilt from the restored store")  # fmt: skip
 
 
 @SHARES_A_PURGED_DURABLE_STACK
