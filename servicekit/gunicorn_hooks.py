@@ -232,6 +232,7 @@ def registration_hooks(settings: Settings):
 
     def when_ready(server) -> None:
         metrics_files.reset()  # before the first worker forks
+        metrics.observe_start()
         master = _Master(server, settings)
         setattr(server, _MASTER_KEY, master)
         master.start(server)

@@ -272,6 +272,21 @@ def observe_log_size(held: int, capacity: int) -> None:
     capacity_gauge.set(capacity)
 
 
+# Written by the master once, when it is ready: a worker's restart is not the instance's. The alert rules count
+# its changes (InstanceRestarting, conf/prometheus/alerts.yml): a restart that supervisord makes between two
+# scrapes shows there, and not in `up`. `max`: the master's one value (the directory is emptied at each start).
+@_made_once
+def _started():
+    from prometheus_client import Gauge
+
+    return Gauge("instance_start_time_seconds", "When this instance's gunicorn master started, Unix time",
+                 multiprocess_mode="max")  # fmt: skip
+
+
+def observe_start(when: float | None = None) -> None:
+    _started().set(time.time() if when is None else when)
+
+
 def observe_queue_room(room: int) -> None:
     _queue_room().set(room)
 

@@ -235,7 +235,11 @@ def test_metrics_are_served_on_the_port_in_consul_meta_and_not_on_the_public_por
         assert public.status_code == 404 and set(public.json()) == {"error"}, public.text[:300]
         assert service.instance_id not in public.text
         url = f"http://{registered[service.instance_id]['Address']}:{meta['metrics_port']}{meta['metrics_path']}"
-        assert "http_requests_total" in scrape_url(url)
+        samples = scrape_url(url)
+        assert "http_requests_total" in samples
+        # When the master started (the InstanceRestarting alert counts its changes), once, whatever the workers.
+        [(_, started)] = samples["instance_start_time_seconds"]
+        assert psutil.Process(service.proc.pid).create_time() - 1 <= started <= time.time(), started
     # The 404s were counted like any unknown route, on the public port's own counters.
     facade = scrape(stack.agent, stack.facade)
     assert total(facade, "http_requests_total", route("GET", "unmatched")) >= 1
