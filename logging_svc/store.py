@@ -157,9 +157,9 @@ def ordered(entries) -> list[str]:
 # hundred KB, inside the heap the capacity leaves free (logging_svc.settings.LOG_HEAP_SHARE).
 SIZE_REFRESH = 0.25
 # While nothing moves (this worker stored nothing, the total did not change), the wait doubles up to this: at
-# SIZE_REFRESH, the calls of an idle stack's six logging workers took 13 % of a core, members included
-# (scripts/up's stack, 30 s idle, logging instances stopped against running). The first entry this worker
-# stores wakes the loop at once; what the others store is seen within this time of their first sync.
+# SIZE_REFRESH, the six logging workers of an idle ./scripts/up stack made 24 calls a second to its members.
+# The first entry this worker stores after an idle spell wakes the loop at once; what the others store is
+# seen within this time of their first sync.
 SIZE_IDLE_REFRESH = 2.0
 
 
@@ -202,8 +202,9 @@ class LogSize:
         self._unsent = 0
         self._synced = threading.Event()
         self._loaded = threading.Event()
-        self._stored = threading.Event()  # ends the loop's wait: something to send
+        self._stored = threading.Event()  # ends an idle wait: something to send
         self._refresh = SIZE_REFRESH
+        self._last_total: int | None = None
         self._loop = BackgroundLoop("log-size", self._sync_step)
 
     def start(self) -> LogSize:
@@ -280,10 +281,9 @@ class LogSize:
 
     def sync(self) -> bool:
         """Send what this worker stored since the last sync, and read the whole log's size. True when something
-        moved: this worker had something to send, or the total is not what it saw last."""
+        moved: this worker had something to send, or the total is not what the last sync read."""
         with self._lock:
             unsent, self._unsent = self._unsent, 0
-            before = self._bytes
         added = None
 
         def give_back_if_failed(done) -> None:
@@ -303,7 +303,8 @@ class LogSize:
         with self._lock:
             self._bytes = max(self._bytes, total)
         self._synced.set()
-        return unsent > 0 or total != before
+        moved, self._last_total = unsent > 0 or total != self._last_total, total
+        return moved
 
     def _give_back(self, unsent: int) -> None:
         with self._lock:
@@ -318,8 +319,14 @@ class LogSize:
                 moved = self.sync()
             except (HazelcastError, HazelcastUnavailable) as exc:
                 log.warning("could not count the log's size: %s; trying again in %.2f s", exc, SIZE_REFRESH)
-        self._refresh = SIZE_REFRESH if moved else min(self._refresh * 2, SIZE_IDLE_REFRESH)
-        self._stored.wait(self._refresh)
+        if moved:
+            # Busy: every SIZE_REFRESH, however many entries are stored meanwhile (one call for all of them).
+            self._refresh = SIZE_REFRESH
+            self._loop.wait(SIZE_REFRESH)
+        else:
+            # Idle: longer and longer, unless this worker stores an entry first.
+            self._refresh = min(self._refresh * 2, SIZE_IDLE_REFRESH)
+            self._stored.wait(self._refresh)
         # Cleared before the next sync reads what to send: an entry stored from here on sets it again.
         self._stored.clear()
 

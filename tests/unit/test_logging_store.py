@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.log_entry import message_of
+from devstack.processes import eventually
 from logging_svc import create_app, store
 from logging_svc.settings import LoggingSettings
 from logging_svc.store import HazelcastMessageLog, LogSize, convert_json_entry, encode, entry_cost, ordered, stamp_of
@@ -227,16 +228,6 @@ def test_an_id_that_holds_another_message_is_a_409_that_stores_nothing_and_keeps
     assert client.post("/logging", json={"id": old_id, "msg": "from after"}).status_code == 409
 
 
-def within(seconds: float, condition) -> bool:
-    """Whether `condition()` holds within `seconds` (looked at every 5 ms)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_an_idle_log_size_is_read_less_and_less_often_and_an_entry_stored_is_sent_at_once(monkeypatch):
     # Bounds far from the waits they tell apart: the unit tests run beside the integration tests' stacks.
     monkeypatch.setattr(store, "SIZE_REFRESH", 0.01)
@@ -245,17 +236,48 @@ def test_an_idle_log_size_is_read_less_and_less_often_and_an_entry_stored_is_sen
     size = LogSize(CounterHazelcast(counter))
     size._loaded.set()  # the map's load is other tests': here the counter alone
     size.start()
+
+    def idle_wait_at_its_longest():
+        assert size.refresh == 1.0
+
     try:
-        assert within(10, lambda: size.refresh == 1.0), "the idle wait never reached SIZE_IDLE_REFRESH"
+        eventually(idle_wait_at_its_longest, 10, interval=0.005, what="the idle wait at SIZE_IDLE_REFRESH")
         calls = len(counter.added)
         time.sleep(1.5)
         assert len(counter.added) - calls <= 2, "an idle log's size read more than once per SIZE_IDLE_REFRESH"
+        calls = len(counter.added)
         size.grew(70)
-        assert within(0.5, lambda: counter.added[-1] == 70), "an entry stored waited out the idle wait"
-        assert within(0.5, lambda: size.refresh == 0.01), "the wait did not go back to SIZE_REFRESH"
+
+        def sent_and_short_waits_again():
+            assert 70 in counter.added[calls:], "an entry stored waited out the idle wait"
+            assert len(counter.added) - calls >= 4, "the waits did not go back to SIZE_REFRESH"
+
+        eventually(sent_and_short_waits_again, 0.6, interval=0.005, what="the entry sent, then short waits")
         counter.total = 500  # another worker's entries: seen within the idle wait
-        assert within(2.0, lambda: size.seen == 500)
+
+        def seen():
+            assert size.seen == 500
+
+        eventually(seen, 2.0, interval=0.01, what="the others' entries seen")
     finally:
         started = time.monotonic()
         size.close()
         assert time.monotonic() - started < 0.5, "close waited out the idle wait"
+
+
+def test_a_busy_worker_sends_what_it_stores_every_size_refresh_not_once_an_entry(monkeypatch):
+    monkeypatch.setattr(store, "SIZE_REFRESH", 0.05)
+    counter = FakeCounter()
+    size = LogSize(CounterHazelcast(counter))
+    size._loaded.set()
+    size.start()
+    try:
+        deadline, stored = time.monotonic() + 0.5, 0
+        while time.monotonic() < deadline:
+            size.grew(10)
+            stored += 1
+            time.sleep(0.001)
+    finally:
+        size.close()
+    assert sum(counter.added) == 10 * stored, "an entry's bytes were not sent, or sent twice"
+    assert len(counter.added) <= 0.5 / 0.05 + 3, f"{len(counter.added)} calls for {stored} entries in 0.5 s"
