@@ -224,17 +224,21 @@ class Cluster:
 
     def dump(self, path: Path) -> None:
         """The database, schema and rows, as pg_dump's custom format in `path`: one snapshot (what was committed
-        before it began, nothing after), written 0600 since it holds every message."""
+        before it began, nothing after), 0600 since it holds every message. Written beside `path` and renamed
+        once whole: a failed dump leaves no half file, and an earlier backup at `path` stays until then."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            done = subprocess.run(
-                self._client_command("pg_dump", "--format=custom", "-d", self.database),
-                stdout=out, stderr=subprocess.PIPE, text=False, timeout=DUMP_TIMEOUT,
-            )  # fmt: skip
-        if done.returncode != 0:
-            path.unlink(missing_ok=True)
-            raise MigrationError(f"pg_dump failed: {done.stderr.decode(errors='replace').strip()}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600 from the first byte
+        try:
+            with os.fdopen(fd, "wb") as out:
+                done = subprocess.run(
+                    self._client_command("pg_dump", "--format=custom", "-d", self.database),
+                    stdout=out, stderr=subprocess.PIPE, text=False, timeout=DUMP_TIMEOUT,
+                )  # fmt: skip
+            if done.returncode != 0:
+                raise MigrationError(f"pg_dump failed: {done.stderr.decode(errors='replace').strip()}")
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def holds_a_log(self) -> bool:
         """Whether the database has the log's schema already (migrated, or restored)."""
@@ -271,8 +275,16 @@ class Cluster:
             self.psql(f'CREATE DATABASE "{self.database}" OWNER "{self.user}"', database="postgres")
         if restore is not None:
             self.restore(restore)
-        self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        migrate(self)
+        try:
+            self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            migrate(self)
+        except MigrationError:
+            if restore is not None:
+                # A backup this checkout cannot run (made by newer code): the database goes back to empty, so
+                # that the stack is as before the restore, and another backup can be restored into it.
+                self.psql(f'DROP DATABASE "{self.database}"', database="postgres")
+                self.psql(f'CREATE DATABASE "{self.database}" OWNER "{self.user}"', database="postgres")
+            raise
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -443,6 +455,7 @@ def add_commands(sub, client) -> None:
         ("postgres-init", _init, "make the database cluster in HOME once (initdb, password files)"),
         ("postgres-server", _server, "run the server of HOME in the foreground"),
         ("postgres-setup", _setup, "wait for the server, then its role, database and migrations"),
+        ("postgres-dump", _dump, "a backup of the database into FILE (pg_dump, custom format, 0600)"),
     ):
         parser = sub.add_parser(name, help=text)
         parser.add_argument("--home", required=True)
@@ -450,12 +463,9 @@ def add_commands(sub, client) -> None:
         if func is _setup:
             parser.add_argument("--timeout", type=float, default=60.0)
             parser.add_argument("--restore", type=Path, metavar="FILE", help="a backup, into an empty database")
+        if func is _dump:
+            parser.add_argument("file", type=Path)
         parser.set_defaults(func=func)
-    dump = sub.add_parser("postgres-dump", help="a backup of the database into FILE (pg_dump, custom format)")
-    dump.add_argument("--home", required=True)
-    dump.add_argument("--port", type=int, required=True)
-    dump.add_argument("file", type=Path)
-    dump.set_defaults(func=_dump)
     service = sub.add_parser("postgres-service", help="write the database as a Consul agent config file")
     service.add_argument("path")
     service.add_argument("port", type=int)

@@ -233,6 +233,14 @@ def up(stack: StackDirs, timeout: float = 720, restore: str | None = None) -> su
     return result
 
 
+def supervisorctl(dirs: StackDirs, *args: str) -> subprocess.CompletedProcess:
+    """supervisorctl on the stack's supervisord, with the environment its configuration reads (scripts/lib.sh)."""
+    return subprocess.run(
+        ["bash", "-c", 'source "$0"; ctl "$@"', str(SCRIPTS / "lib.sh"), *args],
+        env=dirs.env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def program_pids(stack: StackDirs) -> dict[str, int]:
     """program name -> the pid supervisord started (not the gunicorn workers)."""
     pids = {}
@@ -375,15 +383,7 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
     """The members are service definitions the agent loads at start: a dev agent forgets what was
     registered through its API, not what its configuration holds."""
     up(script_stack)
-    restart = subprocess.run(
-        ["bash", "-c", "source scripts/lib.sh && ctl restart consul"],
-        cwd=ROOT,
-        env=script_stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    restart = supervisorctl(script_stack, "restart", "consul")
     assert restart.returncode == 0, output(restart)
     client = consul.Consul(host="127.0.0.1", port=script_stack.consul_port, token="", connections_timeout=5)
     ports = [script_stack.port(p) for p in stack.ports("HAZELCAST")]
@@ -723,14 +723,6 @@ def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
     assert read_all(facade_url(durable_stack), "logging") == []
 
 
-def supervisorctl(dirs: StackDirs, *args: str) -> subprocess.CompletedProcess:
-    """supervisorctl on the stack's supervisord, with the environment its configuration reads (scripts/lib.sh)."""
-    return subprocess.run(
-        ["bash", "-c", 'source "$0"; ctl "$@"', str(SCRIPTS / "lib.sh"), *args],
-        env=dirs.env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
 def consumed(dirs: StackDirs) -> list[str]:
     """What every messages instance holds."""
     return [
@@ -758,13 +750,15 @@ def test_a_backup_restored_into_an_empty_stack_holds_every_message_acknowledged_
     logging_url = f"http://127.0.0.1:{durable_stack.port(stack.ports('LOGGING')[0])}/logging"
     log_before = read_all(logging_url, "messages")
     backup = tmp_path / "log.dump"
+    backup.write_text("an older file, readable by all")
+    backup.chmod(0o644)
     result = durable_stack.run_args(["backup", str(backup)], timeout=600)
     assert result.returncode == 0, output(result)
     assert backup.stat().st_mode & 0o777 == 0o600
     assert post_acknowledged(url, f"after-{run}").status_code == 201
 
     refused = durable_stack.run_args(["up", "--restore", str(backup)], timeout=300)
-    assert refused.returncode != 0 and "already holds a log" in refused.stderr, output(refused)
+    assert refused.returncode != 0 and "./scripts/down --purge first" in refused.stderr, output(refused)
     assert read_all(logging_url, "messages") == [*log_before, f"after-{run}"], "a refused restore changed the log"
 
     result = durable_stack.run_args(["down", "--purge"], timeout=150)
