@@ -122,7 +122,13 @@ class Hazelcast:
         self._settings = settings
         self._structures = structures
         self.call_timeout = settings.read_timeout
+        # `_connected` is what callers see: the link is up AND the client is ours to call. The library fires
+        # CONNECTED from its reactor thread while its constructor is still running (async_start), before
+        # `_client` is assigned: released on that event alone, a worker answered 503 ("not connected")
+        # for a moment while /health said passing. The lock orders the two signals.
         self._connected = threading.Event()
+        self._state_lock = threading.Lock()
+        self._link_up = False
         self._client: hazelcast.HazelcastClient | None = None
         self.config: kvconfig.SharedConfig | None = None
         self._loop = BackgroundLoop("hazelcast-connect", self._connect_step)
@@ -148,9 +154,22 @@ class Hazelcast:
 
     def _on_state(self, state: str) -> None:
         if state == LifecycleState.CONNECTED:
-            self._connected.set()
-            log.info("connected to Hazelcast cluster %r", self.config and self.config.cluster_name)
+            self._set_link(True, state)
         elif state in (LifecycleState.DISCONNECTED, LifecycleState.SHUTTING_DOWN, LifecycleState.SHUTDOWN):
+            self._set_link(False, state)
+
+    def _set_link(self, up: bool, state: str) -> None:
+        with self._state_lock:
+            self._link_up = up
+            self._publish(state)
+
+    def _publish(self, state: str) -> None:
+        """With `_state_lock` held: connected once the link is up and the constructor has returned."""
+        if self._link_up and self._client is not None:
+            if not self._connected.is_set():
+                log.info("connected to Hazelcast cluster %r", self.config and self.config.cluster_name)
+            self._connected.set()
+        else:
             if self._connected.is_set():
                 log.warning("Hazelcast client is %s", state.lower())
             self._connected.clear()
@@ -171,7 +190,7 @@ class Hazelcast:
             # member, as in non-smart clients: acked to the client directly, the first write of a new
             # client waited the whole backup timeout (5 s) for an ack whose listener was not registered
             # yet. The member still answers only after the synchronous backup is written.
-            self._client = hazelcast.HazelcastClient(
+            client = hazelcast.HazelcastClient(
                 cluster_name=config.cluster_name,
                 cluster_members=list(config.members),
                 async_start=True,
@@ -183,6 +202,9 @@ class Hazelcast:
                 retry_max_backoff=RETRY_MAX_BACKOFF,
                 lifecycle_listeners=[self._on_state],
             )
+            with self._state_lock:
+                self._client = client
+                self._publish(LifecycleState.CONNECTED if self._link_up else LifecycleState.DISCONNECTED)
             self._waiting_since = time.monotonic()
         if self._connected.is_set():
             self._create_proxies(self._client, config)

@@ -276,7 +276,8 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
     assert status.returncode == 0, output(status)
     assert status.stdout.count("passing") == 10, status.stdout  # 3 members, 6 instances and postgres
     facade = f"http://127.0.0.1:{script_stack.port(stack.port('FACADE_PORT'))}/facade"
-    assert requests.post(facade, json={"msg": "through up"}, timeout=10).status_code == 201
+    posted = requests.post(facade, json={"msg": "through up"}, timeout=10)
+    assert posted.status_code == 201, posted.text
 
 
 @SHARES_THE_SCRIPT_STACK

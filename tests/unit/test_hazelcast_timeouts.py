@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -139,3 +140,42 @@ def test_once_connected_the_client_makes_every_proxy_its_service_names_before_an
         assert time.monotonic() - started < settings.read_timeout + 1.0
     finally:
         service_hz.close()
+
+
+class ConnectsBeforeItReturns:
+    """The library's client as async_start makes it: its reactor reports CONNECTED while the constructor
+    still runs (listener service, backup listener, statistics), before the caller holds the client."""
+
+    def __init__(self, lifecycle_listeners, **_):
+        self.may_return = threading.Event()
+        self.built.append(self)
+        for listener in lifecycle_listeners:
+            listener(LifecycleState.CONNECTED)
+        self.may_return.wait(5)
+
+    built: list = []
+
+    def get_map(self, name):
+        return SilentMap()
+
+    def shutdown(self):
+        pass
+
+
+def test_a_worker_is_not_connected_until_its_client_is_built_so_no_call_finds_it_missing(monkeypatch):
+    monkeypatch.setattr(hz.hazelcast, "HazelcastClient", ConnectsBeforeItReturns)
+    monkeypatch.setattr(hz, "make_consul", lambda settings: None)
+    monkeypatch.setattr(hz.kvconfig, "load", lambda consul: SharedConfig("dev", ("127.0.0.1:1",), "log", "queue"))
+    client = hz.Hazelcast(Settings.from_env("logging-service", 8081, env={})).start()
+    try:
+        until(lambda: bool(ConnectsBeforeItReturns.built), timeout=5, what="the client is being built")
+        # The link is up, the constructor has not returned: neither /health nor a call may take it as ready.
+        assert not client.wait_connected(0.3)
+        with pytest.raises(HazelcastUnavailable):
+            client.get_map("log")
+        ConnectsBeforeItReturns.built[-1].may_return.set()
+        assert client.wait_connected(5)
+        assert client.get_map("log").name == "silent"
+    finally:
+        ConnectsBeforeItReturns.built[-1].may_return.set()
+        client.close()
