@@ -53,7 +53,7 @@ def default_stack_ports() -> set[int]:
     """Every port of ./scripts/up's stack at its defaults (conf/stack.env), Consul's defaults included."""
     ports = {stack.port(name) for name in stack.values() if name.endswith("_PORT")}
     for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE"):
-        ports.update(stack.ports(program))
+        ports.update(stack.ports(program, env={}))
     return ports | CONSUL_DEFAULTS
 
 

@@ -5,7 +5,19 @@ TOOLS=${STACK_TOOLS_DIR:-$ROOT/.tools}
 CONSUL_VERSION=1.8.7
 # Ports, instance counts, the Hazelcast version and jar: written once, in conf/stack.env (Python reads it too).
 STACK_ENV=$ROOT/conf/stack.env
+# The instance counts may come from the environment instead, to shrink the stack (a small machine, the
+# tests of the scripts): HAZELCAST_INSTANCES=2 LOGGING_INSTANCES=1 MESSAGES_INSTANCES=1 ./scripts/up.
+# conf/stack.env's counts stay in STACK_DEFAULT_<NAME> (./scripts/up checks the override against them).
+STACK_COUNTS="HAZELCAST_INSTANCES LOGGING_INSTANCES MESSAGES_INSTANCES FACADE_INSTANCES"
+declare -A stack_count_overrides=()
+for stack_count in $STACK_COUNTS; do
+  [ -z "${!stack_count:-}" ] || stack_count_overrides[$stack_count]=${!stack_count}
+done
 source "$STACK_ENV"
+for stack_count in $STACK_COUNTS; do
+  printf -v "STACK_DEFAULT_$stack_count" %s "${!stack_count}"
+  [ -z "${stack_count_overrides[$stack_count]:-}" ] || printf -v "$stack_count" %s "${stack_count_overrides[$stack_count]}"
+done
 HAZELCAST_JAR=$TOOLS/$HAZELCAST_JAR_IN_TOOLS
 STORE_JAR=$TOOLS/$STORE_JAR_IN_TOOLS
 # The Consul versions the project runs on, from the Debian package ./scripts/install unpacks (1.8.7) to

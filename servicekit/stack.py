@@ -44,10 +44,18 @@ def port(name: str) -> int:
     return int(values()[name])
 
 
-def ports(program: str) -> list[int]:
+def count(program: str, env: Mapping[str, str] | None = None) -> int:
+    """How many instances of a program ./scripts/up runs: <PROGRAM>_INSTANCES from the environment when it is
+    set there (scripts/lib.sh's rule: a stack may be shrunk), else conf/stack.env's, e.g. count("LOGGING") -> 3."""
+    env = os.environ if env is None else env
+    name = f"{program}_INSTANCES"
+    return int(env.get(name) or values()[name])
+
+
+def ports(program: str, env: Mapping[str, str] | None = None) -> list[int]:
     """The default ports of every instance of a program, e.g. ports("HAZELCAST") -> [5701, 5702, 5703]."""
-    first, count = port(f"{program}_PORT"), int(values()[f"{program}_INSTANCES"])
-    return list(range(first, first + count))
+    first = port(f"{program}_PORT")
+    return list(range(first, first + count(program, env)))
 
 
 def hazelcast_version() -> str:

@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import consul
@@ -37,7 +37,8 @@ from stackctl import hazelcast_member, postgres, stack_status
 from stackctl.stack_status import PortUse, port_is_free
 
 SCRIPTS = ROOT / "scripts"
-PROGRAM_PORTS = {program: stack.ports(program) for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")}
+# conf/stack.env's counts: every port a default-sized stack binds is reserved, whatever size a test runs.
+PROGRAM_PORTS = {program: stack.ports(program, env={}) for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")}
 CONSUL_PORTS = [stack.port(f"CONSUL_{name}_PORT") for name in ("HTTP", "SERVER", "SERF_LAN", "SERF_WAN", "GRPC", "DNS")]
 METRICS_PORTS = [
     default_metrics_port(port) for program in ("LOGGING", "MESSAGES", "FACADE") for port in PROGRAM_PORTS[program]
@@ -70,6 +71,8 @@ class StackDirs:
     tmp: Path
     offset: int
     token: str = "token-a"
+    # Instance counts of a shrunk stack (scripts/lib.sh), e.g. {"LOGGING_INSTANCES": "1"}; conf/stack.env's otherwise.
+    counts: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -86,6 +89,10 @@ class StackDirs:
     def port(self, default: int) -> int:
         return default + self.offset
 
+    def ports(self, program: str) -> list[int]:
+        """The default ports of the instances of `program` this stack runs (port() moves each)."""
+        return stack.ports(program, env=self.counts)
+
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "STACK_", "SUPERVISOR_"))}
         return {
@@ -98,6 +105,7 @@ class StackDirs:
             "CONSUL_HTTP_TOKEN": self.token,
             # Beside the other workers' stacks, a member or an instance may take minutes to start.
             "STACK_UP_TIMEOUT": "400",
+            **self.counts,
             **extra,
         }
 
@@ -156,8 +164,25 @@ def stack_dirs():
         dirs.kill_everything()
 
 
+@pytest.mark.parametrize(
+    ("counts", "refusal"),
+    [
+        ({"HAZELCAST_INSTANCES": "1"}, "HAZELCAST_INSTANCES must be a whole number from 2 to 3"),
+        ({"LOGGING_INSTANCES": "4"}, "LOGGING_INSTANCES must be a whole number from 1 to 3"),
+        ({"MESSAGES_INSTANCES": "two"}, "MESSAGES_INSTANCES must be a whole number from 1 to 2"),
+    ],
+)
+def test_up_refuses_instance_counts_it_cannot_run_before_it_starts_anything(tmp_path, counts, refusal):
+    """A stack may be shrunk, not grown (its ports are laid out for conf/stack.env's counts), and keeps two
+    members, which the split-brain protection needs to take a write."""
+    dirs = StackDirs(tmp_path, free_offset(), counts=counts)
+    result = dirs.run("up", timeout=60)
+    assert result.returncode != 0 and refusal in result.stderr, output(result)
+    assert not dirs.run_dir.exists() and dirs.processes() == [], output(result)
+
+
 def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir):
-    port = stack_dirs.port(stack.ports("LOGGING")[1])
+    port = stack_dirs.port(stack_dirs.ports("LOGGING")[1])
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -214,6 +239,26 @@ def script_stack(script_stack_dirs, request):
         stop(script_stack_dirs)
 
 
+# The smallest stack ./scripts/up runs (scripts/lib.sh): for the tests whose point is not the stack's size
+# (supervisord's, the database's), at about half the processes of a default stack: the suite runs four of
+# these stacks beside each other's and every other test's.
+SMALL = {"HAZELCAST_INSTANCES": "2", "LOGGING_INSTANCES": "1", "MESSAGES_INSTANCES": "1"}
+
+
+@pytest.fixture(scope="module")
+def small_stack_dirs():
+    dirs = StackDirs(reachable_dir("small-stack-"), free_offset(), counts=SMALL)
+    yield dirs
+    stop(dirs)
+
+
+@pytest.fixture
+def small_stack(small_stack_dirs, request):
+    yield small_stack_dirs
+    if failed(request):
+        stop(small_stack_dirs)
+
+
 def failed(request: pytest.FixtureRequest) -> bool:
     """Whether the test failed or never ran to its end (tests/conftest.py keeps the report)."""
     report = getattr(request.node, "rep_call", None)
@@ -259,8 +304,8 @@ def programs(dirs: StackDirs) -> set[str]:
     and each facade's nginx, named by the facade's port."""
     return (
         {"consul", "postgres"}
-        | {f"{program.lower()}-{dirs.port(port)}" for program, ports in PROGRAM_PORTS.items() for port in ports}
-        | {f"nginx-{dirs.port(port)}" for port in PROGRAM_PORTS["FACADE"]}
+        | {f"{program.lower()}-{dirs.port(port)}" for program in PROGRAM_PORTS for port in dirs.ports(program)}
+        | {f"nginx-{dirs.port(port)}" for port in dirs.ports("FACADE")}
     )
 
 
@@ -352,7 +397,7 @@ def test_a_killed_instance_is_started_again_by_supervisord_and_passes_in_consul_
     """autorestart=unexpected (scripts/supervisord.conf): `kill -9` of a logging master, and supervisord
     starts it again by itself; it registers again and passes, with nothing else restarted."""
     up(script_stack)
-    port = script_stack.port(stack.ports("LOGGING")[0])
+    port = script_stack.port(script_stack.ports("LOGGING")[0])
     name = f"logging-{port}"
     before = program_pids(script_stack)
     log = script_stack.log_dir / f"{name}.log"
@@ -387,7 +432,7 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
     restart = supervisorctl(script_stack, "restart", "consul")
     assert restart.returncode == 0, output(restart)
     client = consul.Consul(host="127.0.0.1", port=script_stack.consul_port, token="", connections_timeout=5)
-    ports = [script_stack.port(p) for p in stack.ports("HAZELCAST")]
+    ports = [script_stack.port(p) for p in script_stack.ports("HAZELCAST")]
 
     def members_passing() -> None:
         _, entries = client.health.service("hazelcast", passing=True)
@@ -399,39 +444,39 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
 
 @SHARES_A_KILLED_SCRIPT_STACK
 @pytest.mark.timeout(1500)
-def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
-    up(script_stack)
-    before = program_pids(script_stack)
-    os.kill(script_stack.supervisord(), signal.SIGKILL)
-    eventually(lambda: _assert(script_stack.supervisord() is None), 10, what="supervisord gone")
-    result = up(script_stack)
+def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(small_stack):
+    up(small_stack)
+    before = program_pids(small_stack)
+    os.kill(small_stack.supervisord(), signal.SIGKILL)
+    eventually(lambda: _assert(small_stack.supervisord() is None), 10, what="supervisord gone")
+    result = up(small_stack)
     assert "no longer looks after" in result.stderr, output(result)
     for name, pid in before.items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
             f"{name} (pid {pid}) was adopted\n{output(result)}"
         )
-    supervisor = script_stack.supervisord()
+    supervisor = small_stack.supervisord()
     assert supervisor is not None
-    after = program_pids(script_stack)
-    assert set(after) == programs(script_stack)
+    after = program_pids(small_stack)
+    assert set(after) == programs(small_stack)
     assert all(psutil.Process(pid).ppid() == supervisor for pid in after.values())
 
 
 @SHARES_A_KILLED_SCRIPT_STACK
 @pytest.mark.timeout(1500)
-def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
-    up(script_stack)
-    before = program_pids(script_stack)
-    os.kill(script_stack.supervisord(), signal.SIGKILL)
-    eventually(lambda: _assert(script_stack.supervisord() is None), 10, what="supervisord gone")
-    result = script_stack.run("down", timeout=150)
+def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(small_stack):
+    up(small_stack)
+    before = program_pids(small_stack)
+    os.kill(small_stack.supervisord(), signal.SIGKILL)
+    eventually(lambda: _assert(small_stack.supervisord() is None), 10, what="supervisord gone")
+    result = small_stack.run("down", timeout=150)
     assert result.returncode == 0, output(result)
     assert "nothing is running" not in result.stdout, output(result)
-    assert script_stack.processes() == [], output(result)
+    assert small_stack.processes() == [], output(result)
     for name, pid in before.items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
-    assert port_is_free(PortUse("consul", script_stack.consul_port))
-    again = script_stack.run("down", timeout=60)
+    assert port_is_free(PortUse("consul", small_stack.consul_port))
+    again = small_stack.run("down", timeout=60)
     assert "nothing is running" in again.stdout, output(again)
 
 
@@ -624,24 +669,10 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
 # Each fails with HAZELCAST_STORE=off (the members in memory only, as before it) at its first assertion.
 
 
-# The tests of durable_stack in one worker, one after the other, like those of script_stack.
+# The tests of small_stack in one worker, one after the other, like those of script_stack.
 SHARES_THE_DURABLE_STACK = pytest.mark.xdist_group("durable_stack")
 # Each test here stops and starts the stack again: two groups, in two workers side by side.
 SHARES_A_PURGED_DURABLE_STACK = pytest.mark.xdist_group("durable_stack_purged")
-
-
-@pytest.fixture(scope="module")
-def durable_stack_dirs():
-    dirs = StackDirs(reachable_dir("durable-"), free_offset())
-    yield dirs
-    stop(dirs)
-
-
-@pytest.fixture
-def durable_stack(durable_stack_dirs, request):
-    yield durable_stack_dirs
-    if failed(request):
-        stop(durable_stack_dirs)
 
 
 def database(dirs: StackDirs) -> postgres.Cluster:
@@ -660,7 +691,7 @@ def stored_size(dirs: StackDirs) -> int:
 
 def assert_counted(dirs: StackDirs, expected: int) -> None:
     """Every logging instance's worker counts the log's size as `expected` (/health, log.bytes)."""
-    for port in stack.ports("LOGGING"):
+    for port in dirs.ports("LOGGING"):
         for _ in range(4):  # a request reaches one worker; a few reach each of them
             health = requests.get(f"http://127.0.0.1:{dirs.port(port)}/health", timeout=5).json()
             assert health["status"] == "passing", health
@@ -669,41 +700,41 @@ def assert_counted(dirs: StackDirs, expected: int) -> None:
 
 @SHARES_THE_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(durable_stack):
-    up(durable_stack)
+def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(small_stack):
+    up(small_stack)
     run = uuid.uuid4().hex[:8]
     for n in range(150):
-        answer = post_acknowledged(facade_url(durable_stack), f"kept-{run}-{n}")
+        answer = post_acknowledged(facade_url(small_stack), f"kept-{run}-{n}")
         assert answer.status_code == 201, answer.text
-    before = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read before down")
+    before = eventually(lambda: read_all(facade_url(small_stack), "logging"), 120, what="the log read before down")
     assert [m for m in before if m.startswith(f"kept-{run}-")] == [f"kept-{run}-{n}" for n in range(150)]
-    result = durable_stack.run("down", timeout=150)
+    result = small_stack.run("down", timeout=150)
     assert result.returncode == 0, output(result)
-    up(durable_stack)
-    after = eventually(lambda: read_all(facade_url(durable_stack), "logging"), 120, what="the log read after up")
+    up(small_stack)
+    after = eventually(lambda: read_all(facade_url(small_stack), "logging"), 120, what="the log read after up")
     assert after == before, f"{len(after)} messages after down and up, {len(before)} before"
-    eventually(lambda: assert_counted(durable_stack, stored_size(durable_stack)), 60, interval=0.5,
+    eventually(lambda: assert_counted(small_stack, stored_size(small_stack)), 60, interval=0.5,
                what="the log's size rebuilt from the store")  # fmt: skip
 
 
 @SHARES_THE_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
+def test_a_power_cut_loses_no_acknowledged_message(small_stack):
     """Every process of the stack, supervisord and PostgreSQL included, killed at once with SIGKILL."""
-    up(durable_stack)
+    up(small_stack)
     run = uuid.uuid4().hex[:8]
-    url = facade_url(durable_stack)
+    url = facade_url(small_stack)
     with Load(lambda s, n: s.post(url, json={"msg": f"cut-{run}-{n}"}, timeout=15), clients=4, max_requests=2000,
               max_seconds=60, pause=0.01) as load:  # fmt: skip
         load.wait_for(100, timeout=60, ok=True)
-        victims = [psutil.Process(pid) for pid in [durable_stack.supervisord()] if pid] + durable_stack.processes()
+        victims = [psutil.Process(pid) for pid in [small_stack.supervisord()] if pid] + small_stack.processes()
         for proc in victims:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
     acknowledged = [o.body["msg"] for o in load.snapshot() if o.status == 201]
     assert len(acknowledged) >= 100
-    eventually(lambda: _assert(durable_stack.processes() == []), 15, what="every process of the stack gone")
-    up(durable_stack)
+    eventually(lambda: _assert(small_stack.processes() == []), 15, what="every process of the stack gone")
+    up(small_stack)
     after = eventually(lambda: read_all(url, "logging"), 120, what="the log read after up")
     lost = set(acknowledged) - set(after)
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged messages lost: {sorted(lost)[:5]}"
@@ -714,77 +745,77 @@ def test_a_power_cut_loses_no_acknowledged_message(durable_stack):
 # Before the test that stops the stack with a failed up: it leaves a stack that must start from nothing.
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_down_purge_removes_the_log_and_up_starts_an_empty_one(durable_stack):
-    up(durable_stack)
-    assert post_acknowledged(facade_url(durable_stack), "to be purged").status_code == 201
-    result = durable_stack.run_args(["down", "--purge"], timeout=150)
+def test_down_purge_removes_the_log_and_up_starts_an_empty_one(small_stack):
+    up(small_stack)
+    assert post_acknowledged(facade_url(small_stack), "to be purged").status_code == 201
+    result = small_stack.run_args(["down", "--purge"], timeout=150)
     assert result.returncode == 0, output(result)
-    assert not (durable_stack.run_dir / "postgres").exists()
-    up(durable_stack)
-    assert read_all(facade_url(durable_stack), "logging") == []
+    assert not (small_stack.run_dir / "postgres").exists()
+    up(small_stack)
+    assert read_all(facade_url(small_stack), "logging") == []
 
 
 def consumed(dirs: StackDirs) -> list[str]:
     """What every messages instance holds."""
     return [
         m
-        for port in stack.ports("MESSAGES")
+        for port in dirs.ports("MESSAGES")
         for m in read_all(f"http://127.0.0.1:{dirs.port(port)}/messages", "messages")
     ]
 
 
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_a_backup_restored_into_an_empty_stack_holds_every_message_acknowledged_before_it(durable_stack, tmp_path):
+def test_a_backup_restored_into_an_empty_stack_holds_every_message_acknowledged_before_it(small_stack, tmp_path):
     """./scripts/backup while the stack runs, ./scripts/down --purge, ./scripts/up --restore: the log in order and
     the queue's items not consumed yet, as they were when the backup began; nothing from after it."""
-    up(durable_stack)
-    url, run = facade_url(durable_stack), uuid.uuid4().hex[:8]
+    up(small_stack)
+    url, run = facade_url(small_stack), uuid.uuid4().hex[:8]
     for n in range(20):
         assert post_acknowledged(url, f"logged-{run}-{n}").status_code == 201
     # Queued and not consumed when the backup is taken: the consumers are stopped.
-    messages = [f"services:messages-{durable_stack.port(port)}" for port in stack.ports("MESSAGES")]
-    assert supervisorctl(durable_stack, "stop", *messages).returncode == 0
+    messages = [f"services:messages-{small_stack.port(port)}" for port in small_stack.ports("MESSAGES")]
+    assert supervisorctl(small_stack, "stop", *messages).returncode == 0
     for n in range(10):
         assert post_acknowledged(url, f"queued-{run}-{n}").status_code == 201
     # Through a logging instance: the facade's GET answers 503 without a messages instance.
-    logging_url = f"http://127.0.0.1:{durable_stack.port(stack.ports('LOGGING')[0])}/logging"
+    logging_url = f"http://127.0.0.1:{small_stack.port(small_stack.ports('LOGGING')[0])}/logging"
     log_before = read_all(logging_url, "messages")
     backup = tmp_path / "log.dump"
     backup.write_text("an older file, readable by all")
     backup.chmod(0o644)
-    result = durable_stack.run_args(["backup", str(backup)], timeout=600)
+    result = small_stack.run_args(["backup", str(backup)], timeout=600)
     assert result.returncode == 0, output(result)
     assert backup.stat().st_mode & 0o777 == 0o600
     assert post_acknowledged(url, f"after-{run}").status_code == 201
 
-    refused = durable_stack.run_args(["up", "--restore", str(backup)], timeout=300)
+    refused = small_stack.run_args(["up", "--restore", str(backup)], timeout=300)
     assert refused.returncode != 0 and "./scripts/down --purge first" in refused.stderr, output(refused)
     assert read_all(logging_url, "messages") == [*log_before, f"after-{run}"], "a refused restore changed the log"
 
-    result = durable_stack.run_args(["down", "--purge"], timeout=150)
+    result = small_stack.run_args(["down", "--purge"], timeout=150)
     assert result.returncode == 0, output(result)
-    up(durable_stack, restore=str(backup))
+    up(small_stack, restore=str(backup))
     assert read_all(url, "logging") == log_before
     queued = {f"queued-{run}-{n}" for n in range(10)}
-    eventually(lambda: _assert(queued <= set(consumed(durable_stack))), 60, what="the restored queue consumed")
+    eventually(lambda: _assert(queued <= set(consumed(small_stack))), 60, what="the restored queue consumed")
     assert post_acknowledged(url, f"served-{run}").status_code == 201
-    eventually(lambda: assert_counted(durable_stack, stored_size(durable_stack)), 60, interval=0.5,
+    eventually(lambda: assert_counted(small_stack, stored_size(small_stack)), 60, interval=0.5,
                what="the log's size rebuilt from the restored store")  # fmt: skip
 
 
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(durable_stack):
-    up(durable_stack)
+def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(small_stack):
+    up(small_stack)
     newer = postgres.known_version() + 1
-    database(durable_stack).psql(f"INSERT INTO schema_version (version, name) VALUES ({newer}, 'from newer code')",
+    database(small_stack).psql(f"INSERT INTO schema_version (version, name) VALUES ({newer}, 'from newer code')",
                                  user="messages")  # fmt: skip
     try:
-        assert durable_stack.run("down", timeout=150).returncode == 0
-        result = durable_stack.run("up", timeout=720)
+        assert small_stack.run("down", timeout=150).returncode == 0
+        result = small_stack.run("up", timeout=720)
         assert result.returncode != 0, output(result)
         assert f"schema version {newer}, newer than this checkout's" in result.stderr, output(result)
-        assert not [p for p in program_pids(durable_stack) if p.startswith("hazelcast-")], output(result)
+        assert not [p for p in program_pids(small_stack) if p.startswith("hazelcast-")], output(result)
     finally:
-        database(durable_stack).psql(f"DELETE FROM schema_version WHERE version = {newer}", user="messages")
+        database(small_stack).psql(f"DELETE FROM schema_version WHERE version = {newer}", user="messages")

@@ -31,6 +31,21 @@ def test_python_reads_stack_env_as_the_shell_sources_it():
     assert stack.values()["HAZELCAST_JAR_IN_TOOLS"] == f"hazelcast/hazelcast-{stack.hazelcast_version()}.jar"
 
 
+def test_an_instance_count_from_the_environment_is_read_by_lib_sh_and_python_alike():
+    """scripts/lib.sh and servicekit.stack agree: a count set in the environment wins, the others are the file's."""
+    env = {"PATH": "/usr/bin:/bin", "LOGGING_INSTANCES": "1", "HAZELCAST_INSTANCES": "2"}
+    shell = subprocess.run(
+        ["bash", "-c", 'source "$0" && for p in logging hazelcast messages; do echo $(instance_ports $p); done '
+         '&& echo "$STACK_DEFAULT_LOGGING_INSTANCES"', str(stack.ROOT / "scripts" / "lib.sh")],
+        capture_output=True, text=True, timeout=30, check=True, env=env,
+    )  # fmt: skip
+    *lines, default = shell.stdout.splitlines()
+    python = [stack.ports(program, env) for program in ("LOGGING", "HAZELCAST", "MESSAGES")]
+    assert [[int(p) for p in line.split()] for line in lines] == python
+    assert python == [[8081], [5701, 5702], [8084, 8085]]
+    assert int(default) == stack.count("LOGGING", env={}) == 3
+
+
 @pytest.mark.parametrize("line", ['A="quoted"', "A=two words", "lower=1", "A=$(date)", "A=${UNSET}"])
 def test_a_line_the_shell_would_read_otherwise_is_refused(line):
     with pytest.raises((ValueError, KeyError)):
