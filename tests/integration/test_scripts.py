@@ -225,9 +225,16 @@ SHARES_THE_SCRIPT_STACK = pytest.mark.xdist_group("script_stack")
 SHARES_A_KILLED_SCRIPT_STACK = pytest.mark.xdist_group("script_stack_killed")
 
 
+# The smallest stack ./scripts/up runs (scripts/lib.sh), about half the processes of a default one: the point
+# of these tests is not the stack's size (supervisord's, the database's, the scripts'), and the suite runs
+# four of them beside each other's and every other test's. tests/unit/test_stack_config.py checks the
+# default layout.
+SMALL = {"HAZELCAST_INSTANCES": "2", "LOGGING_INSTANCES": "1", "MESSAGES_INSTANCES": "1"}
+
+
 @pytest.fixture(scope="module")
 def script_stack_dirs():
-    dirs = StackDirs(reachable_dir("script-stack-"), free_offset())
+    dirs = StackDirs(reachable_dir("script-stack-"), free_offset(), counts=SMALL)
     yield dirs
     stop(dirs)
 
@@ -237,26 +244,6 @@ def script_stack(script_stack_dirs, request):
     yield script_stack_dirs
     if failed(request):  # the next test starts from nothing, not from what this one left half done
         stop(script_stack_dirs)
-
-
-# The smallest stack ./scripts/up runs (scripts/lib.sh): for the tests whose point is not the stack's size
-# (supervisord's, the database's), at about half the processes of a default stack: the suite runs four of
-# these stacks beside each other's and every other test's.
-SMALL = {"HAZELCAST_INSTANCES": "2", "LOGGING_INSTANCES": "1", "MESSAGES_INSTANCES": "1"}
-
-
-@pytest.fixture(scope="module")
-def small_stack_dirs():
-    dirs = StackDirs(reachable_dir("small-stack-"), free_offset(), counts=SMALL)
-    yield dirs
-    stop(dirs)
-
-
-@pytest.fixture
-def small_stack(small_stack_dirs, request):
-    yield small_stack_dirs
-    if failed(request):
-        stop(small_stack_dirs)
 
 
 def failed(request: pytest.FixtureRequest) -> bool:
@@ -319,7 +306,8 @@ def test_up_starts_the_agent_on_the_port_of_a_consul_addr_with_a_scheme(script_s
     assert set(program_pids(script_stack)) == programs(script_stack)
     status = script_stack.run("status", timeout=30)
     assert status.returncode == 0, output(status)
-    assert status.stdout.count("passing") == 10, status.stdout  # 3 members, 6 instances and postgres
+    instances = sum(len(script_stack.ports(program)) for program in PROGRAM_PORTS)
+    assert status.stdout.count("passing") == instances + 1, status.stdout  # the members, instances and postgres
     facade = f"http://127.0.0.1:{script_stack.port(stack.port('FACADE_PORT'))}/facade"
     posted = requests.post(facade, json={"msg": "through up"}, timeout=10)
     assert posted.status_code == 201, posted.text
@@ -444,39 +432,39 @@ def test_a_restarted_agent_knows_the_hazelcast_members_again_without_up(script_s
 
 @SHARES_A_KILLED_SCRIPT_STACK
 @pytest.mark.timeout(1500)
-def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(small_stack):
-    up(small_stack)
-    before = program_pids(small_stack)
-    os.kill(small_stack.supervisord(), signal.SIGKILL)
-    eventually(lambda: _assert(small_stack.supervisord() is None), 10, what="supervisord gone")
-    result = up(small_stack)
+def test_up_after_supervisord_was_killed_stops_its_orphans_instead_of_adopting_them(script_stack):
+    up(script_stack)
+    before = program_pids(script_stack)
+    os.kill(script_stack.supervisord(), signal.SIGKILL)
+    eventually(lambda: _assert(script_stack.supervisord() is None), 10, what="supervisord gone")
+    result = up(script_stack)
     assert "no longer looks after" in result.stderr, output(result)
     for name, pid in before.items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
             f"{name} (pid {pid}) was adopted\n{output(result)}"
         )
-    supervisor = small_stack.supervisord()
+    supervisor = script_stack.supervisord()
     assert supervisor is not None
-    after = program_pids(small_stack)
-    assert set(after) == programs(small_stack)
+    after = program_pids(script_stack)
+    assert set(after) == programs(script_stack)
     assert all(psutil.Process(pid).ppid() == supervisor for pid in after.values())
 
 
 @SHARES_A_KILLED_SCRIPT_STACK
 @pytest.mark.timeout(1500)
-def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(small_stack):
-    up(small_stack)
-    before = program_pids(small_stack)
-    os.kill(small_stack.supervisord(), signal.SIGKILL)
-    eventually(lambda: _assert(small_stack.supervisord() is None), 10, what="supervisord gone")
-    result = small_stack.run("down", timeout=150)
+def test_down_after_supervisord_was_killed_stops_every_program_it_had_started(script_stack):
+    up(script_stack)
+    before = program_pids(script_stack)
+    os.kill(script_stack.supervisord(), signal.SIGKILL)
+    eventually(lambda: _assert(script_stack.supervisord() is None), 10, what="supervisord gone")
+    result = script_stack.run("down", timeout=150)
     assert result.returncode == 0, output(result)
     assert "nothing is running" not in result.stdout, output(result)
-    assert small_stack.processes() == [], output(result)
+    assert script_stack.processes() == [], output(result)
     for name, pid in before.items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
-    assert port_is_free(PortUse("consul", small_stack.consul_port))
-    again = small_stack.run("down", timeout=60)
+    assert port_is_free(PortUse("consul", script_stack.consul_port))
+    again = script_stack.run("down", timeout=60)
     assert "nothing is running" in again.stdout, output(again)
 
 
@@ -669,7 +657,7 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
 # Each fails with HAZELCAST_STORE=off (the members in memory only, as before it) at its first assertion.
 
 
-# The tests of small_stack in one worker, one after the other, like those of script_stack.
+# The tests of script_stack in one worker, one after the other, like those of script_stack.
 SHARES_THE_DURABLE_STACK = pytest.mark.xdist_group("durable_stack")
 # Each test here stops and starts the stack again: two groups, in two workers side by side.
 SHARES_A_PURGED_DURABLE_STACK = pytest.mark.xdist_group("durable_stack_purged")
@@ -700,41 +688,41 @@ def assert_counted(dirs: StackDirs, expected: int) -> None:
 
 @SHARES_THE_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(small_stack):
-    up(small_stack)
+def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(script_stack):
+    up(script_stack)
     run = uuid.uuid4().hex[:8]
     for n in range(150):
-        answer = post_acknowledged(facade_url(small_stack), f"kept-{run}-{n}")
+        answer = post_acknowledged(facade_url(script_stack), f"kept-{run}-{n}")
         assert answer.status_code == 201, answer.text
-    before = eventually(lambda: read_all(facade_url(small_stack), "logging"), 120, what="the log read before down")
+    before = eventually(lambda: read_all(facade_url(script_stack), "logging"), 120, what="the log read before down")
     assert [m for m in before if m.startswith(f"kept-{run}-")] == [f"kept-{run}-{n}" for n in range(150)]
-    result = small_stack.run("down", timeout=150)
+    result = script_stack.run("down", timeout=150)
     assert result.returncode == 0, output(result)
-    up(small_stack)
-    after = eventually(lambda: read_all(facade_url(small_stack), "logging"), 120, what="the log read after up")
+    up(script_stack)
+    after = eventually(lambda: read_all(facade_url(script_stack), "logging"), 120, what="the log read after up")
     assert after == before, f"{len(after)} messages after down and up, {len(before)} before"
-    eventually(lambda: assert_counted(small_stack, stored_size(small_stack)), 60, interval=0.5,
+    eventually(lambda: assert_counted(script_stack, stored_size(script_stack)), 60, interval=0.5,
                what="the log's size rebuilt from the store")  # fmt: skip
 
 
 @SHARES_THE_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_a_power_cut_loses_no_acknowledged_message(small_stack):
+def test_a_power_cut_loses_no_acknowledged_message(script_stack):
     """Every process of the stack, supervisord and PostgreSQL included, killed at once with SIGKILL."""
-    up(small_stack)
+    up(script_stack)
     run = uuid.uuid4().hex[:8]
-    url = facade_url(small_stack)
+    url = facade_url(script_stack)
     with Load(lambda s, n: s.post(url, json={"msg": f"cut-{run}-{n}"}, timeout=15), clients=4, max_requests=2000,
               max_seconds=60, pause=0.01) as load:  # fmt: skip
         load.wait_for(100, timeout=60, ok=True)
-        victims = [psutil.Process(pid) for pid in [small_stack.supervisord()] if pid] + small_stack.processes()
+        victims = [psutil.Process(pid) for pid in [script_stack.supervisord()] if pid] + script_stack.processes()
         for proc in victims:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
     acknowledged = [o.body["msg"] for o in load.snapshot() if o.status == 201]
     assert len(acknowledged) >= 100
-    eventually(lambda: _assert(small_stack.processes() == []), 15, what="every process of the stack gone")
-    up(small_stack)
+    eventually(lambda: _assert(script_stack.processes() == []), 15, what="every process of the stack gone")
+    up(script_stack)
     after = eventually(lambda: read_all(url, "logging"), 120, what="the log read after up")
     lost = set(acknowledged) - set(after)
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged messages lost: {sorted(lost)[:5]}"
@@ -745,14 +733,14 @@ def test_a_power_cut_loses_no_acknowledged_message(small_stack):
 # Before the test that stops the stack with a failed up: it leaves a stack that must start from nothing.
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_down_purge_removes_the_log_and_up_starts_an_empty_one(small_stack):
-    up(small_stack)
-    assert post_acknowledged(facade_url(small_stack), "to be purged").status_code == 201
-    result = small_stack.run_args(["down", "--purge"], timeout=150)
+def test_down_purge_removes_the_log_and_up_starts_an_empty_one(script_stack):
+    up(script_stack)
+    assert post_acknowledged(facade_url(script_stack), "to be purged").status_code == 201
+    result = script_stack.run_args(["down", "--purge"], timeout=150)
     assert result.returncode == 0, output(result)
-    assert not (small_stack.run_dir / "postgres").exists()
-    up(small_stack)
-    assert read_all(facade_url(small_stack), "logging") == []
+    assert not (script_stack.run_dir / "postgres").exists()
+    up(script_stack)
+    assert read_all(facade_url(script_stack), "logging") == []
 
 
 def consumed(dirs: StackDirs) -> list[str]:
@@ -766,56 +754,56 @@ def consumed(dirs: StackDirs) -> list[str]:
 
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_a_backup_restored_into_an_empty_stack_holds_every_message_acknowledged_before_it(small_stack, tmp_path):
+def test_a_backup_restored_into_an_empty_stack_holds_every_message_acknowledged_before_it(script_stack, tmp_path):
     """./scripts/backup while the stack runs, ./scripts/down --purge, ./scripts/up --restore: the log in order and
     the queue's items not consumed yet, as they were when the backup began; nothing from after it."""
-    up(small_stack)
-    url, run = facade_url(small_stack), uuid.uuid4().hex[:8]
+    up(script_stack)
+    url, run = facade_url(script_stack), uuid.uuid4().hex[:8]
     for n in range(20):
         assert post_acknowledged(url, f"logged-{run}-{n}").status_code == 201
     # Queued and not consumed when the backup is taken: the consumers are stopped.
-    messages = [f"services:messages-{small_stack.port(port)}" for port in small_stack.ports("MESSAGES")]
-    assert supervisorctl(small_stack, "stop", *messages).returncode == 0
+    messages = [f"services:messages-{script_stack.port(port)}" for port in script_stack.ports("MESSAGES")]
+    assert supervisorctl(script_stack, "stop", *messages).returncode == 0
     for n in range(10):
         assert post_acknowledged(url, f"queued-{run}-{n}").status_code == 201
     # Through a logging instance: the facade's GET answers 503 without a messages instance.
-    logging_url = f"http://127.0.0.1:{small_stack.port(small_stack.ports('LOGGING')[0])}/logging"
+    logging_url = f"http://127.0.0.1:{script_stack.port(script_stack.ports('LOGGING')[0])}/logging"
     log_before = read_all(logging_url, "messages")
     backup = tmp_path / "log.dump"
     backup.write_text("an older file, readable by all")
     backup.chmod(0o644)
-    result = small_stack.run_args(["backup", str(backup)], timeout=600)
+    result = script_stack.run_args(["backup", str(backup)], timeout=600)
     assert result.returncode == 0, output(result)
     assert backup.stat().st_mode & 0o777 == 0o600
     assert post_acknowledged(url, f"after-{run}").status_code == 201
 
-    refused = small_stack.run_args(["up", "--restore", str(backup)], timeout=300)
+    refused = script_stack.run_args(["up", "--restore", str(backup)], timeout=300)
     assert refused.returncode != 0 and "./scripts/down --purge first" in refused.stderr, output(refused)
     assert read_all(logging_url, "messages") == [*log_before, f"after-{run}"], "a refused restore changed the log"
 
-    result = small_stack.run_args(["down", "--purge"], timeout=150)
+    result = script_stack.run_args(["down", "--purge"], timeout=150)
     assert result.returncode == 0, output(result)
-    up(small_stack, restore=str(backup))
+    up(script_stack, restore=str(backup))
     assert read_all(url, "logging") == log_before
     queued = {f"queued-{run}-{n}" for n in range(10)}
-    eventually(lambda: _assert(queued <= set(consumed(small_stack))), 60, what="the restored queue consumed")
+    eventually(lambda: _assert(queued <= set(consumed(script_stack))), 60, what="the restored queue consumed")
     assert post_acknowledged(url, f"served-{run}").status_code == 201
-    eventually(lambda: assert_counted(small_stack, stored_size(small_stack)), 60, interval=0.5,
+    eventually(lambda: assert_counted(script_stack, stored_size(script_stack)), 60, interval=0.5,
                what="the log's size rebuilt from the restored store")  # fmt: skip
 
 
 @SHARES_A_PURGED_DURABLE_STACK
 @pytest.mark.timeout(1500)
-def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(small_stack):
-    up(small_stack)
+def test_up_stops_before_any_member_on_a_database_migrated_by_newer_code(script_stack):
+    up(script_stack)
     newer = postgres.known_version() + 1
-    database(small_stack).psql(f"INSERT INTO schema_version (version, name) VALUES ({newer}, 'from newer code')",
+    database(script_stack).psql(f"INSERT INTO schema_version (version, name) VALUES ({newer}, 'from newer code')",
                                  user="messages")  # fmt: skip
     try:
-        assert small_stack.run("down", timeout=150).returncode == 0
-        result = small_stack.run("up", timeout=720)
+        assert script_stack.run("down", timeout=150).returncode == 0
+        result = script_stack.run("up", timeout=720)
         assert result.returncode != 0, output(result)
         assert f"schema version {newer}, newer than this checkout's" in result.stderr, output(result)
-        assert not [p for p in program_pids(small_stack) if p.startswith("hazelcast-")], output(result)
+        assert not [p for p in program_pids(script_stack) if p.startswith("hazelcast-")], output(result)
     finally:
-        database(small_stack).psql(f"DELETE FROM schema_version WHERE version = {newer}", user="messages")
+        database(script_stack).psql(f"DELETE FROM schema_version WHERE version = {newer}", user="messages")

@@ -46,6 +46,25 @@ def test_an_instance_count_from_the_environment_is_read_by_lib_sh_and_python_ali
     assert int(default) == stack.count("LOGGING", env={}) == 3
 
 
+def test_the_default_stack_binds_each_port_once_with_every_instance_python_counts():
+    """The layout of a default ./scripts/up (the tests of the scripts run a smaller stack): no two programs
+    share a port, and supervisord's programs are the instances servicekit.stack counts."""
+    shell = subprocess.run(
+        ["bash", "-c", 'source "$0" && program_ports', str(stack.ROOT / "scripts" / "lib.sh")],
+        capture_output=True, text=True, timeout=30, check=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    lines = [line.split() for line in shell.stdout.splitlines()]
+    ports = [port for _, *bound in lines for port in bound]
+    assert len(ports) == len(set(ports)), sorted(ports)
+    expected = {"consul", "postgres"} | {
+        f"{'hazelcast' if program == 'HAZELCAST' else 'services'}:{program.lower()}-{port}"
+        for program in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")
+        for port in stack.ports(program, env={})
+    }
+    assert {name for name, *_ in lines} == expected | {f"nginx:nginx-{port}" for port in stack.ports("FACADE", env={})}
+    assert [len(stack.ports(p, env={})) for p in ("HAZELCAST", "LOGGING", "MESSAGES", "FACADE")] == [3, 3, 2, 1]
+
+
 @pytest.mark.parametrize("line", ['A="quoted"', "A=two words", "lower=1", "A=$(date)", "A=${UNSET}"])
 def test_a_line_the_shell_would_read_otherwise_is_refused(line):
     with pytest.raises((ValueError, KeyError)):
