@@ -3,8 +3,9 @@
 Each run writes its process logs under tests/.logs/<run>/; a failing test names the log to read.
 
 The suite runs in pytest-xdist workers (`-n`, `--dist loadgroup` in pyproject.toml): each worker is a
-session of its own, with its own Consul agent and `stack`, started when its first test asks for them; the
-Hazelcast cluster behind them is one for the whole run (devstack/shared_cluster.py). Tests marked with the
+session of its own, with its own Consul agent, started when its first test asks for it; the session's `stack`
+is built in one worker, which runs every test on it (the `session_stack` group); the Hazelcast cluster behind
+them is one for the whole run (devstack/shared_cluster.py). Tests marked with the
 same `xdist_group` run in one worker, one after the other: the tests of a module that share a module-scoped
 fixture (or each worker would build it), and those that must not overlap each other (see
 docs/ARCHITECTURE.md, *The tests*).
@@ -65,12 +66,27 @@ def xdist_groups(item: pytest.Item) -> set[str]:
 LONG_GROUPS = ("durable_stack", "script_stack_killed", "durable_stack_purged", "script_stack", "hosts")
 
 
+# The tests on the session's `stack` (every one whose fixtures include it).
+SESSION_STACK = "session_stack"
+
+
+# First: xdist's own hook reads the groups to name each test's (and the groups added here must be there).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """xdist joins the names of a test's xdist_group marks into a group of their own, which would split the
     test from the groups it was meant to share a worker with: one group per test, at most."""
     several = {item.nodeid: sorted(xdist_groups(item)) for item in items if len(xdist_groups(item)) > 1}
     if several:
         raise pytest.UsageError(f"tests in more than one xdist_group: {several}")
+    on_stack = [item for item in items if "stack" in getattr(item, "fixturenames", ())]
+    # One worker builds the session's `stack` and runs every test on it (about 110 s of tests): in each
+    # worker that ran one, it cost a start and minutes of idle processes (16 of them, ~5 CPU-s a minute).
+    for item in on_stack:
+        if not xdist_groups(item):
+            item.add_marker(pytest.mark.xdist_group(SESSION_STACK))
+    elsewhere = sorted(item.nodeid for item in on_stack if SESSION_STACK not in xdist_groups(item))
+    if elsewhere:
+        raise pytest.UsageError(f"tests on the session's stack in another group than {SESSION_STACK!r}: {elsewhere}")
 
     def first_the_long_groups(item: pytest.Item) -> int:
         groups = xdist_groups(item)

@@ -29,9 +29,9 @@ from logging_svc.store import STAMP_DIGITS
 from servicekit import kvconfig
 from stackctl.front_door import CLIENT_TIMEOUT
 
-# One worker for the module: its tests share `watched` (that worker's session stack, checked whole after
-# the module).
-pytestmark = pytest.mark.xdist_group("bad_input")
+# In the worker of the session's stack, with every test on it (tests/conftest.py): its tests share `watched`
+# (that stack, checked whole after the module).
+pytestmark = pytest.mark.xdist_group("session_stack")
 
 TIMEOUT = 10
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
