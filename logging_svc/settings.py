@@ -31,9 +31,10 @@ def default_log_capacity_bytes(heap_bytes: int, members: int) -> int:
     return int(LOG_HEAP_SHARE * heap_bytes * max(members - 1, 1) / 2)
 
 
-def _default_log_capacity() -> int:
-    values = stack.values()
-    return default_log_capacity_bytes(java_size_bytes(values["HAZELCAST_HEAP"]), int(values["HAZELCAST_INSTANCES"]))
+def _default_log_capacity(env: Mapping[str, str] | None = None) -> int:
+    # The members' count as ./scripts/up runs them: a shrunk stack's (scripts/lib.sh) holds less.
+    members = stack.count("HAZELCAST", env)
+    return default_log_capacity_bytes(java_size_bytes(stack.values()["HAZELCAST_HEAP"]), members)
 
 
 @dataclass(frozen=True)
@@ -44,4 +45,4 @@ class LoggingSettings(Settings):
 
     @classmethod
     def own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
-        return {"log_capacity_bytes": env_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(), minimum=1)}
+        return {"log_capacity_bytes": env_int(env, "LOG_CAPACITY_BYTES", _default_log_capacity(env), minimum=1)}

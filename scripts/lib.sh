@@ -18,6 +18,7 @@ for stack_count in $STACK_COUNTS; do
   printf -v "STACK_DEFAULT_$stack_count" %s "${!stack_count}"
   [ -z "${stack_count_overrides[$stack_count]:-}" ] || printf -v "$stack_count" %s "${stack_count_overrides[$stack_count]}"
 done
+unset stack_count stack_count_overrides
 HAZELCAST_JAR=$TOOLS/$HAZELCAST_JAR_IN_TOOLS
 STORE_JAR=$TOOLS/$STORE_JAR_IN_TOOLS
 # The Consul versions the project runs on, from the Debian package ./scripts/install unpacks (1.8.7) to

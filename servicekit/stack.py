@@ -46,7 +46,8 @@ def port(name: str) -> int:
 
 def count(program: str, env: Mapping[str, str] | None = None) -> int:
     """How many instances of a program ./scripts/up runs: <PROGRAM>_INSTANCES from the environment when it is
-    set there (scripts/lib.sh's rule: a stack may be shrunk), else conf/stack.env's, e.g. count("LOGGING") -> 3."""
+    set there (scripts/lib.sh's rule: a stack may be shrunk), else conf/stack.env's, e.g. count("LOGGING") -> 3.
+    The value is not checked here: ./scripts/up refuses one it cannot run before it starts anything."""
     env = os.environ if env is None else env
     name = f"{program}_INSTANCES"
     return int(env.get(name) or values()[name])

@@ -73,8 +73,9 @@ SESSION_STACK = "session_stack"
 # First: xdist's own hook reads the groups to name each test's (and the groups added here must be there).
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """xdist joins the names of a test's xdist_group marks into a group of their own, which would split the
-    test from the groups it was meant to share a worker with: one group per test, at most."""
+    """One group per test, at most: xdist joins the names of a test's xdist_group marks into a group of their
+    own, which would split the test from the groups it was meant to share a worker with. Every test on the
+    session's `stack` is in the `session_stack` group; then the long groups go first."""
     several = {item.nodeid: sorted(xdist_groups(item)) for item in items if len(xdist_groups(item)) > 1}
     if several:
         raise pytest.UsageError(f"tests in more than one xdist_group: {several}")

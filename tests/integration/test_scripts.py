@@ -94,7 +94,11 @@ class StackDirs:
         return stack.ports(program, env=self.counts)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "STACK_", "SUPERVISOR_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CONSUL_", "STACK_", "SUPERVISOR_")) and not k.endswith("_INSTANCES")
+        }
         return {
             **env,
             "STACK_RUN_DIR": str(self.run_dir),
@@ -168,6 +172,7 @@ def stack_dirs():
     ("counts", "refusal"),
     [
         ({"HAZELCAST_INSTANCES": "1"}, "HAZELCAST_INSTANCES must be a whole number from 2 to 3"),
+        ({"FACADE_INSTANCES": "0"}, "FACADE_INSTANCES must be a whole number from 1 to 1"),
         ({"LOGGING_INSTANCES": "4"}, "LOGGING_INSTANCES must be a whole number from 1 to 3"),
         ({"MESSAGES_INSTANCES": "two"}, "MESSAGES_INSTANCES must be a whole number from 1 to 2"),
     ],
@@ -176,9 +181,12 @@ def test_up_refuses_instance_counts_it_cannot_run_before_it_starts_anything(tmp_
     """A stack may be shrunk, not grown (its ports are laid out for conf/stack.env's counts), and keeps two
     members, which the split-brain protection needs to take a write."""
     dirs = StackDirs(tmp_path, free_offset(), counts=counts)
-    result = dirs.run("up", timeout=60)
-    assert result.returncode != 0 and refusal in result.stderr, output(result)
-    assert not dirs.run_dir.exists() and dirs.processes() == [], output(result)
+    try:
+        result = dirs.run("up", timeout=60)
+        assert result.returncode != 0 and refusal in result.stderr, output(result)
+        assert not dirs.run_dir.exists() and dirs.processes() == [], output(result)
+    finally:
+        dirs.kill_everything()  # a stack that was not refused
 
 
 def test_up_names_a_taken_port_and_its_holder_within_seconds(stack_dirs, log_dir):
@@ -229,7 +237,7 @@ SHARES_A_KILLED_SCRIPT_STACK = pytest.mark.xdist_group("script_stack_killed")
 # of these tests is not the stack's size (supervisord's, the database's, the scripts'), and the suite runs
 # four of them beside each other's and every other test's. tests/unit/test_stack_config.py checks the
 # default layout.
-SMALL = {"HAZELCAST_INSTANCES": "2", "LOGGING_INSTANCES": "1", "MESSAGES_INSTANCES": "1"}
+SMALL = {"HAZELCAST_INSTANCES": "2", "LOGGING_INSTANCES": "1", "MESSAGES_INSTANCES": "1", "FACADE_INSTANCES": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -370,13 +378,15 @@ def test_a_later_up_with_a_new_token_restarts_the_services_with_it(script_stack)
 
 @SHARES_THE_SCRIPT_STACK
 @pytest.mark.timeout(1500)
-def test_up_on_other_ports_than_the_running_stack_refuses_and_changes_nothing(script_stack):
+def test_up_on_other_ports_or_counts_than_the_running_stack_refuses_and_changes_nothing(script_stack):
     up(script_stack)
     before = program_pids(script_stack)
-    result = script_stack.run("up", timeout=60, CONSUL_HTTP_ADDR=f"127.0.0.1:{script_stack.consul_port + 1}")
-    assert result.returncode == 1, output(result)
-    assert "runs on other ports" in result.stderr and "./scripts/down first" in result.stderr, output(result)
-    assert program_pids(script_stack) == before
+    for other in ({"CONSUL_HTTP_ADDR": f"127.0.0.1:{script_stack.consul_port + 1}"}, {"HAZELCAST_INSTANCES": "3"}):
+        result = script_stack.run("up", timeout=60, **other)
+        assert result.returncode == 1, output(result)
+        assert "runs on other ports or other instance counts" in result.stderr, output(result)
+        assert "./scripts/down first" in result.stderr, output(result)
+        assert program_pids(script_stack) == before
 
 
 @SHARES_THE_SCRIPT_STACK
@@ -657,9 +667,10 @@ def test_programs_run_with_the_env_file_of_the_latest_up_even_without_a_token(tm
 # Each fails with HAZELCAST_STORE=off (the members in memory only, as before it) at its first assertion.
 
 
-# The tests of script_stack in one worker, one after the other, like those of script_stack.
+# The durable log's tests, on a script stack too, in two groups of their own: each test stops and starts the
+# stack again, so two workers run them side by side, each on its own stack (in one worker, with -n below 5 or
+# -n 0, the groups take turns on that worker's one stack: each test starts with `up`).
 SHARES_THE_DURABLE_STACK = pytest.mark.xdist_group("durable_stack")
-# Each test here stops and starts the stack again: two groups, in two workers side by side.
 SHARES_A_PURGED_DURABLE_STACK = pytest.mark.xdist_group("durable_stack_purged")
 
 

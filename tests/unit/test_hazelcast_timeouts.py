@@ -163,6 +163,7 @@ class ConnectsBeforeItReturns:
 
 
 def test_a_worker_is_not_connected_until_its_client_is_built_so_no_call_finds_it_missing(monkeypatch):
+    monkeypatch.setattr(ConnectsBeforeItReturns, "built", [])
     monkeypatch.setattr(hz.hazelcast, "HazelcastClient", ConnectsBeforeItReturns)
     monkeypatch.setattr(hz, "make_consul", lambda settings: None)
     monkeypatch.setattr(hz.kvconfig, "load", lambda consul: SharedConfig("dev", ("127.0.0.1:1",), "log", "queue"))
@@ -177,5 +178,6 @@ def test_a_worker_is_not_connected_until_its_client_is_built_so_no_call_finds_it
         assert client.wait_connected(5)
         assert client.get_map("log").name == "silent"
     finally:
-        ConnectsBeforeItReturns.built[-1].may_return.set()
+        for built in ConnectsBeforeItReturns.built:
+            built.may_return.set()
         client.close()

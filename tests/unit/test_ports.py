@@ -28,8 +28,8 @@ def test_free_ports_are_outside_the_ephemeral_range_and_off_the_default_stacks_p
     try:
         ephemeral = kernel_ephemeral_range()
         assert [p for p in picked if p in ephemeral] == []
-        default = {*stack.ports("HAZELCAST"), *stack.ports("LOGGING"), *stack.ports("MESSAGES")}
-        default |= {*stack.ports("FACADE"), 8300, 8301, 8302, 8500, 8502, 8503, 8600}
+        default = {*stack.ports("HAZELCAST", {}), *stack.ports("LOGGING", {}), *stack.ports("MESSAGES", {})}
+        default |= {*stack.ports("FACADE", {}), 8300, 8301, 8302, 8500, 8502, 8503, 8600}
         assert not set(picked) & default
         assert len(set(picked)) == PICKS, "one process got the same port twice"
     finally:

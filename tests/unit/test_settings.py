@@ -112,6 +112,9 @@ def test_the_default_log_capacity_is_half_the_heap_of_all_members_but_one_over_t
     assert (
         LoggingSettings.from_env("logging-service", 8081, env={"LOG_CAPACITY_BYTES": "5000"}).log_capacity_bytes == 5000
     )
+    # A stack shrunk to two members (scripts/lib.sh) holds half: one member's heap is left for the copies.
+    shrunk = LoggingSettings.from_env("logging-service", 8081, env={"HAZELCAST_INSTANCES": "2"})
+    assert shrunk.log_capacity_bytes == 256 * 1024**2
 
 
 @pytest.mark.parametrize("raw", ["1.5g", "g", "12t", ""])
