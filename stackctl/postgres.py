@@ -183,8 +183,8 @@ class Cluster:
         stdin: str | None = None,
     ) -> str:
         """psql through the socket, stopping at the first error; its output, unaligned."""
-        command = [str(bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
-        command += ["-h", str(self.socket_dir), "-p", str(self.port), "-U", user, "-d", database or self.database]
+        command = self._client_command("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", user=user)
+        command += ["-d", database or self.database]
         if sql is not None:
             command += ["-c", sql]
         done = subprocess.run(
@@ -200,27 +200,12 @@ class Cluster:
         return done.stdout
 
     def ready(self) -> bool:
-        done = subprocess.run(
-            [
-                str(bin_dir() / "pg_isready"),
-                "-q",
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-t",
-                "2",
-                "-U",
-                "postgres",
-            ],
-            capture_output=True,
-            timeout=10,
-        )
+        done = subprocess.run(self._client_command("pg_isready", "-q", "-t", "2"), capture_output=True, timeout=10)
         return done.returncode == 0
 
-    def _client_command(self, program: str, *args: str) -> list[str]:
-        """A libpq program (pg_dump, pg_restore) as the superuser, through the private socket."""
-        return [str(bin_dir() / program), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", *args]
+    def _client_command(self, program: str, *args: str, user: str = "postgres") -> list[str]:
+        """A libpq program (psql, pg_isready, pg_dump, pg_restore) as `user`, through the private socket."""
+        return [str(bin_dir() / program), "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, *args]
 
     def dump(self, path: Path) -> None:
         """The database, schema and rows, as pg_dump's custom format in `path`: one snapshot (what was committed
