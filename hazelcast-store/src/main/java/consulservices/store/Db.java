@@ -39,6 +39,8 @@ final class Db {
      * three members starting at once on two cores took 1.5 s (more than the pool's connectionTimeout).
      */
     static final long LOAD_PATIENCE_NANOS = 120_000_000_000L;
+    /** Between a load's tries: a pause, not a second wait (getConnection waited connectionTimeout already). */
+    static final long LOAD_RETRY_MILLIS = 50;
 
     private static final Logger LOG = Logger.getLogger(Db.class.getName());
     private static volatile Db member;
@@ -86,19 +88,26 @@ final class Db {
         return of(all.iterator().next());
     }
 
-    /** run(), trying again for LOAD_PATIENCE_NANOS while no connection can be had: for the loads. */
+    /**
+     * run(), trying again for LOAD_PATIENCE_NANOS while no connection can be had: for the loads. Outside the
+     * fence: a map's load sends hundreds of loadAll() calls at once, more than the pool's connections, so some
+     * wait past its connectionTimeout for a connection that is busy, not for a database that is gone. Counted
+     * as "unreachable", that wait shut every store call out for RETRY_AFTER_NANOS, again and again: a log of
+     * 1,000,000 entries took 64 s to load, in bursts between stalls of a second. A load waits its turn instead.
+     */
     <T> T runPatiently(String what, Work<T> work) {
         long deadline = System.nanoTime() + LOAD_PATIENCE_NANOS;
         while (true) {
             try {
-                return run(what, work);
+                return attempt(what, work, false);
             } catch (StoreRefused e) {
                 if (System.nanoTime() - deadline > 0 || !e.unreachable) {
                     throw e;
                 }
                 LOG.warning(e.getMessage() + "; trying again");
                 try {
-                    Thread.sleep(RETRY_AFTER_NANOS / 1_000_000);
+                    // The wait for a connection (the pool's connectionTimeout) already spaced the tries.
+                    Thread.sleep(LOAD_RETRY_MILLIS);
                 } catch (InterruptedException interrupted) {
                     Thread.currentThread().interrupt();
                     throw e;
@@ -108,7 +117,12 @@ final class Db {
     }
 
     <T> T run(String what, Work<T> work) {
-        if (System.nanoTime() - downUntil < 0) {
+        return attempt(what, work, true);
+    }
+
+    /** One try; `fenced`: refused at once while the last failed connection is recent, and a failure fences. */
+    private <T> T attempt(String what, Work<T> work, boolean fenced) {
+        if (fenced && System.nanoTime() - downUntil < 0) {
             throw new StoreRefused(what + ": PostgreSQL was unreachable less than "
                     + RETRY_AFTER_NANOS / 1_000_000 + " ms ago; not tried", null, true);
         }
@@ -116,7 +130,9 @@ final class Db {
         try {
             c = connection.getConnection();
         } catch (RuntimeException e) {
-            downUntil = System.nanoTime() + RETRY_AFTER_NANOS;
+            if (fenced) {
+                downUntil = System.nanoTime() + RETRY_AFTER_NANOS;
+            }
             throw new StoreRefused(what + ": no connection to PostgreSQL: " + rootMessage(e), e, true);
         }
         try (c) {
