@@ -697,6 +697,11 @@ def assert_counted(dirs: StackDirs, expected: int) -> None:
             assert health["details"]["log"]["bytes"] == expected, (port, health["details"]["log"], expected)
 
 
+def size_rebuilt(dirs: StackDirs, what: str) -> None:
+    """Every logging worker counts what the database holds (after a start, once its size is rebuilt)."""
+    eventually(lambda: assert_counted(dirs, stored_size(dirs)), 60, interval=0.5, what=what)
+
+
 @SHARES_THE_DURABLE_STACK
 @pytest.mark.timeout(1500)
 def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the_capacity_counts(script_stack):
@@ -712,8 +717,7 @@ def test_down_then_up_keeps_every_acknowledged_message_in_order_and_the_size_the
     up(script_stack)
     after = eventually(lambda: read_all(facade_url(script_stack), "logging"), 120, what="the log read after up")
     assert after == before, f"{len(after)} messages after down and up, {len(before)} before"
-    eventually(lambda: assert_counted(script_stack, stored_size(script_stack)), 60, interval=0.5,
-               what="the log's size rebuilt from the store")  # fmt: skip
+    size_rebuilt(script_stack, "the log's size rebuilt from the store")
 
 
 @SHARES_THE_DURABLE_STACK
@@ -799,8 +803,7 @@ def test_a_backup_restored_into_an_empty_stack_holds_every_message_acknowledged_
     queued = {f"queued-{run}-{n}" for n in range(10)}
     eventually(lambda: _assert(queued <= set(consumed(script_stack))), 60, what="the restored queue consumed")
     assert post_acknowledged(url, f"served-{run}").status_code == 201
-    eventually(lambda: assert_counted(script_stack, stored_size(script_stack)), 60, interval=0.5,
-               what="the log's size rebuilt from the restored store")  # fmt: skip
+    size_rebuilt(script_stack, "the log's size rebuilt from the restored store")
 
 
 @SHARES_A_PURGED_DURABLE_STACK
